@@ -1,0 +1,281 @@
+"""In-process consumers: claim -> execute -> settle, lease renewal, cancellation, pull long-poll.
+
+One fetch loop per process claims only as many tasks as there are free slots
+(`CONCURRENCY`); each task runs in its own asyncio task; one renewal loop extends the
+leases of all running tasks about every LEASE_TIMEOUT / 3; one listener aborts tasks
+cancelled with `terminate=true` on whichever process runs them.
+
+Imports: streams, executors, models, errors, settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from app.errors import Conflict, NotFound, Unavailable
+from app.models import Outcome, Task
+
+if TYPE_CHECKING:
+    from app.executors import Execution, ExecutorPool
+    from app.settings import Settings
+    from app.streams import Streams
+
+log = structlog.get_logger()
+
+MAX_IDLE = 5.0  # longest block while idle; scheduled tasks and lapsed leases wake sooner
+
+
+@dataclass
+class Backoff:
+    """Capped exponential wait for reconnecting to Redis."""
+
+    first: float = 0.05
+    cap: float = 5.0
+    current: float = field(init=False, default=0.0)
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+    async def sleep(self) -> None:
+        self.current = min(self.cap, self.current * 2 or self.first)
+        await asyncio.sleep(self.current)
+
+
+@dataclass
+class Running:
+    task: Task
+    job: asyncio.Task[None]
+    started: float
+
+
+class ConsumerPool:
+    """CONCURRENCY task slots fed from one queue's streams, run on the executor pool."""
+
+    def __init__(
+        self, streams: Streams, executors: ExecutorPool, settings: Settings, consumer: str
+    ) -> None:
+        self.streams = streams
+        self.executors = executors
+        self.settings = settings
+        self.consumer = consumer
+        self.running: dict[str, Running] = {}
+        self._slot_free = asyncio.Event()
+        self._slot_free.set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._fetcher: asyncio.Task[None] | None = None
+        self.redis_ok = True
+
+    @property
+    def free_slots(self) -> int:
+        return self.settings.concurrency - len(self.running)
+
+    def start(self) -> None:
+        """Start claiming (when executors are configured), renewing and listening for cancels."""
+        if self.executors.executors:
+            self._fetcher = asyncio.create_task(self._fetch_loop(), name="consumer-fetch")
+        self._loops = [
+            asyncio.create_task(self._renew_loop(), name="consumer-renew"),
+            asyncio.create_task(self._cancel_listener(), name="consumer-cancel"),
+        ]
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give running tasks `grace` s; abort and release the rest."""
+        if self._fetcher:
+            await _cancel(self._fetcher)
+        jobs = [r.job for r in self.running.values()]
+        if jobs:
+            log.info("consumer_draining", running=len(jobs), grace=grace)
+            await asyncio.wait(jobs, timeout=grace)
+        left = list(self.running.values())
+        for running in left:
+            running.job.cancel()
+        await asyncio.gather(*(r.job for r in left), return_exceptions=True)
+        if left:
+            await self._release([r.task for r in left])
+        for loop in self._loops:
+            await _cancel(loop)
+
+    async def _release(self, tasks: list[Task]) -> None:
+        """Expire our leases now so another process takes the tasks over at once."""
+        try:
+            await self.streams.renew(self.consumer, tasks, 0)
+            log.info("consumer_released", tasks=len(tasks))
+        except Unavailable:
+            log.warning("consumer_release_failed", tasks=len(tasks))
+
+    # --- claim ---------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._slot_free.wait()
+            await self.executors.available.wait()
+            try:
+                claimed = await self.streams.claim(
+                    self.consumer, self.free_slots, self.settings.lease_timeout
+                )
+                self._redis_back(backoff)
+            except Unavailable as exc:
+                await self._redis_lost(backoff, exc)
+                continue
+            if claimed.recreated:
+                log.warning("consumer_group_recreated", queue=self.streams.keys.queue)
+            for task in claimed.tasks:
+                self._spawn(task)
+            if not claimed.tasks:
+                await self._idle(claimed.wake_in)
+
+    def _redis_back(self, backoff: Backoff) -> None:
+        if not self.redis_ok:
+            log.info("redis_reconnected")
+        self.redis_ok = True
+        backoff.reset()
+
+    async def _redis_lost(self, backoff: Backoff, exc: Exception) -> None:
+        if self.redis_ok:
+            log.error("redis_unavailable", error=str(exc))
+        self.redis_ok = False
+        await backoff.sleep()
+
+    async def _idle(self, wake_in: float | None) -> None:
+        timeout = MAX_IDLE if wake_in is None else min(MAX_IDLE, wake_in + 0.005)
+        try:
+            await self.streams.wait_for_work(timeout)
+        except Unavailable:
+            await asyncio.sleep(0.1)
+
+    def _spawn(self, task: Task) -> None:
+        job = asyncio.create_task(self._run(task), name=f"task-{task.eval_id}")
+        self.running[task.eval_id] = Running(task, job, time.perf_counter())
+        if self.free_slots <= 0:
+            self._slot_free.clear()
+        job.add_done_callback(lambda _: self._finished(task.eval_id))
+
+    def _finished(self, eval_id: str) -> None:
+        self.running.pop(eval_id, None)
+        self._slot_free.set()
+
+    # --- execute and settle --------------------------------------------------------
+
+    async def _run(self, task: Task) -> None:
+        with structlog.contextvars.bound_contextvars(eval_id=task.eval_id, attempt=task.attempt):
+            await self.executors.available.wait()
+            started = time.perf_counter()
+            execution = await self.executors.execute(
+                task, task.timeout or self.settings.task_timeout
+            )
+            status = await self._settle(task, execution)
+            log.info(
+                "task_attempt",
+                outcome=execution.outcome.value,
+                status=status,
+                executor=execution.executor,
+                http_status=execution.status_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                error=execution.error or None,
+            )
+
+    async def _settle(self, task: Task, execution: Execution) -> str:
+        """Write the outcome; retry while Redis is away, give up once the lease is lost."""
+        backoff = Backoff(cap=1.0)
+        deadline = time.monotonic() + self.settings.lease_timeout
+        while True:
+            try:
+                return await self._write_outcome(task, execution)
+            except (Conflict, NotFound) as exc:
+                return f"discarded: {exc}"
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    return "discarded: redis unavailable past the lease"
+                await backoff.sleep()
+
+    async def _write_outcome(self, task: Task, execution: Execution) -> str:
+        if execution.outcome is Outcome.SUCCESS:
+            await self.streams.complete(task.eval_id, execution.result, task)
+            return "completed"
+        policy = (
+            self.settings.network_retry
+            if execution.outcome is Outcome.NETWORK
+            else self.settings.retry
+        )
+        answer = await self.streams.fail(
+            task.eval_id,
+            execution.error,
+            retry=execution.outcome is not Outcome.PERMANENT,
+            policy=policy,
+            task=task,
+            detail=execution.result,
+            exit_code=execution.exit_code,
+        )
+        return str(answer["status"])
+
+    # --- leases and cancellation ---------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        interval = self.settings.lease_timeout / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self.running:
+                continue
+            try:
+                lost = await self.streams.renew(
+                    self.consumer,
+                    [r.task for r in self.running.values()],
+                    self.settings.lease_timeout,
+                )
+            except Unavailable:
+                continue
+            for eval_id in lost:
+                self._abort(eval_id, "lease lost")
+
+    def _abort(self, eval_id: str, reason: str) -> None:
+        running = self.running.get(eval_id)
+        if running:
+            log.warning("task_aborted", eval_id=eval_id, reason=reason)
+            running.job.cancel()
+
+    async def _cancel_listener(self) -> None:
+        """Abort local executions of tasks cancelled with terminate=true on any process."""
+        backoff = Backoff()
+        while True:
+            try:
+                async for eval_id in self.streams.cancellations():
+                    backoff.reset()
+                    self._abort(eval_id, "cancelled")
+            except Unavailable:
+                await backoff.sleep()
+
+    def views(self) -> list[dict[str, Any]]:
+        now = time.perf_counter()
+        return [
+            {
+                "eval_id": r.task.eval_id,
+                "attempt": r.task.attempt,
+                "running_s": round(now - r.started, 3),
+            }
+            for r in self.running.values()
+        ]
+
+
+async def pull(streams: Streams, consumer: str, wait: float, lease: float) -> Task | None:
+    """One task for an external worker (`GET /tasks/next`), long-polling up to `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        claimed = await streams.claim(consumer, 1, lease)
+        if claimed.tasks:
+            return claimed.tasks[0]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        wake = remaining if claimed.wake_in is None else min(remaining, claimed.wake_in + 0.005)
+        await streams.wait_for_work(wake)
+
+
+async def _cancel(job: asyncio.Task[Any]) -> None:
+    job.cancel()
+    await asyncio.gather(job, return_exceptions=True)

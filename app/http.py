@@ -1,0 +1,368 @@
+"""The Starlette application: lifespan wiring, legacy /tasks API, health and status, middleware.
+
+Handlers parse, call one `Streams` (or `consumers.pull`) operation, and render. Domain
+errors become HTTP statuses in one table, `ERROR_STATUS`.
+
+Imports: consumers, streams, executors, models, errors, settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.consumers import ConsumerPool, pull
+from app.errors import (
+    BadRequest,
+    Conflict,
+    Invalid,
+    NotFound,
+    PayloadTooLarge,
+    TaskstreamError,
+    Unauthorized,
+    Unavailable,
+)
+from app.executors import ExecutorPool
+from app.models import Priority, Task, TaskRequest, check_eval_id, parse_json
+from app.settings import Settings
+from app.streams import Streams, connect, consumer_name
+
+log = structlog.get_logger()
+
+ERROR_STATUS: dict[type[TaskstreamError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    Invalid: 422,
+    Unavailable: 503,
+}
+PUBLIC_PATHS = frozenset(
+    {"/health", "/livez", "/readyz", "/docs", "/redoc", "/openapi.json", "/openapi.yaml"}
+)
+MAX_WAIT = 30.0
+MAX_BATCH = 1000
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, message: str) -> JSON:
+    return JSON({"error": message}, status_code=status)
+
+
+async def on_domain_error(request: Request, exc: Exception) -> Response:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return error_response(ERROR_STATUS[cls], str(exc))
+    return error_response(500, "internal error")
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail))
+
+
+# --- middleware (pure ASGI: no per-request task or body buffering) -----------------------
+
+
+class Guard:
+    """API key check and MAX_BODY_BYTES limit, before any handler runs."""
+
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], max_body: int) -> None:
+        self.app = app
+        self.api_keys = tuple(k.encode() for k in api_keys)
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.api_keys and scope["path"] not in PUBLIC_PATHS and not self._authorized(headers):
+            await error_response(401, "missing or wrong API key")(scope, receive, send)
+            return
+        length = headers.get(b"content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            message = f"body larger than {self.max_body} bytes"
+            await error_response(413, message)(scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        offered = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            offered = offered or auth[7:].strip()
+        return any(hmac.compare_digest(offered, key) for key in self.api_keys)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise PayloadTooLarge(f"body larger than {self.max_body} bytes")
+            return message
+
+        return limited
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _streams(request: Request) -> Streams:
+    streams: Streams = request.state.streams
+    return streams
+
+
+async def _json_body(request: Request) -> Any:
+    return parse_json(await request.body())
+
+
+def _eval_id(request: Request) -> str:
+    return check_eval_id(request.path_params["eval_id"])
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _float_param(request: Request, name: str, default: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Invalid(f"{name} must be a number") from None
+    if not 0 <= value <= high:
+        raise Invalid(f"{name} must be between 0 and {high:g}")
+    return value
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise Invalid("body must be a JSON object")
+    return data
+
+
+def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
+    """A pull worker may send back its delivery token (`lease` + `attempt`) for fencing."""
+    lease, attempt = body.get("lease"), body.get("attempt")
+    if lease is None and attempt is None:
+        return None
+    if not isinstance(lease, str) or isinstance(attempt, bool) or not isinstance(attempt, int):
+        raise Invalid("lease must be a string and attempt an integer, given together")
+    return Task(eval_id, lease, attempt, Priority.DEFAULT)
+
+
+# --- legacy /tasks API --------------------------------------------------------------
+
+
+async def create_task(request: Request) -> Response:
+    req = TaskRequest.parse(await _json_body(request), time.time())
+    return JSON(await _streams(request).enqueue(req), status_code=201)
+
+
+async def create_batch(request: Request) -> Response:
+    body = _object(await _json_body(request))
+    items = body.get("tasks")
+    if not isinstance(items, list) or not items:
+        raise Invalid("tasks must be a non-empty list")
+    if len(items) > MAX_BATCH:
+        raise Invalid(f"at most {MAX_BATCH} tasks per batch")
+    now = time.time()
+    reqs = []
+    for index, item in enumerate(items):
+        try:
+            reqs.append(TaskRequest.parse(item, now))
+        except Invalid as exc:
+            raise Invalid(f"tasks[{index}]: {exc}") from exc
+    return JSON({"tasks": await _streams(request).enqueue_many(reqs)}, status_code=201)
+
+
+async def next_task(request: Request) -> Response:
+    wait = _float_param(request, "wait", 0.0, MAX_WAIT)
+    settings: Settings = request.state.settings
+    task = await pull(_streams(request), request.state.consumer, wait, settings.task_timeout)
+    if task is None:
+        return Response(status_code=204)
+    return JSON(task.view())
+
+
+async def get_task(request: Request) -> Response:
+    return JSON(await _streams(request).get(_eval_id(request)))
+
+
+async def complete_task(request: Request) -> Response:
+    eval_id = _eval_id(request)
+    body = _object(await _json_body(request))
+    await _streams(request).complete(eval_id, body.get("result"), _delivery(eval_id, body))
+    return JSON({"eval_id": eval_id, "status": "completed"})
+
+
+async def fail_task(request: Request) -> Response:
+    eval_id = _eval_id(request)
+    body = _object(await _json_body(request))
+    error = body.get("error", "failed")
+    retry = body.get("retry", True)
+    if not isinstance(error, str) or not isinstance(retry, bool):
+        raise Invalid("error must be a string and retry a boolean")
+    detail = {"traceback": body["traceback"]} if body.get("traceback") else None
+    answer = await _streams(request).fail(
+        eval_id, error, retry=retry, task=_delivery(eval_id, body), detail=detail
+    )
+    return JSON(answer)
+
+
+async def cancel_task(request: Request) -> Response:
+    eval_id = _eval_id(request)
+    return JSON(await _streams(request).cancel(eval_id, _flag(request, "terminate")))
+
+
+async def clear_tasks(request: Request) -> Response:
+    return JSON({"cleared": await _streams(request).clear()})
+
+
+# --- health and status --------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    executors: ExecutorPool = request.state.executors
+    try:
+        counts = await _streams(request).counts()
+    except Unavailable as exc:
+        body = {"status": "unhealthy", "redis": "unavailable", "error": str(exc)}
+        return JSON(body, status_code=503)
+    return JSON(
+        {
+            "status": "healthy",
+            "redis": "ok",
+            "queue": _streams(request).keys.queue,
+            **counts["states"],
+            "dlq": counts["dlq"],
+            "executors": {
+                "total": len(executors.executors),
+                "healthy": sum(e.healthy for e in executors.executors),
+            },
+        }
+    )
+
+
+async def livez(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await _streams(request).ping()
+    except Unavailable as exc:
+        return JSON({"status": "not ready", "error": str(exc)}, status_code=503)
+    return JSON({"status": "ready"})
+
+
+async def status(request: Request) -> Response:
+    streams = _streams(request)
+    executors: ExecutorPool = request.state.executors
+    pool: ConsumerPool = request.state.consumers
+    counts = await streams.counts()
+    return JSON(
+        {
+            "queue": streams.keys.queue,
+            **counts,
+            "consumers": await streams.consumers(),
+            "process": {
+                "consumer": pool.consumer,
+                "concurrency": request.state.settings.concurrency,
+                "running": pool.views(),
+            },
+            "executors": executors.views(),
+        }
+    )
+
+
+ROUTES = [
+    Route("/tasks", create_task, methods=["POST"]),
+    Route("/tasks", clear_tasks, methods=["DELETE"]),
+    Route("/tasks/batch", create_batch, methods=["POST"]),
+    Route("/tasks/next", next_task, methods=["GET"]),
+    Route("/tasks/{eval_id}", get_task, methods=["GET"]),
+    Route("/tasks/{eval_id}/complete", complete_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/status", status, methods=["GET"]),
+]
+
+
+def create_app(
+    settings: Settings,
+    redis_url: str | None = None,
+    executors: ExecutorPool | None = None,
+) -> Starlette:
+    """Build the app; the lifespan opens Redis, the executor pool and the consumers."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        url = redis_url or settings.redis_url
+        if not url:
+            raise RuntimeError("no Redis URL: set REDIS_URL or let __main__ embed one")
+        client = connect(url, MAX_WAIT)
+        streams = Streams(client, settings)
+        with contextlib.suppress(Unavailable):
+            await streams.ensure_groups()
+        pool = executors or ExecutorPool(settings.executor_urls, settings.health_interval)
+        await pool.start()
+        consumers = ConsumerPool(streams, pool, settings, consumer_name())
+        consumers.start()
+        log.info(
+            "service_started",
+            queue=settings.queue,
+            consumer=consumers.consumer,
+            executors=len(pool.executors),
+            concurrency=settings.concurrency,
+        )
+        try:
+            yield {
+                "settings": settings,
+                "streams": streams,
+                "executors": pool,
+                "consumers": consumers,
+                "consumer": consumers.consumer,
+            }
+        finally:
+            await consumers.stop(settings.shutdown_grace)
+            await pool.close()
+            await client.aclose()
+            log.info("service_stopped")
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={TaskstreamError: on_domain_error, HTTPException: on_http_error},
+    )
+    app.add_middleware(Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes)
+    return app

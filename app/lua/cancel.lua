@@ -1,0 +1,34 @@
+-- Cancel a task: queued (entry deleted, its sequence number recorded as a hole so
+-- positions stay exact), scheduled / retrying (removed from the schedule), or processing
+-- when terminate is set (entry acked and deleted, holders told on the cancel channel).
+-- KEYS: 1 task hash, 2 stream:high, 3 stream:default, 4 stream:low, 5 holes:high,
+--       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters
+-- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
+--       6 cancel channel
+-- Returns {'cancelled', previous state} | {'missing'} | {'state', state}
+local id = ARGV[1]
+local STREAM = {high = KEYS[2], default = KEYS[3], low = KEYS[4]}
+local HOLES = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
+local rec = redis.call('HMGET', KEYS[1], 'state', 'prio', 'entry', 'seq', 'attempts')
+local state, prio, entry = rec[1], rec[2], rec[3]
+if not state then return {'missing'} end
+if state == 'queued' then
+  redis.call('XDEL', STREAM[prio], entry)
+  redis.call('ZADD', HOLES[prio], rec[4], id)
+elseif state == 'scheduled' or state == 'retrying' then
+  redis.call('ZREM', KEYS[8], id)
+  redis.call('HINCRBY', KEYS[11], state .. ':' .. prio, -1)
+elseif state == 'processing' and ARGV[2] == '1' then
+  redis.call('XACK', STREAM[prio], ARGV[3], entry)
+  redis.call('XDEL', STREAM[prio], entry)
+  redis.call('ZREM', KEYS[9], id)
+  redis.call('PUBLISH', ARGV[6], id)
+else
+  return {'state', state}
+end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now_ms())
+redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('HINCRBY', KEYS[11], 'total:cancelled', 1)
+event(KEYS[10], ARGV[4], id, 'cancelled', rec[5])
+return {'cancelled', state}

@@ -1,0 +1,114 @@
+-- Hand out up to COUNT tasks to one consumer, in strict priority order, in one step:
+--   1. promote scheduled/retrying tasks that are due into their priority stream;
+--   2. take over tasks whose lease lapsed (their holder died), XCLAIM to this consumer;
+--      past LEASE_MAX_LAPSES such a task is failed into the DLQ (poison guard);
+--   3. XREADGROUP '>' on high, then default, then low, only as much as is still free.
+-- Each delivery bumps `attempts`: (entry, attempts) is the fencing token of the holder.
+-- A missing group (Redis restarted empty, DELETE /tasks) is recreated here.
+-- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 counters, 5 leases, 6 events,
+--       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low
+-- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
+--       7 task key prefix, 8 failure ttl s, 9 promote limit
+-- Returns {{eval_id, entry, attempt, prio, payload}..., next wake ms or 0, groups recreated}
+local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local prefix, failure_ttl = ARGV[7], ARGV[8]
+local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
+local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
+local now = now_ms()
+local out, recreated = {}, 0
+
+local function deliver(k_task, id, entry, prio, payload)
+  local attempt = redis.call('HINCRBY', k_task, 'attempts', 1)
+  redis.call('HSET', k_task, 'state', 'processing', 'started', now, 'worker', consumer)
+  redis.call('ZADD', KEYS[5], now + lease_ms, id)
+  event(KEYS[6], maxlen, id, 'processing', attempt)
+  out[#out + 1] = {id, entry, attempt, prio, payload}
+end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, ARGV[9])) do
+  local k_task = prefix .. id
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload')
+  if rec[1] == 'scheduled' or rec[1] == 'retrying' then
+    push(k_task, STREAM[rec[2]], KEYS[4], id, rec[2], rec[3])
+    redis.call('HINCRBY', KEYS[4], rec[1] .. ':' .. rec[2], -1)
+    redis.call('HDEL', k_task, 'payload', 'run_at')
+    event(KEYS[6], maxlen, id, 'queued')
+  end
+  redis.call('ZREM', KEYS[7], id)
+end
+
+local function reclaim(id)
+  local k_task = prefix .. id
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts')
+  if rec[1] ~= 'processing' or not rec[3] then
+    redis.call('ZREM', KEYS[5], id)
+    return
+  end
+  local k_stream, lapses = STREAM[rec[2]], tonumber(rec[4] or '0') + 1
+  redis.call('HSET', k_task, 'lapses', lapses)
+  if lapses > max_lapses then
+    local payload = entry_payload(k_stream, rec[3])
+    redis.call('XACK', k_stream, group, rec[3])
+    redis.call('XDEL', k_stream, rec[3])
+    redis.call('ZREM', KEYS[5], id)
+    local err = 'lease lapsed ' .. lapses .. ' times without a result (worker died or hung)'
+    bury(k_task, KEYS[8], KEYS[6], KEYS[4], maxlen, id, rec[2], payload, err, '', rec[5], now,
+      failure_ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
+    return
+  end
+  local claimed = redis.call('XCLAIM', k_stream, group, consumer, 0, rec[3])
+  if #claimed == 0 or not claimed[1] then
+    redis.call('ZREM', KEYS[5], id)
+    return
+  end
+  deliver(k_task, id, rec[3], rec[2], to_map(claimed[1][2])['payload'] or '')
+end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, count)) do
+  reclaim(id)
+end
+
+local function read_new(prio, n)
+  local k_stream = STREAM[prio]
+  local res = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n,
+    'STREAMS', k_stream, '>')
+  if type(res) == 'table' and res.err then
+    if not string.find(res.err, 'NOGROUP') then error(res.err) end
+    redis.call('XGROUP', 'CREATE', k_stream, group, '0', 'MKSTREAM')
+    recreated = 1
+    res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n,
+      'STREAMS', k_stream, '>')
+  end
+  if not res or not res[1] then return end
+  local head
+  for _, item in ipairs(res[1][2]) do
+    local fields = to_map(item[2])
+    local k_task = prefix .. fields['id']
+    head = fields['n']
+    if redis.call('HGET', k_task, 'entry') == item[1] then
+      deliver(k_task, fields['id'], item[1], prio, fields['payload'])
+    else
+      -- orphan entry (its record was cleared): drop it
+      redis.call('XACK', k_stream, group, item[1])
+      redis.call('XDEL', k_stream, item[1])
+    end
+  end
+  if head then
+    redis.call('HSET', KEYS[4], 'head:' .. prio, head)
+    redis.call('ZREMRANGEBYSCORE', HOLES[prio], '-inf', head)
+  end
+end
+
+for _, prio in ipairs(PRIOS) do
+  local free = count - #out
+  if free <= 0 then break end
+  read_new(prio, free)
+end
+
+local wake = 0
+for _, k in ipairs({KEYS[5], KEYS[7]}) do
+  local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+  if first[2] and (wake == 0 or tonumber(first[2]) < wake) then wake = tonumber(first[2]) end
+end
+return {out, wake, recreated}

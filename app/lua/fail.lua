@@ -1,0 +1,43 @@
+-- Record a failed attempt: fenced; retry with backoff (state `retrying`, due time in the
+-- scheduled zset, payload moved into the record) or bury it in the DLQ (state `failed`).
+-- Retry n waits min(max, base * exp^(n-1)); jitter keeps half and randomises the rest.
+-- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 scheduled, 6 dlq,
+--       7 stream:high, 8 stream:default, 9 stream:low
+-- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 error, 5 retry? ('1'/'0'), 6 default max retries,
+--       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
+--       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
+--       15 detail (executor answer or traceback)
+-- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
+local id = ARGV[1]
+local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
+local now = now_ms()
+local refused, rec = fence(KEYS[1], KEYS[2], id, ARGV[2], ARGV[3], now)
+if refused then return refused end
+local k_stream, prio, attempts = STREAM[rec[4]], rec[4], tonumber(rec[3])
+local payload = entry_payload(k_stream, rec[2])
+redis.call('XACK', k_stream, ARGV[12], rec[2])
+redis.call('XDEL', k_stream, rec[2])
+redis.call('ZREM', KEYS[2], id)
+local max_retries = tonumber(ARGV[6])
+local ok, decoded = pcall(cjson.decode, payload)
+if ok and type(decoded) == 'table' and tonumber(decoded['max_retries']) then
+  max_retries = tonumber(decoded['max_retries'])
+end
+if ARGV[5] == '1' and attempts <= max_retries then
+  local raw = math.min(tonumber(ARGV[9]), tonumber(ARGV[7]) * tonumber(ARGV[8]) ^ (attempts - 1))
+  local r = tonumber(ARGV[10])
+  local delay = raw
+  if r >= 0 then delay = raw / 2 + r * raw / 2 end
+  local due = now + math.floor(delay)
+  redis.call('HSET', KEYS[1], 'state', 'retrying', 'error', ARGV[4], 'payload', payload,
+    'run_at', due)
+  redis.call('HDEL', KEYS[1], 'entry')
+  redis.call('ZADD', KEYS[5], due, id)
+  redis.call('HINCRBY', KEYS[4], 'retrying:' .. prio, 1)
+  redis.call('HINCRBY', KEYS[4], 'total:retried', 1)
+  event(KEYS[3], ARGV[13], id, 'retrying', attempts)
+  return {'retrying', due}
+end
+bury(KEYS[1], KEYS[6], KEYS[3], KEYS[4], ARGV[13], id, prio, payload, ARGV[4], ARGV[15],
+  attempts, now, ARGV[11], ARGV[14])
+return {'failed'}

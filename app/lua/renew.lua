@@ -1,0 +1,20 @@
+-- Renew the leases of the tasks a consumer is running (or release them: lease ms 0).
+-- Fenced per task; XCLAIM ... JUSTID resets the entry's idle time so XPENDING and
+-- XINFO CONSUMERS show live holders, without bumping the delivery counter.
+-- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 leases
+-- ARGV: 1 group, 2 consumer, 3 lease ms, 4 task key prefix, then (eval_id, entry, attempt)...
+-- Returns the eval_ids this consumer no longer holds.
+local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
+local now = now_ms()
+local lost = {}
+for i = 5, #ARGV, 3 do
+  local id = ARGV[i]
+  local refused, rec = fence(ARGV[4] .. id, KEYS[4], id, ARGV[i + 1], ARGV[i + 2], now)
+  if refused then
+    lost[#lost + 1] = id
+  else
+    redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), id)
+    redis.call('XCLAIM', STREAM[rec[4]], ARGV[1], ARGV[2], 0, rec[2], 'JUSTID')
+  end
+end
+return lost

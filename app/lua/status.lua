@@ -1,0 +1,21 @@
+-- Read a task record and, when queued, its position (1 = next) in strict priority order.
+-- KEYS: 1 task hash, 2 counters, 3 holes:high, 4 holes:default, 5 holes:low
+-- ARGV: none
+-- Returns {flat HGETALL, position or 0}; {} when unknown.
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {} end
+local task = to_map(rec)
+local position = 0
+if task['state'] == 'queued' then
+  local seq = tonumber(task['seq'])
+  for i, p in ipairs(PRIOS) do
+    if p == task['prio'] then
+      local head = tonumber(redis.call('HGET', KEYS[2], 'head:' .. p) or '0')
+      local holes = redis.call('ZCOUNT', KEYS[2 + i], '(' .. head, '(' .. seq)
+      position = position + seq - head - holes
+      break
+    end
+    position = position + queued_in(KEYS[2], KEYS[2 + i], p)
+  end
+end
+return {rec, position}

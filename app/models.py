@@ -1,0 +1,215 @@
+"""Task vocabulary: states, priorities, validation of submitted tasks, record rendering.
+
+Imports: errors (and stdlib, orjson).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from app.errors import BadRequest, Invalid
+
+EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_DELAY_SECONDS = 366 * 86400
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+WAITING = frozenset({State.QUEUED, State.SCHEDULED, State.RETRYING})
+CANCELLABLE = WAITING
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    DEFAULT = "default"
+    LOW = "low"
+
+
+# Claim order: a free slot takes high, else default, else low.
+PRIORITY_ORDER = (Priority.HIGH, Priority.DEFAULT, Priority.LOW)
+
+
+class Outcome(StrEnum):
+    """How an execution attempt ended, as the executor protocol classifies it."""
+
+    SUCCESS = "success"
+    PERMANENT = "permanent"  # 4xx: fail now, no retry
+    RETRYABLE = "retryable"  # 5xx, 408, 429, task timeout: default retry policy
+    NETWORK = "network"  # connection error: network retry policy
+
+
+def new_eval_id() -> str:
+    """A random id: 22 URL-safe characters, shorter than a UUID, same entropy class."""
+    return secrets.token_urlsafe(16)
+
+
+def check_eval_id(value: object) -> str:
+    if not isinstance(value, str) or not EVAL_ID_RE.match(value):
+        raise Invalid("eval_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def parse_priority(value: object) -> Priority:
+    if value is True:
+        return Priority.HIGH
+    if value is False or value is None:
+        return Priority.DEFAULT
+    if isinstance(value, str) and value.lower() in Priority.__members__.values():
+        return Priority(value.lower())
+    raise Invalid("priority must be true, false, 'high', 'default' or 'low'")
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON request body; malformed JSON is a 400."""
+    try:
+        return orjson.loads(body or b"null")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+
+
+def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Invalid(f"{key} must be a number")
+    if not low <= value <= high:
+        raise Invalid(f"{key} must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def _run_at(data: dict[str, Any], now: float) -> float | None:
+    if data.get("delay") is not None and data.get("run_at") is not None:
+        raise Invalid("give delay or run_at, not both")
+    delay = _number(data, "delay", 0, MAX_DELAY_SECONDS)
+    if delay is not None:
+        return now + delay if delay > 0 else None
+    value = data.get("run_at")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Invalid("run_at must be epoch seconds or an ISO-8601 time") from None
+        moment = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+    else:
+        moment = _number(data, "run_at", 0, 1e11) or 0.0
+    return moment if moment > now else None
+
+
+def _payload(data: dict[str, Any]) -> dict[str, Any]:
+    """What executors receive; defaults are left out, since it is most of a queued task's memory."""
+    code = data.get("code")
+    if not isinstance(code, str) or not code:
+        raise Invalid("code must be a non-empty string")
+    language = data.get("language", "python")
+    if not isinstance(language, str) or not 0 < len(language) <= 64:
+        raise Invalid("language must be a string of 1-64 characters")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise Invalid("metadata must be an object")
+    max_retries = _number(data, "max_retries", 0, 1000)
+    if max_retries is not None and max_retries != int(max_retries):
+        raise Invalid("max_retries must be an integer")
+    optional = {
+        "language": language if language != "python" else None,
+        "metadata": metadata or None,
+        "timeout": _number(data, "timeout", 0.001, 86400),
+        "max_retries": int(max_retries) if max_retries is not None else None,
+    }
+    return {"code": code, **{k: v for k, v in optional.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """A validated submission; `payload` is what executors and pull workers receive."""
+
+    eval_id: str
+    priority: Priority
+    payload: dict[str, Any]
+    run_at: float | None = None  # epoch seconds; None = run now
+
+    @classmethod
+    def parse(cls, data: object, now: float) -> TaskRequest:
+        """Validate one task from `POST /tasks`; raise Invalid with a message for the client."""
+        if not isinstance(data, dict):
+            raise Invalid("a task must be a JSON object")
+        eval_id = data.get("eval_id")
+        eval_id = new_eval_id() if eval_id is None else check_eval_id(eval_id)
+        priority = parse_priority(data.get("priority"))
+        return cls(eval_id, priority, _payload(data), _run_at(data, now))
+
+    def encoded_payload(self) -> bytes:
+        return orjson.dumps(self.payload)
+
+
+@dataclass
+class Task:
+    """One delivery of a task to a consumer: (entry, attempt) is its fencing token."""
+
+    eval_id: str
+    entry: str
+    attempt: int
+    priority: Priority
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timeout(self) -> float | None:
+        value = self.payload.get("timeout")
+        return float(value) if value is not None else None
+
+    @property
+    def max_retries(self) -> int | None:
+        value = self.payload.get("max_retries")
+        return int(value) if value is not None else None
+
+    def executor_body(self) -> dict[str, Any]:
+        """The JSON the executor protocol sends to `POST {executor}/execute`."""
+        return {
+            "eval_id": self.eval_id,
+            "code": self.payload.get("code", ""),
+            "language": self.payload.get("language", "python"),
+            "attempt": self.attempt,
+            "metadata": self.payload.get("metadata", {}),
+        }
+
+    def view(self) -> dict[str, Any]:
+        """What a pull worker gets from `GET /tasks/next`."""
+        return {
+            **self.executor_body(),
+            "status": State.PROCESSING.value,
+            "priority": self.priority.value,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "lease": self.entry,
+        }
+
+
+def iso_ms(value: bytes | str | None) -> str | None:
+    """Render a stored epoch-milliseconds value as ISO-8601 UTC."""
+    if not value:
+        return None
+    moment = datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode_json(value: bytes | None) -> Any:
+    return orjson.loads(value) if value else None

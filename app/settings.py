@@ -1,0 +1,204 @@
+"""Configuration: the one place that reads the environment.
+
+`Settings.from_env(environ)` validates every variable and raises `SettingsError`
+with a one-line message naming the variable. Imports: stdlib only.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "console")
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class SettingsError(ValueError):
+    """A bad environment value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: retry n waits min(max, base * exp^(n-1)), then jitter."""
+
+    max_retries: int
+    base_delay: float
+    exponential_base: float
+    max_delay: float
+    jitter: bool = True
+
+    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        raw = min(self.max_delay, self.base_delay * self.exponential_base ** (retry - 1))
+        if not self.jitter:
+            return raw
+        # "equal jitter": keeps at least half the delay, so backoff still grows.
+        return raw / 2 + rand() * raw / 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    redis_url: str | None = None
+    api_keys: tuple[str, ...] = ()
+    eas_tokens: tuple[str, ...] = ()
+    executor_urls: tuple[str, ...] = ()
+    target_api_base_url: str | None = None
+    concurrency: int = 16
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, 5.0, 2.0, 300.0, True))
+    network_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(5, 10.0, 1.5, 600.0, True)
+    )
+    task_timeout: float = 600.0
+    lease_timeout: float = 30.0
+    lease_max_lapses: int = 3
+    result_ttl: int = 3600
+    failure_ttl: int = 86400
+    health_interval: float = 5.0
+    max_body_bytes: int = 1048576
+    log_level: str = "INFO"
+    log_format: str = "json"
+    data_dir: Path = Path("./data")
+    queue: str = "evaluations"
+    shutdown_grace: float = 10.0
+    events_maxlen: int = 10000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; raise SettingsError on bad values."""
+        r = _Reader(env)
+        retry_jitter = r.boolean("RETRY_JITTER", True)
+        return cls(
+            host=r.text("HOST", "127.0.0.1"),
+            port=r.number("PORT", 8081, int, 0, 65535),
+            redis_url=r.url("REDIS_URL", ("redis", "rediss", "unix")),
+            api_keys=r.items("API_KEY") + r.items("QUEUE_API_KEY"),
+            eas_tokens=r.items("EAS_TOKEN"),
+            executor_urls=_executor_urls(r),
+            target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
+            concurrency=r.number("CONCURRENCY", 16, int, 1, 10000),
+            retry=RetryPolicy(
+                r.number("MAX_RETRIES", 3, int, 0, 1000),
+                r.number("RETRY_BASE_DELAY", 5.0, float, 0.0),
+                r.number("RETRY_EXPONENTIAL_BASE", 2.0, float, 1.0),
+                r.number("RETRY_MAX_DELAY", 300.0, float, 0.0),
+                retry_jitter,
+            ),
+            network_retry=RetryPolicy(
+                r.number("NETWORK_RETRY_MAX_RETRIES", 5, int, 0, 1000),
+                r.number("NETWORK_RETRY_BASE_DELAY", 10.0, float, 0.0),
+                r.number("NETWORK_RETRY_EXPONENTIAL_BASE", 1.5, float, 1.0),
+                r.number("NETWORK_RETRY_MAX_DELAY", 600.0, float, 0.0),
+                retry_jitter,
+            ),
+            task_timeout=r.number("TASK_TIMEOUT", 600.0, float, 0.001),
+            lease_timeout=r.number("LEASE_TIMEOUT", 30.0, float, 0.1),
+            lease_max_lapses=r.number("LEASE_MAX_LAPSES", 3, int, 0, 1000),
+            result_ttl=r.number("RESULT_TTL", 3600, int, 1),
+            failure_ttl=r.number("FAILURE_TTL", 86400, int, 1),
+            health_interval=r.number("HEALTH_INTERVAL", 5.0, float, 0.05),
+            max_body_bytes=r.number("MAX_BODY_BYTES", 1048576, int, 1),
+            log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            log_format=r.choice("LOG_FORMAT", "json", LOG_FORMATS),
+            data_dir=Path(r.text("DATA_DIR", "./data")),
+            queue=r.pattern("QUEUE_NAME", "evaluations", QUEUE_NAME_RE),
+            shutdown_grace=r.number("SHUTDOWN_GRACE", 10.0, float, 0.0),
+            events_maxlen=r.number("EVENTS_MAXLEN", 10000, int, 1),
+        )
+
+
+def _executor_urls(r: _Reader) -> tuple[str, ...]:
+    urls = r.items("EXECUTOR_URLS")
+    if not urls and r.raw("EXECUTOR_COUNT"):
+        count = r.number("EXECUTOR_COUNT", 0, int, 0, 1000)
+        base = r.text("EXECUTOR_BASE_URL", "http://executor").rstrip("/")
+        urls = tuple(f"{base}-{i}:8083" for i in range(1, count + 1))
+    for url in urls:
+        _check_url("EXECUTOR_URLS", url, ("http", "https"))
+    return tuple(u.rstrip("/") for u in urls)
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise SettingsError(f"{name}: not a {'/'.join(schemes)} URL: {value!r}")
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 - property access validates the port
+        except ValueError:
+            raise SettingsError(f"{name}: bad port in URL: {value!r}") from None
+        if not parts.hostname:
+            raise SettingsError(f"{name}: no host in URL: {value!r}")
+
+
+@dataclass(frozen=True)
+class _Reader:
+    env: Mapping[str, str]
+
+    def raw(self, name: str) -> str:
+        return self.env.get(name, "").strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.raw(name).split(",") if item.strip())
+
+    def number(
+        self,
+        name: str,
+        default: T,
+        kind: Callable[[str], T],
+        low: float | None = None,
+        high: float | None = None,
+    ) -> T:
+        value = self.raw(name)
+        if not value:
+            return default
+        try:
+            number = kind(value)
+        except ValueError:
+            label = "an integer" if kind is int else "a number"
+            raise SettingsError(f"{name}: not {label}: {value!r}") from None
+        if (low is not None and number < low) or (high is not None and number > high):  # type: ignore[operator]
+            raise SettingsError(f"{name}: out of range [{low}, {high}]: {value!r}")
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name).lower()
+        if not value:
+            return default
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}: not a boolean: {value!r}")
+
+    def choice(self, name: str, default: str, options: tuple[str, ...], upper: bool = False) -> str:
+        value = self.raw(name) or default
+        value = value.upper() if upper else value.lower()
+        if value not in options:
+            raise SettingsError(f"{name}: must be one of {', '.join(options)}: {value!r}")
+        return value
+
+    def pattern(self, name: str, default: str, regex: re.Pattern[str]) -> str:
+        value = self.raw(name) or default
+        if not regex.match(value):
+            raise SettingsError(f"{name}: invalid name: {value!r}")
+        return value
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        value = self.raw(name)
+        if not value:
+            return None
+        _check_url(name, value, schemes)
+        return value

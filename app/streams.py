@@ -1,0 +1,496 @@
+"""The only module that speaks Redis: key layout, client factory, Lua scripts, queue operations.
+
+Every multi-key change is one Lua script from `app/lua/` (loaded once, run by EVALSHA).
+Redis connection failures become `errors.Unavailable` here.
+
+Imports: models, errors, settings (and redis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from app.errors import Conflict, NotFound, Unavailable
+from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, decode_json, iso_ms
+from app.settings import RetryPolicy, Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+GROUP = "workers"
+SCRIPT_NAMES = ("enqueue", "claim", "complete", "fail", "renew", "cancel", "status", "clear")
+PROMOTE_LIMIT = 200
+# Replies that mean "the server cannot take writes now", not "your command is wrong".
+UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "BUSY ")
+REFUSALS = {
+    "missing": "no such task",
+    "state": "task is {state}, not processing",
+    "stale": "stale delivery: the task was handed to another worker",
+    "expired": "lease expired: the task will be delivered again",
+}
+
+
+def consumer_name() -> str:
+    """host:pid, so XINFO CONSUMERS shows one consumer per service process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def connect(url: str, max_block: float = 30.0) -> aioredis.Redis:
+    """The one Redis client factory: RESP2 and legacy reply shapes pinned explicitly."""
+    return aioredis.Redis.from_url(
+        url,
+        protocol=2,
+        legacy_responses=True,
+        decode_responses=False,
+        # Longer than any blocking read (XREAD BLOCK, long-poll), so a block is never a timeout.
+        socket_timeout=max_block + 10.0,
+        socket_connect_timeout=2.0,
+        health_check_interval=0,
+        # No silent re-sends: a script re-run after a lost reply would answer "duplicate"
+        # for a task that was stored. Callers see Unavailable and decide.
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn connection-level Redis failures into `Unavailable` (HTTP 503)."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except ResponseError as exc:
+            if str(exc).startswith(UNAVAILABLE_REPLIES):
+                raise Unavailable(f"redis: {exc}") from exc
+            raise
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+
+    return wrapper
+
+
+class Keys:
+    """Key names of one queue; `{queue}` is the Redis Cluster hash tag of all of them."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.prefix = f"ts:{{{queue}}}:"
+        self.task_prefix = f"{self.prefix}task:"
+        self.counters = f"{self.prefix}counters"
+        self.leases = f"{self.prefix}leases"
+        self.scheduled = f"{self.prefix}scheduled"
+        self.dlq = f"{self.prefix}dlq"
+        self.events = f"{self.prefix}events"
+        self.cancel_channel = f"{self.prefix}cancel"
+        self.streams = [f"{self.prefix}stream:{p.value}" for p in PRIORITY_ORDER]
+        self.holes = [f"{self.prefix}holes:{p.value}" for p in PRIORITY_ORDER]
+
+    def task(self, eval_id: str) -> str:
+        return self.task_prefix + eval_id
+
+    def stream(self, priority: Priority | str) -> str:
+        return f"{self.prefix}stream:{Priority(priority).value}"
+
+
+def load_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
+    """Read app/lua once; each script gets the shared helpers prepended."""
+    folder = resources.files("app") / "lua"
+    lib = (folder / "_lib.lua").read_text() + (folder / "_fence.lua").read_text()
+    return {
+        name: client.register_script(lib + (folder / f"{name}.lua").read_text())
+        for name in SCRIPT_NAMES
+    }
+
+
+@dataclass(frozen=True)
+class Claimed:
+    tasks: list[Task]
+    wake_in: float | None  # seconds until the next scheduled task or lease expiry
+    recreated: bool  # a consumer group was missing (Redis restarted empty, or cleared)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _refusal(reply: Sequence[Any]) -> Exception:
+    kind = _text(reply[0])
+    state = _text(reply[1]) if len(reply) > 1 else ""
+    if kind == "missing":
+        return NotFound(REFUSALS["missing"])
+    return Conflict(REFUSALS[kind].format(state=state))
+
+
+def render_record(eval_id: str, rec: dict[bytes, bytes], position: int) -> dict[str, Any]:
+    """The `GET /tasks/{eval_id}` document from a task hash."""
+    state = _text(rec.get(b"state", b""))
+    view: dict[str, Any] = {
+        "eval_id": eval_id,
+        "status": state,
+        "priority": _text(rec.get(b"prio", b"default")),
+        "attempts": int(rec.get(b"attempts", 0)),
+        "created_at": iso_ms(rec.get(b"created")),
+        "started_at": iso_ms(rec.get(b"started")),
+        "completed_at": iso_ms(rec.get(b"finished")),
+        "result": decode_json(rec.get(b"result")),
+        "error": _text(rec[b"error"]) if b"error" in rec else None,
+    }
+    if state == State.QUEUED:
+        view["position"] = position
+    if b"run_at" in rec:
+        view["run_at"] = iso_ms(rec[b"run_at"])
+    return view
+
+
+class Streams:
+    """The operations of one queue. Stateless apart from the client and loaded scripts."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        queue: str | None = None,
+        scripts: dict[str, AsyncScript] | None = None,
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keys = Keys(queue or settings.queue)
+        self.scripts = scripts or load_scripts(client)
+
+    # --- producers -----------------------------------------------------------------
+
+    def _enqueue_args(self, req: TaskRequest) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
+        run_at_ms = int(req.run_at * 1000) if req.run_at else 0
+        argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
+        return keys + k.holes, [*argv, self.settings.events_maxlen]
+
+    @staticmethod
+    def _enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
+        state = _text(reply[0])
+        if state == "duplicate":
+            raise Conflict(f"eval_id already exists: {req.eval_id}")
+        answer: dict[str, Any] = {
+            "eval_id": req.eval_id,
+            "status": state,
+            "priority": req.priority.value,
+        }
+        if state == State.QUEUED:
+            answer["position"] = int(reply[1])
+        return answer
+
+    @translate_errors
+    async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
+        """Store one task; 409 (Conflict) when its eval_id is already known."""
+        keys, argv = self._enqueue_args(req)
+        return self._enqueued(req, await self.scripts["enqueue"](keys, argv))
+
+    @translate_errors
+    async def enqueue_many(self, reqs: Sequence[TaskRequest]) -> list[dict[str, Any]]:
+        """Store several tasks in one round trip; each is atomic on its own."""
+        pipe = self.redis.pipeline(transaction=False)
+        for req in reqs:
+            keys, argv = self._enqueue_args(req)
+            await self.scripts["enqueue"](keys, argv, client=pipe)
+        replies = await pipe.execute()
+        answers: list[dict[str, Any]] = []
+        for req, reply in zip(reqs, replies, strict=True):
+            try:
+                answers.append(self._enqueued(req, reply))
+            except Conflict as exc:
+                answers.append({"eval_id": req.eval_id, "error": str(exc), "code": 409})
+        return answers
+
+    # --- consumers -----------------------------------------------------------------
+
+    @translate_errors
+    async def claim(self, consumer: str, count: int, lease: float) -> Claimed:
+        """Take up to `count` tasks (due ones promoted, lapsed leases first), leased `lease` s."""
+        k = self.keys
+        keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
+        argv: list[Any] = [
+            GROUP,
+            consumer,
+            count,
+            int(lease * 1000),
+            self.settings.lease_max_lapses,
+            self.settings.events_maxlen,
+            k.task_prefix,
+            self.settings.failure_ttl,
+            PROMOTE_LIMIT,
+        ]
+        items, wake_at, recreated = await self.scripts["claim"](keys, argv)
+        tasks = [
+            Task(
+                eval_id=_text(eval_id),
+                entry=_text(entry),
+                attempt=int(attempt),
+                priority=Priority(_text(prio)),
+                payload=orjson.loads(payload) if payload else {},
+            )
+            for eval_id, entry, attempt, prio, payload in items
+        ]
+        wake_in = None
+        if int(wake_at):
+            now_s, now_us = await self.redis.time()
+            wake_in = max(0.0, int(wake_at) / 1000 - (int(now_s) + int(now_us) / 1e6))
+        return Claimed(tasks, wake_in, bool(recreated))
+
+    @translate_errors
+    async def wait_for_work(self, timeout: float) -> None:
+        """Block (XREAD) until an entry is added to any priority stream, or `timeout` passes."""
+        if timeout <= 0:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.keys.streams:
+            pipe.xrevrange(key, "+", "-", count=1)
+        tails = await pipe.execute()
+        last: dict[Any, Any] = {
+            key: (tail[0][0] if tail else b"0-0")
+            for key, tail in zip(self.keys.streams, tails, strict=True)
+        }
+        await self.redis.xread(last, block=max(1, int(timeout * 1000)), count=1)
+
+    def _fence_args(self, task: Task | None) -> list[Any]:
+        return [task.entry, task.attempt] if task else ["", ""]
+
+    @translate_errors
+    async def complete(self, eval_id: str, result: Any, task: Task | None = None) -> None:
+        """Record success; fenced by the delivery token when `task` is given."""
+        k = self.keys
+        keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
+        argv = [
+            eval_id,
+            *self._fence_args(task),
+            orjson.dumps(result),
+            self.settings.result_ttl,
+            GROUP,
+            self.settings.events_maxlen,
+        ]
+        reply = await self.scripts["complete"](keys, argv)
+        if _text(reply[0]) != "ok":
+            raise _refusal(reply)
+
+    @translate_errors
+    async def fail(
+        self,
+        eval_id: str,
+        error: str,
+        *,
+        retry: bool = True,
+        policy: RetryPolicy | None = None,
+        task: Task | None = None,
+        detail: Any = None,
+        exit_code: int | None = None,
+    ) -> dict[str, Any]:
+        """Record a failed attempt: `retrying` with backoff, or `failed` into the DLQ."""
+        k = self.keys
+        policy = policy or self.settings.retry
+        keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq, *k.streams]
+        published = {"status": "failed", "output": error, "exit_code": exit_code}
+        argv = [
+            eval_id,
+            *self._fence_args(task),
+            error,
+            "1" if retry else "0",
+            policy.max_retries,
+            policy.base_delay * 1000,
+            policy.exponential_base,
+            policy.max_delay * 1000,
+            random.random() if policy.jitter else -1,
+            self.settings.failure_ttl,
+            GROUP,
+            self.settings.events_maxlen,
+            orjson.dumps(published),
+            orjson.dumps(detail) if detail is not None else "",
+        ]
+        reply = await self.scripts["fail"](keys, argv)
+        state = _text(reply[0])
+        if state == State.RETRYING:
+            return {"eval_id": eval_id, "status": state, "retry_at": iso_ms(reply[1])}
+        if state == State.FAILED:
+            return {"eval_id": eval_id, "status": state}
+        raise _refusal(reply)
+
+    @translate_errors
+    async def renew(self, consumer: str, tasks: Iterable[Task], lease: float) -> list[str]:
+        """Extend the leases of running tasks; returns the eval_ids this consumer lost."""
+        argv: list[Any] = [GROUP, consumer, int(lease * 1000), self.keys.task_prefix]
+        for task in tasks:
+            argv += [task.eval_id, task.entry, task.attempt]
+        if len(argv) == 4:
+            return []
+        lost = await self.scripts["renew"]([*self.keys.streams, self.keys.leases], argv)
+        return [_text(x) for x in lost]
+
+    # --- operators -----------------------------------------------------------------
+
+    @translate_errors
+    async def cancel(self, eval_id: str, terminate: bool = False) -> dict[str, Any]:
+        """Cancel a waiting task, or a running one when `terminate` is set."""
+        k = self.keys
+        keys = [
+            k.task(eval_id),
+            *k.streams,
+            *k.holes,
+            k.scheduled,
+            k.leases,
+            k.events,
+            k.counters,
+        ]
+        argv = [
+            eval_id,
+            "1" if terminate else "0",
+            GROUP,
+            self.settings.events_maxlen,
+            self.settings.result_ttl,
+            k.cancel_channel,
+        ]
+        reply = await self.scripts["cancel"](keys, argv)
+        if _text(reply[0]) != State.CANCELLED:
+            if _text(reply[0]) == "state":
+                raise Conflict(f"task is {_text(reply[1])}; cannot cancel")
+            raise _refusal(reply)
+        return {"eval_id": eval_id, "status": State.CANCELLED.value}
+
+    @translate_errors
+    async def get(self, eval_id: str) -> dict[str, Any]:
+        """The task's record and, when queued, its position; NotFound when unknown."""
+        k = self.keys
+        reply = await self.scripts["status"]([k.task(eval_id), k.counters, *k.holes], [])
+        if not reply:
+            raise NotFound(f"no such task: {eval_id}")
+        flat, position = reply
+        rec = dict(zip(flat[::2], flat[1::2], strict=True))
+        return render_record(eval_id, rec, int(position))
+
+    @translate_errors
+    async def clear(self) -> int:
+        """Admin: remove every task, queue entry and DLQ entry of this queue."""
+        k = self.keys
+        keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes]
+        removed = int(await self.scripts["clear"](keys, [GROUP, k.task_prefix]))
+        # Finished records are not reachable from any structure; they are found by SCAN
+        # (an admin operation, never on a hot path) and unlinked in batches.
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=f"{k.task_prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += await self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            removed += await self.redis.unlink(*batch)
+        return removed
+
+    @translate_errors
+    async def ensure_groups(self) -> None:
+        """Create the priority streams and their consumer group if missing."""
+        for key in self.keys.streams:
+            try:
+                await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    @translate_errors
+    async def counts(self) -> dict[str, Any]:
+        """Counts per state and priority, totals and consumers; O(priorities + consumers)."""
+        k = self.keys
+        pipe: Pipeline = self.redis.pipeline(transaction=False)
+        pipe.hgetall(k.counters)
+        pipe.xlen(k.dlq)
+        for key in k.streams:
+            pipe.xpending(key, GROUP)
+        counters_raw, dlq, *pending = await pipe.execute(raise_on_error=False)
+        counters = {_text(a): int(b) for a, b in counters_raw.items()}
+        pipe = self.redis.pipeline(transaction=False)
+        for prio, key in zip(PRIORITY_ORDER, k.holes, strict=True):
+            pipe.zcount(key, f"({counters.get(f'head:{prio.value}', 0)}", "+inf")
+        holes = await pipe.execute()
+        return _summarise(counters, int(dlq), holes, pending)
+
+    @translate_errors
+    async def consumers(self) -> list[dict[str, Any]]:
+        """XINFO CONSUMERS of every priority stream, merged by consumer name."""
+        merged: dict[str, dict[str, Any]] = {}
+        for prio, key in zip(PRIORITY_ORDER, self.keys.streams, strict=True):
+            try:
+                rows = await self.redis.xinfo_consumers(key, GROUP)
+            except ResponseError:
+                continue
+            for row in rows:
+                name = _text(row["name"])
+                entry = merged.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
+                entry["pending"] += int(row["pending"])
+                idle = int(row["idle"])
+                entry["idle_ms"] = idle if entry["idle_ms"] is None else min(idle, entry["idle_ms"])
+                entry.setdefault("priorities", []).append(prio.value)
+        return list(merged.values())
+
+    async def cancellations(self) -> AsyncIterator[str]:
+        """Eval_ids cancelled with terminate=true on any process (pub/sub, at-most-once)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.cancel_channel)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    yield _text(message["data"])
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @translate_errors
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+
+def _in_flight(reply: Any) -> int:
+    """Pending count from XPENDING's summary form (an error when the group is missing)."""
+    if isinstance(reply, Exception) or not reply:
+        return 0
+    return int(reply["pending"])
+
+
+def _summarise(
+    counters: dict[str, int], dlq: int, holes: list[int], pending: list[Any]
+) -> dict[str, Any]:
+    waiting = (State.QUEUED, State.PROCESSING, State.SCHEDULED, State.RETRYING)
+    by_state: dict[str, dict[str, int]] = {s.value: {} for s in waiting}
+    for prio, prio_holes, prio_pending in zip(PRIORITY_ORDER, holes, pending, strict=True):
+        p = prio.value
+        head = counters.get(f"head:{p}", 0)
+        by_state["queued"][p] = counters.get(f"seq:{p}", 0) - head - int(prio_holes)
+        by_state["processing"][p] = _in_flight(prio_pending)
+        by_state["scheduled"][p] = counters.get(f"scheduled:{p}", 0)
+        by_state["retrying"][p] = counters.get(f"retrying:{p}", 0)
+    totals = {
+        name.removeprefix("total:"): value
+        for name, value in counters.items()
+        if name.startswith("total:")
+    }
+    return {
+        "states": {state: sum(v.values()) for state, v in by_state.items()},
+        "by_priority": by_state,
+        "dlq": dlq,
+        "totals": totals,
+    }
