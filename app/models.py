@@ -123,7 +123,8 @@ def _payload(data: dict[str, Any]) -> dict[str, Any]:
     language = data.get("language", "python")
     if not isinstance(language, str) or not 0 < len(language) <= 64:
         raise Invalid("language must be a string of 1-64 characters")
-    metadata = data.get("metadata") or {}
+    metadata = data.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise Invalid("metadata must be an object")
     max_retries = _number(data, "max_retries", 0, 1000)

