@@ -3,7 +3,9 @@
 One fetch loop per process claims only as many tasks as there are free slots
 (`CONCURRENCY`); each task runs in its own asyncio task; one renewal loop extends the
 leases of all running tasks about every LEASE_TIMEOUT / 3; one listener aborts tasks
-cancelled with `terminate=true` on whichever process runs them.
+cancelled with `terminate=true` on whichever process runs them; one promoter moves due
+scheduled and retrying tasks into their streams (every process runs one; the script
+moves each task once).
 
 Imports: streams, executors, models, errors, settings.
 """
@@ -11,6 +13,7 @@ Imports: streams, executors, models, errors, settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 MAX_IDLE = 5.0  # longest block while idle; scheduled tasks and lapsed leases wake sooner
+# A pub/sub message about a new due time can be lost (at-most-once); this bounds the damage.
+MAX_PROMOTE_SLEEP = 5.0
 
 
 @dataclass
@@ -66,6 +71,7 @@ class ConsumerPool:
         self.running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()
         self._slot_free.set()
+        self._schedule_changed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self.redis_ok = True
@@ -80,7 +86,9 @@ class ConsumerPool:
             self._fetcher = asyncio.create_task(self._fetch_loop(), name="consumer-fetch")
         self._loops = [
             asyncio.create_task(self._renew_loop(), name="consumer-renew"),
-            asyncio.create_task(self._cancel_listener(), name="consumer-cancel"),
+            asyncio.create_task(self._listen(), name="consumer-listen"),
+            asyncio.create_task(self._promote_loop(), name="consumer-promote"),
+            asyncio.create_task(self._cleanup_loop(), name="consumer-cleanup"),
         ]
 
     async def stop(self, grace: float) -> None:
@@ -239,16 +247,45 @@ class ConsumerPool:
             log.warning("task_aborted", eval_id=eval_id, reason=reason)
             running.job.cancel()
 
-    async def _cancel_listener(self) -> None:
-        """Abort local executions of tasks cancelled with terminate=true on any process."""
+    async def _listen(self) -> None:
+        """Abort tasks cancelled with terminate=true; wake the promoter on new due times."""
         backoff = Backoff()
         while True:
             try:
-                async for eval_id in self.streams.cancellations():
+                async for kind, value in self.streams.notifications():
                     backoff.reset()
-                    self._abort(eval_id, "cancelled")
+                    if kind == "cancel":
+                        self._abort(value, "cancelled")
+                    else:
+                        self._schedule_changed.set()
             except Unavailable:
                 await backoff.sleep()
+
+    async def _promote_loop(self) -> None:
+        """Queue due scheduled/retrying tasks; sleep until the next due time or a new one."""
+        backoff = Backoff()
+        while True:
+            self._schedule_changed.clear()
+            try:
+                wait = await self.streams.promote()
+                backoff.reset()
+            except Unavailable:
+                await backoff.sleep()
+                continue
+            timeout = MAX_PROMOTE_SLEEP if wait is None else min(MAX_PROMOTE_SLEEP, wait + 0.002)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._schedule_changed.wait(), timeout)
+
+    async def _cleanup_loop(self) -> None:
+        """Trim old dead letters and the events stream, once per interval across all processes."""
+        while True:
+            try:
+                done = await self.streams.cleanup()
+                if done:
+                    log.info("cleanup", **done)
+            except Unavailable:
+                pass
+            await asyncio.sleep(self.settings.cleanup_interval)
 
     def views(self) -> list[dict[str, Any]]:
         now = time.perf_counter()

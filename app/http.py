@@ -244,6 +244,42 @@ async def clear_tasks(request: Request) -> Response:
     return JSON({"cleared": await _streams(request).clear()})
 
 
+# --- dead-letter queue -------------------------------------------------------------
+
+
+def _int_param(request: Request, name: str, default: int, high: int) -> int:
+    value = _float_param(request, name, default, high)
+    if value != int(value):
+        raise Invalid(f"{name} must be an integer")
+    return int(value)
+
+
+async def list_dlq(request: Request) -> Response:
+    limit = _int_param(request, "limit", 50, 1000)
+    offset = _int_param(request, "offset", 0, 1_000_000)
+    return JSON(await _streams(request).dlq_list(limit, offset))
+
+
+async def retry_dlq(request: Request) -> Response:
+    return JSON(await _streams(request).dlq_retry(_eval_id(request)))
+
+
+async def purge_dlq(request: Request) -> Response:
+    days = request.query_params.get("older_than_days")
+    older_than = None if days is None else _float_param(request, "older_than_days", 0, 36500)
+    removed = await _streams(request).dlq_purge(
+        older_than=None if older_than is None else older_than * 86400
+    )
+    return JSON({"removed": removed})
+
+
+async def delete_dead(request: Request) -> Response:
+    eval_id = _eval_id(request)
+    if not await _streams(request).dlq_purge(eval_id=eval_id):
+        raise NotFound(f"not in the dead-letter queue: {eval_id}")
+    return JSON({"removed": 1})
+
+
 # --- health and status --------------------------------------------------------------
 
 
@@ -311,6 +347,10 @@ ROUTES = [
     Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
     Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
     Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/dlq", list_dlq, methods=["GET"]),
+    Route("/dlq", purge_dlq, methods=["DELETE"]),
+    Route("/dlq/{eval_id}/retry", retry_dlq, methods=["POST"]),
+    Route("/dlq/{eval_id}", delete_dead, methods=["DELETE"]),
     Route("/health", health, methods=["GET"]),
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

@@ -71,6 +71,8 @@ class Settings:
     queue: str = "evaluations"
     shutdown_grace: float = 10.0
     events_maxlen: int = 10000
+    dlq_max_age_days: float = 7.0
+    cleanup_interval: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -113,6 +115,8 @@ class Settings:
             queue=r.pattern("QUEUE_NAME", "evaluations", QUEUE_NAME_RE),
             shutdown_grace=r.number("SHUTDOWN_GRACE", 10.0, float, 0.0),
             events_maxlen=r.number("EVENTS_MAXLEN", 10000, int, 1),
+            dlq_max_age_days=r.number("DLQ_MAX_AGE_DAYS", 7.0, float, 0.0),
+            cleanup_interval=r.number("CLEANUP_INTERVAL", 3600.0, float, 1.0),
         )
 
 

@@ -34,7 +34,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 GROUP = "workers"
-SCRIPT_NAMES = ("enqueue", "claim", "complete", "fail", "renew", "cancel", "status", "clear")
+SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "complete",
+    "fail",
+    "renew",
+    "cancel",
+    "status",
+    "clear",
+    "promote",
+    "dlq_retry",
+    "dlq_purge",
+)
 PROMOTE_LIMIT = 200
 # Replies that mean "the server cannot take writes now", not "your command is wrong".
 UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "BUSY ")
@@ -96,8 +108,11 @@ class Keys:
         self.leases = f"{self.prefix}leases"
         self.scheduled = f"{self.prefix}scheduled"
         self.dlq = f"{self.prefix}dlq"
+        self.dlq_index = f"{self.prefix}dlq:index"
         self.events = f"{self.prefix}events"
         self.cancel_channel = f"{self.prefix}cancel"
+        self.schedule_channel = f"{self.prefix}schedule"
+        self.cleanup_lock = f"{self.prefix}cleanup-lock"
         self.streams = [f"{self.prefix}stream:{p.value}" for p in PRIORITY_ORDER]
         self.holes = [f"{self.prefix}holes:{p.value}" for p in PRIORITY_ORDER]
 
@@ -135,6 +150,32 @@ def _refusal(reply: Sequence[Any]) -> Exception:
     if kind == "missing":
         return NotFound(REFUSALS["missing"])
     return Conflict(REFUSALS[kind].format(state=state))
+
+
+def render_dead(item: tuple[bytes, dict[bytes, bytes]]) -> dict[str, Any]:
+    """One `GET /dlq` entry from a DLQ stream entry."""
+    fields = item[1]
+    eval_id = _text(fields.get(b"id", b""))
+    payload = decode_json(fields.get(b"payload")) or {}
+    detail = decode_json(fields.get(b"detail"))
+    dead: dict[str, Any] = {
+        "eval_id": eval_id,
+        "error": _text(fields.get(b"error", b"")),
+        "attempts": int(fields.get(b"attempts", 0)),
+        "failed_at": iso_ms(fields.get(b"failed_at")),
+        "task": {
+            "eval_id": eval_id,
+            "priority": _text(fields.get(b"prio", b"default")),
+            "language": "python",
+            "metadata": {},
+            **payload,
+        },
+    }
+    if isinstance(detail, dict) and "traceback" in detail:
+        dead["traceback"] = detail["traceback"]
+    elif detail is not None:
+        dead["detail"] = detail
+    return dead
 
 
 def render_record(eval_id: str, rec: dict[bytes, bytes], position: int) -> dict[str, Any]:
@@ -180,7 +221,7 @@ class Streams:
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
         run_at_ms = int(req.run_at * 1000) if req.run_at else 0
         argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
-        return keys + k.holes, [*argv, self.settings.events_maxlen]
+        return keys + k.holes, [*argv, self.settings.events_maxlen, k.schedule_channel]
 
     @staticmethod
     def _enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
@@ -224,7 +265,16 @@ class Streams:
     async def claim(self, consumer: str, count: int, lease: float) -> Claimed:
         """Take up to `count` tasks (due ones promoted, lapsed leases first), leased `lease` s."""
         k = self.keys
-        keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
+        keys = [
+            *k.streams,
+            k.counters,
+            k.leases,
+            k.events,
+            k.scheduled,
+            k.dlq,
+            *k.holes,
+            k.dlq_index,
+        ]
         argv: list[Any] = [
             GROUP,
             consumer,
@@ -304,6 +354,7 @@ class Streams:
         k = self.keys
         policy = policy or self.settings.retry
         keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq, *k.streams]
+        keys.append(k.dlq_index)
         published = {"status": "failed", "output": error, "exit_code": exit_code}
         argv = [
             eval_id,
@@ -320,6 +371,7 @@ class Streams:
             self.settings.events_maxlen,
             orjson.dumps(published),
             orjson.dumps(detail) if detail is not None else "",
+            k.schedule_channel,
         ]
         reply = await self.scripts["fail"](keys, argv)
         state = _text(reply[0])
@@ -385,7 +437,7 @@ class Streams:
     async def clear(self) -> int:
         """Admin: remove every task, queue entry and DLQ entry of this queue."""
         k = self.keys
-        keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes]
+        keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
         removed = int(await self.scripts["clear"](keys, [GROUP, k.task_prefix]))
         # Finished records are not reachable from any structure; they are found by SCAN
         # (an admin operation, never on a hot path) and unlinked in batches.
@@ -398,6 +450,67 @@ class Streams:
         if batch:
             removed += await self.redis.unlink(*batch)
         return removed
+
+    @translate_errors
+    async def promote(self) -> float | None:
+        """Queue the scheduled/retrying tasks that are due; seconds until the next one."""
+        k = self.keys
+        keys = [k.scheduled, k.counters, k.events, *k.streams]
+        argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, self.settings.events_maxlen]
+        moved, wait_ms = await self.scripts["promote"](keys, argv)
+        if int(moved) >= PROMOTE_LIMIT:
+            return 0.0
+        return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+    @translate_errors
+    async def dlq_list(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """Dead letters, newest first."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(self.keys.dlq)
+        pipe.xrevrange(self.keys.dlq, "+", "-", count=offset + limit)
+        count, entries = await pipe.execute()
+        return {"count": int(count), "tasks": [render_dead(e) for e in entries[offset:]]}
+
+    @translate_errors
+    async def dlq_retry(self, eval_id: str) -> dict[str, Any]:
+        """Queue a dead letter again with a fresh attempt count."""
+        k = self.keys
+        keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams]
+        reply = await self.scripts["dlq_retry"](keys, [eval_id, self.settings.events_maxlen])
+        if _text(reply[0]) == "missing":
+            raise NotFound(f"not in the dead-letter queue: {eval_id}")
+        if _text(reply[0]) == "state":
+            raise Conflict(f"a live task uses this eval_id ({_text(reply[1])})")
+        return {"eval_id": eval_id, "status": State.QUEUED.value}
+
+    @translate_errors
+    async def dlq_purge(self, older_than: float | None = None, eval_id: str | None = None) -> int:
+        """Remove dead letters: one, those older than `older_than` seconds, or all."""
+        k = self.keys
+        if eval_id is not None:
+            return int(await self.scripts["dlq_purge"]([k.dlq, k.dlq_index], ["one", eval_id, 1]))
+        mode, cutoff = "all", "0"
+        if older_than is not None:
+            now_s, now_us = await self.redis.time()
+            cutoff = str(int(now_s) * 1000 + int(now_us) // 1000 - int(older_than * 1000))
+            mode = "before"
+        removed = 0
+        while True:
+            batch = int(await self.scripts["dlq_purge"]([k.dlq, k.dlq_index], [mode, cutoff, 500]))
+            removed += batch
+            if batch < 500:
+                return removed
+
+    @translate_errors
+    async def cleanup(self) -> dict[str, int] | None:
+        """Hourly housekeeping; a lock lets one process per interval do it (None: not us)."""
+        s = self.settings
+        lock_ms = max(1, int(s.cleanup_interval * 900))  # expires a little before the next run
+        if not await self.redis.set(self.keys.cleanup_lock, consumer_name(), nx=True, px=lock_ms):
+            return None
+        removed = await self.dlq_purge(older_than=s.dlq_max_age_days * 86400)
+        trimmed = await self.redis.xtrim(self.keys.events, maxlen=s.events_maxlen, approximate=True)
+        return {"dlq_removed": removed, "events_trimmed": int(trimmed)}
 
     @translate_errors
     async def ensure_groups(self) -> None:
@@ -444,15 +557,17 @@ class Streams:
                 entry.setdefault("priorities", []).append(prio.value)
         return list(merged.values())
 
-    async def cancellations(self) -> AsyncIterator[str]:
-        """Eval_ids cancelled with terminate=true on any process (pub/sub, at-most-once)."""
+    async def notifications(self) -> AsyncIterator[tuple[str, str]]:
+        """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms) for new due
+        times, from any process (pub/sub: at-most-once, so both are also re-checked)."""
+        kinds = {self.keys.cancel_channel: "cancel", self.keys.schedule_channel: "schedule"}
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self.keys.cancel_channel)
+            await pubsub.subscribe(*kinds)
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None:
-                    yield _text(message["data"])
+                    yield kinds[_text(message["channel"])], _text(message["data"])
         except (RedisError, OSError) as exc:
             raise Unavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
         finally:

@@ -35,10 +35,14 @@ local function entry_payload(k_stream, entry)
 end
 
 -- Put a task into the dead-letter queue: terminal `failed`, record kept FAILURE_TTL.
-local function bury(k_task, k_dlq, k_events, k_counters, maxlen, id, prio, payload, err, detail,
-                    attempts, now, ttl, result_json)
+-- The DLQ index (eval_id -> DLQ entry id) makes retry and delete by eval_id O(1).
+local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id, prio, payload,
+                    err, detail, attempts, now, ttl, result_json)
+  local old = redis.call('HGET', k_dlq_index, id)
+  if old then redis.call('XDEL', k_dlq, old) end
   local dlq_id = redis.call('XADD', k_dlq, '*', 'id', id, 'prio', prio, 'error', err,
     'detail', detail, 'attempts', attempts, 'failed_at', now, 'payload', payload)
+  redis.call('HSET', k_dlq_index, id, dlq_id)
   redis.call('HSET', k_task, 'state', 'failed', 'error', err, 'finished', now, 'dlq', dlq_id)
   redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')
   redis.call('EXPIRE', k_task, ttl)

@@ -6,7 +6,7 @@
 -- Each delivery bumps `attempts`: (entry, attempts) is the fencing token of the holder.
 -- A missing group (Redis restarted empty, DELETE /tasks) is recreated here.
 -- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 counters, 5 leases, 6 events,
---       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low
+--       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit
 -- Returns {{eval_id, entry, attempt, prio, payload}..., next wake ms or 0, groups recreated}
@@ -53,8 +53,8 @@ local function reclaim(id)
     redis.call('XDEL', k_stream, rec[3])
     redis.call('ZREM', KEYS[5], id)
     local err = 'lease lapsed ' .. lapses .. ' times without a result (worker died or hung)'
-    bury(k_task, KEYS[8], KEYS[6], KEYS[4], maxlen, id, rec[2], payload, err, '', rec[5], now,
-      failure_ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
+    bury(k_task, KEYS[8], KEYS[12], KEYS[6], KEYS[4], maxlen, id, rec[2], payload, err, '',
+      rec[5], now, failure_ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
     return
   end
   local claimed = redis.call('XCLAIM', k_stream, group, consumer, 0, rec[3])

@@ -1,7 +1,8 @@
 -- Enqueue one task atomically: duplicate check + record + stream entry (or schedule) + event.
 -- KEYS: 1 task hash, 2 stream of its priority, 3 counters, 4 scheduled zset, 5 events,
 --       6 holes:high, 7 holes:default, 8 holes:low
--- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run_at ms (0 = now), 5 events maxlen
+-- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run_at ms (0 = now), 5 events maxlen,
+--       6 schedule channel (told about new due times, so promoters can sleep until then)
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known.
 local id, prio, payload, run_at, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
@@ -14,6 +15,7 @@ if run_at > now then
   redis.call('ZADD', KEYS[4], run_at, id)
   redis.call('HINCRBY', KEYS[3], 'scheduled:' .. prio, 1)
   event(KEYS[5], maxlen, id, 'scheduled')
+  redis.call('PUBLISH', ARGV[6], run_at)
   return {'scheduled', 0}
 end
 local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload)

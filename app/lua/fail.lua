@@ -2,11 +2,11 @@
 -- scheduled zset, payload moved into the record) or bury it in the DLQ (state `failed`).
 -- Retry n waits min(max, base * exp^(n-1)); jitter keeps half and randomises the rest.
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 scheduled, 6 dlq,
---       7 stream:high, 8 stream:default, 9 stream:low
+--       7 stream:high, 8 stream:default, 9 stream:low, 10 dlq index
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 error, 5 retry? ('1'/'0'), 6 default max retries,
 --       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
 --       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
---       15 detail (executor answer or traceback)
+--       15 detail (executor answer or traceback), 16 schedule channel
 -- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
@@ -36,8 +36,9 @@ if ARGV[5] == '1' and attempts <= max_retries then
   redis.call('HINCRBY', KEYS[4], 'retrying:' .. prio, 1)
   redis.call('HINCRBY', KEYS[4], 'total:retried', 1)
   event(KEYS[3], ARGV[13], id, 'retrying', attempts)
+  redis.call('PUBLISH', ARGV[16], due)
   return {'retrying', due}
 end
-bury(KEYS[1], KEYS[6], KEYS[3], KEYS[4], ARGV[13], id, prio, payload, ARGV[4], ARGV[15],
+bury(KEYS[1], KEYS[6], KEYS[10], KEYS[3], KEYS[4], ARGV[13], id, prio, payload, ARGV[4], ARGV[15],
   attempts, now, ARGV[11], ARGV[14])
 return {'failed'}
