@@ -19,10 +19,11 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import openapi
 from app.consumers import ConsumerPool, pull
 from app.errors import (
     BadRequest,
@@ -337,6 +338,22 @@ async def status(request: Request) -> Response:
     )
 
 
+async def openapi_json(request: Request) -> Response:
+    return Response(openapi.as_json(), media_type="application/json")
+
+
+async def openapi_yaml(request: Request) -> Response:
+    return Response(openapi.as_yaml(), media_type="application/yaml")
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(openapi.swagger_page())
+
+
+async def redoc(request: Request) -> Response:
+    return HTMLResponse(openapi.redoc_page())
+
+
 ROUTES = [
     Route("/tasks", create_task, methods=["POST"]),
     Route("/tasks", clear_tasks, methods=["DELETE"]),
@@ -355,6 +372,10 @@ ROUTES = [
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/status", status, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/openapi.yaml", openapi_yaml, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+    Route("/redoc", redoc, methods=["GET"]),
 ]
 
 
