@@ -171,9 +171,9 @@ class ExecutorPool:
         healthy = [e for e in self.executors if e.healthy]
         if not healthy:
             return None
-        start = next(self._turn) % len(healthy)
-        rotated = healthy[start:] + healthy[:start]
-        return min(rotated, key=lambda e: e.in_flight)
+        least = min(e.in_flight for e in healthy)
+        tied = [e for e in healthy if e.in_flight == least]
+        return tied[next(self._turn) % len(tied)]
 
     async def execute(self, task: Task, timeout: float) -> Execution:
         """Run one attempt of `task` on the best executor, bounded by `timeout` seconds."""

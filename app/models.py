@@ -61,7 +61,7 @@ def new_eval_id() -> str:
 
 
 def check_eval_id(value: object) -> str:
-    if not isinstance(value, str) or not EVAL_ID_RE.match(value):
+    if not isinstance(value, str) or not EVAL_ID_RE.fullmatch(value):
         raise Invalid("eval_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return value
 

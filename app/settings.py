@@ -121,13 +121,13 @@ class Settings:
 
 
 def _executor_urls(r: _Reader) -> tuple[str, ...]:
-    urls = r.items("EXECUTOR_URLS")
+    urls, name = r.items("EXECUTOR_URLS"), "EXECUTOR_URLS"
     if not urls and r.raw("EXECUTOR_COUNT"):
         count = r.number("EXECUTOR_COUNT", 0, int, 0, 1000)
         base = r.text("EXECUTOR_BASE_URL", "http://executor").rstrip("/")
-        urls = tuple(f"{base}-{i}:8083" for i in range(1, count + 1))
+        urls, name = tuple(f"{base}-{i}:8083" for i in range(1, count + 1)), "EXECUTOR_BASE_URL"
     for url in urls:
-        _check_url("EXECUTOR_URLS", url, ("http", "https"))
+        _check_url(name, url, ("http", "https"))
     return tuple(u.rstrip("/") for u in urls)
 
 

@@ -57,7 +57,15 @@ local function reclaim(id)
       rec[5], now, failure_ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
     return
   end
-  local claimed = redis.call('XCLAIM', k_stream, group, consumer, 0, rec[3])
+  local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[3])
+  if type(claimed) == 'table' and claimed.err then
+    if not string.find(claimed.err, 'NOGROUP') then error(claimed.err) end
+    -- group lost: recreated from 0 below, so read_new delivers the entry again
+    redis.call('XGROUP', 'CREATE', k_stream, group, '0', 'MKSTREAM')
+    recreated = 1
+    redis.call('ZREM', KEYS[5], id)
+    return
+  end
   if #claimed == 0 or not claimed[1] then
     redis.call('ZREM', KEYS[5], id)
     return

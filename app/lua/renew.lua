@@ -10,11 +10,12 @@ local lost = {}
 for i = 5, #ARGV, 3 do
   local id = ARGV[i]
   local refused, rec = fence(ARGV[4] .. id, KEYS[4], id, ARGV[i + 1], ARGV[i + 2], now)
-  if refused then
+  local claimed = refused or redis.pcall('XCLAIM', STREAM[rec[4]], ARGV[1], ARGV[2], 0, rec[2],
+    'JUSTID')
+  if refused or claimed.err then
     lost[#lost + 1] = id
   else
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), id)
-    redis.call('XCLAIM', STREAM[rec[4]], ARGV[1], ARGV[2], 0, rec[2], 'JUSTID')
   end
 end
 return lost

@@ -1,0 +1,251 @@
+"""Settings.from_env: defaults, parsing of every variable, and one clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import RetryPolicy, Settings, SettingsError
+
+
+def test_defaults_match_the_contract() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port) == ("127.0.0.1", 8081)
+    assert s.redis_url is None
+    assert s.api_keys == ()
+    assert s.eas_tokens == ()
+    assert s.executor_urls == ()
+    assert s.target_api_base_url is None
+    assert s.concurrency == 16
+    assert s.retry == RetryPolicy(3, 5.0, 2.0, 300.0, True)
+    assert s.network_retry == RetryPolicy(5, 10.0, 1.5, 600.0, True)
+    assert s.task_timeout == 600
+    assert s.lease_timeout == 30
+    assert (s.result_ttl, s.failure_ttl) == (3600, 86400)
+    assert s.health_interval == 5
+    assert s.max_body_bytes == 1048576
+    assert (s.log_level, s.log_format) == ("INFO", "json")
+    assert s.data_dir == Path("./data")
+
+
+def test_defaults_equal_the_dataclass_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+
+
+def test_empty_and_blank_values_mean_default() -> None:
+    assert Settings.from_env({"PORT": "", "CONCURRENCY": "  ", "LOG_LEVEL": ""}) == Settings()
+
+
+def test_every_variable_is_parsed() -> None:
+    env = {
+        "HOST": "0.0.0.0",
+        "PORT": "9000",
+        "REDIS_URL": "redis://localhost:6380/1",
+        "API_KEY": "k1",
+        "EAS_TOKEN": "t1, t2 ,,",
+        "EXECUTOR_URLS": "http://a:8083/, https://b:9000",
+        "TARGET_API_BASE_URL": "http://target:8000/api",
+        "CONCURRENCY": "4",
+        "MAX_RETRIES": "7",
+        "RETRY_BASE_DELAY": "0.5",
+        "RETRY_EXPONENTIAL_BASE": "3",
+        "RETRY_MAX_DELAY": "60",
+        "RETRY_JITTER": "false",
+        "NETWORK_RETRY_MAX_RETRIES": "9",
+        "NETWORK_RETRY_BASE_DELAY": "1.25",
+        "NETWORK_RETRY_EXPONENTIAL_BASE": "1.1",
+        "NETWORK_RETRY_MAX_DELAY": "120",
+        "TASK_TIMEOUT": "12.5",
+        "LEASE_TIMEOUT": "3",
+        "LEASE_MAX_LAPSES": "5",
+        "RESULT_TTL": "60",
+        "FAILURE_TTL": "120",
+        "HEALTH_INTERVAL": "0.5",
+        "MAX_BODY_BYTES": "2048",
+        "LOG_LEVEL": "debug",
+        "LOG_FORMAT": "CONSOLE",
+        "DATA_DIR": "/tmp/ts-data",
+        "QUEUE_NAME": "jobs.v2",
+        "SHUTDOWN_GRACE": "1.5",
+        "EVENTS_MAXLEN": "500",
+    }
+    s = Settings.from_env(env)
+    assert (s.host, s.port) == ("0.0.0.0", 9000)
+    assert s.redis_url == "redis://localhost:6380/1"
+    assert s.api_keys == ("k1",)
+    assert s.eas_tokens == ("t1", "t2")
+    assert s.executor_urls == ("http://a:8083", "https://b:9000")
+    assert s.target_api_base_url == "http://target:8000/api"
+    assert s.concurrency == 4
+    assert s.retry == RetryPolicy(7, 0.5, 3.0, 60.0, False)
+    assert s.network_retry == RetryPolicy(9, 1.25, 1.1, 120.0, False)
+    assert s.task_timeout == 12.5
+    assert s.lease_timeout == 3.0
+    assert s.lease_max_lapses == 5
+    assert (s.result_ttl, s.failure_ttl) == (60, 120)
+    assert s.health_interval == 0.5
+    assert s.max_body_bytes == 2048
+    assert (s.log_level, s.log_format) == ("DEBUG", "console")
+    assert s.data_dir == Path("/tmp/ts-data")
+    assert s.queue == "jobs.v2"
+    assert s.shutdown_grace == 1.5
+    assert s.events_maxlen == 500
+    assert isinstance(s.port, int) and isinstance(s.task_timeout, float)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost", "rediss://user:pw@host:6380/2", "unix:///tmp/redis.sock"]
+)
+def test_redis_url_schemes(url: str) -> None:
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+def test_api_key_and_queue_api_key_are_both_accepted() -> None:
+    assert Settings.from_env({"API_KEY": "a"}).api_keys == ("a",)
+    assert Settings.from_env({"QUEUE_API_KEY": "q"}).api_keys == ("q",)
+    both = Settings.from_env({"API_KEY": "a,b", "QUEUE_API_KEY": "q"}).api_keys
+    assert set(both) == {"a", "b", "q"}
+
+
+def test_executor_count_and_base_url() -> None:
+    s = Settings.from_env({"EXECUTOR_COUNT": "3", "EXECUTOR_BASE_URL": "http://executor/"})
+    assert s.executor_urls == (
+        "http://executor-1:8083",
+        "http://executor-2:8083",
+        "http://executor-3:8083",
+    )
+
+
+def test_executor_count_default_base_url() -> None:
+    s = Settings.from_env({"EXECUTOR_COUNT": "2"})
+    assert s.executor_urls == ("http://executor-1:8083", "http://executor-2:8083")
+
+
+def test_executor_urls_win_over_executor_count() -> None:
+    s = Settings.from_env({"EXECUTOR_URLS": "http://x:1", "EXECUTOR_COUNT": "3"})
+    assert s.executor_urls == ("http://x:1",)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_booleans(value: str, expected: bool) -> None:
+    s = Settings.from_env({"RETRY_JITTER": value})
+    assert s.retry.jitter is expected
+    assert s.network_retry.jitter is expected
+
+
+@pytest.mark.parametrize("level", ["debug", "Info", "WARNING", "error", "critical"])
+def test_log_levels_case_insensitive(level: str) -> None:
+    assert Settings.from_env({"LOG_LEVEL": level}).log_level == level.upper()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("PORT", "80.5"),
+        ("PORT", "-1"),
+        ("PORT", "65536"),
+        ("CONCURRENCY", "0"),
+        ("CONCURRENCY", "many"),
+        ("MAX_RETRIES", "-1"),
+        ("MAX_RETRIES", "1.5"),
+        ("RETRY_BASE_DELAY", "-0.1"),
+        ("RETRY_BASE_DELAY", "soon"),
+        ("RETRY_EXPONENTIAL_BASE", "0.5"),
+        ("RETRY_MAX_DELAY", "-5"),
+        ("NETWORK_RETRY_MAX_RETRIES", "x"),
+        ("NETWORK_RETRY_BASE_DELAY", "-1"),
+        ("NETWORK_RETRY_EXPONENTIAL_BASE", "0"),
+        ("NETWORK_RETRY_MAX_DELAY", "never"),
+        ("TASK_TIMEOUT", "0"),
+        ("LEASE_TIMEOUT", "0.01"),
+        ("LEASE_MAX_LAPSES", "-2"),
+        ("RESULT_TTL", "0"),
+        ("FAILURE_TTL", "1h"),
+        ("HEALTH_INTERVAL", "0"),
+        ("MAX_BODY_BYTES", "0"),
+        ("MAX_BODY_BYTES", "1MB"),
+        ("SHUTDOWN_GRACE", "-1"),
+        ("EVENTS_MAXLEN", "0"),
+        ("EXECUTOR_COUNT", "two"),
+        ("RETRY_JITTER", "maybe"),
+        ("RETRY_JITTER", "2"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_FORMAT", "xml"),
+        ("QUEUE_NAME", "has space"),
+        ("QUEUE_NAME", "x" * 65),
+        ("REDIS_URL", "localhost:6379"),
+        ("REDIS_URL", "http://localhost:6379"),
+        ("REDIS_URL", "redis://localhost:notaport"),
+        ("REDIS_URL", "redis://localhost:99999"),
+        ("REDIS_URL", "redis://"),
+        ("REDIS_URL", "redis://:6379"),
+        ("EXECUTOR_URLS", "executor:8083"),
+        ("EXECUTOR_URLS", "http://ok:1,ftp://bad"),
+        ("EXECUTOR_URLS", "http://host:port"),
+        ("EXECUTOR_URLS", "http://"),
+        ("TARGET_API_BASE_URL", "target/api"),
+        ("TARGET_API_BASE_URL", "redis://target"),
+        ("TARGET_API_BASE_URL", "http://target:0x50"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name}:"), message
+    assert "\n" not in message
+
+
+def test_bad_executor_base_url_names_a_variable() -> None:
+    with pytest.raises(SettingsError, match="EXECUTOR_"):
+        Settings.from_env({"EXECUTOR_COUNT": "1", "EXECUTOR_BASE_URL": "executor"})
+
+
+def test_bad_executor_base_url_names_executor_base_url() -> None:
+    with pytest.raises(SettingsError, match="^EXECUTOR_BASE_URL:"):
+        Settings.from_env({"EXECUTOR_COUNT": "1", "EXECUTOR_BASE_URL": "executor"})
+
+
+def test_settings_error_is_a_value_error() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]
+
+
+def test_retry_policy_delay_without_jitter() -> None:
+    policy = RetryPolicy(3, 5.0, 2.0, 300.0, jitter=False)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert policy.delay(20) == 300.0
+
+
+def test_retry_policy_equal_jitter_bounds() -> None:
+    policy = RetryPolicy(3, 4.0, 2.0, 300.0, jitter=True)
+    assert policy.delay(2, rand=lambda: 0.0) == 4.0
+    assert policy.delay(2, rand=lambda: 0.999999) == pytest.approx(8.0, abs=1e-4)
+    for _ in range(100):
+        assert 4.0 <= policy.delay(2) <= 8.0
+
+
+def test_from_env_does_not_read_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "not-a-port")
+    assert Settings.from_env({}).port == 8081

@@ -1,0 +1,1130 @@
+"""Every queue operation (one Lua script each) against the real Redis server.
+
+Checked through the `Streams` API and, independently, with raw Redis commands, so a
+script that answers right but leaves the wrong structures behind is caught too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from app.errors import Conflict, NotFound, Unavailable
+from app.models import Priority, Task, TaskRequest
+from app.redis_server import free_port
+from app.settings import RetryPolicy, Settings
+from app.streams import GROUP, Streams, connect
+from tests.conftest import wait_for
+
+FAST = RetryPolicy(3, 0.2, 2.0, 300.0, False)
+
+
+def req(eval_id: str | None = None, **fields: Any) -> TaskRequest:
+    data: dict[str, Any] = {"code": "print(1)", **fields}
+    if eval_id is not None:
+        data["eval_id"] = eval_id
+    return TaskRequest.parse(data, time.time())
+
+
+def raw(streams: Streams) -> Any:
+    """The client for direct Redis commands (typed loosely: reply shapes vary by command)."""
+    return streams.redis
+
+
+async def server_ms(client: Any) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def claim_ids(streams: Streams, count: int = 10, consumer: str = "c1") -> list[str]:
+    claimed = await streams.claim(consumer, count, 30)
+    return [t.eval_id for t in claimed.tasks]
+
+
+async def claim_one(streams: Streams, consumer: str = "c1", lease: float = 30) -> Task:
+    claimed = await streams.claim(consumer, 1, lease)
+    assert len(claimed.tasks) == 1, claimed
+    return claimed.tasks[0]
+
+
+async def wait_lease_lapsed(streams: Streams, eval_id: str) -> None:
+    async def lapsed() -> bool:
+        deadline = await raw(streams).zscore(streams.keys.leases, eval_id)
+        return deadline is not None and deadline < await server_ms(raw(streams))
+
+    await wait_for(lapsed, timeout=5, interval=0.01)
+
+
+async def stream_lengths(streams: Streams) -> list[int]:
+    return [await raw(streams).xlen(key) for key in streams.keys.streams]
+
+
+async def pending(streams: Streams, priority: str = "default") -> int:
+    summary = await raw(streams).xpending(streams.keys.stream(priority), GROUP)
+    return int(summary["pending"])
+
+
+def kind(message: dict[str, Any]) -> str:
+    value = message["type"]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Subscriber:
+    """A second connection subscribed to a channel; messages filtered by eval_id."""
+
+    def __init__(self, client: Any) -> None:
+        self.pubsub = client.pubsub()
+        self.seen: list[dict[str, Any]] = []
+
+    async def subscribe(self, channel: str) -> None:
+        await self.pubsub.subscribe(channel)
+
+        async def confirmed() -> bool:
+            message = await self.pubsub.get_message(timeout=0.1)
+            return message is not None and kind(message) == "subscribe"
+
+        await wait_for(confirmed, timeout=5)
+
+    async def message_for(self, eval_id: str, timeout: float = 5) -> dict[str, Any]:
+        async def found() -> dict[str, Any] | None:
+            message = await self.pubsub.get_message(timeout=0.05)
+            if message is not None and kind(message) == "message":
+                self.seen.append(orjson.loads(message["data"]))
+            return next((m for m in self.seen if m.get("eval_id") == eval_id), None)
+
+        result: dict[str, Any] = await wait_for(found, timeout=timeout)
+        return result
+
+
+@pytest.fixture
+async def subscriber(redis_url: str) -> AsyncIterator[Callable[[str], Any]]:
+    clients: list[Any] = []
+    subs: list[Subscriber] = []
+
+    async def make(channel: str) -> Subscriber:
+        client = connect(redis_url)
+        clients.append(client)
+        sub = Subscriber(client)
+        subs.append(sub)
+        await sub.subscribe(channel)
+        return sub
+
+    yield make
+    for sub in subs:
+        await sub.pubsub.aclose()
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def make_streams(client: Any, make_settings: Callable[..., Settings]) -> Callable[..., Streams]:
+    def make(**overrides: Any) -> Streams:
+        return Streams(client, make_settings(**overrides))
+
+    return make
+
+
+# --- enqueue ------------------------------------------------------------------------
+
+
+async def test_enqueue_answers_queued_with_position(streams: Streams) -> None:
+    answers = [await streams.enqueue(req(f"t{i}")) for i in range(3)]
+    assert answers == [
+        {"eval_id": f"t{i}", "status": "queued", "priority": "default", "position": i + 1}
+        for i in range(3)
+    ]
+    record = await streams.get("t1")
+    assert record["status"] == "queued"
+    assert record["position"] == 2
+    assert record["priority"] == "default"
+    assert record["attempts"] == 0
+    assert record["created_at"] is not None and record["started_at"] is None
+    assert record["result"] is None and record["error"] is None
+    assert await stream_lengths(streams) == [0, 3, 0]
+
+
+async def test_enqueue_stores_the_payload_in_the_stream(streams: Streams) -> None:
+    await streams.enqueue(req("p1", language="bash", metadata={"k": 1}, priority="low"))
+    [(_, fields)] = await raw(streams).xrange(streams.keys.stream("low"))
+    assert fields[b"id"] == b"p1"
+    assert orjson.loads(fields[b"payload"]) == {
+        "code": "print(1)",
+        "language": "bash",
+        "metadata": {"k": 1},
+    }
+    task = await claim_one(streams)
+    assert task.payload == {"code": "print(1)", "language": "bash", "metadata": {"k": 1}}
+    assert task.priority is Priority.LOW
+
+
+async def test_duplicate_eval_id_conflicts(streams: Streams) -> None:
+    await streams.enqueue(req("dup"))
+    with pytest.raises(Conflict, match="dup"):
+        await streams.enqueue(req("dup", priority="high"))
+    assert await stream_lengths(streams) == [0, 1, 0]
+    assert (await streams.get("dup"))["priority"] == "default"
+    # also while scheduled, and once finished (until its record expires)
+    await streams.enqueue(req("later", delay=60))
+    with pytest.raises(Conflict):
+        await streams.enqueue(req("later"))
+    task = await claim_one(streams)
+    await streams.complete("dup", {"ok": 1}, task)
+    with pytest.raises(Conflict):
+        await streams.enqueue(req("dup"))
+
+
+async def test_enqueue_scheduled_in_the_future(streams: Streams) -> None:
+    run_at = time.time() + 60
+    answer = await streams.enqueue(req("s1", run_at=run_at, priority="high"))
+    assert answer == {"eval_id": "s1", "status": "scheduled", "priority": "high"}
+    record = await streams.get("s1")
+    assert record["status"] == "scheduled"
+    assert "position" not in record
+    scheduled_at = datetime.fromisoformat(record["run_at"].replace("Z", "+00:00")).timestamp()
+    assert scheduled_at == pytest.approx(run_at, abs=0.002)
+    score = await raw(streams).zscore(streams.keys.scheduled, "s1")
+    assert score == int(run_at * 1000)
+    assert await stream_lengths(streams) == [0, 0, 0]
+    claimed = await streams.claim("c1", 5, 30)
+    assert claimed.tasks == []
+    assert claimed.wake_in is not None and 58 < claimed.wake_in <= 60
+    counts = await streams.counts()
+    assert counts["states"]["scheduled"] == 1
+    assert counts["by_priority"]["scheduled"]["high"] == 1
+    # a queued task behind it is position 1: scheduled work does not count
+    assert (await streams.enqueue(req("q1", priority="low")))["position"] == 1
+
+
+async def test_scheduled_task_is_delivered_once_due(streams: Streams) -> None:
+    await streams.enqueue(req("soon", delay=0.2))
+    await streams.enqueue(req("now"))
+    assert await claim_ids(streams) == ["now"]
+
+    async def delivered() -> list[Task]:
+        return (await streams.claim("c1", 5, 30)).tasks
+
+    [task] = await wait_for(delivered, timeout=5)
+    assert task.eval_id == "soon"
+    assert task.attempt == 1
+    assert task.payload == {"code": "print(1)"}
+    assert (await streams.counts())["states"]["scheduled"] == 0
+
+
+async def test_enqueue_many(streams: Streams) -> None:
+    await streams.enqueue(req("b0"))
+    answers = await streams.enqueue_many(
+        [req("b1", priority="high"), req("b0"), req("b2", delay=30), req("b3")]
+    )
+    assert answers[0] == {"eval_id": "b1", "status": "queued", "priority": "high", "position": 1}
+    assert answers[1]["eval_id"] == "b0" and answers[1]["code"] == 409
+    assert "already exists" in answers[1]["error"]
+    assert answers[2] == {"eval_id": "b2", "status": "scheduled", "priority": "default"}
+    assert answers[3]["position"] == 3
+    assert await claim_ids(streams) == ["b1", "b0", "b3"]
+
+
+async def test_enqueue_many_empty(streams: Streams) -> None:
+    assert await streams.enqueue_many([]) == []
+
+
+# --- positions ----------------------------------------------------------------------
+
+
+async def test_positions_in_strict_priority_order(streams: Streams) -> None:
+    order = [("L1", "low"), ("D1", "default"), ("H1", "high"), ("L2", "low")]
+    order += [("H2", "high"), ("D2", "default")]
+    at_enqueue = [(await streams.enqueue(req(i, priority=p)))["position"] for i, p in order]
+    assert at_enqueue == [1, 1, 1, 4, 2, 4]
+    expected = {"H1": 1, "H2": 2, "D1": 3, "D2": 4, "L1": 5, "L2": 6}
+    assert {i: (await streams.get(i))["position"] for i in expected} == expected
+    # after delivering the first one everyone moves up
+    assert await claim_ids(streams, 1) == ["H1"]
+    assert {i: (await streams.get(i))["position"] for i in expected if i != "H1"} == {
+        i: p - 1 for i, p in expected.items() if i != "H1"
+    }
+    assert "position" not in await streams.get("H1")
+
+
+async def test_positions_after_cancelling_queued_tasks(streams: Streams) -> None:
+    for i in range(1, 6):
+        await streams.enqueue(req(f"d{i}"))
+    await streams.enqueue(req("h1", priority="high"))
+    await streams.cancel("d2")
+    assert (await streams.get("d3"))["position"] == 3  # h1, d1, d3
+    assert (await streams.get("d5"))["position"] == 5
+    await streams.cancel("h1")
+    assert (await streams.get("d1"))["position"] == 1
+    assert (await streams.get("d5"))["position"] == 4
+    assert (await streams.enqueue(req("d6")))["position"] == 5
+    counts = await streams.counts()
+    assert counts["by_priority"]["queued"] == {"high": 0, "default": 5, "low": 0}
+    # delivery skips the holes and the positions stay exact as the head moves
+    assert await claim_ids(streams, 2) == ["d1", "d3"]
+    assert (await streams.get("d4"))["position"] == 1
+    await streams.cancel("d5")  # a hole above the head
+    assert (await streams.get("d6"))["position"] == 2
+    assert (await streams.enqueue(req("d7")))["position"] == 3
+    assert (await streams.counts())["states"]["queued"] == 3
+    assert await claim_ids(streams) == ["d4", "d6", "d7"]
+    assert (await streams.counts())["states"]["queued"] == 0
+    assert (await streams.enqueue(req("d8")))["position"] == 1
+
+
+async def test_cancelling_the_newest_task_keeps_positions_exact(streams: Streams) -> None:
+    for i in range(1, 4):
+        await streams.enqueue(req(f"n{i}"))
+    await streams.cancel("n3")
+    assert await claim_ids(streams) == ["n1", "n2"]
+    assert (await streams.counts())["states"]["queued"] == 0
+    assert (await streams.enqueue(req("n4")))["position"] == 1
+    assert (await streams.get("n4"))["position"] == 1
+
+
+# --- claim --------------------------------------------------------------------------
+
+
+async def test_claim_order_high_default_low_fifo(streams: Streams) -> None:
+    order: list[tuple[str, Any]] = [("L1", "low"), ("D1", "default"), ("H1", "high")]
+    order += [("L2", "low"), ("H2", "high"), ("D2", "default"), ("H3", True), ("D3", False)]
+    for eval_id, priority in order:
+        await streams.enqueue(req(eval_id, priority=priority))
+    claimed = await streams.claim("c1", 10, 30)
+    assert [t.eval_id for t in claimed.tasks] == ["H1", "H2", "H3", "D1", "D2", "D3", "L1", "L2"]
+    assert [t.priority.value for t in claimed.tasks] == ["high"] * 3 + ["default"] * 3 + ["low"] * 2
+    assert all(t.attempt == 1 for t in claimed.tasks)
+    assert claimed.recreated is False or claimed.recreated is True  # first use may create groups
+    assert claimed.wake_in is not None and 29 < claimed.wake_in <= 30
+
+
+async def test_claim_takes_only_count(streams: Streams) -> None:
+    for i in range(3):
+        await streams.enqueue(req(f"d{i}"))
+        await streams.enqueue(req(f"l{i}", priority="low"))
+    await streams.enqueue(req("h0", priority="high"))
+    assert await claim_ids(streams, 2) == ["h0", "d0"]
+    assert await claim_ids(streams, 1) == ["d1"]
+    assert await claim_ids(streams, 3) == ["d2", "l0", "l1"]
+    # a high task that arrives now goes before the remaining low one
+    await streams.enqueue(req("h1", priority="high"))
+    assert await claim_ids(streams, 1) == ["h1"]
+    assert await claim_ids(streams, 5) == ["l2"]
+    assert await claim_ids(streams, 5) == []
+    assert (await streams.counts())["states"]["processing"] == 8
+
+
+async def test_claim_marks_processing(streams: Streams) -> None:
+    await streams.enqueue(req("p1"))
+    before = await server_ms(raw(streams))
+    task = await claim_one(streams, lease=10)
+    record = await streams.get("p1")
+    assert record["status"] == "processing"
+    assert record["attempts"] == 1
+    assert record["started_at"] is not None
+    assert "position" not in record
+    deadline = await raw(streams).zscore(streams.keys.leases, "p1")
+    assert before + 10_000 <= deadline <= before + 10_000 + 1000
+    fields = await raw(streams).hgetall(streams.keys.task("p1"))
+    assert fields[b"entry"] == task.entry.encode()
+    assert fields[b"worker"] == b"c1"
+
+
+async def test_consumer_group_and_consumer_visible_to_operators(streams: Streams) -> None:
+    await streams.enqueue(req("x1"))
+    await streams.claim("host-a:123", 5, 30)
+    key = streams.keys.stream("default")
+    groups = await raw(streams).xinfo_groups(key)
+    assert [g["name"] for g in groups] == [GROUP.encode()]
+    assert groups[0]["pending"] == 1
+    consumers = await raw(streams).xinfo_consumers(key, GROUP)
+    assert [c["name"] for c in consumers] == [b"host-a:123"]
+    [entry] = await raw(streams).xpending_range(key, GROUP, "-", "+", 10)
+    assert entry["consumer"] == b"host-a:123"
+    assert entry["times_delivered"] == 1
+    for other in (streams.keys.stream("high"), streams.keys.stream("low")):
+        assert [g["name"] for g in await raw(streams).xinfo_groups(other)] == [GROUP.encode()]
+    merged = await streams.consumers()
+    assert [(c["name"], c["pending"]) for c in merged] == [("host-a:123", 1)]
+
+
+async def test_claim_recreates_a_destroyed_group(streams: Streams) -> None:
+    await streams.ensure_groups()
+    await streams.enqueue(req("g1"))
+    await streams.enqueue(req("g2", priority="low"))
+    for key in streams.keys.streams:
+        assert await raw(streams).xgroup_destroy(key, GROUP) == 1
+    claimed = await streams.claim("c1", 5, 30)
+    assert claimed.recreated is True
+    assert [t.eval_id for t in claimed.tasks] == ["g1", "g2"]
+    assert (await streams.claim("c1", 5, 30)).recreated is False
+    for key in streams.keys.streams:
+        assert [g["name"] for g in await raw(streams).xinfo_groups(key)] == [GROUP.encode()]
+
+
+async def test_claim_recreates_a_destroyed_group_with_a_lapsed_lease(streams: Streams) -> None:
+    await streams.ensure_groups()
+    await streams.enqueue(req("held"))
+    first = await claim_one(streams, "dead", lease=0.05)
+    for key in streams.keys.streams:
+        await raw(streams).xgroup_destroy(key, GROUP)
+    await wait_lease_lapsed(streams, "held")
+    claimed = await streams.claim("alive", 5, 30)
+    assert claimed.recreated is True
+    assert [(t.eval_id, t.entry, t.attempt) for t in claimed.tasks] == [("held", first.entry, 2)]
+
+
+async def test_renew_survives_a_destroyed_group(streams: Streams) -> None:
+    await streams.ensure_groups()
+    await streams.enqueue(req("held"))
+    task = await claim_one(streams, "c1", lease=30)
+    for key in streams.keys.streams:
+        await raw(streams).xgroup_destroy(key, GROUP)
+    assert await streams.renew("c1", [task], 30) in ([], ["held"])
+
+
+async def test_claim_on_a_fresh_queue(streams: Streams) -> None:
+    claimed = await streams.claim("c1", 5, 30)
+    assert claimed.tasks == []
+    assert claimed.wake_in is None
+    await streams.ensure_groups()
+    await streams.ensure_groups()  # idempotent
+    assert (await streams.claim("c1", 5, 30)).recreated is False
+
+
+# --- fencing and leases -------------------------------------------------------------
+
+
+async def test_stale_tokens_are_refused(streams: Streams) -> None:
+    await streams.enqueue(req("f1"))
+    task = await claim_one(streams)
+    assert task.attempt == 1
+    wrong_attempt = Task(task.eval_id, task.entry, 2, task.priority, task.payload)
+    wrong_entry = Task(task.eval_id, "1-0", 1, task.priority, task.payload)
+    for stale in (wrong_attempt, wrong_entry):
+        with pytest.raises(Conflict, match="stale"):
+            await streams.complete("f1", {"x": 1}, stale)
+        with pytest.raises(Conflict, match="stale"):
+            await streams.fail("f1", "boom", task=stale)
+        assert await streams.renew("c1", [stale], 30) == ["f1"]
+    assert (await streams.get("f1"))["status"] == "processing"
+    await streams.complete("f1", {"x": 1}, task)
+    assert (await streams.get("f1"))["result"] == {"x": 1}
+
+
+async def test_an_older_delivery_cannot_settle_the_newer_one(streams: Streams) -> None:
+    await streams.enqueue(req("f2"))
+    first = await claim_one(streams, "c1", lease=0.05)
+    await wait_lease_lapsed(streams, "f2")
+    with pytest.raises(Conflict, match="lease expired"):
+        await streams.complete("f2", {"late": True}, first)
+    assert await streams.renew("c1", [first], 30) == ["f2"]
+    second = await claim_one(streams, "c2")
+    assert (second.eval_id, second.entry, second.attempt) == ("f2", first.entry, 2)
+    assert (await streams.get("f2"))["attempts"] == 2
+    for call in (
+        streams.complete("f2", {"late": True}, first),
+        streams.fail("f2", "late", task=first),
+    ):
+        with pytest.raises(Conflict, match="stale"):
+            await call
+    assert await streams.renew("c1", [first], 30) == ["f2"]
+    [entry] = await raw(streams).xpending_range(streams.keys.stream("default"), GROUP, "-", "+", 10)
+    assert entry["consumer"] == b"c2"
+    assert entry["times_delivered"] == 2
+    await streams.complete("f2", {"on_time": True}, second)
+    assert (await streams.get("f2"))["result"] == {"on_time": True}
+
+
+async def test_unfenced_calls_accepted_while_lease_is_live(streams: Streams) -> None:
+    await streams.enqueue(req("u1"))
+    await claim_one(streams)
+    await streams.complete("u1", {"pull": "worker"})
+    assert (await streams.get("u1"))["status"] == "completed"
+    await streams.enqueue(req("u2"))
+    await claim_one(streams, lease=0.05)
+    await wait_lease_lapsed(streams, "u2")
+    with pytest.raises(Conflict, match="lease expired"):
+        await streams.complete("u2", {})
+
+
+async def test_renew_extends_and_releases_leases(streams: Streams) -> None:
+    await streams.enqueue(req("r1"))
+    await streams.enqueue(req("r2"))
+    tasks = (await streams.claim("c1", 2, 0.3)).tasks
+    before = await server_ms(raw(streams))
+    assert await streams.renew("c1", tasks, 20) == []
+    for task in tasks:
+        deadline = await raw(streams).zscore(streams.keys.leases, task.eval_id)
+        assert before + 20_000 <= deadline <= before + 21_000
+    assert await streams.renew("c1", [], 20) == []
+    # lease 0 hands the task back: the next claim takes it over as attempt 2
+    assert await streams.renew("c1", tasks[:1], 0) == []
+    again = await claim_one(streams, "c2")
+    assert (again.eval_id, again.attempt) == ("r1", 2)
+    assert await streams.renew("c1", tasks[:1], 20) == ["r1"]
+    assert await streams.renew("c1", tasks[1:], 20) == []
+
+
+async def test_renew_reports_finished_and_unknown_tasks(streams: Streams) -> None:
+    await streams.enqueue(req("r3"))
+    task = await claim_one(streams)
+    await streams.complete("r3", {}, task)
+    ghost = Task("ghost", "1-0", 1, Priority.DEFAULT, {})
+    assert await streams.renew("c1", [task, ghost], 20) == ["r3", "ghost"]
+
+
+async def test_expired_lease_is_reclaimed_by_another_consumer(streams: Streams) -> None:
+    await streams.enqueue(req("e1"))
+    await streams.enqueue(req("e2"))
+    first = await claim_one(streams, "dead", lease=0.05)
+    await wait_lease_lapsed(streams, "e1")
+    claimed = await streams.claim("alive", 5, 30)
+    # the lapsed one first, then new work
+    assert [(t.eval_id, t.attempt) for t in claimed.tasks] == [("e1", 2), ("e2", 1)]
+    assert claimed.tasks[0].entry == first.entry
+    assert claimed.tasks[0].payload == {"code": "print(1)"}
+    record = await streams.get("e1")
+    assert (record["status"], record["attempts"]) == ("processing", 2)
+    consumers = await raw(streams).xinfo_consumers(streams.keys.stream("default"), GROUP)
+    assert {c["name"]: c["pending"] for c in consumers} == {b"dead": 0, b"alive": 2}
+
+
+async def test_poison_guard_buries_a_task_whose_lease_keeps_lapsing(
+    make_streams: Callable[..., Streams], subscriber: Callable[[str], Any]
+) -> None:
+    streams = make_streams(lease_max_lapses=1)
+    failed = await subscriber("evaluation:failed")
+    await streams.enqueue(req("poison", metadata={"m": 1}))
+    await claim_one(streams, "c1", lease=0.05)
+    await wait_lease_lapsed(streams, "poison")
+    second = await claim_one(streams, "c2", lease=0.05)
+    assert second.attempt == 2
+    await wait_lease_lapsed(streams, "poison")
+    assert (await streams.claim("c3", 5, 30)).tasks == []
+    record = await streams.get("poison")
+    assert record["status"] == "failed"
+    assert "lapsed 2 times" in record["error"]
+    assert record["attempts"] == 2
+    [(_, dead)] = await raw(streams).xrange(streams.keys.dlq)
+    assert dead[b"id"] == b"poison"
+    assert dead[b"attempts"] == b"2"
+    assert orjson.loads(dead[b"payload"]) == {"code": "print(1)", "metadata": {"m": 1}}
+    assert await stream_lengths(streams) == [0, 0, 0]
+    assert await pending(streams) == 0
+    assert await raw(streams).zcard(streams.keys.leases) == 0
+    message = await failed.message_for("poison")
+    assert message["result"]["status"] == "failed"
+    assert "lapsed" in message["result"]["output"]
+    counts = await streams.counts()
+    assert counts["dlq"] == 1
+    assert counts["states"]["processing"] == 0
+
+
+# --- complete -----------------------------------------------------------------------
+
+
+async def test_complete(streams: Streams, subscriber: Callable[[str], Any]) -> None:
+    completed = await subscriber("evaluation:completed")
+    await streams.enqueue(req("c1", priority="high"))
+    task = await claim_one(streams)
+    result = {"status": "success", "output": "1\n", "exit_code": 0}
+    await streams.complete("c1", result, task)
+    record = await streams.get("c1")
+    assert record["status"] == "completed"
+    assert record["result"] == result
+    assert record["completed_at"] is not None and record["error"] is None
+    ttl = await raw(streams).ttl(streams.keys.task("c1"))
+    assert streams.settings.result_ttl - 5 <= ttl <= streams.settings.result_ttl
+    assert await stream_lengths(streams) == [0, 0, 0]
+    assert await pending(streams, "high") == 0
+    assert await raw(streams).zscore(streams.keys.leases, "c1") is None
+    assert await completed.message_for("c1") == {"eval_id": "c1", "result": result}
+    counts = await streams.counts()
+    assert counts["totals"]["completed"] == 1
+    assert counts["states"]["processing"] == 0
+    with pytest.raises(Conflict, match="completed"):
+        await streams.complete("c1", result, task)
+
+
+async def test_complete_refusals(streams: Streams) -> None:
+    with pytest.raises(NotFound):
+        await streams.complete("nobody", {})
+    await streams.enqueue(req("q1"))
+    with pytest.raises(Conflict, match="queued"):
+        await streams.complete("q1", {})
+    await streams.enqueue(req("s1", delay=60))
+    with pytest.raises(Conflict, match="scheduled"):
+        await streams.complete("s1", {})
+
+
+async def test_complete_with_a_non_object_result(streams: Streams) -> None:
+    await streams.enqueue(req("c2"))
+    task = await claim_one(streams)
+    await streams.complete("c2", "plain text", task)
+    assert (await streams.get("c2"))["result"] == "plain text"
+
+
+# --- fail ---------------------------------------------------------------------------
+
+
+def due_of(answer: dict[str, Any]) -> int:
+    moment = datetime.fromisoformat(answer["retry_at"].replace("Z", "+00:00"))
+    return round(moment.timestamp() * 1000)
+
+
+async def test_fail_with_retry_backs_off_then_requeues(streams: Streams) -> None:
+    await streams.enqueue(req("r1"))
+    task = await claim_one(streams)
+    before = await server_ms(raw(streams))
+    answer = await streams.fail("r1", "boom", task=task, policy=FAST)
+    after = await server_ms(raw(streams))
+    assert answer["status"] == "retrying"
+    assert before + 200 <= due_of(answer) <= after + 200
+    record = await streams.get("r1")
+    assert (record["status"], record["error"]) == ("retrying", "boom")
+    assert record["run_at"] == answer["retry_at"]
+    assert await raw(streams).zscore(streams.keys.scheduled, "r1") == due_of(answer)
+    assert await stream_lengths(streams) == [0, 0, 0]
+    assert await pending(streams) == 0
+    counts = await streams.counts()
+    assert counts["by_priority"]["retrying"]["default"] == 1
+    assert counts["totals"]["retried"] == 1
+
+    async def redelivered() -> list[Task]:
+        return (await streams.claim("c1", 5, 30)).tasks
+
+    [again] = await wait_for(redelivered, timeout=5)
+    assert await server_ms(raw(streams)) >= due_of(answer)
+    assert (again.eval_id, again.attempt) == ("r1", 2)
+    assert again.entry != task.entry
+    assert again.payload == {"code": "print(1)"}
+    assert (await streams.counts())["states"]["retrying"] == 0
+    # retry 2 waits base * exp
+    before = await server_ms(raw(streams))
+    second = await streams.fail("r1", "boom again", task=again, policy=FAST)
+    assert before + 400 <= due_of(second) <= await server_ms(raw(streams)) + 400
+
+
+async def test_retried_task_is_queued_at_its_priority(streams: Streams) -> None:
+    await streams.enqueue(req("hi", priority="high"))
+    task = await claim_one(streams)
+    await streams.fail("hi", "x", task=task, policy=RetryPolicy(3, 0.01, 2, 1, False))
+    await streams.enqueue(req("d1"))
+
+    async def requeued() -> bool:
+        await streams.claim("c1", 0, 30)  # promotes without taking anything
+        return bool((await streams.get("hi"))["status"] == "queued")
+
+    await wait_for(requeued, timeout=5)
+    assert (await streams.get("hi"))["position"] == 1
+    assert (await streams.get("d1"))["position"] == 2
+    assert await claim_ids(streams) == ["hi", "d1"]
+
+
+async def test_fail_delay_is_capped_and_jittered(streams: Streams) -> None:
+    for i, policy in enumerate(
+        [RetryPolicy(3, 10.0, 2.0, 4.0, False), RetryPolicy(3, 10.0, 2.0, 300.0, True)]
+    ):
+        await streams.enqueue(req(f"j{i}"))
+        task = await claim_one(streams)
+        before = await server_ms(raw(streams))
+        answer = await streams.fail(task.eval_id, "x", task=task, policy=policy)
+        delay = due_of(answer) - before
+        if policy.jitter:
+            assert 5000 - 50 <= delay <= 10_000 + 50
+        else:
+            assert 4000 - 50 <= delay <= 4000 + 50
+
+
+async def test_fail_without_retry_goes_to_the_dlq(
+    streams: Streams, subscriber: Callable[[str], Any]
+) -> None:
+    failed = await subscriber("evaluation:failed")
+    await streams.enqueue(req("dead", priority="low", metadata={"u": "x"}))
+    task = await claim_one(streams)
+    answer = await streams.fail(
+        "dead", "SyntaxError", retry=False, task=task, detail={"traceback": "tb"}, exit_code=1
+    )
+    assert answer == {"eval_id": "dead", "status": "failed"}
+    record = await streams.get("dead")
+    assert (record["status"], record["error"]) == ("failed", "SyntaxError")
+    assert record["completed_at"] is not None
+    ttl = await raw(streams).ttl(streams.keys.task("dead"))
+    assert streams.settings.failure_ttl - 5 <= ttl <= streams.settings.failure_ttl
+    [(_, dead)] = await raw(streams).xrange(streams.keys.dlq)
+    assert dead[b"id"] == b"dead"
+    assert dead[b"error"] == b"SyntaxError"
+    assert dead[b"attempts"] == b"1"
+    assert dead[b"prio"] == b"low"
+    assert orjson.loads(dead[b"payload"]) == {"code": "print(1)", "metadata": {"u": "x"}}
+    assert orjson.loads(dead[b"detail"]) == {"traceback": "tb"}
+    assert await stream_lengths(streams) == [0, 0, 0]
+    assert await pending(streams, "low") == 0
+    assert await failed.message_for("dead") == {
+        "eval_id": "dead",
+        "result": {"status": "failed", "output": "SyntaxError", "exit_code": 1},
+    }
+    counts = await streams.counts()
+    assert (counts["dlq"], counts["totals"]["failed"]) == (1, 1)
+    with pytest.raises(Conflict, match="failed"):
+        await streams.fail("dead", "again", task=task)
+
+
+async def test_fail_refusals(streams: Streams) -> None:
+    with pytest.raises(NotFound):
+        await streams.fail("nobody", "x")
+    await streams.enqueue(req("q1"))
+    with pytest.raises(Conflict, match="queued"):
+        await streams.fail("q1", "x")
+
+
+async def test_max_retries_from_the_policy(streams: Streams) -> None:
+    policy = RetryPolicy(2, 0.01, 1.0, 1.0, False)
+    await streams.enqueue(req("m1"))
+    statuses = []
+    for attempt in (1, 2, 3):
+
+        async def delivered() -> list[Task]:
+            return (await streams.claim("c1", 1, 30)).tasks
+
+        [task] = await wait_for(delivered, timeout=5)
+        assert task.attempt == attempt
+        statuses.append((await streams.fail("m1", "x", task=task, policy=policy))["status"])
+    assert statuses == ["retrying", "retrying", "failed"]
+    [(_, dead)] = await raw(streams).xrange(streams.keys.dlq)
+    assert dead[b"attempts"] == b"3"
+
+
+async def test_max_retries_per_task_overrides_the_policy(streams: Streams) -> None:
+    await streams.enqueue(req("none", max_retries=0))
+    task = await claim_one(streams)
+    answer = await streams.fail("none", "x", task=task, policy=RetryPolicy(5, 0.01, 1, 1, False))
+    assert answer["status"] == "failed"
+
+    await streams.enqueue(req("one", max_retries=1))
+    policy = RetryPolicy(0, 0.01, 1.0, 1.0, False)
+    task = await claim_one(streams)
+    assert (await streams.fail("one", "x", task=task, policy=policy))["status"] == "retrying"
+
+    async def delivered() -> list[Task]:
+        return (await streams.claim("c1", 1, 30)).tasks
+
+    [task] = await wait_for(delivered, timeout=5)
+    assert task.payload["max_retries"] == 1
+    assert (await streams.fail("one", "x", task=task, policy=policy))["status"] == "failed"
+
+
+async def test_default_policy_comes_from_settings(make_streams: Callable[..., Streams]) -> None:
+    streams = make_streams(retry=RetryPolicy(0, 0.01, 1.0, 1.0, False))
+    await streams.enqueue(req("d1"))
+    task = await claim_one(streams)
+    assert (await streams.fail("d1", "x", task=task))["status"] == "failed"
+
+
+# --- cancel -------------------------------------------------------------------------
+
+
+async def test_cancel_queued(streams: Streams) -> None:
+    await streams.enqueue(req("c1"))
+    assert await streams.cancel("c1") == {"eval_id": "c1", "status": "cancelled"}
+    record = await streams.get("c1")
+    assert record["status"] == "cancelled"
+    assert record["completed_at"] is not None
+    assert await stream_lengths(streams) == [0, 0, 0]
+    ttl = await raw(streams).ttl(streams.keys.task("c1"))
+    assert 0 < ttl <= streams.settings.result_ttl
+    assert await claim_ids(streams) == []
+    assert (await streams.counts())["totals"]["cancelled"] == 1
+
+
+async def test_cancel_scheduled_and_retrying(streams: Streams) -> None:
+    await streams.enqueue(req("s1", delay=0.3))
+    await streams.cancel("s1")
+    assert await raw(streams).zscore(streams.keys.scheduled, "s1") is None
+    await streams.enqueue(req("r1"))
+    task = await claim_one(streams)
+    await streams.fail("r1", "x", task=task, policy=RetryPolicy(3, 300, 2, 300, False))
+    assert (await streams.get("r1"))["status"] == "retrying"
+    await streams.cancel("r1")
+    assert await raw(streams).zcard(streams.keys.scheduled) == 0
+    counts = await streams.counts()
+    assert counts["states"]["scheduled"] == 0
+    assert counts["states"]["retrying"] == 0
+    assert counts["totals"]["cancelled"] == 2
+    assert (await streams.get("s1"))["status"] == "cancelled"
+    assert (await streams.get("r1"))["status"] == "cancelled"
+    # nothing comes back once the scheduled time has passed
+    due = await server_ms(raw(streams)) + 350
+
+    async def past_due() -> bool:
+        return await server_ms(raw(streams)) > due
+
+    await wait_for(past_due, timeout=5)
+    assert await claim_ids(streams) == []
+
+
+async def test_cancel_processing_needs_terminate(
+    streams: Streams, subscriber: Callable[[str], Any]
+) -> None:
+    await streams.enqueue(req("p1"))
+    task = await claim_one(streams)
+    with pytest.raises(Conflict, match="processing"):
+        await streams.cancel("p1")
+    assert (await streams.get("p1"))["status"] == "processing"
+    cancels = await subscriber(streams.keys.cancel_channel)
+    cancels.pubsub.ignore_subscribe_messages = False
+    assert (await streams.cancel("p1", terminate=True))["status"] == "cancelled"
+    message = await cancels.pubsub.get_message(timeout=2)
+    assert message is not None and message["data"] == b"p1"
+    assert await stream_lengths(streams) == [0, 0, 0]
+    assert await pending(streams) == 0
+    assert await raw(streams).zcard(streams.keys.leases) == 0
+    # the holder finds out when it reports
+    with pytest.raises(Conflict, match="cancelled"):
+        await streams.complete("p1", {}, task)
+    assert await streams.renew("c1", [task], 30) == ["p1"]
+
+
+async def test_cancel_finished_or_unknown(streams: Streams) -> None:
+    await streams.enqueue(req("f1"))
+    task = await claim_one(streams)
+    await streams.complete("f1", {}, task)
+    for terminate in (False, True):
+        with pytest.raises(Conflict, match="completed"):
+            await streams.cancel("f1", terminate=terminate)
+    await streams.enqueue(req("f2"))
+    await streams.cancel("f2")
+    with pytest.raises(Conflict, match="cancelled"):
+        await streams.cancel("f2")
+    await streams.enqueue(req("f3"))
+    task = await claim_one(streams)
+    await streams.fail("f3", "x", retry=False, task=task)
+    with pytest.raises(Conflict, match="failed"):
+        await streams.cancel("f3", terminate=True)
+    with pytest.raises(NotFound):
+        await streams.cancel("ghost")
+
+
+# --- counts, events, get ------------------------------------------------------------
+
+
+async def test_counts_per_state_and_priority(streams: Streams) -> None:
+    for eval_id, priority in [("p-h", "high"), ("p-d", "default")]:
+        await streams.enqueue(req(eval_id, priority=priority))
+    running = (await streams.claim("c1", 2, 30)).tasks
+    for eval_id, priority in [("q-h1", "high"), ("q-h2", "high"), ("q-l", "low")]:
+        await streams.enqueue(req(eval_id, priority=priority))
+    await streams.enqueue(req("s-l", priority="low", delay=60))
+    await streams.enqueue(req("s-d", delay=60))
+    await streams.fail("p-d", "x", task=running[1], policy=RetryPolicy(3, 60, 2, 60, False))
+    await streams.enqueue(req("gone"))
+    await streams.cancel("gone")
+    counts = await streams.counts()
+    assert counts["by_priority"] == {
+        "queued": {"high": 2, "default": 0, "low": 1},
+        "processing": {"high": 1, "default": 0, "low": 0},
+        "scheduled": {"high": 0, "default": 1, "low": 1},
+        "retrying": {"high": 0, "default": 1, "low": 0},
+    }
+    assert counts["states"] == {"queued": 3, "processing": 1, "scheduled": 2, "retrying": 1}
+    assert counts["dlq"] == 0
+    assert counts["totals"]["enqueued"] == 8
+    assert counts["totals"]["retried"] == 1
+    assert counts["totals"]["cancelled"] == 1
+    await streams.fail("p-h", "x", task=running[0], retry=False)
+    counts = await streams.counts()
+    assert counts["states"]["processing"] == 0
+    assert counts["dlq"] == 1
+
+
+async def test_counts_on_an_empty_queue(streams: Streams) -> None:
+    counts = await streams.counts()
+    assert counts["states"] == {"queued": 0, "processing": 0, "scheduled": 0, "retrying": 0}
+    assert counts["dlq"] == 0
+    assert counts["totals"] == {}
+
+
+async def test_events_stream_records_each_state_change(streams: Streams) -> None:
+    await streams.enqueue(req("ev"))
+    task = await claim_one(streams)
+    await streams.fail("ev", "x", task=task, policy=RetryPolicy(3, 0.01, 1, 1, False))
+
+    async def delivered() -> list[Task]:
+        return (await streams.claim("c1", 1, 30)).tasks
+
+    [task] = await wait_for(delivered, timeout=5)
+    await streams.complete("ev", {}, task)
+    await streams.enqueue(req("ev2", delay=60))
+    await streams.cancel("ev2")
+    events = [
+        (f[b"id"].decode(), f[b"state"].decode(), f[b"attempt"].decode())
+        for _, f in await raw(streams).xrange(streams.keys.events)
+    ]
+    assert events == [
+        ("ev", "queued", ""),
+        ("ev", "processing", "1"),
+        ("ev", "retrying", "1"),
+        ("ev", "queued", ""),
+        ("ev", "processing", "2"),
+        ("ev", "completed", "2"),
+        ("ev2", "scheduled", ""),
+        ("ev2", "cancelled", "0"),
+    ]
+
+
+async def test_events_stream_is_capped(make_streams: Callable[..., Streams]) -> None:
+    streams = make_streams(events_maxlen=10)
+    for i in range(300):
+        await streams.enqueue(req(f"e{i}"))
+    # MAXLEN ~ trims whole nodes: far fewer than 300 remain, at least 10
+    assert 10 <= await raw(streams).xlen(streams.keys.events) < 300
+
+
+async def test_get_unknown(streams: Streams) -> None:
+    with pytest.raises(NotFound):
+        await streams.get("nothing")
+
+
+# --- clear --------------------------------------------------------------------------
+
+
+async def test_clear_removes_everything_and_groups_still_work(streams: Streams) -> None:
+    await streams.enqueue(req("done"))
+    await streams.enqueue(req("dead"))
+    await streams.enqueue(req("running"))
+    done, dead, _ = (await streams.claim("c1", 3, 30)).tasks
+    await streams.complete("done", {}, done)
+    await streams.fail("dead", "x", retry=False, task=dead)
+    await streams.enqueue(req("queued", priority="high"))
+    await streams.enqueue(req("later", delay=60))
+    await streams.enqueue(req("cancelled"))
+    await streams.cancel("cancelled")
+    removed = await streams.clear()
+    assert removed == 6
+    for eval_id in ("done", "dead", "running", "queued", "later", "cancelled"):
+        with pytest.raises(NotFound):
+            await streams.get(eval_id)
+    left = [k.decode() async for k in raw(streams).scan_iter(match=f"{streams.keys.prefix}*")]
+    assert sorted(left) == sorted([*streams.keys.streams, streams.keys.events])
+    assert await stream_lengths(streams) == [0, 0, 0]
+    for key in streams.keys.streams:
+        groups = await raw(streams).xinfo_groups(key)
+        assert [(g["name"], g["pending"]) for g in groups] == [(GROUP.encode(), 0)]
+    counts = await streams.counts()
+    assert counts["states"] == {"queued": 0, "processing": 0, "scheduled": 0, "retrying": 0}
+    assert counts["dlq"] == 0
+    # the stale holder of "running" is refused, and the queue works as new
+    assert (await streams.enqueue(req("fresh")))["position"] == 1
+    claimed = await streams.claim("c1", 5, 30)
+    assert claimed.recreated is False
+    assert [t.eval_id for t in claimed.tasks] == ["fresh"]
+    assert (await streams.enqueue(req("done")))["status"] == "queued"
+
+
+async def test_clear_an_empty_queue(streams: Streams) -> None:
+    assert await streams.clear() == 0
+    assert await streams.clear() == 0
+
+
+async def test_clear_leaves_other_queues_alone(
+    client: Any, streams: Streams, make_settings: Callable[..., Settings]
+) -> None:
+    other = Streams(client, make_settings(), queue=f"{streams.keys.queue}-other")
+    await other.enqueue(req("mine"))
+    await streams.enqueue(req("mine"))
+    try:
+        assert await streams.clear() == 1
+        assert (await other.get("mine"))["status"] == "queued"
+    finally:
+        await other.clear()
+
+
+# --- promote, wait_for_work ---------------------------------------------------------
+
+
+async def test_promote(streams: Streams) -> None:
+    assert await streams.promote() is None
+    await streams.enqueue(req("p-soon", delay=0.1, priority="low"))
+    await streams.enqueue(req("p-later", delay=60))
+    wait = await streams.promote()
+    assert wait is not None and 0 <= wait <= 0.1
+
+    async def promoted() -> bool:
+        await streams.promote()
+        return bool((await streams.get("p-soon"))["status"] == "queued")
+
+    await wait_for(promoted, timeout=5)
+    wait = await streams.promote()
+    assert wait is not None and 59 < wait <= 60
+    assert (await streams.get("p-soon"))["position"] == 1
+    counts = await streams.counts()
+    assert counts["by_priority"]["scheduled"] == {"high": 0, "default": 1, "low": 0}
+    assert counts["by_priority"]["queued"]["low"] == 1
+    assert await claim_ids(streams) == ["p-soon"]
+
+
+async def test_wait_for_work(streams: Streams) -> None:
+    await streams.ensure_groups()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await streams.wait_for_work(0.1)
+    assert 0.08 <= loop.time() - started < 2
+    await streams.wait_for_work(0)
+    waiter = asyncio.ensure_future(streams.wait_for_work(5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    started = loop.time()
+    await streams.enqueue(req("wake", priority="low"))
+    await asyncio.wait_for(waiter, 2)
+    assert loop.time() - started < 1
+
+
+# --- dead-letter queue --------------------------------------------------------------
+
+
+async def bury(streams: Streams, eval_id: str, **fields: Any) -> None:
+    await streams.enqueue(req(eval_id, **fields))
+    claimed = await streams.claim("c1", 10, 30)
+    [task] = [t for t in claimed.tasks if t.eval_id == eval_id]
+    await streams.fail(eval_id, f"error of {eval_id}", retry=False, task=task)
+
+
+async def test_dlq_list(streams: Streams) -> None:
+    await bury(streams, "a1", priority="high", metadata={"m": 1})
+    await bury(streams, "a2")
+    listing = await streams.dlq_list()
+    assert listing["count"] == 2
+    assert [t["eval_id"] for t in listing["tasks"]] == ["a2", "a1"]
+    first = listing["tasks"][1]
+    assert first["error"] == "error of a1"
+    assert first["attempts"] == 1
+    assert first["failed_at"] is not None
+    assert first["task"]["code"] == "print(1)"
+    assert first["task"]["priority"] == "high"
+    assert first["task"]["metadata"] == {"m": 1}
+    page = await streams.dlq_list(limit=1, offset=1)
+    assert page["count"] == 2
+    assert [t["eval_id"] for t in page["tasks"]] == ["a1"]
+
+
+async def test_dlq_retry(streams: Streams) -> None:
+    await bury(streams, "again", priority="low")
+    assert await streams.dlq_retry("again") == {"eval_id": "again", "status": "queued"}
+    record = await streams.get("again")
+    assert (record["status"], record["attempts"], record["position"]) == ("queued", 0, 1)
+    assert (await streams.dlq_list())["count"] == 0
+    task = await claim_one(streams)
+    assert (task.eval_id, task.attempt, task.priority) == ("again", 1, Priority.LOW)
+    assert task.payload == {"code": "print(1)"}
+    with pytest.raises(NotFound):
+        await streams.dlq_retry("again")
+    with pytest.raises(NotFound):
+        await streams.dlq_retry("never")
+    # buried a second time: one DLQ entry, not two
+    await streams.fail("again", "twice", retry=False, task=task)
+    assert (await streams.dlq_list())["count"] == 1
+
+
+async def test_dlq_retry_refused_while_a_live_task_uses_the_id(streams: Streams) -> None:
+    await bury(streams, "reused")
+    await raw(streams).delete(streams.keys.task("reused"))
+    await streams.enqueue(req("reused", priority="high"))
+    with pytest.raises(Conflict, match="queued"):
+        await streams.dlq_retry("reused")
+    assert (await streams.dlq_list())["count"] == 1
+    assert (await streams.get("reused"))["priority"] == "high"
+
+
+async def test_dlq_retry_after_the_record_expired(streams: Streams) -> None:
+    await bury(streams, "expired")
+    await raw(streams).delete(streams.keys.task("expired"))
+    await streams.dlq_retry("expired")
+    assert (await streams.get("expired"))["status"] == "queued"
+
+
+async def test_dlq_purge(streams: Streams) -> None:
+    for name in ("x1", "x2", "x3"):
+        await bury(streams, name)
+    assert await streams.dlq_purge(eval_id="x2") == 1
+    assert await streams.dlq_purge(eval_id="x2") == 0
+    assert [t["eval_id"] for t in (await streams.dlq_list())["tasks"]] == ["x3", "x1"]
+    assert await streams.dlq_purge(older_than=3600) == 0
+    assert await streams.dlq_purge() == 2
+    assert (await streams.dlq_list())["count"] == 0
+    with pytest.raises(NotFound):
+        await streams.dlq_retry("x1")
+
+
+async def test_dlq_purge_older_than(streams: Streams) -> None:
+    await bury(streams, "old")
+    buried_old = await server_ms(raw(streams))
+
+    async def later() -> bool:
+        return await server_ms(raw(streams)) > buried_old + 200
+
+    await wait_for(later)
+    await bury(streams, "new")
+    now = await server_ms(raw(streams))
+    # older than a moment 100 ms after "old" was buried (and > 100 ms before "new")
+    assert await streams.dlq_purge(older_than=(now - buried_old - 100) / 1000) == 1
+    assert [t["eval_id"] for t in (await streams.dlq_list())["tasks"]] == ["new"]
+
+    async def after_new() -> bool:
+        return await server_ms(raw(streams)) > now + 2
+
+    await wait_for(after_new)
+    assert await streams.dlq_purge(older_than=0) == 1
+
+
+# --- Redis unavailable --------------------------------------------------------------
+
+
+@pytest.fixture
+async def dead_streams(settings: Settings) -> AsyncIterator[Streams]:
+    client = connect(f"redis://127.0.0.1:{free_port()}/0")
+    yield Streams(client, settings)
+    await client.aclose()
+
+
+async def test_unreachable_redis_is_unavailable(dead_streams: Streams) -> None:
+    task = Task("t", "1-0", 1, Priority.DEFAULT, {})
+    calls = [
+        dead_streams.enqueue(req("x")),
+        dead_streams.enqueue_many([req("y")]),
+        dead_streams.claim("c1", 1, 30),
+        dead_streams.complete("t", {}, task),
+        dead_streams.fail("t", "x", task=task),
+        dead_streams.renew("c1", [task], 30),
+        dead_streams.cancel("t"),
+        dead_streams.get("t"),
+        dead_streams.counts(),
+        dead_streams.clear(),
+        dead_streams.ping(),
+        dead_streams.ensure_groups(),
+        dead_streams.promote(),
+        dead_streams.dlq_list(),
+        dead_streams.dlq_retry("t"),
+        dead_streams.dlq_purge(),
+    ]
+    for call in calls:
+        with pytest.raises(Unavailable, match="redis unavailable"):
+            await call
+
+
+async def test_scripts_reload_after_script_flush(streams: Streams) -> None:
+    await streams.enqueue(req("before"))
+    await raw(streams).script_flush()
+    await streams.enqueue(req("single"))
+    answers = await streams.enqueue_many([req("batch1"), req("batch2")])
+    assert [a["position"] for a in answers] == [3, 4]
+    await raw(streams).script_flush()
+    assert await claim_ids(streams) == ["before", "single", "batch1", "batch2"]
+
+
+async def test_ping(streams: Streams) -> None:
+    assert await streams.ping() is True
