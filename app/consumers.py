@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from app.models import Outcome, Task
 if TYPE_CHECKING:
     from app.executors import Execution, ExecutorPool
     from app.settings import Settings
-    from app.streams import Streams
+    from app.streams import Claimed, Streams
 
 log = structlog.get_logger()
 
@@ -136,7 +137,7 @@ class ConsumerPool:
             for task in claimed.tasks:
                 self._spawn(task)
             if not claimed.tasks:
-                await self._idle(claimed.wake_in)
+                await self._idle(claimed)
 
     def _redis_back(self, backoff: Backoff) -> None:
         if not self.redis_ok:
@@ -150,10 +151,11 @@ class ConsumerPool:
         self.redis_ok = False
         await backoff.sleep()
 
-    async def _idle(self, wake_in: float | None) -> None:
+    async def _idle(self, claimed: Claimed) -> None:
+        wake_in = claimed.wake_in
         timeout = MAX_IDLE if wake_in is None else min(MAX_IDLE, wake_in + 0.005)
         try:
-            await self.streams.wait_for_work(timeout)
+            await self.streams.wait_for_work(timeout, claimed.tails)
         except Unavailable:
             await asyncio.sleep(0.1)
 
@@ -299,8 +301,36 @@ class ConsumerPool:
         ]
 
 
-async def pull(streams: Streams, consumer: str, wait: float, lease: float) -> Task | None:
-    """One task for an external worker (`GET /tasks/next`), long-polling up to `wait` s."""
+async def pull(
+    streams: Streams,
+    consumer: str,
+    wait: float,
+    lease: float,
+    gone: Coroutine[Any, Any, None] | None = None,
+) -> Task | None:
+    """One task for an external worker (`GET /tasks/next`), long-polling up to `wait` s.
+
+    `gone` completes when the client hangs up: the poll stops, and a task claimed in that
+    moment is released at once instead of waiting out a lease nobody holds.
+    """
+    if gone is None:
+        return await _poll(streams, consumer, wait, lease)
+    poll = asyncio.ensure_future(_poll(streams, consumer, wait, lease))
+    hangup = asyncio.ensure_future(gone)
+    await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    if not hangup.done():
+        await _cancel(hangup)
+        return poll.result()
+    if not poll.done():
+        await _cancel(poll)
+        return None
+    task = poll.result()
+    if task is not None:
+        await streams.renew(consumer, [task], 0)
+    return None
+
+
+async def _poll(streams: Streams, consumer: str, wait: float, lease: float) -> Task | None:
     deadline = time.monotonic() + wait
     while True:
         claimed = await streams.claim(consumer, 1, lease)
@@ -310,7 +340,7 @@ async def pull(streams: Streams, consumer: str, wait: float, lease: float) -> Ta
         if remaining <= 0:
             return None
         wake = remaining if claimed.wake_in is None else min(remaining, claimed.wake_in + 0.005)
-        await streams.wait_for_work(wake)
+        await streams.wait_for_work(wake, claimed.tails)
 
 
 async def _cancel(job: asyncio.Task[Any]) -> None:

@@ -8,6 +8,7 @@ Imports: consumers, streams, executors, models, errors, settings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -56,6 +57,7 @@ PUBLIC_PATHS = frozenset(
 )
 MAX_WAIT = 30.0
 MAX_BATCH = 1000
+PROBE_TIMEOUT = 2.0  # /health and /readyz answer 503 rather than hang on a stalled Redis
 
 
 class JSON(Response):
@@ -161,6 +163,12 @@ def _float_param(request: Request, name: str, default: float, high: float) -> fl
     return value
 
 
+async def _hangup(request: Request) -> None:
+    """Returns when the client disconnects (a GET has no body to read first)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Invalid("body must be a JSON object")
@@ -205,7 +213,8 @@ async def create_batch(request: Request) -> Response:
 async def next_task(request: Request) -> Response:
     wait = _float_param(request, "wait", 0.0, MAX_WAIT)
     settings: Settings = request.state.settings
-    task = await pull(_streams(request), request.state.consumer, wait, settings.task_timeout)
+    gone = _hangup(request) if wait > 0 else None
+    task = await pull(_streams(request), request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
     return JSON(task.view())
@@ -287,9 +296,10 @@ async def delete_dead(request: Request) -> Response:
 async def health(request: Request) -> Response:
     executors: ExecutorPool = request.state.executors
     try:
-        counts = await _streams(request).counts()
-    except Unavailable as exc:
-        body = {"status": "unhealthy", "redis": "unavailable", "error": str(exc)}
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            counts = await _streams(request).counts()
+    except (Unavailable, TimeoutError) as exc:
+        body = {"status": "unhealthy", "redis": "unavailable", "error": str(exc) or "timed out"}
         return JSON(body, status_code=503)
     return JSON(
         {
@@ -312,9 +322,10 @@ async def livez(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     try:
-        await _streams(request).ping()
-    except Unavailable as exc:
-        return JSON({"status": "not ready", "error": str(exc)}, status_code=503)
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await _streams(request).ping()
+    except (Unavailable, TimeoutError) as exc:
+        return JSON({"status": "not ready", "error": str(exc) or "timed out"}, status_code=503)
     return JSON({"status": "ready"})
 
 
@@ -391,7 +402,7 @@ def create_app(
         url = redis_url or settings.redis_url
         if not url:
             raise RuntimeError("no Redis URL: set REDIS_URL or let __main__ embed one")
-        client = connect(url, MAX_WAIT)
+        client = connect(url)
         streams = Streams(client, settings)
         with contextlib.suppress(Unavailable):
             await streams.ensure_groups()

@@ -19,6 +19,8 @@ from app.errors import BadRequest, Invalid
 
 EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_DELAY_SECONDS = 366 * 86400
+MAX_RUN_AT = 1e11  # epoch seconds, year 5138: rejects milliseconds given as seconds
+RESERVED_IDS = frozenset({"next", "batch"})  # GET /tasks/next, POST /tasks/batch
 
 
 class State(StrEnum):
@@ -110,8 +112,10 @@ def _run_at(data: dict[str, Any], now: float) -> float | None:
         except ValueError:
             raise Invalid("run_at must be epoch seconds or an ISO-8601 time") from None
         moment = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+        if not 0 <= moment <= MAX_RUN_AT:
+            raise Invalid("run_at is out of range")
     else:
-        moment = _number(data, "run_at", 0, 1e11) or 0.0
+        moment = _number(data, "run_at", 0, MAX_RUN_AT) or 0.0
     return moment if moment > now else None
 
 
@@ -155,6 +159,8 @@ class TaskRequest:
             raise Invalid("a task must be a JSON object")
         eval_id = data.get("eval_id")
         eval_id = new_eval_id() if eval_id is None else check_eval_id(eval_id)
+        if eval_id in RESERVED_IDS:
+            raise Invalid(f"eval_id {eval_id!r} is reserved (it names a route)")
         priority = parse_priority(data.get("priority"))
         return cls(eval_id, priority, _payload(data), _run_at(data, now))
 

@@ -13,8 +13,9 @@ import functools
 import os
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
@@ -48,6 +49,8 @@ SCRIPT_NAMES = (
     "dlq_purge",
 )
 PROMOTE_LIMIT = 200
+COMMAND_TIMEOUT = 3.0  # seconds; Lua scripts here are bounded and take well under that
+MAX_BLOCK_SLICE = 1.0  # longest single XREAD BLOCK; must stay below COMMAND_TIMEOUT
 # Replies that mean "the server cannot take writes now", not "your command is wrong".
 UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "BUSY ")
 REFUSALS = {
@@ -63,15 +66,17 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def connect(url: str, max_block: float = 30.0) -> aioredis.Redis:
-    """The one Redis client factory: RESP2 and legacy reply shapes pinned explicitly."""
+def connect(url: str) -> aioredis.Redis:
+    """The one Redis client factory: RESP2 and legacy reply shapes pinned explicitly.
+
+    Commands time out after COMMAND_TIMEOUT, so a hung Redis becomes a prompt 503.
+    """
     return aioredis.Redis.from_url(
         url,
         protocol=2,
         legacy_responses=True,
         decode_responses=False,
-        # Longer than any blocking read (XREAD BLOCK, long-poll), so a block is never a timeout.
-        socket_timeout=max_block + 10.0,
+        socket_timeout=COMMAND_TIMEOUT,
         socket_connect_timeout=2.0,
         health_check_interval=0,
         # No silent re-sends: a script re-run after a lost reply would answer "duplicate"
@@ -138,6 +143,7 @@ class Claimed:
     tasks: list[Task]
     wake_in: float | None  # seconds until the next scheduled task or lease expiry
     recreated: bool  # a consumer group was missing (Redis restarted empty, or cleared)
+    tails: list[bytes] = field(default_factory=list)  # stream tails to block on when idle
 
 
 def _text(value: Any) -> str:
@@ -286,7 +292,7 @@ class Streams:
             self.settings.failure_ttl,
             PROMOTE_LIMIT,
         ]
-        items, wake_at, recreated = await self.scripts["claim"](keys, argv)
+        items, wake_ms, recreated, tails = await self.scripts["claim"](keys, argv)
         tasks = [
             Task(
                 eval_id=_text(eval_id),
@@ -297,26 +303,20 @@ class Streams:
             )
             for eval_id, entry, attempt, prio, payload in items
         ]
-        wake_in = None
-        if int(wake_at):
-            now_s, now_us = await self.redis.time()
-            wake_in = max(0.0, int(wake_at) / 1000 - (int(now_s) + int(now_us) / 1e6))
-        return Claimed(tasks, wake_in, bool(recreated))
+        wake_in = None if int(wake_ms) < 0 else int(wake_ms) / 1000
+        return Claimed(tasks, wake_in, bool(recreated), list(tails))
 
     @translate_errors
-    async def wait_for_work(self, timeout: float) -> None:
-        """Block (XREAD) until an entry is added to any priority stream, or `timeout` passes."""
-        if timeout <= 0:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for key in self.keys.streams:
-            pipe.xrevrange(key, "+", "-", count=1)
-        tails = await pipe.execute()
-        last: dict[Any, Any] = {
-            key: (tail[0][0] if tail else b"0-0")
-            for key, tail in zip(self.keys.streams, tails, strict=True)
-        }
-        await self.redis.xread(last, block=max(1, int(timeout * 1000)), count=1)
+    async def wait_for_work(self, timeout: float, tails: Sequence[bytes]) -> None:
+        """Block (XREAD) until an entry is added after `tails` (from `claim`), or `timeout`."""
+        last: dict[Any, Any] = dict(zip(self.keys.streams, tails, strict=True))
+        deadline = time.monotonic() + timeout
+        while tails and (remaining := deadline - time.monotonic()) > 0:
+            # Blocks are cut into slices shorter than the socket timeout, so one client
+            # serves both: a hung Redis still fails fast, and long-polls still work.
+            block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
+            if await self.redis.xread(last, block=block_ms, count=1):
+                return
 
     def _fence_args(self, task: Task | None) -> list[Any]:
         return [task.entry, task.attempt] if task else ["", ""]

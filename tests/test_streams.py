@@ -970,18 +970,30 @@ async def test_promote(streams: Streams) -> None:
 
 async def test_wait_for_work(streams: Streams) -> None:
     await streams.ensure_groups()
+    idle = await streams.claim("c1", 1, 30)
+    assert idle.tasks == [] and len(idle.tails) == 3
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await streams.wait_for_work(0.1)
+    await streams.wait_for_work(0.1, idle.tails)
     assert 0.08 <= loop.time() - started < 2
-    await streams.wait_for_work(0)
-    waiter = asyncio.ensure_future(streams.wait_for_work(5))
+    await streams.wait_for_work(0, idle.tails)
+    waiter = asyncio.ensure_future(streams.wait_for_work(5, idle.tails))
     await asyncio.sleep(0.05)
     assert not waiter.done()
     started = loop.time()
     await streams.enqueue(req("wake", priority="low"))
     await asyncio.wait_for(waiter, 2)
     assert loop.time() - started < 1
+
+
+async def test_wait_for_work_sees_an_entry_added_right_after_the_claim(streams: Streams) -> None:
+    """The tails come from the claim itself: nothing added after it can be missed."""
+    await streams.ensure_groups()
+    idle = await streams.claim("c1", 1, 30)
+    await streams.enqueue(req("between"))
+    started = asyncio.get_running_loop().time()
+    await streams.wait_for_work(3, idle.tails)
+    assert asyncio.get_running_loop().time() - started < 0.5
 
 
 # --- dead-letter queue --------------------------------------------------------------

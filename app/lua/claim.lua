@@ -9,7 +9,8 @@
 --       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit
--- Returns {{eval_id, entry, attempt, prio, payload}..., next wake ms or 0, groups recreated}
+-- Returns {{{eval_id, entry, attempt, prio, payload}...}, ms until the next due task or lease
+--          expiry (-1: none), groups recreated (0/1), {tail id of each stream} when idle}
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
@@ -114,9 +115,20 @@ for _, prio in ipairs(PRIOS) do
   read_new(prio, free)
 end
 
-local wake = 0
-for _, k in ipairs({KEYS[5], KEYS[7]}) do
-  local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
-  if first[2] and (wake == 0 or tonumber(first[2]) < wake) then wake = tonumber(first[2]) end
+-- Nothing more to hand out: say when to look again, and from which stream tails to block
+-- (taken here, atomically with the reads, so an entry added after this script wakes the
+-- caller's XREAD instead of being missed until the timeout).
+local wake, tails = -1, {}
+if #out < count then
+  for _, k in ipairs({KEYS[5], KEYS[7]}) do
+    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if first[2] and (wake < 0 or tonumber(first[2]) - now < wake) then
+      wake = math.max(0, tonumber(first[2]) - now)
+    end
+  end
+  for i = 1, 3 do
+    local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+    tails[i] = last[1] and last[1][1] or '0-0'
+  end
 end
-return {out, wake, recreated}
+return {out, wake, recreated, tails}
