@@ -11,6 +11,7 @@ Imports: models, errors, settings (and aiohttp).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Sequence
@@ -60,6 +61,12 @@ def classify(status: int, body: bytes) -> Execution:
     if 400 <= status < 500 and status not in RETRYABLE_4XX:
         return Execution(Outcome.PERMANENT, answer, error, status)
     return Execution(Outcome.RETRYABLE, answer, error, status)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """Timeouts are few distinct values; building one per request shows up in profiles."""
+    return aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 5.0))
 
 
 @dataclass
@@ -118,6 +125,7 @@ class ExecutorPool:
             connector = aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # executors set no cookies; skip the jar
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
                 skip_auto_headers=("User-Agent",),
             )
@@ -194,7 +202,7 @@ class ExecutorPool:
     async def _post(self, executor: Executor, task: Task, timeout: float) -> Execution:
         body = orjson.dumps(task.executor_body())
         headers = {"Content-Type": "application/json"}
-        client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
+        client_timeout = _timeout(timeout)
         try:
             async with self.session.post(
                 f"{executor.url}/execute", data=body, headers=headers, timeout=client_timeout

@@ -8,8 +8,11 @@ Imports: models, errors, settings (and redis).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import hashlib
+import math
 import os
 import random
 import socket
@@ -24,8 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.errors import Conflict, NotFound, Unavailable
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, decode_json, iso_ms
@@ -128,14 +130,105 @@ class Keys:
         return f"{self.prefix}stream:{Priority(priority).value}"
 
 
-def load_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
+def read_scripts() -> dict[str, str]:
     """Read app/lua once; each script gets the shared helpers prepended."""
     folder = resources.files("app") / "lua"
     lib = (folder / "_lib.lua").read_text() + (folder / "_fence.lua").read_text()
-    return {
-        name: client.register_script(lib + (folder / f"{name}.lua").read_text())
-        for name in SCRIPT_NAMES
-    }
+    return {name: lib + (folder / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+
+
+SOURCES = read_scripts()
+SHAS = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SOURCES.items()}
+
+
+@dataclass(eq=False)
+class _Call:
+    name: str
+    keys: Sequence[Any]
+    args: Sequence[Any]
+    future: asyncio.Future[Any]
+
+
+class Scripts:
+    """Runs the Lua scripts by EVALSHA with automatic pipelining.
+
+    Calls issued in the same event-loop turn (concurrent requests, a batch, a burst of
+    completions) go out in one write on one pooled connection, and their replies are read
+    back in order. This skips redis-py's per-command machinery, which profiling showed to
+    be a third of the service's CPU on the enqueue path. NOSCRIPT (a restarted or flushed
+    Redis) loads the scripts and re-sends once.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._pending: list[_Call] = []
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(_Call(name, keys, args, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        job = asyncio.create_task(self._send(batch))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _send(self, batch: list[_Call], reloaded: bool = False) -> None:
+        pool = self.client.connection_pool
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            _fail_all(batch, exc)
+            return
+        try:
+            missing = await self._exchange(conn, batch)
+        except (RedisError, OSError) as exc:
+            await conn.disconnect()
+            _fail_all(batch, exc)
+            return
+        finally:
+            await pool.release(conn)
+        if missing and not reloaded:
+            await self._reload(missing)
+        elif missing:
+            _fail_all(missing, ResponseError("NOSCRIPT after reload"))
+
+    async def _exchange(self, conn: Any, batch: list[_Call]) -> list[_Call]:
+        commands = [("EVALSHA", SHAS[c.name], len(c.keys), *c.keys, *c.args) for c in batch]
+        missing: list[_Call] = []
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for call in batch:
+                try:
+                    reply = await conn.read_response(timeout=math.inf)
+                except ResponseError as exc:
+                    if isinstance(exc, NoScriptError):
+                        missing.append(call)
+                    elif not call.future.done():
+                        call.future.set_exception(exc)
+                    continue
+                if not call.future.done():
+                    call.future.set_result(reply)
+        return missing
+
+    async def _reload(self, missing: list[_Call]) -> None:
+        try:
+            for name in {c.name for c in missing}:
+                await self.client.script_load(SOURCES[name])
+        except (RedisError, OSError) as exc:
+            _fail_all(missing, exc)
+            return
+        await self._send(missing, reloaded=True)
+
+
+def _fail_all(batch: Iterable[_Call], exc: BaseException) -> None:
+    for call in batch:
+        if not call.future.done():
+            call.future.set_exception(exc)
 
 
 @dataclass(frozen=True)
@@ -213,12 +306,12 @@ class Streams:
         client: aioredis.Redis,
         settings: Settings,
         queue: str | None = None,
-        scripts: dict[str, AsyncScript] | None = None,
+        scripts: Scripts | None = None,
     ) -> None:
         self.redis = client
         self.settings = settings
         self.keys = Keys(queue or settings.queue)
-        self.scripts = scripts or load_scripts(client)
+        self.scripts = scripts or Scripts(client)
 
     # --- producers -----------------------------------------------------------------
 
@@ -247,16 +340,15 @@ class Streams:
     async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
         """Store one task; 409 (Conflict) when its eval_id is already known."""
         keys, argv = self._enqueue_args(req)
-        return self._enqueued(req, await self.scripts["enqueue"](keys, argv))
+        return self._enqueued(req, await self.scripts.run("enqueue", keys, argv))
 
     @translate_errors
     async def enqueue_many(self, reqs: Sequence[TaskRequest]) -> list[dict[str, Any]]:
         """Store several tasks in one round trip; each is atomic on its own."""
-        pipe = self.redis.pipeline(transaction=False)
-        for req in reqs:
-            keys, argv = self._enqueue_args(req)
-            await self.scripts["enqueue"](keys, argv, client=pipe)
-        replies = await pipe.execute()
+        # Issued together, the calls share one pipelined write (see Scripts).
+        replies = await asyncio.gather(
+            *(self.scripts.run("enqueue", *self._enqueue_args(req)) for req in reqs)
+        )
         answers: list[dict[str, Any]] = []
         for req, reply in zip(reqs, replies, strict=True):
             try:
@@ -292,7 +384,7 @@ class Streams:
             self.settings.failure_ttl,
             PROMOTE_LIMIT,
         ]
-        items, wake_ms, recreated, tails = await self.scripts["claim"](keys, argv)
+        items, wake_ms, recreated, tails = await self.scripts.run("claim", keys, argv)
         tasks = [
             Task(
                 eval_id=_text(eval_id),
@@ -334,7 +426,7 @@ class Streams:
             GROUP,
             self.settings.events_maxlen,
         ]
-        reply = await self.scripts["complete"](keys, argv)
+        reply = await self.scripts.run("complete", keys, argv)
         if _text(reply[0]) != "ok":
             raise _refusal(reply)
 
@@ -373,7 +465,7 @@ class Streams:
             orjson.dumps(detail) if detail is not None else "",
             k.schedule_channel,
         ]
-        reply = await self.scripts["fail"](keys, argv)
+        reply = await self.scripts.run("fail", keys, argv)
         state = _text(reply[0])
         if state == State.RETRYING:
             return {"eval_id": eval_id, "status": state, "retry_at": iso_ms(reply[1])}
@@ -389,7 +481,7 @@ class Streams:
             argv += [task.eval_id, task.entry, task.attempt]
         if len(argv) == 4:
             return []
-        lost = await self.scripts["renew"]([*self.keys.streams, self.keys.leases], argv)
+        lost = await self.scripts.run("renew", [*self.keys.streams, self.keys.leases], argv)
         return [_text(x) for x in lost]
 
     # --- operators -----------------------------------------------------------------
@@ -415,7 +507,7 @@ class Streams:
             self.settings.result_ttl,
             k.cancel_channel,
         ]
-        reply = await self.scripts["cancel"](keys, argv)
+        reply = await self.scripts.run("cancel", keys, argv)
         if _text(reply[0]) != State.CANCELLED:
             if _text(reply[0]) == "state":
                 raise Conflict(f"task is {_text(reply[1])}; cannot cancel")
@@ -426,7 +518,7 @@ class Streams:
     async def get(self, eval_id: str) -> dict[str, Any]:
         """The task's record and, when queued, its position; NotFound when unknown."""
         k = self.keys
-        reply = await self.scripts["status"]([k.task(eval_id), k.counters, *k.holes], [])
+        reply = await self.scripts.run("status", [k.task(eval_id), k.counters, *k.holes], [])
         if not reply:
             raise NotFound(f"no such task: {eval_id}")
         flat, position = reply
@@ -438,7 +530,7 @@ class Streams:
         """Admin: remove every task, queue entry and DLQ entry of this queue."""
         k = self.keys
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
-        removed = int(await self.scripts["clear"](keys, [GROUP, k.task_prefix]))
+        removed = int(await self.scripts.run("clear", keys, [GROUP, k.task_prefix]))
         # Finished records are not reachable from any structure; they are found by SCAN
         # (an admin operation, never on a hot path) and unlinked in batches.
         batch: list[bytes] = []
@@ -457,7 +549,7 @@ class Streams:
         k = self.keys
         keys = [k.scheduled, k.counters, k.events, *k.streams]
         argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, self.settings.events_maxlen]
-        moved, wait_ms = await self.scripts["promote"](keys, argv)
+        moved, wait_ms = await self.scripts.run("promote", keys, argv)
         if int(moved) >= PROMOTE_LIMIT:
             return 0.0
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
@@ -476,7 +568,7 @@ class Streams:
         """Queue a dead letter again with a fresh attempt count."""
         k = self.keys
         keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams]
-        reply = await self.scripts["dlq_retry"](keys, [eval_id, self.settings.events_maxlen])
+        reply = await self.scripts.run("dlq_retry", keys, [eval_id, self.settings.events_maxlen])
         if _text(reply[0]) == "missing":
             raise NotFound(f"not in the dead-letter queue: {eval_id}")
         if _text(reply[0]) == "state":
@@ -488,7 +580,9 @@ class Streams:
         """Remove dead letters: one, those older than `older_than` seconds, or all."""
         k = self.keys
         if eval_id is not None:
-            return int(await self.scripts["dlq_purge"]([k.dlq, k.dlq_index], ["one", eval_id, 1]))
+            return int(
+                await self.scripts.run("dlq_purge", [k.dlq, k.dlq_index], ["one", eval_id, 1])
+            )
         mode, cutoff = "all", "0"
         if older_than is not None:
             now_s, now_us = await self.redis.time()
@@ -496,7 +590,9 @@ class Streams:
             mode = "before"
         removed = 0
         while True:
-            batch = int(await self.scripts["dlq_purge"]([k.dlq, k.dlq_index], [mode, cutoff, 500]))
+            batch = int(
+                await self.scripts.run("dlq_purge", [k.dlq, k.dlq_index], [mode, cutoff, 500])
+            )
             removed += batch
             if batch < 500:
                 return removed
