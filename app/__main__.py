@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -40,6 +41,17 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+class Server(uvicorn.Server):
+    """uvicorn re-raises the signal that stopped it once shutdown is done, so a graceful
+    SIGTERM would end with status -15 and skip our cleanup; we finish and exit 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
 def embedded_redis(settings: Settings) -> RedisServer:
     server = RedisServer(settings.data_dir)
     server.start()
@@ -63,7 +75,7 @@ def serve(settings: Settings) -> int:
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         )
-        server = uvicorn.Server(config)
+        server = Server(config)
         server.run()
         return EXIT_OK if server.started else EXIT_FAILURE
     finally:

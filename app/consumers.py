@@ -73,6 +73,7 @@ class ConsumerPool:
         self._slot_free = asyncio.Event()
         self._slot_free.set()
         self._schedule_changed = asyncio.Event()
+        self._released = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self.redis_ok = True
@@ -154,9 +155,13 @@ class ConsumerPool:
     async def _idle(self, claimed: Claimed) -> None:
         wake_in = claimed.wake_in
         timeout = MAX_IDLE if wake_in is None else min(MAX_IDLE, wake_in + 0.005)
-        try:
-            await self.streams.wait_for_work(timeout, claimed.tails)
-        except Unavailable:
+        self._released.clear()
+        read = asyncio.ensure_future(self.streams.wait_for_work(timeout, claimed.tails))
+        released = asyncio.ensure_future(self._released.wait())
+        await asyncio.wait({read, released}, return_when=asyncio.FIRST_COMPLETED)
+        for job in (read, released):
+            await _cancel(job)
+        if read.done() and not read.cancelled() and isinstance(read.exception(), Unavailable):
             await asyncio.sleep(0.1)
 
     def _spawn(self, task: Task) -> None:
@@ -258,6 +263,8 @@ class ConsumerPool:
                     backoff.reset()
                     if kind == "cancel":
                         self._abort(value, "cancelled")
+                    elif value == "release":
+                        self._released.set()
                     else:
                         self._schedule_changed.set()
             except Unavailable:

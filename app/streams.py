@@ -476,10 +476,11 @@ class Streams:
     @translate_errors
     async def renew(self, consumer: str, tasks: Iterable[Task], lease: float) -> list[str]:
         """Extend the leases of running tasks; returns the eval_ids this consumer lost."""
-        argv: list[Any] = [GROUP, consumer, int(lease * 1000), self.keys.task_prefix]
+        k = self.keys
+        argv: list[Any] = [GROUP, consumer, int(lease * 1000), k.task_prefix, k.schedule_channel]
         for task in tasks:
             argv += [task.eval_id, task.entry, task.attempt]
-        if len(argv) == 4:
+        if len(argv) == 5:
             return []
         lost = await self.scripts.run("renew", [*self.keys.streams, self.keys.leases], argv)
         return [_text(x) for x in lost]
@@ -654,8 +655,9 @@ class Streams:
         return list(merged.values())
 
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
-        """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms) for new due
-        times, from any process (pub/sub: at-most-once, so both are also re-checked)."""
+        """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms or "release")
+        for new due times and released leases, from any process (pub/sub: at-most-once, so
+        consumers also re-check on their own)."""
         kinds = {self.keys.cancel_channel: "cancel", self.keys.schedule_channel: "schedule"}
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:

@@ -130,7 +130,6 @@ async def serve_asgi(app: Any, port: int | None = None) -> Served:
         app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     job = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 10
     while not server.started:

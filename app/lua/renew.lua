@@ -2,12 +2,15 @@
 -- Fenced per task; XCLAIM ... JUSTID resets the entry's idle time so XPENDING and
 -- XINFO CONSUMERS show live holders, without bumping the delivery counter.
 -- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 leases
--- ARGV: 1 group, 2 consumer, 3 lease ms, 4 task key prefix, then (eval_id, entry, attempt)...
+-- ARGV: 1 group, 2 consumer, 3 lease ms, 4 task key prefix, 5 wake channel,
+--       then (eval_id, entry, attempt)...
+-- A release (lease 0) is announced on the wake channel, so idle consumers elsewhere take
+-- the tasks over at once instead of at their next poll.
 -- Returns the eval_ids this consumer no longer holds.
 local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
 local now = now_ms()
 local lost = {}
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local id = ARGV[i]
   local refused, rec = fence(ARGV[4] .. id, KEYS[4], id, ARGV[i + 1], ARGV[i + 2], now)
   local claimed = refused or redis.pcall('XCLAIM', STREAM[rec[4]], ARGV[1], ARGV[2], 0, rec[2],
@@ -18,4 +21,5 @@ for i = 5, #ARGV, 3 do
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), id)
   end
 end
+if tonumber(ARGV[3]) == 0 and #ARGV > 5 then redis.call('PUBLISH', ARGV[5], 'release') end
 return lost
