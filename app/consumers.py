@@ -158,9 +158,11 @@ class ConsumerPool:
         self._released.clear()
         read = asyncio.ensure_future(self.streams.wait_for_work(timeout, claimed.tails))
         released = asyncio.ensure_future(self._released.wait())
-        await asyncio.wait({read, released}, return_when=asyncio.FIRST_COMPLETED)
-        for job in (read, released):
-            await _cancel(job)
+        try:
+            await asyncio.wait({read, released}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for job in (read, released):
+                await _cancel(job)
         if read.done() and not read.cancelled() and isinstance(read.exception(), Unavailable):
             await asyncio.sleep(0.1)
 
@@ -324,7 +326,12 @@ async def pull(
         return await _poll(streams, consumer, wait, lease)
     poll = asyncio.ensure_future(_poll(streams, consumer, wait, lease))
     hangup = asyncio.ensure_future(gone)
-    await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        await _cancel(poll)
+        await _cancel(hangup)
+        raise
     if not hangup.done():
         await _cancel(hangup)
         return poll.result()
