@@ -98,16 +98,18 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        if self.api_keys and scope["path"] not in PUBLIC_PATHS and not self._authorized(headers):
+        guarded = self.api_keys and scope["path"] not in PUBLIC_PATHS
+        if guarded and not self._authorized(dict(scope["headers"])):
             await error_response(401, "missing or wrong API key")(scope, receive, send)
             return
-        length = headers.get(b"content-length")
-        if length and length.isdigit() and int(length) > self.max_body:
+        length = _content_length(scope["headers"])
+        if length is not None and length > self.max_body:
             message = f"body larger than {self.max_body} bytes"
             await error_response(413, message)(scope, receive, send)
             return
-        await self.app(scope, self._limited(receive), send)
+        # A declared length within the limit needs no counting; otherwise count as it comes.
+        limited = receive if length is not None else self._limited(receive)
+        await self.app(scope, limited, send)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         offered = headers.get(b"x-api-key", b"")
@@ -128,6 +130,13 @@ class Guard:
             return message
 
         return limited
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 # --- helpers ------------------------------------------------------------------------
