@@ -14,7 +14,9 @@ import orjson
 import uvloop
 
 from bench import profile, report
-from bench.runner import RESULTS, STAGES, Plan, amain
+from bench.runner import RESULTS, Plan, amain
+
+STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup")
 
 
 def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
@@ -27,12 +29,6 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
     args.add_argument("--duration", type=float, help="seconds per HTTP throughput run")
     args.add_argument("--drain-n", type=int, help="tasks pre-queued for the drain")
     args.add_argument("--fill-n", type=int, help="tasks queued for memory and lookups")
-    args.add_argument(
-        "--scheduled-n", type=int, help="tasks scheduled to come due at once (scheduled stage)"
-    )
-    args.add_argument(
-        "--retry-base-delay", type=float, help="RETRY_BASE_DELAY of the retry drain (0.05)"
-    )
     args.add_argument(
         "--quiet-wait",
         type=float,
@@ -50,7 +46,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
             args.error(f"unknown stages: {', '.join(sorted(unknown))}")
         changes["stages"] = tuple(s for s in stages if s != "profile")
         changes["profile"] = ns.profile or "profile" in stages
-    for name in ("duration", "drain_n", "fill_n", "scheduled_n", "retry_base_delay", "quiet_wait"):
+    for name in ("duration", "drain_n", "fill_n", "quiet_wait"):
         if getattr(ns, name) is not None:
             changes[name] = getattr(ns, name)
     return dataclasses.replace(plan, **changes), ns.json, ns.report

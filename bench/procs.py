@@ -62,8 +62,7 @@ SERVICE_VARS = frozenset(
         "QUEUE_NAME",
         "SHUTDOWN_GRACE",
         "EVENTS_MAXLEN",
-        "DLQ_MAX_AGE_DAYS",
-        "CLEANUP_INTERVAL",
+        ").split(",
     }
 )
 
