@@ -283,6 +283,8 @@ class ConsumerPool:
             except Unavailable:
                 await backoff.sleep()
                 continue
+            if wait == 0.0:  # a full batch was moved: more are due right now
+                continue
             timeout = MAX_PROMOTE_SLEEP if wait is None else min(MAX_PROMOTE_SLEEP, wait + 0.002)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._schedule_changed.wait(), timeout)

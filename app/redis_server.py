@@ -85,6 +85,10 @@ class RedisServer:
         cmd = [self.binary, "--dir", str(self.data_dir), "--save", "", "--daemonize", "no"]
         cmd += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
         cmd += ["--logfile", str(self.data_dir / "redis.log")]
+        # Task records hold payloads and results longer than the default 64 bytes; this
+        # keeps them in the compact listpack encoding (about half the memory of a
+        # hashtable). The 6.2 name is an alias that 7.x accepts too.
+        cmd += ["--hash-max-ziplist-value", "1024"]
         if self.unix_socket:
             cmd += ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         else:

@@ -14,9 +14,7 @@ import orjson
 import uvloop
 
 from bench import profile, report
-from bench.runner import RESULTS, Plan, amain
-
-STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup")
+from bench.runner import RESULTS, STAGES, Plan, amain
 
 
 def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
@@ -30,11 +28,22 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
     args.add_argument("--drain-n", type=int, help="tasks pre-queued for the drain")
     args.add_argument("--fill-n", type=int, help="tasks queued for memory and lookups")
     args.add_argument(
+        "--scheduled-n", type=int, help="tasks scheduled to come due at once (scheduled stage)"
+    )
+    args.add_argument(
+        "--retry-base-delay", type=float, help="RETRY_BASE_DELAY of the retry drain (0.05)"
+    )
+    args.add_argument(
         "--quiet-wait",
         type=float,
         help="seconds to wait at start for other processes to go quiet (default 120, 0 = no)",
     )
-    args.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="results file")
+    args.add_argument(
+        "--json",
+        type=Path,
+        help="results file (default bench/results/latest.json for a full run, "
+        "latest-quick.json with --quick, only-STAGES.json with --only)",
+    )
     args.add_argument("--report", type=Path, help="only print the report of a saved results file")
     ns = args.parse_args(argv)
     plan = Plan.quick_plan() if ns.quick else Plan()
@@ -46,10 +55,18 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
             args.error(f"unknown stages: {', '.join(sorted(unknown))}")
         changes["stages"] = tuple(s for s in stages if s != "profile")
         changes["profile"] = ns.profile or "profile" in stages
-    for name in ("duration", "drain_n", "fill_n", "quiet_wait"):
+    for name in ("duration", "drain_n", "fill_n", "scheduled_n", "retry_base_delay", "quiet_wait"):
         if getattr(ns, name) is not None:
             changes[name] = getattr(ns, name)
-    return dataclasses.replace(plan, **changes), ns.json, ns.report
+    plan = dataclasses.replace(plan, **changes)
+    return plan, ns.json or default_json(plan, bool(ns.only)), ns.report
+
+
+def default_json(plan: Plan, only: bool) -> Path:
+    """latest.json holds the last full run: quick and partial runs do not overwrite it."""
+    if only:
+        return RESULTS / f"only-{'-'.join(plan.stages) or 'profile'}.json"
+    return RESULTS / ("latest-quick.json" if plan.quick else "latest.json")
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

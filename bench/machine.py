@@ -103,7 +103,7 @@ def code_under_test() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-        return out.stdout.strip()
+        return out.stdout.rstrip()  # not strip(): porcelain lines start with a space
 
     changed = [line[3:] for line in git("status", "--porcelain", "--", "app").splitlines()]
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "app_uncommitted": changed}

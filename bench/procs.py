@@ -62,7 +62,8 @@ SERVICE_VARS = frozenset(
         "QUEUE_NAME",
         "SHUTDOWN_GRACE",
         "EVENTS_MAXLEN",
-        ").split(",
+        "DLQ_MAX_AGE_DAYS",
+        "CLEANUP_INTERVAL",
     }
 )
 

@@ -192,6 +192,84 @@ def _queue_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _cpu_note(cpu: dict[str, Any]) -> str:
+    return "CPU % of a core: " + ", ".join(f"{k} {v}" for k, v in cpu.items())
+
+
+def _retry_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    retry = results.get("retry")
+    if not retry:
+        return []
+    checks = retry["checks"]
+    plain = retry.get("plain_drain_rate")
+    versus = (
+        f"{100 * retry['vs_plain']:.0f} % of the plain drain's {_rate(plain, ' tasks/s')} "
+        f"(executions/s: {100 * retry['executions_vs_plain']:.0f} %)"
+        if plain
+        else "no plain drain in this run"
+    )
+    counted = "as expected" if checks["ok"] else f"**counts off**: {checks}"
+    return [
+        (
+            f"Retry drain: {retry['tasks']:,} tasks, every {_nth(retry)} answered 503 once, "
+            f"RETRY_BASE_DELAY={retry['retry_base_delay']:g}, no jitter",
+            _rate(retry["rate"], " tasks/s"),
+            f"{retry['seconds_steady']} s first→last completion; {versus}; stub executions "
+            f"{checks['stub_executions']:,} = {retry['tasks']:,} + {retry['flagged']:,} "
+            f"({counted}); {_cpu_note(retry.get('cpu_pct', {}))}",
+        )
+    ]
+
+
+def _nth(retry: dict[str, Any]) -> str:
+    n, flagged = retry["tasks"], retry["flagged"]
+    return "third" if flagged and round(n / flagged) == 3 else f"{flagged:,}th"
+
+
+def _scheduled_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    sched = results.get("scheduled")
+    if not sched:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    mem = sched.get("memory")
+    if mem:
+        queued = _get(results, "memory", "bytes_per_task")
+        than = f"; a queued task: {queued:,.0f} B (above)" if queued else ""
+        rows.append(
+            (
+                f"Redis memory per scheduled task ({sched['code_bytes']}-byte `code`)",
+                f"{mem['bytes_per_task']:,.0f} B",
+                f"used_memory delta / {mem['tasks']:,}; task hash (holds the payload; "
+                f"encoding {mem.get('task_hash_encoding', '?')}) ≈ "
+                f"{mem['task_hash_bytes']:,.0f} B + `scheduled` zset ≈ "
+                f"{mem['zset_bytes_per_task']:,.0f} B; capped events stream "
+                f"{mem['events_stream_bytes'] / 1e6:.1f} MB in the delta{than}",
+            )
+        )
+    for procs in (1, 2):
+        run = sched.get(f"processes_{procs}")
+        if not run:
+            continue
+        who = "1 service process" if procs == 1 else f"{procs} service processes racing"
+        once = run["checks"]
+        exact = (
+            f"stream length {once['stream_length']:,}, each task queued once"
+            if once["ok"]
+            else f"**counts off**: {once}"
+        )
+        rows.append(
+            (
+                f"Promotion of {run['tasks']:,} scheduled tasks due at the same moment, {who}",
+                _rate(run["rate"], " tasks/s"),
+                f"all `queued` {run['seconds_from_due']} s after the due time (first after "
+                f"{run['first_ms']:g} ms); {run['promote_calls']:,} promote calls, "
+                f"{run['script_us_per_task']:g} µs of Redis script time per task; {exact}; "
+                + _cpu_note(run.get("cpu_pct", {})),
+            )
+        )
+    return rows
+
+
 def _ceiling_rows(results: dict[str, Any], gen: str, conc: int) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     clients = _get(results, "ceilings", "clients") or {}
@@ -239,6 +317,8 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         _enqueue_rows(results, gen, conc)
         + _drain_rows(results)
         + _queue_rows(results)
+        + _retry_rows(results)
+        + _scheduled_rows(results)
         + _ceiling_rows(results, gen, conc)
     )
 
@@ -337,6 +417,23 @@ def details(results: dict[str, Any]) -> list[str]:
             f"{drain['rate']:>10,.0f} tasks/s {_cost(cpu.get('service'), drain['rate']):>6}  "
             + ", ".join(f"{k} {v} %" for k, v in cpu.items())
         )
+    retry = results.get("retry")
+    if retry:
+        cpu = retry.get("cpu_pct", {})
+        lines.append(
+            f"  retry    {'CONCURRENCY=' + str(retry['concurrency']):<24} "
+            f"{retry['rate']:>10,.0f} tasks/s {_cost(cpu.get('service'), retry['rate']):>6}  "
+            + ", ".join(f"{k} {v} %" for k, v in cpu.items())
+        )
+    for procs in (1, 2):
+        run = _get(results, "scheduled", f"processes_{procs}")
+        if run:
+            cpu = run.get("cpu_pct", {})
+            lines.append(
+                f"  promote  {str(procs) + ' process(es)':<24} {run['rate']:>10,.0f} tasks/s "
+                f"{_cost(cpu.get('redis'), run['rate']):>6} (redis)  "
+                + ", ".join(f"{k} {v} %" for k, v in cpu.items())
+            )
     lines.append(
         "  (µs/op: CPU of the process under test per request or task: the service, the "
         "trivial server, or the client for the client ceilings)"

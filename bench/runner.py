@@ -2,7 +2,8 @@
 
 Order: ceilings first (stub capacity, Python HTTP clients against the stub, trivial
 endpoint), then the service: enqueue over HTTP, drain, enqueue->executor latency,
-1M-task fill with memory per task and status lookups; optionally py-spy profiles.
+1M-task fill with memory per task and status lookups, the retry drain and 100k scheduled
+tasks coming due at once (bench/delayed.py); optionally py-spy profiles.
 One redis-server (AOF off, free loopback port) serves every stage and is FLUSHALLed
 between stages; each service run is a fresh `python -m app serve` subprocess.
 """
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,14 @@ from app.models import Priority, Task, TaskRequest
 from app.redis_server import RedisServer
 from app.settings import Settings
 from app.streams import Keys, Streams, connect
-from bench import machine, profile, report, wrk
+from bench import delayed, machine, profile, report, wrk
 from bench.loadgen import percentile
 from bench.procs import Child, Children, CpuMeter, free_port, service_env, wait_http, wait_quiet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUEUE = "evaluations"
+STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup", "retry", "scheduled")
+TaskMaker = Callable[[int], dict[str, Any]]
 
 
 @dataclass
@@ -51,7 +55,9 @@ class Plan:
     fill_n: int = 1_000_000
     fill_pipeline: int = 1000
     lookups: int = 2000
-    stages: tuple[str, ...] = ("ceilings", "enqueue", "drain", "latency", "lookup")
+    retry_base_delay: float = 0.05  # RETRY_BASE_DELAY of the retry drain (jitter off)
+    scheduled_n: int = 100_000  # tasks that come due at the same moment
+    stages: tuple[str, ...] = STAGES
     profile: bool = False
     quiet_wait: float = 120.0  # seconds to wait for other processes to calm down
 
@@ -66,6 +72,7 @@ class Plan:
             latency_seconds=4.0,
             fill_n=100_000,
             lookups=500,
+            scheduled_n=20_000,
         )
 
 
@@ -130,7 +137,11 @@ class Bench:
             return orjson.loads(await resp.read())
 
     async def start_service(
-        self, name: str, executors: bool = False, concurrency: int | None = None
+        self,
+        name: str,
+        executors: bool = False,
+        concurrency: int | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> tuple[Child, str]:
         port = free_port()
         env = service_env(
@@ -139,6 +150,7 @@ class Bench:
             [self.stub_url] if executors else [],
             concurrency or self.plan.concurrency,
         )
+        env.update(extra_env or {})
         child = self.children.python(name, "app", "serve", env=env)
         base = f"http://127.0.0.1:{port}"
         await wait_http(f"{base}/readyz", child)
@@ -256,14 +268,19 @@ class Bench:
         finally:
             self.children.stop(service)
 
-    async def batch_fill(self, base: str, n: int) -> dict[str, Any]:
-        """POST /tasks/batch of 1000 until n tasks are queued; returns the rate."""
+    async def batch_fill(self, base: str, n: int, make: TaskMaker | None = None) -> dict[str, Any]:
+        """POST /tasks/batch of 1000 until n tasks are queued; returns the rate.
+        `make(i)` gives task i (default: just the sample code)."""
         started = time.perf_counter()
         created = 0
         async with aiohttp.ClientSession() as session:
             for offset in range(0, n, 1000):
                 size = min(1000, n - offset)
-                body = orjson.dumps({"tasks": [{"code": self.code}] * size})
+                if make is None:
+                    tasks = [{"code": self.code}] * size
+                else:
+                    tasks = [make(i) for i in range(offset, offset + size)]
+                body = orjson.dumps({"tasks": tasks})
                 async with session.post(f"{base}/tasks/batch", data=body) as resp:
                     answer = orjson.loads(await resp.read())
                     if resp.status != 201:
@@ -274,19 +291,28 @@ class Bench:
             raise RuntimeError(f"batch enqueue queued {created} of {n}")
         return {"tasks": n, "seconds": round(seconds, 3), "rate": round(n / seconds, 1)}
 
-    async def drain(self, profile_to: Path | None = None) -> tuple[dict[str, Any], Child, str]:
-        """Pre-queue drain_n tasks with no executor, then time a service with the stub."""
+    async def drain(
+        self,
+        profile_to: Path | None = None,
+        make: TaskMaker | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        name: str = "drain",
+    ) -> tuple[dict[str, Any], Child, str]:
+        """Pre-queue drain_n tasks with no executor, then time a service with the stub.
+        `make` and `extra_env` vary the tasks and the service's settings (retry drain)."""
         plan = self.plan
         await self.flush()
-        filler, base = await self.start_service("service-fill")
+        filler, base = await self.start_service(f"service-{name}-fill")
         try:
-            batch = await self.batch_fill(base, plan.drain_n)
+            batch = await self.batch_fill(base, plan.drain_n, make)
         finally:
             self.children.stop(filler)
         log(f"  queued {plan.drain_n:,} with POST /tasks/batch: {batch['rate']:,.0f} tasks/s")
         await self.stub_call("POST", "/reset")
         spawned = time.perf_counter()
-        service, base = await self.start_service("service-drain", executors=True)
+        service, base = await self.start_service(
+            f"service-{name}", executors=True, extra_env=extra_env
+        )
         recording = await profile.record(service.pid, profile_to) if profile_to else None
         result: dict[str, Any] = {"tasks": plan.drain_n, "batch_enqueue": batch}
         try:
@@ -307,7 +333,10 @@ class Bench:
         async with aiohttp.ClientSession() as session, session.get(f"{base}/status") as resp:
             status = orjson.loads(await resp.read())
         result["status_totals"] = status.get("totals")
-        result["stub_executed"] = (await self.stub_call("GET", "/stats"))["executed"]
+        result["status_states"] = status.get("states")
+        stats = await self.stub_call("GET", "/stats")
+        result["stub_executed"] = stats["executed"]
+        result["stub_stats"] = stats
         return result, service, base
 
     async def _wait_completed(self, n: int, service: Child) -> tuple[float, int, float]:
@@ -377,8 +406,11 @@ class Bench:
             "cpu_pct": cpu.result,
         }
 
-    async def fill_direct(self, n: int) -> tuple[list[str], array[int], dict[str, Any]]:
-        """n tasks through Streams.enqueue_many (the service's enqueue.lua), 2 pipelines."""
+    async def fill_direct(
+        self, n: int, task: dict[str, Any] | None = None
+    ) -> tuple[list[str], array[int], dict[str, Any]]:
+        """n tasks through Streams.enqueue_many (the service's enqueue.lua), 2 pipelines;
+        each is `task` (default: just the sample code) with a generated eval_id."""
         settings = Settings(redis_url=self.redis.url, queue=QUEUE)
         client = connect(self.redis.url)
         streams = Streams(client, settings)
@@ -389,7 +421,7 @@ class Bench:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in range(len(chunks)):
             queue.put_nowait(index)
-        payload = {"code": self.code}
+        payload = task or {"code": self.code}
 
         async def worker() -> None:
             while not queue.empty():
@@ -486,7 +518,8 @@ class Bench:
         }
 
     async def profiles(self) -> None:
-        """py-spy during enqueue (-c32), on the trivial endpoint (same load), during a drain."""
+        """py-spy during enqueue (-c32), on the trivial endpoint (same load), during a drain
+        (and during a retry drain when that stage runs)."""
         RESULTS.mkdir(parents=True, exist_ok=True)
         out: dict[str, Any] = {}
         await self.flush()
@@ -518,6 +551,11 @@ class Bench:
         self.children.stop(service)
         out["drain"] = profile.summarise(path, drained["profile_busy_pct"])
         out["drain"]["rate_while_profiled"] = drained["rate"]
+        if "retry" in self.plan.stages:
+            path = RESULTS / "profile-retry.txt"
+            retried = await delayed.retry_drain(self, profile_to=path)
+            out["retry"] = profile.summarise(path, retried["profile_busy_pct"])
+            out["retry"]["rate_while_profiled"] = retried["rate"]
         self.results["profiles"] = out
 
 
@@ -555,13 +593,13 @@ async def run_stages(bench: Bench) -> None:
     plan = bench.plan
     await bench.start_stub()
     if "ceilings" in plan.stages:
-        log("[1/6] ceilings: stub executor, Python HTTP clients, trivial endpoint")
+        log("[1/8] ceilings: stub executor, Python HTTP clients, trivial endpoint")
         await bench.ceilings()
     if "enqueue" in plan.stages:
-        log("[2/6] enqueue over HTTP (no executors)")
+        log("[2/8] enqueue over HTTP (no executors)")
         await bench.enqueue()
-    if "drain" in plan.stages or "latency" in plan.stages:
-        log(f"[3/6] drain of {plan.drain_n:,} pre-queued tasks, CONCURRENCY={plan.concurrency}")
+    if {"drain", "latency", "retry"} & set(plan.stages):
+        log(f"[3/8] drain of {plan.drain_n:,} pre-queued tasks, CONCURRENCY={plan.concurrency}")
         drained, service, base = await bench.drain()
         bench.results["drain"] = drained
         log(
@@ -570,7 +608,7 @@ async def run_stages(bench: Bench) -> None:
         )
         try:
             if "latency" in plan.stages:
-                log(f"[4/6] enqueue->executor latency at {plan.latency_rate:g} tasks/s, open loop")
+                log(f"[4/8] enqueue->executor latency at {plan.latency_rate:g} tasks/s, open loop")
                 lat = await bench.latency(service, base)
                 bench.results["latency"] = lat
                 log(
@@ -580,12 +618,21 @@ async def run_stages(bench: Bench) -> None:
         finally:
             bench.children.stop(service)
     if "lookup" in plan.stages:
-        log(f"[5/6] {plan.fill_n:,} queued tasks: Redis memory per task, GET /tasks/{{id}}")
+        log(f"[5/8] {plan.fill_n:,} queued tasks: Redis memory per task, GET /tasks/{{id}}")
         await bench.lookup_and_memory()
         look = bench.results["lookup"]
         log(f"  GET /tasks/{{id}} p50 {look['p50_ms']} ms, p99 {look['p99_ms']} ms")
+    if "retry" in plan.stages:
+        log(
+            f"[6/8] retry drain: {plan.drain_n:,} tasks, a third answered 503 once, "
+            f"RETRY_BASE_DELAY={plan.retry_base_delay:g}, no jitter"
+        )
+        bench.results["retry"] = await delayed.retry_drain(bench)
+    if "scheduled" in plan.stages:
+        log(f"[7/8] {plan.scheduled_n:,} scheduled tasks: memory, promotion when all come due")
+        bench.results["scheduled"] = await delayed.scheduled(bench)
     if plan.profile:
-        log("[6/6] py-spy profiles of the service (enqueue -c32, drain)")
+        log("[8/8] py-spy profiles of the service (enqueue -c32, drain)")
         await bench.profiles()
 
 

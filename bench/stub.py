@@ -5,10 +5,13 @@
 Routes (anything else is 404):
   POST /execute   -> 200 {"status": "success", "output": "ok", "exit_code": 0}; the receive
                      time (time.monotonic_ns, CLOCK_MONOTONIC, the same clock in every process
-                     on the machine) of the request's first byte is recorded per eval_id
+                     on the machine) of the request's first byte is recorded per eval_id.
+                     A task with `"metadata": {"fail_once": true}` is answered 503 the first
+                     time its eval_id is seen, and 200 after that (the retry stage)
   POST /          -> 200 {} (a no-op for measuring the stub itself)
   GET  /health    -> 200 {"status": "ok"}
-  GET  /stats     -> 200 {"executed": n, "recorded": n}
+  GET  /stats     -> 200 {"executed": n, "recorded": n, "failed": n (503s),
+                          "attempts": {"1": n, "2": n, ...} (the `attempt` field received)}
   GET  /received  -> 200 {eval_id: receive_ns, ...}
   POST /reset     -> 200 {}: forget counts and receive times
 
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import time
 from typing import Any, cast
@@ -33,7 +35,8 @@ EXECUTE_ANSWER = orjson.dumps({"status": "success", "output": "ok", "exit_code":
 
 
 def response(status: int, body: bytes, keep_alive: bool = True) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
+    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
+    reason = reasons.get(status, "OK")
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json\r\n"
@@ -48,12 +51,46 @@ EXECUTE_RESPONSE = response(200, EXECUTE_ANSWER)
 EMPTY_RESPONSE = response(200, b"{}")
 HEALTH_RESPONSE = response(200, b'{"status":"ok"}')
 NOT_FOUND = response(404, b'{"error":"not found"}')
+FAIL_ONCE_RESPONSE = response(
+    503, orjson.dumps({"status": "error", "output": "stub: fail_once", "exit_code": 1})
+)
 
 
 class State:
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.executed = 0
         self.received: dict[str, int] = {}
+        self.failed: set[str] = set()  # eval_ids answered 503 (fail_once)
+        self.attempts: dict[int, int] = {}  # `attempt` field received -> count
+
+    def execute(self, body: bytes, began: int) -> bytes:
+        self.executed += 1
+        try:
+            doc = orjson.loads(body)
+            eval_id, attempt = doc.get("eval_id"), doc.get("attempt")
+            metadata = doc.get("metadata") or {}
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return EXECUTE_RESPONSE
+        if isinstance(attempt, int):
+            self.attempts[attempt] = self.attempts.get(attempt, 0) + 1
+        if not isinstance(eval_id, str):
+            return EXECUTE_RESPONSE
+        self.received.setdefault(eval_id, began)
+        if isinstance(metadata, dict) and metadata.get("fail_once") and eval_id not in self.failed:
+            self.failed.add(eval_id)
+            return FAIL_ONCE_RESPONSE
+        return EXECUTE_RESPONSE
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "executed": self.executed,
+            "recorded": len(self.received),
+            "failed": len(self.failed),
+            "attempts": {str(k): v for k, v in sorted(self.attempts.items())},
+        }
 
 
 class StubProtocol(asyncio.Protocol):
@@ -101,24 +138,17 @@ class StubProtocol(asyncio.Protocol):
     def route(self, method: bytes, path: bytes) -> bytes:
         state = self.state
         if method == b"POST" and path == b"/execute":
-            state.executed += 1
-            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
-                eval_id = orjson.loads(b"".join(self.body)).get("eval_id")
-                if isinstance(eval_id, str):
-                    state.received.setdefault(eval_id, self.began)
-            return EXECUTE_RESPONSE
+            return state.execute(b"".join(self.body), self.began)
         if path == b"/":
             return EMPTY_RESPONSE
         if path == b"/health":
             return HEALTH_RESPONSE
         if path == b"/stats":
-            stats = {"executed": state.executed, "recorded": len(state.received)}
-            return response(200, orjson.dumps(stats))
+            return response(200, orjson.dumps(state.stats()))
         if path == b"/received":
             return response(200, orjson.dumps(state.received))
         if method == b"POST" and path == b"/reset":
-            state.executed = 0
-            state.received = {}
+            state.reset()
             return EMPTY_RESPONSE
         return NOT_FOUND
 

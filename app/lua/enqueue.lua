@@ -12,10 +12,11 @@ redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
 if run_at > now then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'prio', prio, 'payload', payload,
     'run_at', run_at)
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
   redis.call('ZADD', KEYS[4], run_at, id)
   redis.call('HINCRBY', KEYS[3], 'scheduled:' .. prio, 1)
   event(KEYS[5], maxlen, id, 'scheduled')
-  redis.call('PUBLISH', ARGV[6], run_at)
+  if not first[2] or run_at < tonumber(first[2]) then redis.call('PUBLISH', ARGV[6], run_at) end
   return {'scheduled', 0}
 end
 local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload)
