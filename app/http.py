@@ -71,11 +71,16 @@ def error_response(status: int, message: str) -> JSON:
     return JSON({"error": message}, status_code=status)
 
 
-async def on_domain_error(request: Request, exc: Exception) -> Response:
+def _status_of(exc: Exception) -> int:
     for cls in type(exc).__mro__:
         if cls in ERROR_STATUS:
-            return error_response(ERROR_STATUS[cls], str(exc))
-    return error_response(500, "internal error")
+            return ERROR_STATUS[cls]
+    return 500
+
+
+async def on_domain_error(request: Request, exc: Exception) -> Response:
+    status = _status_of(exc)
+    return error_response(status, str(exc) if status != 500 else "internal error")
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -197,9 +202,48 @@ def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
 # --- legacy /tasks API --------------------------------------------------------------
 
 
+async def enqueue(streams: Streams, body: bytes) -> dict[str, Any]:
+    """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
+    return await streams.enqueue(TaskRequest.parse(parse_json(body), time.time()))
+
+
 async def create_task(request: Request) -> Response:
-    req = TaskRequest.parse(await _json_body(request), time.time())
-    return JSON(await _streams(request).enqueue(req), status_code=201)
+    return JSON(await enqueue(_streams(request), await request.body()), status_code=201)
+
+
+class HotPath:
+    """`POST /tasks` straight on ASGI, the busiest route: Starlette's routing, request and
+    response objects were a quarter of its CPU in the profile. Same handler, same errors."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/tasks":
+            await self.app(scope, receive, send)
+            return
+        try:
+            status, answer = 201, await enqueue(scope["state"]["streams"], await _body(receive))
+        except TaskstreamError as exc:
+            status, answer = _status_of(exc), {"error": str(exc)}
+        content = orjson.dumps(answer)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(content)),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client disconnected")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def create_batch(request: Request) -> Response:
@@ -445,5 +489,6 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={TaskstreamError: on_domain_error, HTTPException: on_http_error},
     )
+    app.add_middleware(HotPath)
     app.add_middleware(Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes)
     return app
