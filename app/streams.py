@@ -230,18 +230,9 @@ class Scripts:
 def _resp(args: Iterable[Any]) -> bytes:
     """RESP-encode one command. Our arguments are only str, bytes, int and float, so this
     is a fraction of the cost of redis-py's general-purpose packer."""
-    parts = []
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int | float):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"*%d\r\n%b" % (len(parts), b"".join(parts))
+    encoded = [arg if type(arg) is bytes else str(arg).encode() for arg in args]
+    body = b"".join([b"$%d\r\n%b\r\n" % (len(data), data) for data in encoded])
+    return b"*%d\r\n%b" % (len(encoded), body)
 
 
 def _fail_all(batch: Iterable[_Call], exc: BaseException) -> None:
