@@ -36,6 +36,8 @@ async def snapshot(client: Any, streams: Streams) -> dict[str, Any]:
     """Everything this queue holds in Redis: every key's content, plus the counts."""
     stored: dict[Any, Any] = {}
     async for key in client.scan_iter(match=f"{streams.keys.prefix}*", count=1000):
+        if key == streams.keys.cleanup_lock.encode():
+            continue  # housekeeping's lock, taken by the service's first cleanup at any moment
         kind = (await client.type(key)).decode()
         if kind == "stream":
             stored[key] = (kind, await client.xrange(key))
