@@ -207,7 +207,7 @@ async def test_cancel_scheduled_and_retrying_never_run(make_service, make_execut
 async def test_task_timeout_is_a_retryable_failure(make_service, make_executor):
     async def handler(body: dict[str, Any]) -> Response:
         if body["attempt"] == 1:
-            await asyncio.sleep(2)
+            await asyncio.sleep(1)  # far past the task's 0.3 s timeout
         return JSONResponse({"status": "success", "output": "late", "exit_code": 0})
 
     executor = await make_executor(handler)
