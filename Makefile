@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint bench clean
+.PHONY: help run test lint bench proto clean
 
 help:  ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,11 @@ test: lint  ## create .venv, install dev deps, lint, type-check, run the suite o
 bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk is used when installed)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
+	$(PYTHON) -m venv /tmp/taskstream-protoc
+	/tmp/taskstream-protoc/bin/pip install -q 'grpcio-tools>=1.62,<1.63'
+	cd app/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

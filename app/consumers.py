@@ -219,7 +219,7 @@ class ConsumerPool:
 
     async def _write_outcome(self, task: Task, execution: Execution) -> str:
         if execution.outcome is Outcome.SUCCESS:
-            await self.streams.complete(task.eval_id, execution.result, task)
+            await self.streams.complete(task.eval_id, execution.result, task, execution.frame)
             return "completed"
         policy = (
             self.settings.network_retry
@@ -234,6 +234,7 @@ class ConsumerPool:
             task=task,
             detail=execution.result,
             exit_code=execution.exit_code,
+            frame=execution.frame,
         )
         return str(answer["status"])
 

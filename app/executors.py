@@ -39,6 +39,7 @@ class Execution:
     error: str = ""
     status_code: int | None = None
     executor: str | None = None
+    frame: bytes = b""  # a forwarded PAI-EAS request's sink item (app/eas.py)
 
     @property
     def exit_code(self) -> int | None:

@@ -24,8 +24,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import openapi
+from app import eas_http, openapi
 from app.consumers import ConsumerPool, pull
+from app.eas import EasHub
 from app.errors import (
     BadRequest,
     Conflict,
@@ -55,6 +56,7 @@ ERROR_STATUS: dict[type[TaskstreamError], int] = {
 PUBLIC_PATHS = frozenset(
     {"/health", "/livez", "/readyz", "/docs", "/redoc", "/openapi.json", "/openapi.yaml"}
 )
+EAS_PREFIX = "/api/predict/"  # EAS_TOKEN guards these instead (app/eas_http.py)
 MAX_WAIT = 30.0
 MAX_BATCH = 1000
 PROBE_TIMEOUT = 2.0  # /health and /readyz answer 503 rather than hang on a stalled Redis
@@ -103,7 +105,8 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        guarded = self.api_keys and scope["path"] not in PUBLIC_PATHS
+        path = scope["path"]
+        guarded = self.api_keys and path not in PUBLIC_PATHS and not path.startswith(EAS_PREFIX)
         if guarded and not self._authorized(dict(scope["headers"])):
             await error_response(401, "missing or wrong API key")(scope, receive, send)
             return
@@ -398,6 +401,7 @@ async def status(request: Request) -> Response:
                 "running": pool.views(),
             },
             "executors": executors.views(),
+            "eas": await request.state.eas.overview(),
         }
     )
 
@@ -441,6 +445,7 @@ ROUTES = [
     Route("/openapi.yaml", openapi_yaml, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     Route("/redoc", redoc, methods=["GET"]),
+    *eas_http.ROUTES,
 ]
 
 
@@ -464,6 +469,10 @@ def create_app(
         await pool.start()
         consumers = ConsumerPool(streams, pool, settings, consumer_name())
         consumers.start()
+        hub = EasHub(client, settings, streams.scripts, consumers.consumer)
+        await hub.start()
+        if not settings.eas_tokens:
+            log.warning("eas_token_unset", detail="any non-empty Authorization passes /api/predict")
         log.info(
             "service_started",
             queue=settings.queue,
@@ -478,8 +487,10 @@ def create_app(
                 "executors": pool,
                 "consumers": consumers,
                 "consumer": consumers.consumer,
+                "eas": hub,
             }
         finally:
+            await hub.stop(settings.shutdown_grace)
             await consumers.stop(settings.shutdown_grace)
             await pool.close()
             await client.aclose()

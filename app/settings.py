@@ -19,6 +19,7 @@ T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # PAI-EAS services, like eval_id
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,8 @@ class Settings:
     eas_tokens: tuple[str, ...] = ()
     executor_urls: tuple[str, ...] = ()
     target_api_base_url: str | None = None
+    eas_targets: Mapping[str, str] = field(default_factory=dict)
+    eas_concurrency: int = 16
     concurrency: int = 16
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, 5.0, 2.0, 300.0, True))
     network_retry: RetryPolicy = field(
@@ -74,6 +77,15 @@ class Settings:
     dlq_max_age_days: float = 7.0
     cleanup_interval: float = 3600.0
 
+    def eas_target(self, service: str) -> str | None:
+        """Where a PAI-EAS service's requests are forwarded: EAS_TARGETS, else
+        TARGET_API_BASE_URL/{service}; None: external subscribers consume it."""
+        if service in self.eas_targets:
+            return self.eas_targets[service]
+        if self.target_api_base_url:
+            return f"{self.target_api_base_url.rstrip('/')}/{service}"
+        return None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from an environment mapping; raise SettingsError on bad values."""
@@ -87,6 +99,8 @@ class Settings:
             eas_tokens=r.items("EAS_TOKEN"),
             executor_urls=_executor_urls(r),
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
+            eas_targets=_eas_targets(r),
+            eas_concurrency=r.number("EAS_CONCURRENCY", 16, int, 1, 10000),
             concurrency=r.number("CONCURRENCY", 16, int, 1, 10000),
             retry=RetryPolicy(
                 r.number("MAX_RETRIES", 3, int, 0, 1000),
@@ -129,6 +143,19 @@ def _executor_urls(r: _Reader) -> tuple[str, ...]:
     for url in urls:
         _check_url(name, url, ("http", "https"))
     return tuple(u.rstrip("/") for u in urls)
+
+
+def _eas_targets(r: _Reader) -> dict[str, str]:
+    """EAS_TARGETS=svc1=http://a:5001,svc2=http://b:5002: a target URL per service."""
+    targets: dict[str, str] = {}
+    for item in r.items("EAS_TARGETS"):
+        service, sep, url = item.partition("=")
+        service, url = service.strip(), url.strip()
+        if not sep or not SERVICE_NAME_RE.match(service):
+            raise SettingsError(f"EAS_TARGETS: expected service=URL, got {item!r}")
+        _check_url("EAS_TARGETS", url, ("http", "https"))
+        targets[service] = url.rstrip("/")
+    return targets
 
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:

@@ -49,6 +49,9 @@ SCRIPT_NAMES = (
     "promote",
     "dlq_retry",
     "dlq_purge",
+    "eas_put",
+    "eas_read",
+    "eas_remove",
 )
 PROMOTE_LIMIT = 200
 COMMAND_TIMEOUT = 3.0  # seconds; Lua scripts here are bounded and take well under that
@@ -105,11 +108,15 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
 
 
 class Keys:
-    """Key names of one queue; `{queue}` is the Redis Cluster hash tag of all of them."""
+    """Key names of one queue; `{queue}` is the Redis Cluster hash tag of all of them.
 
-    def __init__(self, queue: str) -> None:
-        self.queue = queue
-        self.prefix = f"ts:{{{queue}}}:"
+    `part` nests a second queue under the same tag (a PAI-EAS sink beside its input
+    queue), so one script can finish an input item and append its answer to the sink.
+    """
+
+    def __init__(self, queue: str, part: str | None = None, name: str | None = None) -> None:
+        self.queue = name or queue
+        self.prefix = f"ts:{{{queue}}}:" + (f"{part}:" if part else "")
         self.task_prefix = f"{self.prefix}task:"
         self.counters = f"{self.prefix}counters"
         self.leases = f"{self.prefix}leases"
@@ -122,6 +129,8 @@ class Keys:
         self.cleanup_lock = f"{self.prefix}cleanup-lock"
         self.streams = [f"{self.prefix}stream:{p.value}" for p in PRIORITY_ORDER]
         self.holes = [f"{self.prefix}holes:{p.value}" for p in PRIORITY_ORDER]
+        self.index = f"{self.prefix}index"  # PAI-EAS queues only
+        self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
 
     def task(self, eval_id: str) -> str:
         return self.task_prefix + eval_id
@@ -249,6 +258,10 @@ class Claimed:
     tails: list[bytes] = field(default_factory=list)  # stream tails to block on when idle
 
 
+def _json_payload(payload: bytes) -> dict[str, Any]:
+    return orjson.loads(payload) if payload else {}
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -317,11 +330,14 @@ class Streams:
         settings: Settings,
         queue: str | None = None,
         scripts: Scripts | None = None,
+        keys: Keys | None = None,
+        decode: Callable[[bytes], dict[str, Any]] | None = None,
     ) -> None:
         self.redis = client
         self.settings = settings
-        self.keys = Keys(queue or settings.queue)
+        self.keys = keys or Keys(queue or settings.queue)
         self.scripts = scripts or Scripts(client)
+        self.decode = decode or _json_payload
 
     # --- producers -----------------------------------------------------------------
 
@@ -401,7 +417,7 @@ class Streams:
                 entry=_text(entry),
                 attempt=int(attempt),
                 priority=Priority(_text(prio)),
-                payload=orjson.loads(payload) if payload else {},
+                payload=self.decode(payload),
             )
             for eval_id, entry, attempt, prio, payload in items
         ]
@@ -424,8 +440,11 @@ class Streams:
         return [task.entry, task.attempt] if task else ["", ""]
 
     @translate_errors
-    async def complete(self, eval_id: str, result: Any, task: Task | None = None) -> None:
-        """Record success; fenced by the delivery token when `task` is given."""
+    async def complete(
+        self, eval_id: str, result: Any, task: Task | None = None, frame: bytes = b""
+    ) -> None:
+        """Record success; fenced by the delivery token when `task` is given. `frame` is
+        the sink item of a forwarded PAI-EAS request."""
         k = self.keys
         keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
         argv = [
@@ -435,6 +454,7 @@ class Streams:
             self.settings.result_ttl,
             GROUP,
             self.settings.events_maxlen,
+            frame,
         ]
         reply = await self.scripts.run("complete", keys, argv)
         if _text(reply[0]) != "ok":
@@ -451,6 +471,7 @@ class Streams:
         task: Task | None = None,
         detail: Any = None,
         exit_code: int | None = None,
+        frame: bytes = b"",
     ) -> dict[str, Any]:
         """Record a failed attempt: `retrying` with backoff, or `failed` into the DLQ."""
         k = self.keys
@@ -474,6 +495,7 @@ class Streams:
             orjson.dumps(published),
             orjson.dumps(detail) if detail is not None else "",
             k.schedule_channel,
+            frame,
         ]
         reply = await self.scripts.run("fail", keys, argv)
         state = _text(reply[0])

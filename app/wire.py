@@ -114,9 +114,11 @@ class Origin:
         netloc = parts.netloc.rsplit("@", 1)[-1]
         self._host_header = netloc.encode()
 
-    def _request(self, method: str, path: str, body: bytes, content_type: str) -> bytes:
+    def _request(
+        self, method: str, path: str, body: bytes, content_type: str, headers: str
+    ) -> bytes:
         head = (
-            f"{method} {self.prefix}{path} HTTP/1.1\r\n"
+            f"{method} {self.prefix}{path} HTTP/1.1\r\n{headers}"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         ).encode()
         return head + b"Host: " + self._host_header + b"\r\n\r\n" + body
@@ -146,10 +148,12 @@ class Origin:
         path: str,
         body: bytes = b"",
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> Answer:
         """One exchange. A reused connection the server had already closed (no byte of an
         answer seen) is retried once on a new one; anything else raises WireError."""
-        raw = self._request(method, path, body, content_type)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        raw = self._request(method, path, body, content_type, extra)
         conn = self._take()
         if conn is not None:
             try:

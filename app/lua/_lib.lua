@@ -34,10 +34,59 @@ local function entry_payload(k_stream, entry)
   return to_map(found[1][2])['payload'] or ''
 end
 
+-- Append a task to its priority stream: it becomes `queued` with the next sequence number.
+local function push(k_task, k_stream, k_counters, id, prio, payload)
+  local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
+  local entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload)
+  redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
+  return seq
+end
+
+-- PAI-EAS queues (app/eas.py) keep, besides the engine's structures, an `index` zset of the
+-- items still in the queue (score = the item's PAI-EAS index) and, for sinks, a `rid` hash
+-- (requestId tag -> index). Their task hashes name them: `ix` (index zset), and for an
+-- input item with a sink, `sink` (the sink's key prefix). Keys derived from a prefix share
+-- its hash tag.
+local function eas_append(prefix, prio, payload, rid, sink, maxlen)
+  local k_counters, k_index = prefix .. 'counters', prefix .. 'index'
+  local n = redis.call('HINCRBY', k_counters, 'index', 1)
+  local id = tostring(n)
+  local k_task = prefix .. 'task:' .. id
+  redis.call('HSET', k_task, 'created', now_ms(), 'attempts', 0, 'ix', k_index)
+  if sink ~= '' then redis.call('HSET', k_task, 'sink', sink) end
+  if rid ~= '' then
+    redis.call('HSET', prefix .. 'rid', rid, id)
+    redis.call('HSET', k_task, 'rid', rid)
+  end
+  redis.call('HINCRBY', k_counters, 'total:enqueued', 1)
+  push(k_task, prefix .. 'stream:' .. prio, k_counters, id, prio, payload)
+  redis.call('ZADD', k_index, n, id)
+  event(prefix .. 'events', maxlen, id, 'queued')
+  return n
+end
+
+-- The frame of an answer-less failure (e.g. lease lapses): empty data, error as message.
+local function eas_error_frame(id, err)
+  return cjson.encode({tags = {requestId = id, status = '500'}, msg = err}) .. '\n'
+end
+
+-- A finished EAS item leaves its queue's index; a forwarded input item leaves its answer
+-- (`frame`, an encoded item tagged requestId) in the sink, or on failure without an
+-- answer, a frame carrying the error `err`.
+local function eas_finish(k_task, id, frame, maxlen, err)
+  local rec = redis.call('HMGET', k_task, 'ix', 'sink', 'rid')
+  if rec[1] then redis.call('ZREM', rec[1], id) end
+  if rec[3] then redis.call('HDEL', string.sub(rec[1], 1, -6) .. 'rid', rec[3]) end
+  if not rec[2] then return end
+  if (not frame or frame == '') and err then frame = eas_error_frame(id, err) end
+  if frame and frame ~= '' then eas_append(rec[2], 'default', frame, id, '', maxlen) end
+end
+
+
 -- Put a task into the dead-letter queue: terminal `failed`, record kept FAILURE_TTL.
 -- The DLQ index (eval_id -> DLQ entry id) makes retry and delete by eval_id O(1).
 local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id, prio, payload,
-                    err, detail, attempts, now, ttl, result_json)
+                    err, detail, attempts, now, ttl, result_json, frame)
   local old = redis.call('HGET', k_dlq_index, id)
   if old then redis.call('XDEL', k_dlq, old) end
   local dlq_id = redis.call('XADD', k_dlq, '*', 'id', id, 'prio', prio, 'error', err,
@@ -49,13 +98,49 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
   redis.call('HINCRBY', k_counters, 'total:failed', 1)
   redis.call('PUBLISH', 'evaluation:failed',
     '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. result_json .. '}')
+  eas_finish(k_task, id, frame, maxlen, err)
   event(k_events, maxlen, id, 'failed', attempts)
 end
 
--- Append a task to its priority stream: it becomes `queued` with the next sequence number.
-local function push(k_task, k_stream, k_counters, id, prio, payload)
-  local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
-  local entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload)
-  redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
-  return seq
+
+-- Take a PAI-EAS item out of its queue, whatever its state: delete (record gone; a running
+-- forward is told on the cancel channel) or commit (record kept as `completed`).
+-- Returns 1 when the item was still in the queue, else 0.
+local function eas_drop(prefix, id, commit, now, maxlen, ttl, group)
+  local k_task = prefix .. 'task:' .. id
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'seq', 'attempts')
+  local state, prio, entry = rec[1], rec[2], rec[3]
+  if not state then
+    redis.call('ZREM', prefix .. 'index', id)
+    return 0
+  end
+  local k_stream = prefix .. 'stream:' .. prio
+  if state == 'queued' then
+    redis.call('XDEL', k_stream, entry)
+    redis.call('ZADD', prefix .. 'holes:' .. prio, rec[4], id)
+  elseif state == 'scheduled' or state == 'retrying' then
+    redis.call('ZREM', prefix .. 'scheduled', id)
+    redis.call('HINCRBY', prefix .. 'counters', state .. ':' .. prio, -1)
+  elseif state == 'processing' then
+    redis.call('XACK', k_stream, group, entry)
+    redis.call('XDEL', k_stream, entry)
+    redis.call('ZREM', prefix .. 'leases', id)
+    if not commit then redis.call('PUBLISH', prefix .. 'cancel', id) end
+  else
+    if not commit then redis.call('DEL', k_task) end
+    return 0
+  end
+  eas_finish(k_task, id, nil, maxlen)
+  if commit then
+    redis.call('HSET', k_task, 'state', 'completed', 'finished', now)
+    redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')
+    redis.call('EXPIRE', k_task, ttl)
+    redis.call('HINCRBY', prefix .. 'counters', 'total:completed', 1)
+    event(prefix .. 'events', maxlen, id, 'completed', rec[5])
+  else
+    redis.call('DEL', k_task)
+    redis.call('HINCRBY', prefix .. 'counters', 'total:deleted', 1)
+    event(prefix .. 'events', maxlen, id, 'deleted', rec[5])
+  end
+  return 1
 end

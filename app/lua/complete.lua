@@ -2,7 +2,7 @@
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 stream:high, 6 stream:default,
 --       7 stream:low
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 result JSON, 5 result ttl s, 6 group,
---       7 events maxlen
+--       7 events maxlen, 8 sink frame of a forwarded PAI-EAS item ('' for none)
 -- Returns {'ok'} or {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
@@ -17,6 +17,7 @@ redis.call('HSET', KEYS[1], 'state', 'completed', 'result', ARGV[4], 'finished',
 redis.call('HDEL', KEYS[1], 'entry', 'error')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('HINCRBY', KEYS[4], 'total:completed', 1)
+eas_finish(KEYS[1], id, ARGV[8], ARGV[7])
 redis.call('PUBLISH', 'evaluation:completed',
   '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. ARGV[4] .. '}')
 event(KEYS[3], ARGV[7], id, 'completed', rec[3])

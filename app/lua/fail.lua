@@ -6,7 +6,8 @@
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 error, 5 retry? ('1'/'0'), 6 default max retries,
 --       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
 --       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
---       15 detail (executor answer or traceback), 16 schedule channel
+--       15 detail (executor answer or traceback), 16 schedule channel,
+--       17 sink frame of a forwarded PAI-EAS item ('' for none)
 -- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
@@ -42,5 +43,5 @@ if ARGV[5] == '1' and attempts <= max_retries then
   return {'retrying', due}
 end
 bury(KEYS[1], KEYS[6], KEYS[10], KEYS[3], KEYS[4], ARGV[13], id, prio, payload, ARGV[4], ARGV[15],
-  attempts, now, ARGV[11], ARGV[14])
+  attempts, now, ARGV[11], ARGV[14], ARGV[17])
 return {'failed'}
