@@ -38,7 +38,6 @@ from app.wire import ConnectFailed, WireError
 
 log = structlog.get_logger()
 
-SERVICES_KEY = "ts:eas:services"  # the set of services ever used (discovery by replicas)
 DISCOVERY_INTERVAL = 2.0
 MAX_LENGTH = 1000  # items per read
 SCAN_LIMIT = 2000  # items examined per read when filtering by tags
@@ -373,8 +372,8 @@ async def _events_after(redis: Any, key: str, tail: bytes, block_ms: int) -> Any
 
 
 @translate_errors
-async def _services(client: Any) -> list[str]:
-    names = [_text(raw) for raw in await client.smembers(SERVICES_KEY)]
+async def _services(client: Any, key: str) -> list[str]:
+    names = [_text(raw) for raw in await client.smembers(key)]
     return [name for name in names if SERVICE_NAME_RE.fullmatch(name)]
 
 
@@ -476,6 +475,9 @@ class EasHub:
         self.scripts = scripts
         self.consumer = consumer
         self.services: dict[str, Service] = {}
+        # The deployment's services (beside its default queue), so replicas find them all.
+        self.registry = Keys(settings.queue).prefix + "eas:services"
+        self._jobs: set[asyncio.Task[None]] = set()
         self.wake: dict[str, asyncio.Event] = {}  # per queue: local put/commit wakes watchers
         self._registered: set[str] = set()
         self._discovery: asyncio.Task[None] | None = None
@@ -502,7 +504,7 @@ class EasHub:
         """Record the service in Redis once, so other replicas start forwarding it too."""
         service = self.service(name)
         if name not in self._registered:
-            await _sadd(self.client, name)
+            await _sadd(self.client, self.registry, name)
             await service.input.ensure_groups()
             await service.sink.ensure_groups()
             self._registered.add(name)
@@ -522,7 +524,9 @@ class EasHub:
         executors = ForwardPool([service.target], self.settings.health_interval)
         settings = _with_concurrency(self.settings, self.settings.eas_concurrency)
         service.pool = ConsumerPool(service.input.streams, executors, settings, self.consumer)
-        asyncio.get_running_loop().create_task(self._run_pool(service.pool))
+        job = asyncio.get_running_loop().create_task(self._run_pool(service.pool))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
 
     @staticmethod
     async def _run_pool(pool: ConsumerPool) -> None:
@@ -540,7 +544,7 @@ class EasHub:
         backoff = Backoff()
         while True:
             try:
-                names = await _services(self.client)
+                names = await _services(self.client, self.registry)
                 backoff.reset()
             except Unavailable:
                 await backoff.sleep()
@@ -561,7 +565,7 @@ class EasHub:
 
     async def overview(self) -> list[dict[str, Any]]:
         """Counts, consumers and target of every known service, for /status and `info`."""
-        for name in await _services(self.client):
+        for name in await _services(self.client, self.registry):
             self.service(name)
         rows = []
         for name in sorted(self.services):
@@ -587,8 +591,8 @@ class EasHub:
 
 
 @translate_errors
-async def _sadd(client: Any, name: str) -> None:
-    await client.sadd(SERVICES_KEY, name)
+async def _sadd(client: Any, key: str, name: str) -> None:
+    await client.sadd(key, name)
 
 
 def _with_concurrency(settings: Settings, concurrency: int) -> Settings:

@@ -207,6 +207,116 @@ def paths() -> dict[str, dict[str, Any]]:
         "/openapi.yaml": {"get": _op("This document (YAML)", {200: {"description": "YAML"}})},
         "/docs": {"get": _op("Swagger UI", {200: {"description": "HTML"}})},
         "/redoc": {"get": _op("ReDoc", {200: {"description": "HTML"}})},
+        "/api/predict/{service}": eas_paths(sink=False),
+        "/api/predict/{service}/sink": eas_paths(sink=True),
+    }
+
+
+SERVICE = {"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}
+AUTH = {
+    "name": "Authorization",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "an EAS_TOKEN, raw or as `Bearer TOKEN`",
+}
+FRAMES: dict[str, Any] = {
+    "description": "DataFrameListProto: protobuf when `Accept: application/vnd.google.protobuf`, "
+    "else its proto3 JSON form (data base64, index a string)",
+    "content": {
+        "application/vnd.google.protobuf": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {
+            "schema": OBJECT,
+            "example": {"index": [{"index": "1", "tags": {"requestId": "1"}, "data": "aGk="}]},
+        },
+    },
+}
+SINK_STATUS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "request_id": {"type": "string"},
+        "status": {"enum": ["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]},
+        "service_name": {"type": "string"},
+        "message": {"type": "string"},
+        "result": {"type": "object"},
+        "error_info": {"type": "string"},
+    },
+    "example": {
+        "request_id": "7",
+        "status": "SUCCESS",
+        "service_name": "svc1",
+        "message": "completed at 2026-11-23T21:00:00.000Z",
+        "result": {"status": "success", "target_status_code": 200, "body": "{...}"},
+    },
+}
+
+
+def eas_paths(sink: bool) -> dict[str, Any]:
+    """The PAI-EAS queue protocol (and, on the sink, the imitation's JSON status)."""
+    where = "sink" if sink else "input queue"
+    read_params = [
+        SERVICE,
+        AUTH,
+        _query("_index_", "integer", "first index to read (default 0)"),
+        _query("_length_", "integer", "items to read, 1-1000 (default 1)"),
+        _query("_timeout_", "string", "long-poll, e.g. 5s or 500ms (at most 60 s)"),
+        _query("_auto_delete_", "boolean", "delete what is read (default true)"),
+        _query("_raw_", "boolean", "answer the first item's body as it was put"),
+        _query("requestId", "string", "the item with this request id"),
+        _query("_attrs_", "boolean", "answer the queue's attributes instead"),
+        _query(
+            "_watch_",
+            "boolean",
+            "WebSocket only: subscribe (_window_, _auto_commit_, "
+            "_index_only_; X-EAS-QueueService-Redis-Uid/-Gid name the consumer)",
+        ),
+    ]
+    if sink:
+        read_params.append(_query("request_id", "string", "imitation: JSON status of a request"))
+    get_responses: dict[int, dict[str, Any]] = {200: FRAMES, 204: {"description": "nothing"}}
+    if sink:
+        get_responses[202] = _json(SINK_STATUS, "imitation: not final yet")
+        get_responses[404] = _json(ERROR, "imitation: unknown request_id")
+    indexes = _query("_indexes_", "string", "comma-separated indexes")
+    put_params = [
+        SERVICE,
+        AUTH,
+        _query("tag", "string", "any parameter not starting with _ is a tag"),
+    ]
+    if not sink:
+        put_params.append(_query("_priority_", "boolean", "queue ahead of normal requests"))
+    return {
+        "post": {
+            **_op(
+                f"Put an item into the {where} (index = request id)",
+                {
+                    200: {
+                        "description": "the index; header X-Eas-Queueservice-Request-Id",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 401, 413),
+                },
+                params=put_params,
+            ),
+            "requestBody": {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        },
+        "get": _op(f"Read the {where} by index or request id", get_responses, params=read_params),
+        "put": _op(
+            f"Commit (acknowledge) items of the {where}",
+            {200: _json(OBJECT), **_errors(400, 401)},
+            params=[SERVICE, AUTH, indexes],
+        ),
+        "delete": _op(
+            f"Delete items of the {where}, or truncate below _index_ with _trunc_=true",
+            {200: _json(OBJECT), **_errors(400, 401)},
+            params=[
+                SERVICE,
+                AUTH,
+                indexes,
+                _query("_index_", "integer", "with _trunc_"),
+                _query("_trunc_", "boolean", "delete every item below _index_"),
+            ],
+        ),
     }
 
 
