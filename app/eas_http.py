@@ -100,7 +100,7 @@ async def put(request: Request, hub: EasHub, queue: EasQueue) -> Response:
 async def get(request: Request, hub: EasHub, queue: EasQueue) -> Response:
     query = request.query_params
     if queue.sink and "request_id" in query:
-        return await sink_status(request, queue)
+        return await sink_status(request, hub.service(queue.service).input)
     if _flag(query, "_attrs_", False):
         target = None if queue.sink else hub.service(queue.service).target
         return json_response(await queue.attributes(target))
@@ -131,7 +131,8 @@ async def get(request: Request, hub: EasHub, queue: EasQueue) -> Response:
 
 
 async def sink_status(request: Request, queue: EasQueue) -> Response:
-    """The imitation's status document: 202 while pending, 200 once final, 404 unknown."""
+    """The imitation's status document of an input item (`queue`): 202 while pending, 200
+    once final, 404 unknown."""
     raw = request.query_params["request_id"]
     if not raw.isdigit():
         raise NotFound(f"unknown request_id: {raw}")

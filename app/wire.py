@@ -118,7 +118,7 @@ class Origin:
         self, method: str, path: str, body: bytes, content_type: str, headers: str
     ) -> bytes:
         head = (
-            f"{method} {self.prefix}{path} HTTP/1.1\r\n{headers}"
+            f"{method} {self.prefix + path or '/'} HTTP/1.1\r\n{headers}"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         ).encode()
         return head + b"Host: " + self._host_header + b"\r\n\r\n" + body
