@@ -100,8 +100,8 @@ async def sink_status(service, svc: str, request_id: int | str, query: str = "")
     )
 
 
-async def final_status(service, svc: str, request_id: int) -> dict[str, Any]:
-    async def final() -> dict[str, Any] | None:
+async def final_status(service, svc: str, request_id: int):
+    async def final():
         response = await sink_status(service, svc, request_id)
         return response.json() if response.status_code == 200 else None
 
@@ -187,7 +187,7 @@ async def test_sink_json_goes_pending_started_success_over_a_slow_target(
     service = await eas_service(make_service, svc, target)
     request_id = await put(service, svc, b'{"q": 1}', **{"Content-Type": "application/json"})
 
-    async def started() -> bool:
+    async def started():
         response = await sink_status(service, svc, request_id)
         assert response.status_code == 202
         assert response.json()["status"] in ("PENDING", "STARTED")
@@ -233,7 +233,7 @@ async def test_target_500_then_200_is_retry_then_success(make_service, make_targ
     )
     request_id = await put(service, svc)
 
-    async def retrying() -> bool:
+    async def retrying():
         return (await sink_status(service, svc, request_id)).json()["status"] == "RETRY"
 
     await wait_for(retrying)
@@ -312,7 +312,8 @@ async def test_404_for_unknown_and_other_services_ids(make_service, svc):
         await put(service, svc)
     await put(service, other)
     assert (await sink_status(service, svc, 3)).status_code == 202
-    for service_name, request_id in [(svc, 99), (svc, "abc"), (other, 3), (f"{svc}.none", 1)]:
+    cases: list[tuple[str, Any]] = [(svc, 99), (svc, "abc"), (other, 3), (f"{svc}.none", 1)]
+    for service_name, request_id in cases:
         response = await sink_status(service, service_name, request_id)
         assert response.status_code == 404, (service_name, request_id)
         assert "unknown request_id" in response.json()["error"]
@@ -447,7 +448,7 @@ async def test_delete_of_a_running_forward_aborts_it_and_forgets_the_request(
     assert response.json() == {"status": "ok", "deleted": 1}
     assert (await sink_status(service, svc, request_id)).status_code == 404
 
-    async def idle() -> bool:
+    async def idle():
         status = (await service.http.get("/status")).json()
         row = next(r for r in status["eas"] if r["service"] == svc)
         return row["forwarding"]["running"] == 0
