@@ -19,6 +19,7 @@ import orjson
 import uvicorn
 
 from app import __version__
+from app.eas import EasHub
 from app.errors import Unavailable
 from app.http import create_app
 from app.logs import configure
@@ -94,7 +95,13 @@ async def _info(settings: Settings) -> dict[str, Any]:
     try:
         streams = Streams(client, settings)
         counts = await streams.counts()
-        return {"queue": settings.queue, **counts, "consumers": await streams.consumers()}
+        hub = EasHub(client, settings, streams.scripts, "info", forward=False)
+        return {
+            "queue": settings.queue,
+            **counts,
+            "consumers": await streams.consumers(),
+            "eas": await hub.overview(),
+        }
     finally:
         await client.aclose()
 
@@ -118,7 +125,21 @@ def info(settings: Settings, as_json: bool) -> int:
     for consumer in report["consumers"]:
         name, pending, idle = consumer["name"], consumer["pending"], consumer["idle_ms"]
         print(f"  {name:<32} pending={pending} idle={idle}ms")
+    for row in report["eas"]:
+        print_eas(row)
     return EXIT_OK
+
+
+def print_eas(row: dict[str, Any]) -> None:
+    """One PAI-EAS service: its input queue and sink, and where it forwards to."""
+    print(f"eas service {row['service']}  target={row['target'] or '-'}")
+    for label in ("input", "sink"):
+        q = row[label]
+        states = "  ".join(f"{s}={q[s]}" for s in ("queued", "processing", "retrying"))
+        print(
+            f"  {label:<6} length={q['length']}  {states}  dlq={q['dlq']}"
+            f"  consumers={len(q['consumers'])}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -469,8 +469,11 @@ class EasHub:
     """Every PAI-EAS service this process has seen, with a forwarding consumer pool per
     service that has a target (its own slots: a hung target blocks only its service)."""
 
-    def __init__(self, client: Any, settings: Settings, scripts: Scripts, consumer: str) -> None:
+    def __init__(
+        self, client: Any, settings: Settings, scripts: Scripts, consumer: str, forward: bool = True
+    ) -> None:
         self.client = client
+        self.forward = forward  # False: look only (`taskstream info`)
         self.settings = settings
         self.scripts = scripts
         self.consumer = consumer
@@ -519,7 +522,7 @@ class EasHub:
         return self.wake.setdefault(queue.keys.prefix, asyncio.Event())
 
     def _start_pool(self, service: Service) -> None:
-        if service.target is None or self._stopping:
+        if service.target is None or self._stopping or not self.forward:
             return
         executors = ForwardPool([service.target], self.settings.health_interval)
         settings = _with_concurrency(self.settings, self.settings.eas_concurrency)

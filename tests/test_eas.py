@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from starlette.routing import Route
 from app.eas import Item, parse_duration
 from app.proto.eas_queue_pb2 import DataFrameListProto
 from app.settings import RetryPolicy
-from tests.conftest import Served, serve_asgi, wait_for
+from tests.conftest import ROOT, Served, serve_asgi, wait_for
 
 AUTH = {"Authorization": "tok"}
 PROTOBUF = {**AUTH, "Accept": "application/vnd.google.protobuf"}
@@ -493,3 +495,25 @@ def test_item_encoding_is_binary_safe_and_defaults_the_request_id():
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
+
+
+async def test_info_lists_eas_services(make_service, svc, redis_url, queue):
+    service = await eas_service(make_service, svc)
+    await put(service, svc)
+    await put(service, svc)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "info",
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), "REDIS_URL": redis_url, "QUEUE_NAME": queue},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    at = lines.index(f"eas service {svc}  target=-")
+    assert lines[at + 1].split()[:3] == ["input", "length=2", "queued=2"]
+    assert lines[at + 2].split()[:2] == ["sink", "length=0"]
