@@ -496,7 +496,6 @@ class EasHub:
                 self.settings.eas_target(name),
             )
             self.services[name] = found
-            self._start_pool(found)
         return found
 
     def queue(self, name: str, sink: bool) -> EasQueue:
@@ -511,6 +510,7 @@ class EasHub:
             await service.input.ensure_groups()
             await service.sink.ensure_groups()
             self._registered.add(name)
+            self._start_pool(service)
         return service
 
     def notify(self, queue: EasQueue) -> None:
@@ -522,7 +522,7 @@ class EasHub:
         return self.wake.setdefault(queue.keys.prefix, asyncio.Event())
 
     def _start_pool(self, service: Service) -> None:
-        if service.target is None or self._stopping or not self.forward:
+        if service.target is None or service.pool or self._stopping or not self.forward:
             return
         executors = ForwardPool([service.target], self.settings.health_interval)
         settings = _with_concurrency(self.settings, self.settings.eas_concurrency)
@@ -553,8 +553,9 @@ class EasHub:
                 await backoff.sleep()
                 continue
             for name in names:
-                self._registered.add(name)
-                self.service(name)
+                if name not in self._registered:
+                    self._registered.add(name)
+                    self._start_pool(self.service(name))
             await asyncio.sleep(DISCOVERY_INTERVAL)
 
     async def stop(self, grace: float) -> None:

@@ -517,3 +517,13 @@ async def test_info_lists_eas_services(make_service, svc, redis_url, queue):
     at = lines.index(f"eas service {svc}  target=-")
     assert lines[at + 1].split()[:3] == ["input", "length=2", "queued=2"]
     assert lines[at + 2].split()[:2] == ["sink", "length=0"]
+
+
+async def test_a_replica_forwards_services_first_used_elsewhere(make_service, make_target, svc):
+    target = await make_target()
+    api_only = await eas_service(make_service, svc)  # no target: it only takes requests
+    await eas_service(make_service, svc, target)  # a replica with the target, never asked
+    request_id = await put(api_only, svc, b"via replica")
+    document = await final_status(api_only, svc, request_id)
+    assert document["status"] == "SUCCESS"
+    assert target.calls[0]["body"] == b"via replica"
