@@ -30,6 +30,8 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
     args.add_argument(
         "--scheduled-n", type=int, help="tasks scheduled to come due at once (scheduled stage)"
     )
+    args.add_argument("--eas-duration", type=float, help="seconds per PAI-EAS round trip run")
+    args.add_argument("--eas-watch-n", type=int, help="sink items the PAI-EAS watchers drain")
     args.add_argument(
         "--retry-base-delay", type=float, help="RETRY_BASE_DELAY of the retry drain (0.05)"
     )
@@ -55,7 +57,8 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
             args.error(f"unknown stages: {', '.join(sorted(unknown))}")
         changes["stages"] = tuple(s for s in stages if s != "profile")
         changes["profile"] = ns.profile or "profile" in stages
-    for name in ("duration", "drain_n", "fill_n", "scheduled_n", "retry_base_delay", "quiet_wait"):
+    names = ("duration", "drain_n", "fill_n", "scheduled_n", "retry_base_delay", "quiet_wait")
+    for name in (*names, "eas_duration", "eas_watch_n"):
         if getattr(ns, name) is not None:
             changes[name] = getattr(ns, name)
     plan = dataclasses.replace(plan, **changes)

@@ -24,6 +24,8 @@ LIBRARIES = (
     "httpx",
     "httpx-aiohttp",
     "py-spy",
+    "protobuf",
+    "websockets",
 )
 
 
@@ -62,6 +64,15 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
+def _protobuf_implementation() -> str | None:
+    """python, upb or cpp: the pure-Python one makes PAI-EAS frames several times dearer."""
+    try:
+        from google.protobuf.internal import api_implementation
+    except ImportError:
+        return None
+    return str(api_implementation.Type())
+
+
 def describe(redis_info: dict[str, Any], redis_binary: str, wrk: str | None) -> dict[str, Any]:
     model, virtual = _cpuinfo()
     return {
@@ -77,6 +88,7 @@ def describe(redis_info: dict[str, Any], redis_binary: str, wrk: str | None) -> 
         "redis_allocator": str(redis_info.get("mem_allocator", "?")),
         "wrk": wrk,
         "libraries": _versions(),
+        "protobuf_implementation": _protobuf_implementation(),
     }
 
 

@@ -35,6 +35,8 @@ SERVICE_VARS = frozenset(
         "API_KEY",
         "QUEUE_API_KEY",
         "EAS_TOKEN",
+        "EAS_TARGETS",
+        "EAS_CONCURRENCY",
         "EXECUTOR_URLS",
         "EXECUTOR_COUNT",
         "EXECUTOR_BASE_URL",

@@ -270,6 +270,74 @@ def _scheduled_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _per_item(run: dict[str, Any]) -> str:
+    """`per item: service 1,525 µs CPU, Redis 408 µs CPU, 4.1 EVALSHA, 1.05 XREAD`."""
+    cpu = run.get("cpu_us_per_item") or {}
+    calls = run.get("redis_calls_per_item_by_command") or {}
+    parts = [
+        f"{who} {cpu[key]:,.0f} µs CPU"
+        for key, who in (("service", "service"), ("redis", "Redis"))
+        if key in cpu
+    ]
+    parts += [f"{calls[c]:g} {c.upper()}" for c in ("evalsha", "xread") if calls.get(c)]
+    return "per item: " + ", ".join(parts) if parts else ""
+
+
+def _eas_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    eas = results.get("eas")
+    if not eas:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    reads = {
+        "proto": "protobuf read by `requestId` + `_timeout_`",
+        "json": "imitation JSON status read by `request_id` + `_timeout_`",
+    }
+    for read, how in reads.items():
+        run = eas.get(f"roundtrip_{read}")
+        if not run:
+            continue
+        checks = run["checks"]
+        counted = (
+            f"all {checks['puts']:,} puts forwarded once and answered"
+            if checks["ok"]
+            else f"**checks failed**: {checks}"
+        )
+        rows.append(
+            (
+                f"PAI-EAS round trip, {run['concurrency']} clients: put → answer read from the "
+                f"sink ({how})",
+                _rate(run["rate"], " items/s"),
+                f"p50 {_ms(run['p50_ms'])}, p99 {_ms(run['p99_ms'])} put→answer (put alone p50 "
+                f"{_ms(run['put_p50_ms'])}); {run['seconds']:g} s, stub target, "
+                f"EAS_CONCURRENCY={eas.get('eas_concurrency')}; {_per_item(run)}; {counted}; "
+                + _cpu_note(run.get("cpu_pct", {})),
+            )
+        )
+    watch = eas.get("watch") or {}
+    for key in sorted((k for k in watch if k.startswith("watchers_")), key=lambda k: int(k[9:])):
+        run = watch[key]
+        checks = run["checks"]
+        once = (
+            "each index delivered exactly once, sink empty after"
+            if checks["ok"]
+            else f"**duplicates {checks['duplicates']}, missing {checks['missing']}**: {checks}"
+        )
+        who = "1 watcher" if run["watchers"] == 1 else f"{run['watchers']} watchers (own uids)"
+        split = f"; per watcher {', '.join(f'{n:,}' for n in run['per_watcher'])}"
+        rows.append(
+            (
+                f"PAI-EAS watch: {run['expected']:,} sink items drained by {who}, "
+                f"`_window_={run['window']}`, `_auto_commit_`",
+                _rate(run["rate"], " items/s"),
+                f"{run['seconds_first_to_last']} s first→last frame"
+                f"{split if run['watchers'] > 1 else ''}; {once}; {_per_item(run)}; sink "
+                f"filled at {run['fill']['rate']:,.0f} items/s (32 concurrent POSTs); "
+                + _cpu_note(run.get("cpu_pct", {})),
+            )
+        )
+    return rows
+
+
 def _ceiling_rows(results: dict[str, Any], gen: str, conc: int) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     clients = _get(results, "ceilings", "clients") or {}
@@ -319,6 +387,7 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         + _queue_rows(results)
         + _retry_rows(results)
         + _scheduled_rows(results)
+        + _eas_rows(results)
         + _ceiling_rows(results, gen, conc)
     )
 
@@ -353,6 +422,19 @@ def interference_note(results: dict[str, Any], threshold: float = 15.0) -> str |
     )
 
 
+def _eas_libraries(results: dict[str, Any]) -> str:
+    """The PAI-EAS stage's frames cost depends on protobuf's implementation (python/upb)."""
+    if not results.get("eas"):
+        return ""
+    m = results.get("machine", {})
+    libs = m.get("libraries", {})
+    kind = m.get("protobuf_implementation")
+    return (
+        f", protobuf {libs.get('protobuf')}{f' ({kind} implementation)' if kind else ''}, "
+        f"websockets {libs.get('websockets')}"
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     libs = m.get("libraries", {})
@@ -361,8 +443,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{' (VM)' if m.get('virtualised') else ''}, {m.get('ram_gib')} GiB RAM; "
         f"Python {m.get('python', '').split()[-1]}, Redis {m.get('redis')} (AOF off, TCP "
         f"loopback); uvicorn {libs.get('uvicorn')}, starlette {libs.get('starlette')}, "
-        f"redis-py {libs.get('redis')}, aiohttp {libs.get('aiohttp')}. Service, Redis, stub "
-        "executor and load generator share these cores. "
+        f"redis-py {libs.get('redis')}, aiohttp {libs.get('aiohttp')}"
+        + _eas_libraries(results)
+        + ". Service, Redis, stub executor and load generator share these cores. "
         + f"Commit {results.get('code', {}).get('commit')}.",
         "",
         "| Figure | Result | Notes |",
@@ -385,6 +468,30 @@ def _cost(cpu_pct: float | None, rate: float) -> str:
     if cpu_pct is None or not rate:
         return ""
     return f"{1e4 * cpu_pct / rate:,.0f} µs/op"
+
+
+def _eas_details(results: dict[str, Any]) -> list[str]:
+    eas = results.get("eas") or {}
+    runs = {f"round trip {k[10:]}": v for k, v in eas.items() if k.startswith("roundtrip_")}
+    runs.update(
+        {
+            k.replace("_", " "): v
+            for k, v in (eas.get("watch") or {}).items()
+            if k.startswith("watchers_")
+        }
+    )
+    lines = []
+    for name, run in runs.items():
+        if not isinstance(run, dict) or run.get("rate") is None:
+            continue
+        per = run.get("cpu_us_per_item") or {}
+        lines.append(
+            f"  eas      {name:<24} {run['rate']:>10,.0f} items/s "
+            f"{per.get('service', 0):>6,.0f} µs/op  redis {per.get('redis', 0):,.0f} µs/op, "
+            f"{run.get('redis_calls_per_item')} Redis calls/op (scripts' included); "
+            + ", ".join(f"{k} {v} %" for k, v in (run.get("cpu_pct") or {}).items())
+        )
+    return lines
 
 
 def details(results: dict[str, Any]) -> list[str]:
@@ -425,6 +532,7 @@ def details(results: dict[str, Any]) -> list[str]:
             f"{retry['rate']:>10,.0f} tasks/s {_cost(cpu.get('service'), retry['rate']):>6}  "
             + ", ".join(f"{k} {v} %" for k, v in cpu.items())
         )
+    lines += _eas_details(results)
     for procs in (1, 2):
         run = _get(results, "scheduled", f"processes_{procs}")
         if run:

@@ -3,7 +3,8 @@
 Order: ceilings first (stub capacity, Python HTTP clients against the stub, trivial
 endpoint), then the service: enqueue over HTTP, drain, enqueue->executor latency,
 1M-task fill with memory per task and status lookups, the retry drain and 100k scheduled
-tasks coming due at once (bench/delayed.py); optionally py-spy profiles.
+tasks coming due at once (bench/delayed.py), the PAI-EAS frontend's round trips and
+watchers (bench/eas.py); optionally py-spy profiles.
 One redis-server (AOF off, free loopback port) serves every stage and is FLUSHALLed
 between stages; each service run is a fresh `python -m app serve` subprocess.
 """
@@ -31,13 +32,13 @@ from app.models import Priority, Task, TaskRequest
 from app.redis_server import RedisServer
 from app.settings import Settings
 from app.streams import Keys, Streams, connect
-from bench import delayed, machine, profile, report, wrk
+from bench import delayed, eas, machine, profile, report, wrk
 from bench.loadgen import percentile
 from bench.procs import Child, Children, CpuMeter, free_port, service_env, wait_http, wait_quiet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUEUE = "evaluations"
-STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup", "retry", "scheduled")
+STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup", "retry", "scheduled", "eas")
 TaskMaker = Callable[[int], dict[str, Any]]
 
 
@@ -57,6 +58,12 @@ class Plan:
     lookups: int = 2000
     retry_base_delay: float = 0.05  # RETRY_BASE_DELAY of the retry drain (jitter off)
     scheduled_n: int = 100_000  # tasks that come due at the same moment
+    eas_duration: float = 20.0  # each PAI-EAS round trip run (seconds)
+    eas_clients: int = 32  # round trip clients; also the sink fill's concurrency
+    eas_concurrency: int = 32  # EAS_CONCURRENCY: forwarding slots of the service
+    eas_watch_n: int = 20_000  # items in the sink for the watchers to drain
+    eas_window: int = 64  # `_window_` of each watcher
+    eas_watchers: int = 4  # watchers of the concurrent drain
     stages: tuple[str, ...] = STAGES
     profile: bool = False
     quiet_wait: float = 120.0  # seconds to wait for other processes to calm down
@@ -73,6 +80,8 @@ class Plan:
             fill_n=100_000,
             lookups=500,
             scheduled_n=20_000,
+            eas_duration=3.0,
+            eas_watch_n=2000,
         )
 
 
@@ -519,9 +528,17 @@ class Bench:
 
     async def profiles(self) -> None:
         """py-spy during enqueue (-c32), on the trivial endpoint (same load), during a drain
-        (and during a retry drain when that stage runs)."""
+        (and during a retry drain when that stage runs); during a PAI-EAS round trip run
+        and watcher drain when the eas stage runs (`--only eas` profiles only those)."""
         RESULTS.mkdir(parents=True, exist_ok=True)
         out: dict[str, Any] = {}
+        if self.plan.stages != ("eas",):
+            await self._engine_profiles(out)
+        if "eas" in self.plan.stages:
+            out.update(await eas.profiles(self, RESULTS))
+        self.results["profiles"] = out
+
+    async def _engine_profiles(self, out: dict[str, Any]) -> None:
         await self.flush()
         service, base = await self.start_service("service-profile-enqueue")
         try:
@@ -556,7 +573,6 @@ class Bench:
             retried = await delayed.retry_drain(self, profile_to=path)
             out["retry"] = profile.summarise(path, retried["profile_busy_pct"])
             out["retry"]["rate_while_profiled"] = retried["rate"]
-        self.results["profiles"] = out
 
 
 def _round(value: float | None) -> float | None:
@@ -593,13 +609,13 @@ async def run_stages(bench: Bench) -> None:
     plan = bench.plan
     await bench.start_stub()
     if "ceilings" in plan.stages:
-        log("[1/8] ceilings: stub executor, Python HTTP clients, trivial endpoint")
+        log("[1/9] ceilings: stub executor, Python HTTP clients, trivial endpoint")
         await bench.ceilings()
     if "enqueue" in plan.stages:
-        log("[2/8] enqueue over HTTP (no executors)")
+        log("[2/9] enqueue over HTTP (no executors)")
         await bench.enqueue()
     if {"drain", "latency", "retry"} & set(plan.stages):
-        log(f"[3/8] drain of {plan.drain_n:,} pre-queued tasks, CONCURRENCY={plan.concurrency}")
+        log(f"[3/9] drain of {plan.drain_n:,} pre-queued tasks, CONCURRENCY={plan.concurrency}")
         drained, service, base = await bench.drain()
         bench.results["drain"] = drained
         log(
@@ -608,7 +624,7 @@ async def run_stages(bench: Bench) -> None:
         )
         try:
             if "latency" in plan.stages:
-                log(f"[4/8] enqueue->executor latency at {plan.latency_rate:g} tasks/s, open loop")
+                log(f"[4/9] enqueue->executor latency at {plan.latency_rate:g} tasks/s, open loop")
                 lat = await bench.latency(service, base)
                 bench.results["latency"] = lat
                 log(
@@ -618,21 +634,29 @@ async def run_stages(bench: Bench) -> None:
         finally:
             bench.children.stop(service)
     if "lookup" in plan.stages:
-        log(f"[5/8] {plan.fill_n:,} queued tasks: Redis memory per task, GET /tasks/{{id}}")
+        log(f"[5/9] {plan.fill_n:,} queued tasks: Redis memory per task, GET /tasks/{{id}}")
         await bench.lookup_and_memory()
         look = bench.results["lookup"]
         log(f"  GET /tasks/{{id}} p50 {look['p50_ms']} ms, p99 {look['p99_ms']} ms")
     if "retry" in plan.stages:
         log(
-            f"[6/8] retry drain: {plan.drain_n:,} tasks, a third answered 503 once, "
+            f"[6/9] retry drain: {plan.drain_n:,} tasks, a third answered 503 once, "
             f"RETRY_BASE_DELAY={plan.retry_base_delay:g}, no jitter"
         )
         bench.results["retry"] = await delayed.retry_drain(bench)
     if "scheduled" in plan.stages:
-        log(f"[7/8] {plan.scheduled_n:,} scheduled tasks: memory, promotion when all come due")
+        log(f"[7/9] {plan.scheduled_n:,} scheduled tasks: memory, promotion when all come due")
         bench.results["scheduled"] = await delayed.scheduled(bench)
+    if "eas" in plan.stages:
+        log(
+            f"[8/9] PAI-EAS: {plan.eas_clients} clients put -> read the answer by request id "
+            f"({plan.eas_duration:g} s each, protobuf and JSON status reads); "
+            f"{plan.eas_watch_n:,} sink items drained by 1 and {plan.eas_watchers} watchers"
+        )
+        bench.results["eas"] = await eas.run(bench)
     if plan.profile:
-        log("[8/8] py-spy profiles of the service (enqueue -c32, drain)")
+        which = "PAI-EAS round trip, watch" if plan.stages == ("eas",) else "enqueue -c32, drain"
+        log(f"[9/9] py-spy profiles of the service ({which})")
         await bench.profiles()
 
 

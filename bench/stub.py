@@ -8,10 +8,13 @@ Routes (anything else is 404):
                      on the machine) of the request's first byte is recorded per eval_id.
                      A task with `"metadata": {"fail_once": true}` is answered 503 the first
                      time its eval_id is seen, and 200 after that (the retry stage)
+  POST /predict   -> 200 {"prediction": "ok", "score": 0.5}, counted: a PAI-EAS target for
+                     the `eas` stage (EAS_TARGETS=svc=http://127.0.0.1:PORT/predict)
   POST /          -> 200 {} (a no-op for measuring the stub itself)
   GET  /health    -> 200 {"status": "ok"}
   GET  /stats     -> 200 {"executed": n, "recorded": n, "failed": n (503s),
-                          "attempts": {"1": n, "2": n, ...} (the `attempt` field received)}
+                          "attempts": {"1": n, "2": n, ...} (the `attempt` field received),
+                          "predicted": n (POST /predict)}
   GET  /received  -> 200 {eval_id: receive_ns, ...}
   POST /reset     -> 200 {}: forget counts and receive times
 
@@ -32,6 +35,7 @@ import orjson
 import uvloop
 
 EXECUTE_ANSWER = orjson.dumps({"status": "success", "output": "ok", "exit_code": 0})
+PREDICT_ANSWER = orjson.dumps({"prediction": "ok", "score": 0.5})  # bench/eas.py checks it
 
 
 def response(status: int, body: bytes, keep_alive: bool = True) -> bytes:
@@ -49,6 +53,7 @@ def response(status: int, body: bytes, keep_alive: bool = True) -> bytes:
 
 EXECUTE_RESPONSE = response(200, EXECUTE_ANSWER)
 EMPTY_RESPONSE = response(200, b"{}")
+PREDICT_RESPONSE = response(200, PREDICT_ANSWER)
 HEALTH_RESPONSE = response(200, b'{"status":"ok"}')
 NOT_FOUND = response(404, b'{"error":"not found"}')
 FAIL_ONCE_RESPONSE = response(
@@ -62,6 +67,7 @@ class State:
 
     def reset(self) -> None:
         self.executed = 0
+        self.predicted = 0
         self.received: dict[str, int] = {}
         self.failed: set[str] = set()  # eval_ids answered 503 (fail_once)
         self.attempts: dict[int, int] = {}  # `attempt` field received -> count
@@ -90,6 +96,7 @@ class State:
             "recorded": len(self.received),
             "failed": len(self.failed),
             "attempts": {str(k): v for k, v in sorted(self.attempts.items())},
+            "predicted": self.predicted,
         }
 
 
@@ -139,6 +146,9 @@ class StubProtocol(asyncio.Protocol):
         state = self.state
         if method == b"POST" and path == b"/execute":
             return state.execute(b"".join(self.body), self.began)
+        if method == b"POST" and path == b"/predict":
+            state.predicted += 1
+            return PREDICT_RESPONSE
         if path == b"/":
             return EMPTY_RESPONSE
         if path == b"/health":
