@@ -19,13 +19,14 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
 from google.protobuf import json_format
+from redis.exceptions import RedisError
 
 from app.consumers import Backoff, ConsumerPool
 from app.errors import BadRequest, Unavailable
@@ -143,6 +144,11 @@ def frames_json(items: Sequence[Item]) -> bytes:
     return orjson.dumps(json_format.MessageToDict(frame_list(items)))
 
 
+def _entry_item(fields: dict[bytes, bytes]) -> Item:
+    """The item of a queue stream entry (fields `id`, `payload`)."""
+    return Item.decode(int(fields.get(b"id", b"0")), fields.get(b"payload", b""))
+
+
 def _stored_payload(payload: bytes) -> dict[str, Any]:
     """Engine payload decoder for EAS queues: keep the stored bytes as they are."""
     return {"stored": payload}
@@ -150,6 +156,111 @@ def _stored_payload(payload: bytes) -> dict[str, Any]:
 
 def task_item(task: Task) -> Item:
     return Item.decode(int(task.eval_id), task.payload.get("stored", b""))
+
+
+# --- waiting for new entries ---------------------------------------------------------------
+
+Accept = Callable[[Any], bool]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    accept: Accept
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Arrivals:
+    """New entries of some streams, read by one XREAD loop per process and handed to the
+    long-polls waiting there. A write wakes only the waits it can satisfy (each says which
+    entries it wants), and waiting holds no Redis connection of its own; the loop stops
+    when nobody has waited for a while.
+
+    A wait is registered, and the loop's start position taken, before the waiter's first
+    look, so an entry added between that look and the wait is never missed."""
+
+    IDLE_STOP = 30.0
+    BLOCK_MS = 250  # also how long close() may wait: the loop is never cancelled mid-command
+
+    def __init__(
+        self, client: Any, keys: Sequence[str], decode: Callable[[dict[bytes, bytes]], Any]
+    ) -> None:
+        self.client = client
+        self.keys = list(keys)
+        self.decode = decode  # once per entry; waiters judge the decoded entry
+        self.waiters: set[_Waiter] = set()
+        self._job: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._closing = False
+        self.positions: dict[str, Any] = {}  # stream key -> last entry id read
+
+    @contextlib.asynccontextmanager
+    async def waiting(self, accept: Accept) -> AsyncIterator[asyncio.Event]:
+        waiter = _Waiter(accept)
+        self.waiters.add(waiter)
+        try:
+            if self._job is None and not self._closing:
+                self._ready = asyncio.get_running_loop().create_future()
+                self._job = asyncio.create_task(self._run(self._ready), name="eas-arrivals")
+            if self._ready is not None:
+                await asyncio.shield(self._ready)
+            yield waiter.event
+        finally:
+            self.waiters.discard(waiter)
+
+    async def close(self) -> None:
+        """Stop the loop at its next turn and wake every waiter."""
+        self._closing = True
+        for waiter in self.waiters:
+            waiter.event.set()
+        if self._job is not None:
+            await asyncio.gather(self._job, return_exceptions=True)
+
+    async def _run(self, ready: asyncio.Future[None]) -> None:
+        try:
+            self.positions = last = await _tails(self.client, self.keys)
+        except Unavailable as exc:
+            self._job = None
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        idle_since = time.monotonic()
+        while True:
+            if self.waiters:
+                idle_since = time.monotonic()
+            if self._closing or time.monotonic() - idle_since > self.IDLE_STOP:
+                self._job = None  # no await between this and the return: no wait is lost
+                return
+            try:
+                found = await self.client.xread(last, block=self.BLOCK_MS, count=1000)
+            except (RedisError, OSError):
+                for waiter in self.waiters:
+                    waiter.event.set()  # they look again and meet the error themselves
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in found or ():
+                last[_text(key)] = entries[-1][0]  # replies name keys in bytes
+                for _, fields in entries:
+                    self._wake(fields)
+
+    def _wake(self, fields: dict[bytes, bytes]) -> None:
+        waiting = [w for w in self.waiters if not w.event.is_set()]
+        if not waiting:
+            return
+        entry = self.decode(fields)
+        for waiter in waiting:
+            if waiter.accept(entry):
+                waiter.event.set()
+
+
+@translate_errors
+async def _tails(client: Any, keys: Sequence[str]) -> dict[Any, Any]:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.xrevrange(key, "+", "-", count=1)
+    return {
+        key: found[0][0] if found else b"0-0"
+        for key, found in zip(keys, await pipe.execute(), strict=True)
+    }
 
 
 # --- one queue --------------------------------------------------------------------------
@@ -170,6 +281,9 @@ class EasQueue:
         self.keys = keys
         self.settings = settings
         self.sink_prefix = "" if sink else Keys(tag, part="sink").prefix
+        # new items (for long-polls and watchers), state changes (for status waits)
+        self.arrivals = Arrivals(client, keys.streams, _entry_item)
+        self.changes = Arrivals(client, [keys.events], lambda fields: fields.get(b"id"))
 
     @translate_errors
     async def ensure_groups(self) -> None:
@@ -234,13 +348,25 @@ class EasQueue:
 
         The empty answer comes a little early (10 %, at most 0.5 s): the SDK's read timeout
         equals its default `_timeout_`, and an answer at that very moment would be lost."""
+        if timeout <= 0:
+            return (await self.read_once(start, length, auto_delete, request_id, tags))[0]
         deadline = time.monotonic() + timeout - min(0.5, timeout / 10)
-        while True:
-            items, tails = await self.read_once(start, length, auto_delete, request_id, tags)
-            remaining = deadline - time.monotonic()
-            if items or remaining <= 0:
-                return items
-            await self.streams.wait_for_work(remaining, tails)
+        filters = tags or {}
+
+        def wanted(item: Item) -> bool:
+            if request_id:
+                return item.tags.get("requestId") == request_id
+            return item.index >= start and all(item.tags.get(k) == v for k, v in filters.items())
+
+        async with self.arrivals.waiting(wanted) as arrived:
+            while True:
+                arrived.clear()
+                items, _ = await self.read_once(start, length, auto_delete, request_id, tags)
+                remaining = deadline - time.monotonic()
+                if items or remaining <= 0:
+                    return items
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), remaining)
 
     @translate_errors
     async def remove(self, mode: str, indexes: Sequence[int]) -> int:
@@ -340,38 +466,19 @@ class EasQueue:
         return document
 
     async def wait_status(self, request_id: int, timeout: float) -> dict[str, Any]:
-        """`sink_status`, waiting up to `timeout` s for SUCCESS or FAILURE.
-
-        Wakes on the queue's events stream (every state change is appended there), taking
-        its tail before each look so a change in between is never missed."""
+        """`sink_status`, waiting up to `timeout` s for SUCCESS or FAILURE: woken by the
+        request's own entries on the queue's events stream (every state change is there)."""
         deadline = time.monotonic() + timeout
         wanted = str(request_id).encode()
-        redis = self.streams.redis
-        while True:
-            tail = await _events_tail(redis, self.keys.events)
-            document = await self.sink_status(request_id)
-            if document["status"] in FINAL or time.monotonic() >= deadline:
-                return document
-            while (remaining := deadline - time.monotonic()) > 0:
-                block = max(1, int(min(remaining, 1.0) * 1000))
-                found = await _events_after(redis, self.keys.events, tail, block)
-                if not found:
-                    continue
-                entries = found[0][1]
-                tail = entries[-1][0]
-                if any(fields.get(b"id") == wanted for _, fields in entries):
-                    break
-
-
-@translate_errors
-async def _events_tail(redis: Any, key: str) -> bytes:
-    last = await redis.xrevrange(key, "+", "-", count=1)
-    return last[0][0] if last else b"0-0"
-
-
-@translate_errors
-async def _events_after(redis: Any, key: str, tail: bytes, block_ms: int) -> Any:
-    return await redis.xread({key: tail}, block=block_ms, count=100)
+        async with self.changes.waiting(lambda eval_id: eval_id == wanted) as changed:
+            while True:
+                changed.clear()
+                document = await self.sink_status(request_id)
+                remaining = deadline - time.monotonic()
+                if document["status"] in FINAL or remaining <= 0:
+                    return document
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
 
 
 @translate_errors
@@ -566,6 +673,8 @@ class EasHub:
         if self._discovery:
             self._discovery.cancel()
             await asyncio.gather(self._discovery, return_exceptions=True)
+        queues = [q for s in self.services.values() for q in (s.input, s.sink)]
+        await asyncio.gather(*(a.close() for q in queues for a in (q.arrivals, q.changes)))
         pools = [s.pool for s in self.services.values() if s.pool]
         await asyncio.gather(*(p.stop(grace) for p in pools), return_exceptions=True)
         await asyncio.gather(*(p.executors.close() for p in pools), return_exceptions=True)
@@ -640,25 +749,23 @@ class Watch:
                     )
 
     async def _deliver(self, send: Any) -> None:
+        async with self.queue.arrivals.waiting(lambda item: True) as arrived:
+            await self._deliver_loop(send, arrived)
+
+    async def _deliver_loop(self, send: Any, arrived: asyncio.Event) -> None:
         streams, lease = self.queue.streams, self.queue.settings.lease_timeout
         wake = self.hub.wake_event(self.queue)
         renewed = time.monotonic()
         while True:
-            free = self.window - len(self.held)
-            tails: list[bytes] = []
-            if free > 0:
-                wake.clear()
+            wake.clear()
+            arrived.clear()
+            if len(self.held) < self.window:
+                free = self.window - len(self.held)
                 claimed = await streams.claim(self.consumer, free, lease)
                 if claimed.tasks:
                     await self._send(send, claimed.tasks)
                     continue
-                tails = claimed.tails
-            else:
-                wake.clear()
-            await _first(
-                [wake.wait()] + ([streams.wait_for_work(RENEW_TICK, tails)] if tails else []),
-                RENEW_TICK,
-            )
+            await _first([wake.wait(), arrived.wait()], RENEW_TICK)
             if self.held and (wake.is_set() or time.monotonic() - renewed >= RENEW_TICK):
                 renewed = time.monotonic()
                 lost = await streams.renew(self.consumer, list(self.held.values()), lease)

@@ -527,3 +527,23 @@ async def test_a_replica_forwards_services_first_used_elsewhere(make_service, ma
     document = await final_status(api_only, svc, request_id)
     assert document["status"] == "SUCCESS"
     assert target.calls[0]["body"] == b"via replica"
+
+
+async def test_arrivals_wake_only_matching_waits_and_follow_the_stream(client):
+    from app.eas import Arrivals
+
+    key = f"ts:{{arrivals-{time.monotonic_ns()}}}:stream"
+    arrivals = Arrivals(client, [key], lambda fields: fields[b"n"])
+    try:
+        async with (
+            arrivals.waiting(lambda n: n == b"7") as seven,
+            arrivals.waiting(lambda n: n == b"x") as never,
+        ):
+            for n in range(10):
+                await client.xadd(key, {"n": n})
+            await asyncio.wait_for(seven.wait(), 5)
+            tail = (await client.xrevrange(key, count=1))[0][0]
+            await wait_for(lambda: _true(arrivals.positions == {key: tail}))
+            assert not never.is_set()
+    finally:
+        await arrivals.close()
