@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import eas_http, openapi
+from app import eas_http, live, metrics, openapi
 from app.consumers import ConsumerPool, pull
 from app.eas import EasHub
 from app.errors import (
@@ -40,7 +40,7 @@ from app.errors import (
 from app.executors import ExecutorPool
 from app.models import Priority, Task, TaskRequest, check_eval_id, parse_json
 from app.settings import Settings
-from app.streams import Streams, connect, consumer_name
+from app.streams import Arrivals, Streams, connect, consumer_name
 
 log = structlog.get_logger()
 
@@ -207,7 +207,10 @@ def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
 
 async def enqueue(streams: Streams, body: bytes) -> dict[str, Any]:
     """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
-    return await streams.enqueue(TaskRequest.parse(parse_json(body), time.time()))
+    req = TaskRequest.parse(parse_json(body), time.time())
+    answer = await streams.enqueue(req)
+    metrics.of(streams).count_enqueued(streams.keys.queue, req.priority)
+    return answer
 
 
 async def create_task(request: Request) -> Response:
@@ -263,7 +266,13 @@ async def create_batch(request: Request) -> Response:
             reqs.append(TaskRequest.parse(item, now))
         except Invalid as exc:
             raise Invalid(f"tasks[{index}]: {exc}") from exc
-    return JSON({"tasks": await _streams(request).enqueue_many(reqs)}, status_code=201)
+    streams = _streams(request)
+    answers = await streams.enqueue_many(reqs)
+    stats = metrics.of(streams)
+    for req, answer in zip(reqs, answers, strict=True):
+        if "error" not in answer:
+            stats.count_enqueued(streams.keys.queue, req.priority)
+    return JSON({"tasks": answers}, status_code=201)
 
 
 async def next_task(request: Request) -> Response:
@@ -283,7 +292,9 @@ async def get_task(request: Request) -> Response:
 async def complete_task(request: Request) -> Response:
     eval_id = _eval_id(request)
     body = _object(await _json_body(request))
-    await _streams(request).complete(eval_id, body.get("result"), _delivery(eval_id, body))
+    streams = _streams(request)
+    await streams.complete(eval_id, body.get("result"), _delivery(eval_id, body))
+    metrics.of(streams).count_settled(streams.keys.queue, metrics.UNKNOWN, "completed")
     return JSON({"eval_id": eval_id, "status": "completed"})
 
 
@@ -295,15 +306,20 @@ async def fail_task(request: Request) -> Response:
     if not isinstance(error, str) or not isinstance(retry, bool):
         raise Invalid("error must be a string and retry a boolean")
     detail = {"traceback": body["traceback"]} if body.get("traceback") else None
-    answer = await _streams(request).fail(
+    streams = _streams(request)
+    answer = await streams.fail(
         eval_id, error, retry=retry, task=_delivery(eval_id, body), detail=detail
     )
+    metrics.of(streams).count_settled(streams.keys.queue, metrics.UNKNOWN, answer["status"])
     return JSON(answer)
 
 
 async def cancel_task(request: Request) -> Response:
     eval_id = _eval_id(request)
-    return JSON(await _streams(request).cancel(eval_id, _flag(request, "terminate")))
+    streams = _streams(request)
+    answer = await streams.cancel(eval_id, _flag(request, "terminate"))
+    metrics.of(streams).count_settled(streams.keys.queue, metrics.UNKNOWN, "cancelled")
+    return JSON(answer)
 
 
 async def clear_tasks(request: Request) -> Response:
@@ -327,7 +343,10 @@ async def list_dlq(request: Request) -> Response:
 
 
 async def retry_dlq(request: Request) -> Response:
-    return JSON(await _streams(request).dlq_retry(_eval_id(request)))
+    streams = _streams(request)
+    answer = await streams.dlq_retry(_eval_id(request))
+    metrics.of(streams).count_redriven(streams.keys.queue)
+    return JSON(answer)
 
 
 async def purge_dlq(request: Request) -> Response:
@@ -441,11 +460,13 @@ ROUTES = [
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/status", status, methods=["GET"]),
+    Route("/metrics", metrics.endpoint, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/openapi.yaml", openapi_yaml, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     Route("/redoc", redoc, methods=["GET"]),
     *eas_http.ROUTES,
+    *live.ROUTES,
 ]
 
 
@@ -471,6 +492,7 @@ def create_app(
         consumers.start()
         hub = EasHub(client, settings, streams.scripts, consumers.consumer)
         await hub.start()
+        event_arrivals = Arrivals(client, [streams.keys.events], lambda fields: None)
         if not settings.eas_tokens:
             log.warning("eas_token_unset", detail="any non-empty Authorization passes /api/predict")
         log.info(
@@ -488,8 +510,10 @@ def create_app(
                 "consumers": consumers,
                 "consumer": consumers.consumer,
                 "eas": hub,
+                "event_arrivals": event_arrivals,
             }
         finally:
+            await event_arrivals.close()
             await hub.stop(settings.shutdown_grace)
             await consumers.stop(settings.shutdown_grace)
             await pool.close()

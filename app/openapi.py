@@ -203,10 +203,44 @@ def paths() -> dict[str, dict[str, Any]]:
             "get": _op("Readiness (Redis reachable)", {200: _json(OBJECT), **_errors(503)})
         },
         "/status": {"get": _op("Counts, consumers, executors", {200: _json(OBJECT)})},
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (text format 0.0.4)",
+                {
+                    200: {
+                        "description": "counters and histograms of this process, gauges "
+                        "read from Redis now (left out, with taskstream_redis_up 0, when "
+                        "Redis is unreachable)",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401),
+                },
+            )
+        },
         "/openapi.json": {"get": _op("This document (JSON)", {200: _json(OBJECT)})},
         "/openapi.yaml": {"get": _op("This document (YAML)", {200: {"description": "YAML"}})},
         "/docs": {"get": _op("Swagger UI", {200: {"description": "HTML"}})},
         "/redoc": {"get": _op("ReDoc", {200: {"description": "HTML"}})},
+        "/events": {
+            "get": _op(
+                "Every state change, live, as server-sent events (Last-Event-ID resumes)",
+                {
+                    200: {
+                        "description": "text/event-stream: `id` = events stream id, `event` ="
+                        " the new state, `data` = {eval_id, state, attempt, queue, at}",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400),
+                },
+                params=[
+                    _query(
+                        "last_event_id",
+                        "string",
+                        "resume after this id (or the header); 0 = everything still kept",
+                    ),
+                ],
+            )
+        },
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
     }

@@ -530,7 +530,7 @@ async def test_a_replica_forwards_services_first_used_elsewhere(make_service, ma
 
 
 async def test_arrivals_wake_only_matching_waits_and_follow_the_stream(client):
-    from app.eas import Arrivals
+    from app.streams import Arrivals
 
     key = f"ts:{{arrivals-{time.monotonic_ns()}}}:stream"
     arrivals = Arrivals(client, [key], lambda fields: fields[b"n"])

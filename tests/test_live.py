@@ -1,0 +1,83 @@
+"""GET /events: state changes as server-sent events, live and resumable."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+
+class Events:
+    """Reads SSE frames (id/event/data lines; a blank line ends one) off one response."""
+
+    def __init__(self, response: Any) -> None:
+        self.lines = response.aiter_lines()
+
+    async def next(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        frame: dict[str, Any] = {}
+
+        async def collect() -> None:
+            async for line in self.lines:
+                if not line:
+                    if "data" in frame:
+                        events.append({**frame, "data": orjson.loads(frame["data"])})
+                    frame.clear()
+                    if len(events) >= count:
+                        return
+                    continue
+                name, _, value = line.partition(": ")
+                if name in ("id", "event", "data"):
+                    frame[name] = value
+
+        await asyncio.wait_for(collect(), timeout)
+        return events
+
+
+async def enqueue(service: Any, eval_id: str) -> None:
+    response = await service.http.post("/tasks", json={"eval_id": eval_id, "code": "x"})
+    assert response.status_code == 201
+
+
+async def test_events_arrive_live_and_resume_after_last_event_id(service):
+    await enqueue(service, "live-0")
+    async with service.http.stream("GET", "/events?last_event_id=0") as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = Events(stream)
+        (zero,) = await events.next(1)  # the stream is open: now events are live
+        assert zero["data"]["eval_id"] == "live-0"
+        await enqueue(service, "live-1")
+        await enqueue(service, "live-2")
+        first, second = await events.next(2)
+    assert first["event"] == "queued" and first["data"]["eval_id"] == "live-1"
+    assert first["data"]["queue"] == service.settings.queue
+    assert second["data"]["eval_id"] == "live-2"
+    assert first["id"] < second["id"] or len(first["id"]) < len(second["id"])
+    # resume: only what came after the first event
+    cancel = await service.http.post("/tasks/live-1/cancel")
+    assert cancel.status_code == 200
+    headers = {"Last-Event-ID": first["id"]}
+    async with service.http.stream("GET", "/events", headers=headers) as stream:
+        again, cancelled = await Events(stream).next(2)
+    assert again["id"] == second["id"]
+    assert cancelled["event"] == "cancelled" and cancelled["data"]["eval_id"] == "live-1"
+
+
+async def test_events_from_the_start_with_last_event_id_zero(service):
+    await enqueue(service, "old-1")
+    async with service.http.stream("GET", "/events?last_event_id=0") as stream:
+        (event,) = await Events(stream).next(1)
+    assert event["data"]["eval_id"] == "old-1" and event["data"]["attempt"] is None
+
+
+async def test_bad_last_event_id_is_400(service):
+    response = await service.http.get("/events", headers={"Last-Event-ID": "yesterday"})
+    assert response.status_code == 400
+    assert "Last-Event-ID" in response.json()["error"]
+
+
+async def test_events_need_the_api_key(make_service):
+    service = await make_service(api_keys=("k",))
+    assert (await service.http.get("/events")).status_code == 401
