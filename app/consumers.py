@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from app import metrics
 from app.errors import Conflict, NotFound, Unavailable
 from app.models import Outcome, Task
 
@@ -189,9 +190,12 @@ class ConsumerPool:
 
     async def _attempt(self, task: Task) -> None:
         """Execute once and settle; one `task_attempt` log line when INFO is on."""
+        stats, queue = metrics.of(self.streams), self.streams.keys.queue
+        stats.observe_wait(queue, task.waited_ms)
         await self.executors.available.wait()
         started = time.perf_counter()
         execution = await self.executors.execute(task, task.timeout or self.settings.task_timeout)
+        stats.observe_runtime(queue, time.perf_counter() - started)
         status = await self._settle(task, execution)
         log.info(
             "task_attempt",
@@ -218,8 +222,10 @@ class ConsumerPool:
                 await backoff.sleep()
 
     async def _write_outcome(self, task: Task, execution: Execution) -> str:
+        stats, queue = metrics.of(self.streams), self.streams.keys.queue
         if execution.outcome is Outcome.SUCCESS:
             await self.streams.complete(task.eval_id, execution.result, task, execution.frame)
+            stats.count_settled(queue, task.priority, "completed")
             return "completed"
         policy = (
             self.settings.network_retry
@@ -236,6 +242,7 @@ class ConsumerPool:
             exit_code=execution.exit_code,
             frame=execution.frame,
         )
+        stats.count_settled(queue, task.priority, str(answer["status"]))
         return str(answer["status"])
 
     # --- leases and cancellation ---------------------------------------------------

@@ -54,8 +54,18 @@ ERROR_STATUS: dict[type[TaskstreamError], int] = {
     Unavailable: 503,
 }
 PUBLIC_PATHS = frozenset(
-    {"/health", "/livez", "/readyz", "/docs", "/redoc", "/openapi.json", "/openapi.yaml"}
+    {
+        "/health",
+        "/livez",
+        "/readyz",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/openapi.yaml",
+        "/dashboard",  # a page without data: its API calls carry the key
+    }
 )
+STATIC_PREFIX = "/static/"  # the dashboard's scripts and styles
 EAS_PREFIX = "/api/predict/"  # EAS_TOKEN guards these instead (app/eas_http.py)
 MAX_WAIT = 30.0
 MAX_BATCH = 1000
@@ -106,7 +116,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        guarded = self.api_keys and path not in PUBLIC_PATHS and not path.startswith(EAS_PREFIX)
+        guarded = (
+            self.api_keys
+            and path not in PUBLIC_PATHS
+            and not path.startswith((EAS_PREFIX, STATIC_PREFIX))
+        )
         if guarded and not self._authorized(dict(scope["headers"])):
             await error_response(401, "missing or wrong API key")(scope, receive, send)
             return

@@ -1,4 +1,6 @@
-"""Live views for operators: every state change as server-sent events (`GET /events`).
+"""Live views for operators: the dashboard (`/dashboard`, static files in app/static, no
+build step), per-minute stats for its plots (`/stats`), and every state change as
+server-sent events (`GET /events`).
 
 The source is each queue's capped events stream (`ts:{q}:events`); an SSE event id is the
 stream entry id, so a client that reconnects with `Last-Event-ID` resumes where it left
@@ -12,13 +14,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 
 import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from app.errors import BadRequest
 from app.streams import Arrivals, Streams
@@ -78,4 +82,29 @@ async def events(request: Request) -> Response:
     return EventSourceResponse(follow(streams, arrivals, start), ping=PING_SECONDS)
 
 
-ROUTES = [Route("/events", events, methods=["GET"])]
+STATIC = resources.files("app") / "static"
+MAX_MINUTES = 120  # the per-minute counters are kept 2 h
+
+
+async def dashboard(request: Request) -> Response:
+    """The page holds no data: everything it shows comes from API calls that carry the key."""
+    return HTMLResponse((STATIC / "dashboard.html").read_text())
+
+
+async def stats(request: Request) -> Response:
+    """State changes per minute (queued, completed, failed, retrying, cancelled, deleted)."""
+    raw = request.query_params.get("minutes", "60")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_MINUTES:
+        raise BadRequest(f"minutes must be an integer from 1 to {MAX_MINUTES}")
+    streams: Streams = request.state.streams
+    minutes = await streams.minute_stats(int(raw))
+    body = {"queue": streams.keys.queue, "minutes": minutes}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+ROUTES = [
+    Route("/events", events, methods=["GET"]),
+    Route("/stats", stats, methods=["GET"]),
+    Route("/dashboard", dashboard, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
+]

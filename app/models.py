@@ -177,6 +177,7 @@ class Task:
     attempt: int
     priority: Priority
     payload: dict[str, Any] = field(default_factory=dict)
+    waited_ms: int | None = None  # queue wait before this delivery (from the claim)
 
     @property
     def timeout(self) -> float | None:

@@ -241,6 +241,16 @@ def paths() -> dict[str, dict[str, Any]]:
                 ],
             )
         },
+        "/stats": {
+            "get": _op(
+                "State changes per minute (the dashboard's plots)",
+                {200: _json(OBJECT), **_errors(400)},
+                params=[_query("minutes", "integer", "1-120, default 60")],
+            )
+        },
+        "/dashboard": {
+            "get": _op("Live dashboard (HTML, no build step)", {200: {"description": "HTML"}})
+        },
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
     }

@@ -714,6 +714,22 @@ class Streams:
         return list(found)
 
     @translate_errors
+    async def minute_stats(self, minutes: int) -> list[dict[str, int]]:
+        """State changes per minute over the last `minutes` (oldest first), from the
+        per-minute counters the scripts keep beside the events stream (2 h)."""
+        now_s, _ = await self.redis.time()
+        current = int(now_s) // 60
+        pipe = self.redis.pipeline(transaction=False)
+        for minute in range(current - minutes + 1, current + 1):
+            pipe.hgetall(f"{self.keys.events}:m:{minute}")
+        rows = await pipe.execute()
+        first = current - minutes + 1
+        return [
+            {"minute": (first + i) * 60, **{_text(k): int(v) for k, v in row.items()}}
+            for i, row in enumerate(rows)
+        ]
+
+    @translate_errors
     async def events_tail(self) -> str:
         last: Any = await self.redis.xrevrange(self.keys.events, "+", "-", count=1)
         return _text(last[0][0]) if last else "0-0"

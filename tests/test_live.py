@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -81,3 +82,30 @@ async def test_bad_last_event_id_is_400(service):
 async def test_events_need_the_api_key(make_service):
     service = await make_service(api_keys=("k",))
     assert (await service.http.get("/events")).status_code == 401
+
+
+async def test_stats_count_state_changes_per_minute(service):
+    await enqueue(service, "s-1")
+    await enqueue(service, "s-2")
+    assert (await service.http.post("/tasks/s-1/cancel")).status_code == 200
+    response = await service.http.get("/stats?minutes=5")
+    assert response.status_code == 200
+    minutes = response.json()["minutes"]
+    assert len(minutes) == 5
+    assert [m["minute"] for m in minutes] == sorted(m["minute"] for m in minutes)
+    assert sum(m.get("queued", 0) for m in minutes) == 2
+    assert sum(m.get("cancelled", 0) for m in minutes) == 1
+    for bad in ("0", "121", "x"):
+        assert (await service.http.get(f"/stats?minutes={bad}")).status_code == 400
+
+
+async def test_dashboard_page_and_assets_are_served_locally(make_service):
+    service = await make_service(api_keys=("k",))
+    page = await service.http.get("/dashboard")
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        response = await service.http.get(asset)
+        assert response.status_code == 200, asset
+        assert "//cdn" not in response.text
+    assert (await service.http.get("/stats")).status_code == 401  # the data needs the key

@@ -9,8 +9,9 @@
 --       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit
--- Returns {{{eval_id, entry, attempt, prio, payload}...}, ms until the next due task or lease
---          expiry (-1: none), groups recreated (0/1), {tail id of each stream} when idle}
+-- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
+--          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
+--          when idle}. `waited ms`: since the task entered its priority stream (queue wait).
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
@@ -24,7 +25,9 @@ local function deliver(k_task, id, entry, prio, payload)
   redis.call('HSET', k_task, 'state', 'processing', 'started', now, 'worker', consumer)
   redis.call('ZADD', KEYS[5], now + lease_ms, id)
   event(KEYS[6], maxlen, id, 'processing', attempt)
-  out[#out + 1] = {id, entry, attempt, prio, payload}
+  -- an entry id's first part is the Redis time of its XADD: the wait needs no extra read
+  local waited = math.max(0, now - tonumber(string.match(entry, '^%d+')))
+  out[#out + 1] = {id, entry, attempt, prio, payload, waited}
 end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, ARGV[9])) do

@@ -1,0 +1,74 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright): counts match
+/status, a DLQ retry click re-queues the task, events appear live, pause/resume works."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright
+
+from tests.conftest import wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+async def page():
+    assert CHROMIUM, "Debian's chromium is needed (make test installs it)"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        context = await browser.new_context()
+        yield await context.new_page()
+        await browser.close()
+
+
+async def dead_letter(service, eval_id: str) -> None:
+    """Enqueue, take it as a pull worker, fail it for good: it is in the DLQ."""
+    assert (await service.http.post("/tasks", json={"eval_id": eval_id, "code": "x"})).is_success
+    taken = await service.http.get("/tasks/next")
+    assert taken.json()["eval_id"] == eval_id
+    failed = await service.http.post(
+        f"/tasks/{eval_id}/fail", json={"error": "boom", "retry": False}
+    )
+    assert failed.json()["status"] == "failed"
+
+
+async def test_dashboard_in_chromium(service, page, tmp_path: Path):
+    await dead_letter(service, "dead-1")
+    for i in range(3):
+        await service.http.post(
+            "/tasks", json={"eval_id": f"q-{i}", "code": "x", "priority": "high"}
+        )
+    loaded: list[str] = []
+    page.on("request", lambda request: loaded.append(request.url))
+    await page.goto(service.url + "/dashboard")
+
+    status = (await service.http.get("/status")).json()
+    queued = page.locator("#count-queued td:nth-child(2)")
+    await queued.wait_for()
+    await wait_for(lambda: _text_is(queued, str(status["states"]["queued"])))
+    assert await page.locator("#count-dlq").inner_text() == str(status["dlq"])
+
+    # a DLQ retry click re-queues the task
+    await page.click('button.retry[data-id="dead-1"]')
+
+    async def requeued():
+        return (await service.http.get("/tasks/dead-1")).json()["status"] == "queued"
+
+    await wait_for(requeued)
+
+    # an event appears live
+    await service.http.post("/tasks", json={"eval_id": "live-event", "code": "x"})
+    await page.locator('#events li[data-id="live-event"]').wait_for(timeout=10_000)
+
+    await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    assert all(url.startswith(service.url) for url in loaded), loaded  # nothing from elsewhere
+
+
+async def _text_is(locator, expected: str):
+    return (await locator.inner_text()).strip() == expected
