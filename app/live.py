@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.errors import BadRequest
+from app.errors import BadRequest, NotFound
 from app.streams import Arrivals, Streams
 
 EVENT_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -102,7 +102,28 @@ async def stats(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+async def pause(request: Request) -> Response:
+    return await _set_paused(request, True)
+
+
+async def resume(request: Request) -> Response:
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    """Pause or resume a queue: consumers and pull workers stop (start) taking its work."""
+    streams: Streams = request.state.streams
+    name = request.path_params["queue"]
+    if name != streams.keys.queue:
+        raise NotFound(f"no such queue: {name}")
+    await streams.set_paused(paused)
+    body = {"queue": name, "paused": paused}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
 ROUTES = [
+    Route("/queues/{queue}/pause", pause, methods=["POST"]),
+    Route("/queues/{queue}/resume", resume, methods=["POST"]),
     Route("/events", events, methods=["GET"]),
     Route("/stats", stats, methods=["GET"]),
     Route("/dashboard", dashboard, methods=["GET"]),

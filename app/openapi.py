@@ -17,6 +17,7 @@ from app import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TASK_ID = {"name": "eval_id", "in": "path", "required": True, "schema": {"type": "string"}}
+QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
 
 TASK_IN: dict[str, Any] = {
     "type": "object",
@@ -239,6 +240,18 @@ def paths() -> dict[str, dict[str, Any]]:
                         "resume after this id (or the header); 0 = everything still kept",
                     ),
                 ],
+            )
+        },
+        "/queues/{queue}/pause": {
+            "post": _op(
+                "Pause a queue: nothing is handed out (consumers, GET /tasks/next) until resumed",
+                {200: _json(OBJECT), **_errors(404)},
+                params=[QUEUE],
+            )
+        },
+        "/queues/{queue}/resume": {
+            "post": _op(
+                "Resume a paused queue", {200: _json(OBJECT), **_errors(404)}, params=[QUEUE]
             )
         },
         "/stats": {

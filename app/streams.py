@@ -129,6 +129,7 @@ class Keys:
         self.cleanup_lock = f"{self.prefix}cleanup-lock"
         self.streams = [f"{self.prefix}stream:{p.value}" for p in PRIORITY_ORDER]
         self.holes = [f"{self.prefix}holes:{p.value}" for p in PRIORITY_ORDER]
+        self.paused = f"{self.prefix}paused"  # set: consumers and pull workers get nothing
         self.index = f"{self.prefix}index"  # PAI-EAS queues only
         self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
 
@@ -398,6 +399,7 @@ class Streams:
             k.dlq,
             *k.holes,
             k.dlq_index,
+            k.paused,
         ]
         argv: list[Any] = [
             GROUP,
@@ -659,15 +661,16 @@ class Streams:
         pipe: Pipeline = self.redis.pipeline(transaction=False)
         pipe.hgetall(k.counters)
         pipe.xlen(k.dlq)
+        pipe.exists(k.paused)
         for key in k.streams:
             pipe.xpending(key, GROUP)
-        counters_raw, dlq, *pending = await pipe.execute(raise_on_error=False)
+        counters_raw, dlq, paused, *pending = await pipe.execute(raise_on_error=False)
         counters = {_text(a): int(b) for a, b in counters_raw.items()}
         pipe = self.redis.pipeline(transaction=False)
         for prio, key in zip(PRIORITY_ORDER, k.holes, strict=True):
             pipe.zcount(key, f"({counters.get(f'head:{prio.value}', 0)}", "+inf")
         holes = await pipe.execute()
-        return _summarise(counters, int(dlq), holes, pending)
+        return {**_summarise(counters, int(dlq), holes, pending), "paused": bool(paused)}
 
     @translate_errors
     async def consumers(self) -> list[dict[str, Any]]:
@@ -712,6 +715,18 @@ class Streams:
             return []
         found: Any = await self.redis.xrange(self.keys.events, f"({start}", "+", count=count)
         return list(found)
+
+    @translate_errors
+    async def set_paused(self, paused: bool) -> None:
+        """Pause: claims hand out nothing (in-process consumers and `GET /tasks/next`),
+        running tasks finish. Resume wakes idle consumers everywhere at once."""
+        if paused:
+            await self.redis.set(self.keys.paused, "1")
+        else:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(self.keys.paused)
+            pipe.publish(self.keys.schedule_channel, "release")
+            await pipe.execute()
 
     @translate_errors
     async def minute_stats(self, minutes: int) -> list[dict[str, int]]:

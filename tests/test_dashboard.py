@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): counts match
-/status, a DLQ retry click re-queues the task, events appear live, pause/resume works."""
+/status, a DLQ retry click re-queues the task, events appear live, pause/resume works;
+a screenshot is saved in the test's temp dir."""
 
 from __future__ import annotations
 
@@ -64,6 +65,14 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     # an event appears live
     await service.http.post("/tasks", json={"eval_id": "live-event", "code": "x"})
     await page.locator('#events li[data-id="live-event"]').wait_for(timeout=10_000)
+
+    # pause and resume from the page
+    await page.click("#pause")
+    await page.locator("#paused", has_text="paused").wait_for(timeout=10_000)
+    assert (await service.http.get("/status")).json()["paused"] is True
+    await page.click("#resume")
+    await page.locator("#paused", has_text="running").wait_for(timeout=10_000)
+    assert (await service.http.get("/status")).json()["paused"] is False
 
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from tests.conftest import wait_for
+
 
 class Events:
     """Reads SSE frames (id/event/data lines; a blank line ends one) off one response."""
@@ -109,3 +111,32 @@ async def test_dashboard_page_and_assets_are_served_locally(make_service):
         assert response.status_code == 200, asset
         assert "//cdn" not in response.text
     assert (await service.http.get("/stats")).status_code == 401  # the data needs the key
+
+
+async def test_pause_stops_pull_workers_and_consumers_until_resume(make_service, executor):
+    from app.executors import ExecutorPool
+
+    pool = ExecutorPool([executor.url], health_interval=0.2)
+    service = await make_service(executors=pool)
+    queue = service.settings.queue
+    paused = await service.http.post(f"/queues/{queue}/pause")
+    assert paused.json() == {"queue": queue, "paused": True}
+    assert (await service.http.get("/status")).json()["paused"] is True
+    await enqueue(service, "held")
+    assert (await service.http.get("/tasks/next?wait=0.3")).status_code == 204
+    assert (await service.http.get("/tasks/held")).json()["status"] == "queued"
+    assert executor.calls == []
+    resumed = await service.http.post(f"/queues/{queue}/resume")
+    assert resumed.json()["paused"] is False
+
+    async def done():
+        return (await service.http.get("/tasks/held")).json()["status"] == "completed"
+
+    await wait_for(done, timeout=5)  # released at once: the resume wakes idle consumers
+    assert [c["eval_id"] for c in executor.calls] == ["held"]
+
+
+async def test_pause_of_an_unknown_queue_is_404(service):
+    response = await service.http.post("/queues/nope/pause")
+    assert response.status_code == 404
+    assert "no such queue" in response.json()["error"]

@@ -6,7 +6,8 @@
 -- Each delivery bumps `attempts`: (entry, attempts) is the fencing token of the holder.
 -- A missing group (Redis restarted empty, DELETE /tasks) is recreated here.
 -- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 counters, 5 leases, 6 events,
---       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index
+--       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index,
+--       13 paused flag (set: hand out nothing; due tasks are still promoted)
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
@@ -77,6 +78,8 @@ local function reclaim(id)
   deliver(k_task, id, rec[3], rec[2], to_map(claimed[1][2])['payload'] or '')
 end
 
+local paused = redis.call('EXISTS', KEYS[13]) == 1
+if paused then count = 0 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, count)) do
   reclaim(id)
 end
@@ -122,8 +125,9 @@ end
 -- (taken here, atomically with the reads, so an entry added after this script wakes the
 -- caller's XREAD instead of being missed until the timeout).
 local wake, tails = -1, {}
-if #out < count then
-  for _, k in ipairs({KEYS[5], KEYS[7]}) do
+if #out < count or paused then
+  -- paused: no wake time (resuming announces itself on the wake channel)
+  for _, k in ipairs(paused and {} or {KEYS[5], KEYS[7]}) do
     local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
     if first[2] and (wake < 0 or tonumber(first[2]) - now < wake) then
       wake = math.max(0, tonumber(first[2]) - now)
