@@ -1,0 +1,56 @@
+"""Every Redis key the README's "Redis layout" names exists, under that name, after a
+workload that touches each structure: what an operator reads there, redis-cli finds."""
+
+from __future__ import annotations
+
+from app.streams import connect
+from tests.conftest import ROOT
+
+# README name -> glob for SCAN ({q} = the queue, S = a PAI-EAS service)
+NAMED = {
+    "ts:{q}:stream:high": "ts:{%(q)s}:stream:high",
+    "ts:{q}:task:<eval_id>": "ts:{%(q)s}:task:*",
+    "ts:{q}:leases": "ts:{%(q)s}:leases",
+    "ts:{q}:scheduled": "ts:{%(q)s}:scheduled",
+    "ts:{q}:counters": "ts:{%(q)s}:counters",
+    "ts:{q}:holes:<prio>": "ts:{%(q)s}:holes:*",
+    "ts:{q}:dlq": "ts:{%(q)s}:dlq",
+    "ts:{q}:dlq:index": "ts:{%(q)s}:dlq:index",
+    "ts:{q}:cleanup-lock": "ts:{%(q)s}:cleanup-lock",
+    "ts:{q}:events": "ts:{%(q)s}:events",
+    "ts:{q}:events:m:<epoch minute>": "ts:{%(q)s}:events:m:*",
+    "ts:{q}:paused": "ts:{%(q)s}:paused",
+    "ts:{eas:S}:index": "ts:{eas:%(s)s}:index",
+    "ts:{eas:S}:sink:index": "ts:{eas:%(s)s}:sink:index",
+    "ts:{eas:S}:sink:rid": "ts:{eas:%(s)s}:sink:rid",
+    "ts:{<QUEUE_NAME>}:eas:services": "ts:{%(q)s}:eas:services",
+}
+
+
+async def test_every_key_the_readme_names_exists(service, redis_url, queue):
+    readme = (ROOT / "README.md").read_text()
+    for name in NAMED:
+        assert f"`{name}" in readme, f"README does not name {name}"
+    http, svc = service.http, f"s.{queue[:8]}"
+    for i in range(3):
+        body = {"eval_id": f"t{i}", "code": "x", "priority": "high"}
+        assert (await http.post("/tasks", json=body)).status_code == 201
+    assert (await http.post("/tasks", json={"code": "x", "delay": 600})).status_code == 201
+    assert (await http.get("/tasks/next")).json()["eval_id"] == "t0"  # leased
+    assert (await http.post("/tasks/t2/cancel")).status_code == 200  # a hole above head
+    assert (await http.get("/tasks/next")).json()["eval_id"] == "t1"
+    dead = await http.post("/tasks/t1/fail", json={"error": "x", "retry": False})
+    assert dead.json()["status"] == "failed"
+    assert (await http.post(f"/queues/{queue}/pause")).status_code == 200
+    auth = {"Authorization": "any"}
+    assert (await http.post(f"/api/predict/{svc}", content=b"in", headers=auth)).is_success
+    sink = f"/api/predict/{svc}/sink?requestId=r1"
+    assert (await http.post(sink, content=b"out", headers=auth)).is_success
+
+    client = connect(redis_url)
+    try:
+        for name, pattern in NAMED.items():
+            found = [k async for k in client.scan_iter(match=pattern % {"q": queue, "s": svc})]
+            assert found, f"{name}: no key matches {pattern % {'q': queue, 's': svc}}"
+    finally:
+        await client.aclose()
