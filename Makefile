@@ -20,8 +20,8 @@ $(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.run-deps
 
-run: $(VENV)/.run-deps  ## create .venv, install, start the service (embedded Redis when REDIS_URL is unset)
-	$(BIN)/python -m app serve
+run: $(VENV)/.run-deps  ## create .venv, install, start the service and the example executor (embedded Redis when REDIS_URL is unset)
+	$(BIN)/python -m app serve --example-executor
 
 lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy
 	$(BIN)/ruff check .
