@@ -7,7 +7,7 @@ stream entry id, so a client that reconnects with `Last-Event-ID` resumes where 
 off (as long as the entry is still within EVENTS_MAXLEN). Waiting uses the queue's
 `Arrivals` loop, one XREAD per process however many clients listen.
 
-Imports: streams, errors (and starlette, sse-starlette).
+Imports: eas, streams, errors (and starlette, sse-starlette).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app.eas import EasHub
 from app.errors import BadRequest, NotFound
 from app.streams import Arrivals, Streams
 
@@ -96,10 +97,23 @@ async def stats(request: Request) -> Response:
     raw = request.query_params.get("minutes", "60")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_MINUTES:
         raise BadRequest(f"minutes must be an integer from 1 to {MAX_MINUTES}")
-    streams: Streams = request.state.streams
+    streams = _queue_streams(request, request.query_params.get("queue"))
     minutes = await streams.minute_stats(int(raw))
     body = {"queue": streams.keys.queue, "minutes": minutes}
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _queue_streams(request: Request, name: str | None) -> Streams:
+    """The legacy queue (default), or a PAI-EAS service's input (`svc`) or sink
+    (`svc/sink`) among the services this deployment knows."""
+    legacy: Streams = request.state.streams
+    if not name or name == legacy.keys.queue:
+        return legacy
+    hub: EasHub = request.state.eas
+    service, _, part = name.partition("/")
+    if service in hub.services and part in ("", "sink"):
+        return hub.queue(service, sink=part == "sink").streams
+    raise NotFound(f"no such queue: {name}")
 
 
 async def pause(request: Request) -> Response:

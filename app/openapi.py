@@ -258,7 +258,10 @@ def paths() -> dict[str, dict[str, Any]]:
             "get": _op(
                 "State changes per minute (the dashboard's plots)",
                 {200: _json(OBJECT), **_errors(400)},
-                params=[_query("minutes", "integer", "1-120, default 60")],
+                params=[
+                    _query("minutes", "integer", "1-120, default 60"),
+                    _query("queue", "string", "default: the legacy queue; or `svc`, `svc/sink`"),
+                ],
             )
         },
         "/dashboard": {

@@ -66,6 +66,12 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     await service.http.post("/tasks", json={"eval_id": "live-event", "code": "x"})
     await page.locator('#events li[data-id="live-event"]').wait_for(timeout=10_000)
 
+    # the plots can show a PAI-EAS queue too
+    auth = {"Authorization": "any"}
+    assert (await service.http.post("/api/predict/dash.svc", headers=auth)).is_success
+    await page.locator('#plot-queue option[value="dash.svc/sink"]').wait_for(state="attached")
+    await page.select_option("#plot-queue", "dash.svc")
+
     # pause and resume from the page
     await page.click("#pause")
     await page.locator("#paused", has_text="paused").wait_for(timeout=10_000)

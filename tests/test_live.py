@@ -140,3 +140,17 @@ async def test_pause_of_an_unknown_queue_is_404(service):
     response = await service.http.post("/queues/nope/pause")
     assert response.status_code == 404
     assert "no such queue" in response.json()["error"]
+
+
+async def test_stats_of_a_pai_eas_queue(service, queue):
+    svc = f"s.{queue[:8]}"
+    auth = {"Authorization": "any"}
+    for _ in range(2):
+        assert (await service.http.post(f"/api/predict/{svc}", headers=auth)).is_success
+    assert (await service.http.post(f"/api/predict/{svc}/sink", headers=auth)).is_success
+    for name, queued in ((svc, 2), (f"{svc}/sink", 1)):
+        response = await service.http.get(f"/stats?minutes=3&queue={name}")
+        assert response.json()["queue"] == name
+        assert sum(m.get("queued", 0) for m in response.json()["minutes"]) == queued
+    for unknown in ("nope", f"{svc}/other"):
+        assert (await service.http.get(f"/stats?queue={unknown}")).status_code == 404

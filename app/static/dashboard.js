@@ -49,12 +49,24 @@ async function refreshStatus() {
   $("#totals").textContent = Object.entries(status.totals).map(([k, v]) => `${k} ${v}`).join(" · ");
   fill($("#consumers tbody"), status.consumers.map((c) => [c.name, c.pending, c.idle_ms, (c.priorities || []).join(",")]));
   fill($("#executors tbody"), status.executors.map((e) => [e.url, e.healthy ? "yes" : "no", e.in_flight, e.routed, e.failures, e.latency_ms]));
+  syncQueueChoices([status.queue, ...(status.eas || []).flatMap((r) => [r.service, r.service + "/sink"])]);
   fill($("#eas tbody"), (status.eas || []).map((r) => [r.service, r.target, r.input.queued, r.input.processing, r.input.retrying, r.input.dlq, r.sink.length, r.input.consumers.length + r.sink.consumers.length]));
+}
+
+function syncQueueChoices(names) {
+  const select = $("#plot-queue");
+  const have = Array.from(select.options).map((o) => o.value);
+  if (have.join() === names.join()) return;
+  const current = select.value;
+  select.replaceChildren(...names.map((n) => new Option(n, n)));
+  select.value = names.includes(current) ? current : names[0];
 }
 
 async function refreshStats() {
   let stats;
-  try { stats = await (await api("/stats?minutes=60")).json(); } catch (err) { return; }
+  const selected = $("#plot-queue").value || "";
+  const query = selected ? "&queue=" + encodeURIComponent(selected) : "";
+  try { stats = await (await api("/stats?minutes=60" + query)).json(); } catch (err) { return; }
   const xs = stats.minutes.map((m) => m.minute);
   const done = stats.minutes.map((m) => m.completed || 0);
   const failed = stats.minutes.map((m) => m.failed || 0);
@@ -129,6 +141,7 @@ async function setPaused(paused) {
   refreshStatus();
 }
 
+$("#plot-queue").onchange = () => refreshStats();
 $("#pause").onclick = () => setPaused(true);
 $("#resume").onclick = () => setPaused(false);
 $("#key-form").onsubmit = (e) => {
