@@ -20,6 +20,7 @@ from app.errors import BadRequest, Invalid
 EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_DELAY_SECONDS = 366 * 86400
 MAX_RUN_AT = 1e11  # epoch seconds, year 5138: rejects milliseconds given as seconds
+MAX_INTERVALS = 100
 RESERVED_IDS = frozenset({"next", "batch"})  # GET /tasks/next, POST /tasks/batch
 
 
@@ -119,6 +120,20 @@ def _run_at(data: dict[str, Any], now: float) -> float | None:
     return moment if moment > now else None
 
 
+def _intervals(value: object) -> list[float] | None:
+    """`retry_intervals`: seconds before retry 1, 2, …; the last one repeats (RQ's Retry)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_INTERVALS:
+        raise Invalid(f"retry_intervals must be a list of 1-{MAX_INTERVALS} numbers of seconds")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise Invalid("retry_intervals must be a list of numbers of seconds")
+        if not 0 <= item <= MAX_DELAY_SECONDS:
+            raise Invalid(f"retry_intervals must be between 0 and {MAX_DELAY_SECONDS} seconds")
+    return [float(item) for item in value]
+
+
 def _payload(data: dict[str, Any]) -> dict[str, Any]:
     """What executors receive; defaults are left out, since it is most of a queued task's memory."""
     code = data.get("code")
@@ -135,6 +150,7 @@ def _payload(data: dict[str, Any]) -> dict[str, Any]:
     if max_retries is not None and max_retries != int(max_retries):
         raise Invalid("max_retries must be an integer")
     optional = {
+        "retry_intervals": _intervals(data.get("retry_intervals")),
         "language": language if language != "python" else None,
         "metadata": metadata or None,
         "timeout": _number(data, "timeout", 0.001, 86400),

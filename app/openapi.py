@@ -32,6 +32,11 @@ TASK_IN: dict[str, Any] = {
         },
         "timeout": {"type": "number", "description": "seconds; default TASK_TIMEOUT"},
         "max_retries": {"type": "integer", "minimum": 0},
+        "retry_intervals": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0},
+            "description": "seconds before retry 1, 2, …; the last repeats (RQ's Retry)",
+        },
         "delay": {"type": "number", "description": "seconds from now"},
         "run_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
         "metadata": {"type": "object"},

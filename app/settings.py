@@ -19,6 +19,7 @@ T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_INTERVAL = 86400.0  # seconds, one retry interval
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # PAI-EAS services, like eval_id
 
 
@@ -35,6 +36,7 @@ class RetryPolicy:
     exponential_base: float
     max_delay: float
     jitter: bool = True
+    intervals: tuple[float, ...] = ()  # RQ-style list: retry n waits intervals[min(n, len)-1]
 
     def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number `retry` (1-based)."""
@@ -108,6 +110,7 @@ class Settings:
                 r.number("RETRY_EXPONENTIAL_BASE", 2.0, float, 1.0),
                 r.number("RETRY_MAX_DELAY", 300.0, float, 0.0),
                 retry_jitter,
+                _intervals(r, "RETRY_INTERVALS"),
             ),
             network_retry=RetryPolicy(
                 r.number("NETWORK_RETRY_MAX_RETRIES", 5, int, 0, 1000),
@@ -143,6 +146,20 @@ def _executor_urls(r: _Reader) -> tuple[str, ...]:
     for url in urls:
         _check_url(name, url, ("http", "https"))
     return tuple(u.rstrip("/") for u in urls)
+
+
+def _intervals(r: _Reader, name: str) -> tuple[float, ...]:
+    """RETRY_INTERVALS=10,30,60: seconds before retry 1, 2, 3, … (the last one repeats)."""
+    values: list[float] = []
+    for item in r.items(name):
+        try:
+            value = float(item)
+        except ValueError:
+            raise SettingsError(f"{name}: not a number: {item!r}") from None
+        if not 0 <= value <= MAX_INTERVAL:
+            raise SettingsError(f"{name}: out of range [0, {MAX_INTERVAL:g}]: {item!r}")
+        values.append(value)
+    return tuple(values)
 
 
 def _eas_targets(r: _Reader) -> dict[str, str]:

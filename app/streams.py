@@ -499,6 +499,7 @@ class Streams:
             orjson.dumps(detail) if detail is not None else "",
             k.schedule_channel,
             frame,
+            ",".join(str(int(i * 1000)) for i in policy.intervals),
         ]
         reply = await self.scripts.run("fail", keys, argv)
         state = _text(reply[0])

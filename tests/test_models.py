@@ -311,3 +311,16 @@ def test_iso_ms_and_decode_json() -> None:
     assert iso_ms(b"") is None
     assert decode_json(b'{"x": [1]}') == {"x": [1]}
     assert decode_json(None) is None
+
+
+@pytest.mark.parametrize(
+    "intervals", [[], "10", [1, "2"], [True], [-1], [10**9], [float("nan")], list(range(101))]
+)
+def test_bad_retry_intervals_are_refused(intervals: object) -> None:
+    with pytest.raises(Invalid, match="retry_intervals"):
+        TaskRequest.parse({"code": "x", "retry_intervals": intervals}, now=0)
+
+
+def test_retry_intervals_are_kept_in_the_payload() -> None:
+    request = TaskRequest.parse({"code": "x", "retry_intervals": [10, 30.5]}, now=0)
+    assert request.payload["retry_intervals"] == [10.0, 30.5]

@@ -290,3 +290,35 @@ async def _pool(settings: Any, redis_url: str, name: str) -> ConsumerPool:
 
 async def _state(streams: Streams, eval_id: str, state: str) -> bool:
     return bool((await streams.get(eval_id))["status"] == state)
+
+
+async def _attempt_times(make_service, make_executor, task: dict[str, Any], **settings: Any):
+    times: list[float] = []
+
+    async def handler(body: dict[str, Any]) -> Response:
+        times.append(time.monotonic())
+        return JSONResponse({"error": "busy"}, status_code=503)
+
+    executor = await make_executor(handler)
+    svc = await make_service(executor_urls=(executor.url,), **settings)
+    assert (await svc.http.post("/tasks", json=task)).status_code == 201
+    await wait_for(lambda: finished(svc, task["eval_id"], "failed"), timeout=10)
+    return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+
+
+async def test_retry_intervals_of_the_task_replace_the_backoff(make_service, make_executor):
+    task = {"eval_id": "ri", "code": "x", "retry_intervals": [0.1, 0.5]}
+    gaps = await _attempt_times(make_service, make_executor, task, retry=FAST)
+    assert len(gaps) == 3  # MAX_RETRIES=3
+    for gap, expected in zip(gaps, (0.1, 0.5, 0.5), strict=True):  # the last one repeats
+        assert expected - 0.01 <= gap <= expected + 0.25, gaps
+
+
+async def test_retry_intervals_setting_replaces_the_backoff(make_service, make_executor):
+    policy = RetryPolicy(2, 5.0, 2.0, 300.0, False, intervals=(0.4, 0.1))
+    gaps = await _attempt_times(
+        make_service, make_executor, {"eval_id": "rs", "code": "x"}, retry=policy
+    )
+    assert len(gaps) == 2
+    for gap, expected in zip(gaps, (0.4, 0.1), strict=True):
+        assert expected - 0.01 <= gap <= expected + 0.25, gaps

@@ -168,6 +168,9 @@ def test_log_levels_case_insensitive(level: str) -> None:
         ("RETRY_BASE_DELAY", "soon"),
         ("RETRY_EXPONENTIAL_BASE", "0.5"),
         ("RETRY_MAX_DELAY", "-5"),
+        ("RETRY_INTERVALS", "10,soon"),
+        ("RETRY_INTERVALS", "-1"),
+        ("RETRY_INTERVALS", "90000"),
         ("NETWORK_RETRY_MAX_RETRIES", "x"),
         ("NETWORK_RETRY_BASE_DELAY", "-1"),
         ("NETWORK_RETRY_EXPONENTIAL_BASE", "0"),
@@ -249,3 +252,10 @@ def test_retry_policy_equal_jitter_bounds() -> None:
 def test_from_env_does_not_read_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "not-a-port")
     assert Settings.from_env({}).port == 8081
+
+
+def test_retry_intervals_from_the_environment() -> None:
+    settings = Settings.from_env({"RETRY_INTERVALS": "10, 30,0.5"})
+    assert settings.retry.intervals == (10.0, 30.0, 0.5)
+    assert Settings.from_env({}).retry.intervals == ()
+    assert Settings.from_env({}).network_retry.intervals == ()

@@ -7,7 +7,9 @@
 --       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
 --       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
 --       15 detail (executor answer or traceback), 16 schedule channel,
---       17 sink frame of a forwarded PAI-EAS item ('' for none)
+--       17 sink frame of a forwarded PAI-EAS item ('' for none), 18 the policy's interval
+--       list in ms, comma-separated ('' for none); a task's own `retry_intervals` (seconds)
+--       win over it, and either replaces the exponential formula (the last one repeats)
 -- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
@@ -24,8 +26,15 @@ local ok, decoded = pcall(cjson.decode, payload)
 if ok and type(decoded) == 'table' and tonumber(decoded['max_retries']) then
   max_retries = tonumber(decoded['max_retries'])
 end
+local intervals = {}
+if ok and type(decoded) == 'table' and type(decoded['retry_intervals']) == 'table' then
+  for _, v in ipairs(decoded['retry_intervals']) do intervals[#intervals + 1] = tonumber(v) * 1000 end
+else
+  for v in string.gmatch(ARGV[18] or '', '[^,]+') do intervals[#intervals + 1] = tonumber(v) end
+end
 if ARGV[5] == '1' and attempts <= max_retries then
   local raw = math.min(tonumber(ARGV[9]), tonumber(ARGV[7]) * tonumber(ARGV[8]) ^ (attempts - 1))
+  if #intervals > 0 then raw = intervals[math.min(attempts, #intervals)] end
   local r = tonumber(ARGV[10])
   local delay = raw
   if r >= 0 then delay = raw / 2 + r * raw / 2 end
