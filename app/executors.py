@@ -74,6 +74,7 @@ class Executor:
     succeeded: int = 0
     failures: int = 0
     latency_ms: float | None = None  # exponentially weighted moving average
+    weight: float = 1.0  # share of the load among healthy executors (EXECUTOR_URLS ;weight=)
     last_error: str | None = None
     checked_at: float | None = None
 
@@ -98,6 +99,10 @@ class Executor:
             "failures": self.failures,
             "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
             "last_error": self.last_error,
+            "weight": self.weight,
+            "success_rate": round(self.succeeded / done, 4)
+            if (done := self.succeeded + self.failures)
+            else None,
         }
 
 
@@ -107,13 +112,18 @@ class ExecutorPool:
 
     urls: Sequence[str]
     health_interval: float = 5.0
+    weights: Sequence[float] = ()  # one per URL; empty: all 1
     executors: list[Executor] = field(init=False)
     available: asyncio.Event = field(init=False)
     _health_task: asyncio.Task[None] | None = field(init=False, default=None)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
 
     def __post_init__(self) -> None:
-        self.executors = [Executor(url.rstrip("/")) for url in self.urls]
+        weights = list(self.weights) or [1.0] * len(self.urls)
+        self.executors = [
+            Executor(url.rstrip("/"), weight=weight)
+            for url, weight in zip(self.urls, weights, strict=True)
+        ]
         self.available = asyncio.Event()
 
     async def start(self) -> None:
@@ -159,13 +169,21 @@ class ExecutorPool:
             self.available.clear()
 
     def pick(self) -> Executor | None:
-        """Healthy executor with the fewest in flight; ties go round-robin."""
+        """Healthy executor with the least load for its weight (in flight / weight); ties go
+        to the one furthest behind its share (routed / weight), then round-robin."""
         healthy = [e for e in self.executors if e.healthy]
         if not healthy:
             return None
-        least = min(e.in_flight for e in healthy)
-        tied = [e for e in healthy if e.in_flight == least]
+        least = min(e.in_flight / e.weight for e in healthy)
+        tied = [e for e in healthy if e.in_flight / e.weight == least]
+        if len(tied) > 1 and self.weighted:
+            behind = min(e.routed / e.weight for e in tied)
+            tied = [e for e in tied if e.routed / e.weight == behind]
         return tied[next(self._turn) % len(tied)]
+
+    @property
+    def weighted(self) -> bool:
+        return any(e.weight != 1.0 for e in self.executors)
 
     async def execute(self, task: Task, timeout: float) -> Execution:
         """Run one attempt of `task` on the best executor, bounded by `timeout` seconds."""
@@ -206,4 +224,9 @@ class ExecutorPool:
             self._update_available()
 
     def views(self) -> list[dict[str, Any]]:
-        return [e.view() for e in self.executors]
+        """Per executor, with its share of everything routed (to compare pools side by side)."""
+        total = sum(e.routed for e in self.executors)
+        return [
+            {**e.view(), "share": round(e.routed / total, 4) if total else None}
+            for e in self.executors
+        ]

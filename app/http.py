@@ -500,7 +500,9 @@ def create_app(
         streams = Streams(client, settings)
         with contextlib.suppress(Unavailable):
             await streams.ensure_groups()
-        pool = executors or ExecutorPool(settings.executor_urls, settings.health_interval)
+        pool = executors or ExecutorPool(
+            settings.executor_urls, settings.health_interval, settings.executor_weights
+        )
         await pool.start()
         consumers = ConsumerPool(streams, pool, settings, consumer_name())
         consumers.start()

@@ -55,6 +55,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     eas_tokens: tuple[str, ...] = ()
     executor_urls: tuple[str, ...] = ()
+    executor_weights: tuple[float, ...] = ()  # one per URL when any entry had `;weight=`
     target_api_base_url: str | None = None
     eas_targets: Mapping[str, str] = field(default_factory=dict)
     eas_concurrency: int = 16
@@ -99,7 +100,8 @@ class Settings:
             redis_url=r.url("REDIS_URL", ("redis", "rediss", "unix")),
             api_keys=r.items("API_KEY") + r.items("QUEUE_API_KEY"),
             eas_tokens=r.items("EAS_TOKEN"),
-            executor_urls=_executor_urls(r),
+            executor_urls=tuple(url for url, _ in _executors(r)),
+            executor_weights=_weights(_executors(r)),
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
             eas_targets=_eas_targets(r),
             eas_concurrency=r.number("EAS_CONCURRENCY", 16, int, 1, 10000),
@@ -137,8 +139,36 @@ class Settings:
         )
 
 
-def _executor_urls(r: _Reader) -> tuple[str, ...]:
-    urls, name = r.items("EXECUTOR_URLS"), "EXECUTOR_URLS"
+def _executors(r: _Reader) -> list[tuple[str, float]]:
+    """EXECUTOR_URLS entries, each `URL` or `URL;weight=N` (N > 0; default 1)."""
+    found = []
+    for item in r.items("EXECUTOR_URLS"):
+        url, _, option = item.partition(";")
+        weight = 1.0
+        if option:
+            key, _, value = option.partition("=")
+            try:
+                weight = float(value) if key.strip() == "weight" else -1.0
+            except ValueError:
+                weight = -1.0
+            if not 0 < weight <= 1000:
+                raise SettingsError(
+                    f"EXECUTOR_URLS: expected URL;weight=N (0 < N <= 1000): {item!r}"
+                )
+        found.append((url.strip(), weight))
+    urls = _executor_urls(r, tuple(url for url, _ in found))
+    if len(urls) != len(found):  # EXECUTOR_COUNT form: all weigh 1
+        return [(url, 1.0) for url in urls]
+    return list(zip(urls, (w for _, w in found), strict=True))
+
+
+def _weights(executors: list[tuple[str, float]]) -> tuple[float, ...]:
+    weights = tuple(w for _, w in executors)
+    return weights if any(w != 1.0 for w in weights) else ()
+
+
+def _executor_urls(r: _Reader, given: tuple[str, ...]) -> tuple[str, ...]:
+    urls, name = given, "EXECUTOR_URLS"
     if not urls and r.raw("EXECUTOR_COUNT"):
         count = r.number("EXECUTOR_COUNT", 0, int, 0, 1000)
         base = r.text("EXECUTOR_BASE_URL", "http://executor").rstrip("/")

@@ -429,3 +429,42 @@ async def test_concurrent_calls_spread_by_in_flight(
         results = await asyncio.gather(*calls)
     assert all(r.outcome is Outcome.SUCCESS for r in results)
     assert [len(s.calls) for s in stubs] == [3, 3, 3]
+
+
+def test_weighted_pick_shares_by_weight_when_idle() -> None:
+    pool = ExecutorPool(["http://a:1", "http://b:2"], weights=[3, 1])
+    for executor in pool.executors:
+        executor.healthy = True
+    for _ in range(400):
+        chosen = pool.pick()
+        assert chosen is not None
+        chosen.routed += 1
+    assert [e.routed for e in pool.executors] == [300, 100]
+
+
+def test_weighted_pick_still_prefers_the_least_loaded() -> None:
+    pool = ExecutorPool(["http://a:1", "http://b:2"], weights=[3, 1])
+    heavy, light = pool.executors
+    heavy.healthy = light.healthy = True
+    heavy.in_flight = 6  # 6 / 3 = 2 per unit of weight
+    light.in_flight = 1  # 1 / 1 = 1
+    assert pool.pick() is light
+
+
+async def test_weighted_routing_over_1000_tasks(make_service, make_executor):
+    a, b = await make_executor(), await make_executor()
+    pool = ExecutorPool([a.url, b.url], health_interval=0.2, weights=[3, 1])
+    service = await make_service(executors=pool)
+    tasks = [{"eval_id": f"w{i}", "code": "x"} for i in range(1000)]
+    assert (await service.http.post("/tasks/batch", json={"tasks": tasks})).status_code == 201
+
+    async def drained() -> bool:
+        return len(a.calls) + len(b.calls) >= 1000
+
+    await wait_for(drained, timeout=25)
+    share = len(a.calls) / 1000
+    assert 0.70 <= share <= 0.80, (len(a.calls), len(b.calls))
+    views = (await service.http.get("/status")).json()["executors"]
+    assert [v["weight"] for v in views] == [3.0, 1.0]
+    assert abs(views[0]["share"] - share) < 0.01
+    assert views[0]["success_rate"] == 1.0

@@ -200,6 +200,9 @@ def test_log_levels_case_insensitive(level: str) -> None:
         ("REDIS_URL", "redis://:6379"),
         ("EXECUTOR_URLS", "executor:8083"),
         ("EXECUTOR_URLS", "http://ok:1,ftp://bad"),
+        ("EXECUTOR_URLS", "http://ok:1;weight=0"),
+        ("EXECUTOR_URLS", "http://ok:1;weight=heavy"),
+        ("EXECUTOR_URLS", "http://ok:1;share=2"),
         ("EXECUTOR_URLS", "http://host:port"),
         ("EXECUTOR_URLS", "http://"),
         ("TARGET_API_BASE_URL", "target/api"),
@@ -259,3 +262,10 @@ def test_retry_intervals_from_the_environment() -> None:
     assert settings.retry.intervals == (10.0, 30.0, 0.5)
     assert Settings.from_env({}).retry.intervals == ()
     assert Settings.from_env({}).network_retry.intervals == ()
+
+
+def test_executor_weights() -> None:
+    s = Settings.from_env({"EXECUTOR_URLS": "http://a:1;weight=3, http://b:2/"})
+    assert s.executor_urls == ("http://a:1", "http://b:2")
+    assert s.executor_weights == (3.0, 1.0)
+    assert Settings.from_env({"EXECUTOR_URLS": "http://a:1,http://b:2"}).executor_weights == ()
