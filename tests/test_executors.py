@@ -454,7 +454,9 @@ def test_weighted_pick_still_prefers_the_least_loaded() -> None:
 async def test_weighted_routing_over_1000_tasks(make_service, make_executor):
     a, b = await make_executor(), await make_executor()
     pool = ExecutorPool([a.url, b.url], health_interval=0.2, weights=[3, 1])
-    service = await make_service(executors=pool)
+    # one slot: every pick finds both idle, so the share follows the weights alone (with
+    # more slots the least-loaded rule may, by design, move it with the executors' speed)
+    service = await make_service(executors=pool, concurrency=1)
     tasks = [{"eval_id": f"w{i}", "code": "x"} for i in range(1000)]
     assert (await service.http.post("/tasks/batch", json={"tasks": tasks})).status_code == 201
 
@@ -463,7 +465,7 @@ async def test_weighted_routing_over_1000_tasks(make_service, make_executor):
 
     await wait_for(drained, timeout=25)
     share = len(a.calls) / 1000
-    assert 0.70 <= share <= 0.80, (len(a.calls), len(b.calls))
+    assert 0.73 <= share <= 0.77, (len(a.calls), len(b.calls))
     views = (await service.http.get("/status")).json()["executors"]
     assert [v["weight"] for v in views] == [3.0, 1.0]
     assert abs(views[0]["share"] - share) < 0.01
