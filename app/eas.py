@@ -33,7 +33,7 @@ from app.executors import Execution, Executor, ExecutorPool
 from app.models import Outcome, Priority, State, Task
 from app.proto.eas_queue_pb2 import DataFrameListProto, DataFrameProto
 from app.settings import SERVICE_NAME_RE, Settings
-from app.streams import GROUP, Arrivals, Keys, Scripts, Streams, translate_errors
+from app.streams import GROUP, Arrivals, Keys, Scripts, Streams, _text, translate_errors
 from app.wire import ConnectFailed, WireError
 
 log = structlog.get_logger()
@@ -178,10 +178,6 @@ class EasQueue:
         # new items (for long-polls and watchers), state changes (for status waits)
         self.arrivals = Arrivals(client, keys.streams, _entry_item)
         self.changes = Arrivals(client, [keys.events], lambda fields: fields.get(b"id"))
-
-    @translate_errors
-    async def ensure_groups(self) -> None:
-        await self.streams.ensure_groups()
 
     @translate_errors
     async def put(self, item: Item, priority: Priority = Priority.DEFAULT) -> int:
@@ -396,10 +392,6 @@ def _status_message(record: dict[str, Any]) -> str:
     return f"{state}: {record['error'] or ''}".strip()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # --- forwarding -------------------------------------------------------------------------
 
 
@@ -511,8 +503,8 @@ class EasHub:
         service = self.service(name)
         if name not in self._registered:
             await _sadd(self.client, self.registry, name)
-            await service.input.ensure_groups()
-            await service.sink.ensure_groups()
+            await service.input.streams.ensure_groups()
+            await service.sink.streams.ensure_groups()
             self._registered.add(name)
             self._start_pool(service)
         return service
@@ -529,7 +521,7 @@ class EasHub:
         if service.target is None or service.pool or self._stopping or not self.forward:
             return
         executors = ForwardPool([service.target], self.settings.health_interval)
-        settings = _with_concurrency(self.settings, self.settings.eas_concurrency)
+        settings = dataclasses.replace(self.settings, concurrency=self.settings.eas_concurrency)
         service.pool = ConsumerPool(service.input.streams, executors, settings, self.consumer)
         job = asyncio.get_running_loop().create_task(self._run_pool(service.pool))
         self._jobs.add(job)
@@ -603,10 +595,6 @@ class EasHub:
 @translate_errors
 async def _sadd(client: Any, key: str, name: str) -> None:
     await client.sadd(key, name)
-
-
-def _with_concurrency(settings: Settings, concurrency: int) -> Settings:
-    return dataclasses.replace(settings, concurrency=concurrency)
 
 
 # --- watchers -----------------------------------------------------------------------------

@@ -439,7 +439,7 @@ async def test_delete_of_a_running_forward_aborts_it_and_forgets_the_request(
     make_service, make_target, svc
 ):
     async def hung(body: bytes, n: int) -> Response:
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # hangs until the target is stopped
         return Response(b"late")
 
     target = await make_target(hung)
