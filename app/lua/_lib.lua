@@ -90,6 +90,26 @@ local function eas_finish(k_task, id, frame, maxlen, err)
 end
 
 
+-- Keys shared by the legacy API's queues live under one base prefix (`ts:{QUEUE_NAME}:`):
+-- task records (`<base>task:<id>`), and what issue 6 adds beside them. A task key minus
+-- `task:<id>` is that base.
+local function base_of(k_task, id)
+  return string.sub(k_task, 1, #k_task - #id - 5)
+end
+
+-- The key prefix of a named queue (a task hash's `q` field; nil or '' = the default queue,
+-- whose keys sit right under the base).
+local function queue_prefix(base, q)
+  if not q or q == '' then return base end
+  return base .. 'q:' .. q .. ':'
+end
+
+-- Every terminal state (completed, failed, cancelled) of a legacy task passes here, after
+-- its record was updated: the one place where finishing a task has consequences beyond it.
+local function finished(k_task, id, state, now, maxlen)
+end
+
+
 -- Put a task into the dead-letter queue: terminal `failed`, record kept FAILURE_TTL.
 -- The DLQ index (eval_id -> DLQ entry id) makes retry and delete by eval_id O(1).
 local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id, prio, payload,
@@ -107,6 +127,7 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
     '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. result_json .. '}')
   eas_finish(k_task, id, frame, maxlen, err)
   event(k_events, maxlen, id, 'failed', attempts)
+  finished(k_task, id, 'failed', now, maxlen)
 end
 
 

@@ -26,10 +26,12 @@ elseif state == 'processing' and ARGV[2] == '1' then
 else
   return {'state', state}
 end
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now_ms())
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now)
 redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('HINCRBY', KEYS[11], 'total:cancelled', 1)
 eas_finish(KEYS[1], id, nil, ARGV[4])
 event(KEYS[10], ARGV[4], id, 'cancelled', rec[5])
+finished(KEYS[1], id, 'cancelled', now, ARGV[4])
 return {'cancelled', state}
