@@ -104,9 +104,29 @@ local function queue_prefix(base, q)
   return base .. 'q:' .. q .. ':'
 end
 
+-- Result callbacks of a task that reached a terminal state (issue 6, item 2).
+local function notify_callback(k_task, id, state, now, maxlen)
+end
+
+-- Children of a finished parent (issue 6, item 1): released, or cancelled; those that
+-- became terminal here are appended to `todo` as {k_task, id, state}.
+local function release_children(k_task, id, state, now, maxlen, ttl, todo)
+end
+
 -- Every terminal state (completed, failed, cancelled) of a legacy task passes here, after
--- its record was updated: the one place where finishing a task has consequences beyond it.
-local function finished(k_task, id, state, now, maxlen)
+-- its record was updated (`ttl`: the expiry it got): the one place where finishing a task
+-- has consequences beyond it. Iterative, so a cascade through dependants needs no recursion.
+-- Tasks without callbacks or dependants cost one HMGET.
+local function finished(k_task, id, state, now, maxlen, ttl)
+  local todo = {{k_task, id, state}}
+  local i = 1
+  while i <= #todo do
+    local k, tid, st = todo[i][1], todo[i][2], todo[i][3]
+    local marks = redis.call('HMGET', k, 'cb', 'kids')
+    if marks[1] then notify_callback(k, tid, st, now, maxlen) end
+    if marks[2] then release_children(k, tid, st, now, maxlen, ttl, todo) end
+    i = i + 1
+  end
 end
 
 
@@ -127,7 +147,7 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
     '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. result_json .. '}')
   eas_finish(k_task, id, frame, maxlen, err)
   event(k_events, maxlen, id, 'failed', attempts)
-  finished(k_task, id, 'failed', now, maxlen)
+  finished(k_task, id, 'failed', now, maxlen, ttl)
 end
 
 

@@ -33,5 +33,5 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('HINCRBY', KEYS[11], 'total:cancelled', 1)
 eas_finish(KEYS[1], id, nil, ARGV[4])
 event(KEYS[10], ARGV[4], id, 'cancelled', rec[5])
-finished(KEYS[1], id, 'cancelled', now, ARGV[4])
+finished(KEYS[1], id, 'cancelled', now, ARGV[4], ARGV[5])
 return {'cancelled', state}

@@ -21,5 +21,5 @@ eas_finish(KEYS[1], id, ARGV[8], ARGV[7])
 redis.call('PUBLISH', 'evaluation:completed',
   '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. ARGV[4] .. '}')
 event(KEYS[3], ARGV[7], id, 'completed', rec[3])
-finished(KEYS[1], id, 'completed', now, ARGV[7])
+finished(KEYS[1], id, 'completed', now, ARGV[7], ARGV[5])
 return {'ok'}
