@@ -23,10 +23,11 @@ import structlog
 
 from app import metrics
 from app.errors import Conflict, NotFound, Unavailable
+from app.executors import ExecutorPool
 from app.models import Outcome, Task
 
 if TYPE_CHECKING:
-    from app.executors import Execution, ExecutorPool
+    from app.executors import Execution
     from app.settings import Settings
     from app.streams import Claimed, Streams
 
@@ -64,12 +65,18 @@ class ConsumerPool:
     """CONCURRENCY task slots fed from one queue's streams, run on the executor pool."""
 
     def __init__(
-        self, streams: Streams, executors: ExecutorPool, settings: Settings, consumer: str
+        self,
+        streams: Streams,
+        executors: ExecutorPool,
+        settings: Settings,
+        consumer: str,
+        priorities: frozenset[str] = frozenset(),
     ) -> None:
         self.streams = streams
         self.executors = executors
         self.settings = settings
         self.consumer = consumer
+        self.priorities = tuple(sorted(priorities))  # taken from (CONSUME); empty: all
         self.running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()
         self._slot_free.set()
@@ -129,7 +136,7 @@ class ConsumerPool:
             await self.executors.available.wait()
             try:
                 claimed = await self.streams.claim(
-                    self.consumer, self.free_slots, self.settings.lease_timeout
+                    self.consumer, self.free_slots, self.settings.lease_timeout, self.priorities
                 )
                 self._redis_back(backoff)
             except Unavailable as exc:
@@ -158,7 +165,9 @@ class ConsumerPool:
         wake_in = claimed.wake_in
         timeout = MAX_IDLE if wake_in is None else min(MAX_IDLE, wake_in + 0.005)
         self._released.clear()
-        read = asyncio.ensure_future(self.streams.wait_for_work(timeout, claimed.tails))
+        read = asyncio.ensure_future(
+            self.streams.wait_for_work(timeout, claimed.tails, self.priorities)
+        )
         released = asyncio.ensure_future(self._released.wait())
         try:
             await asyncio.wait({read, released}, return_when=asyncio.FIRST_COMPLETED)
@@ -324,6 +333,62 @@ class ConsumerPool:
             }
             for r in self.running.values()
         ]
+
+
+class Workers:
+    """The consumer pools of one process: one per legacy queue it consumes (the default
+    queue and the QUEUE_EXECUTORS queues, as CONSUME selects), each on its own executor
+    pool, so a hung GPU executor never takes a CPU queue's slots."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        settings: Settings,
+        consumer: str,
+        executors: ExecutorPool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pools: dict[str, ConsumerPool] = {}
+        for name, priorities in settings.consumed_queues().items():
+            queue = streams.for_queue(name)
+            pool = executors if executors is not None and name == settings.queue else None
+            if pool is None:
+                urls, weights = settings.executors_for(name)
+                pool = ExecutorPool(urls, settings.health_interval, weights)
+            self.pools[name] = ConsumerPool(queue, pool, settings, consumer, priorities)
+        # /status and /metrics show the default queue's pool, consumed or not.
+        self.default = self.pools.get(settings.queue) or ConsumerPool(
+            streams, executors or ExecutorPool((), settings.health_interval), settings, consumer
+        )
+
+    async def start(self) -> None:
+        for name, pool in self.pools.items():
+            with contextlib.suppress(Unavailable):
+                await pool.streams.ensure_groups()
+            await pool.executors.start()
+            pool.start()
+            if not pool.executors.executors:
+                log.info("queue_pull_only", queue=name, detail="no executors: pull workers only")
+
+    async def stop(self, grace: float) -> None:
+        pools = list(self.pools.values())
+        await asyncio.gather(*(p.stop(grace) for p in pools))
+        await asyncio.gather(*(p.executors.close() for p in pools), return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return sum(len(p.running) for p in self.pools.values())
+
+    def views(self) -> dict[str, Any]:
+        """Per consumed queue: priorities, running tasks, executors."""
+        return {
+            name: {
+                "priorities": list(pool.priorities) or ["high", "default", "low"],
+                "running": pool.views(),
+                "executors": pool.executors.views(),
+            }
+            for name, pool in self.pools.items()
+        }
 
 
 async def pull(

@@ -520,6 +520,8 @@ class EasHub:
     def _start_pool(self, service: Service) -> None:
         if service.target is None or service.pool or self._stopping or not self.forward:
             return
+        if not self.settings.consume.forwards(service.name):  # CONSUME leaves it to others
+            return
         executors = ForwardPool([service.target], self.settings.health_interval)
         settings = dataclasses.replace(self.settings, concurrency=self.settings.eas_concurrency)
         service.pool = ConsumerPool(service.input.streams, executors, settings, self.consumer)

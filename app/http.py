@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import eas_http, live, metrics, openapi
-from app.consumers import ConsumerPool, pull
+from app.consumers import ConsumerPool, Workers, pull
 from app.eas import EasHub
 from app.errors import (
     BadRequest,
@@ -38,7 +38,7 @@ from app.errors import (
     Unavailable,
 )
 from app.executors import ExecutorPool
-from app.models import Priority, Task, TaskRequest, check_eval_id, parse_json
+from app.models import Priority, Task, TaskRequest, check_eval_id, check_queue, parse_json
 from app.settings import Settings
 from app.streams import Arrivals, Streams, connect, consumer_name
 
@@ -169,6 +169,11 @@ def _streams(request: Request) -> Streams:
     return streams
 
 
+def _queue_streams(request: Request) -> Streams:
+    """The legacy queue named by `?queue=` (default: the default queue)."""
+    return _streams(request).for_queue(check_queue(request.query_params.get("queue") or None))
+
+
 async def _json_body(request: Request) -> Any:
     return parse_json(await request.body())
 
@@ -222,6 +227,8 @@ def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
 async def enqueue(streams: Streams, body: bytes) -> dict[str, Any]:
     """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
     req = TaskRequest.parse(parse_json(body), time.time())
+    if req.queue is not None:
+        streams = streams.for_queue(req.queue)
     answer = await streams.enqueue(req)
     metrics.of(streams).count_enqueued(streams.keys.queue, req.priority)
     return answer
@@ -285,7 +292,7 @@ async def create_batch(request: Request) -> Response:
     stats = metrics.of(streams)
     for req, answer in zip(reqs, answers, strict=True):
         if "error" not in answer:
-            stats.count_enqueued(streams.keys.queue, req.priority)
+            stats.count_enqueued(req.queue or streams.keys.queue, req.priority)
     return JSON({"tasks": answers}, status_code=201)
 
 
@@ -293,7 +300,8 @@ async def next_task(request: Request) -> Response:
     wait = _float_param(request, "wait", 0.0, MAX_WAIT)
     settings: Settings = request.state.settings
     gone = _hangup(request) if wait > 0 else None
-    task = await pull(_streams(request), request.state.consumer, wait, settings.task_timeout, gone)
+    streams = _queue_streams(request)
+    task = await pull(streams, request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
     return JSON(task.view())
@@ -353,11 +361,11 @@ def _int_param(request: Request, name: str, default: int, high: int) -> int:
 async def list_dlq(request: Request) -> Response:
     limit = _int_param(request, "limit", 50, 1000)
     offset = _int_param(request, "offset", 0, 1_000_000)
-    return JSON(await _streams(request).dlq_list(limit, offset))
+    return JSON(await _queue_streams(request).dlq_list(limit, offset))
 
 
 async def retry_dlq(request: Request) -> Response:
-    streams = _streams(request)
+    streams = _queue_streams(request)
     answer = await streams.dlq_retry(_eval_id(request))
     metrics.of(streams).count_redriven(streams.keys.queue)
     return JSON(answer)
@@ -366,7 +374,7 @@ async def retry_dlq(request: Request) -> Response:
 async def purge_dlq(request: Request) -> Response:
     days = request.query_params.get("older_than_days")
     older_than = None if days is None else _float_param(request, "older_than_days", 0, 36500)
-    removed = await _streams(request).dlq_purge(
+    removed = await _queue_streams(request).dlq_purge(
         older_than=None if older_than is None else older_than * 86400
     )
     return JSON({"removed": removed})
@@ -374,7 +382,7 @@ async def purge_dlq(request: Request) -> Response:
 
 async def delete_dead(request: Request) -> Response:
     eval_id = _eval_id(request)
-    if not await _streams(request).dlq_purge(eval_id=eval_id):
+    if not await _queue_streams(request).dlq_purge(eval_id=eval_id):
         raise NotFound(f"not in the dead-letter queue: {eval_id}")
     return JSON({"removed": 1})
 
@@ -500,12 +508,9 @@ def create_app(
         streams = Streams(client, settings)
         with contextlib.suppress(Unavailable):
             await streams.ensure_groups()
-        pool = executors or ExecutorPool(
-            settings.executor_urls, settings.health_interval, settings.executor_weights
-        )
-        await pool.start()
-        consumers = ConsumerPool(streams, pool, settings, consumer_name())
-        consumers.start()
+        workers = Workers(streams, settings, consumer_name(), executors)
+        await workers.start()
+        consumers, pool = workers.default, workers.default.executors
         hub = EasHub(client, settings, streams.scripts, consumers.consumer)
         await hub.start()
         event_arrivals = Arrivals(client, [streams.keys.events], lambda fields: None)
@@ -517,6 +522,8 @@ def create_app(
             consumer=consumers.consumer,
             executors=len(pool.executors),
             concurrency=settings.concurrency,
+            consume=settings.consume.text,
+            consumed=sorted(workers.pools),
         )
         try:
             yield {
@@ -524,6 +531,7 @@ def create_app(
                 "streams": streams,
                 "executors": pool,
                 "consumers": consumers,
+                "workers": workers,
                 "consumer": consumers.consumer,
                 "eas": hub,
                 "event_arrivals": event_arrivals,
@@ -531,8 +539,7 @@ def create_app(
         finally:
             await event_arrivals.close()
             await hub.stop(settings.shutdown_grace)
-            await consumers.stop(settings.shutdown_grace)
-            await pool.close()
+            await workers.stop(settings.shutdown_grace)
             await client.aclose()
             log.info("service_stopped")
 

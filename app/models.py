@@ -18,6 +18,7 @@ import orjson
 from app.errors import BadRequest, Invalid
 
 EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a named queue (settings.NAMED_QUEUE_RE)
 MAX_DELAY_SECONDS = 366 * 86400
 MAX_RUN_AT = 1e11  # epoch seconds, year 5138: rejects milliseconds given as seconds
 MAX_INTERVALS = 100
@@ -66,6 +67,14 @@ def new_eval_id() -> str:
 def check_eval_id(value: object) -> str:
     if not isinstance(value, str) or not EVAL_ID_RE.fullmatch(value):
         raise Invalid("eval_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def check_queue(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not QUEUE_RE.fullmatch(value):
+        raise Invalid("queue must be 1-64 characters of A-Z a-z 0-9 . _ -")
     return value
 
 
@@ -167,6 +176,7 @@ class TaskRequest:
     priority: Priority
     payload: dict[str, Any]
     run_at: float | None = None  # epoch seconds; None = run now
+    queue: str | None = None  # a named queue; None = the default queue
 
     @classmethod
     def parse(cls, data: object, now: float) -> TaskRequest:
@@ -178,7 +188,8 @@ class TaskRequest:
         if eval_id in RESERVED_IDS:
             raise Invalid(f"eval_id {eval_id!r} is reserved (it names a route)")
         priority = parse_priority(data.get("priority"))
-        return cls(eval_id, priority, _payload(data), _run_at(data, now))
+        queue = check_queue(data.get("queue"))
+        return cls(eval_id, priority, _payload(data), _run_at(data, now), queue)
 
     def encoded_payload(self) -> bytes:
         return orjson.dumps(self.payload)

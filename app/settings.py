@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +21,10 @@ LOG_FORMATS = ("json", "console")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_INTERVAL = 86400.0  # seconds, one retry interval
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # PAI-EAS services, like eval_id
+NAMED_QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # `queue` of POST /tasks: no `:`
+PRIORITY_NAMES = ("high", "default", "low")
+# QUEUE_EXECUTORS: a `;` starts the next queue unless it starts an executor's `weight=`.
+QUEUE_SPLIT_RE = re.compile(r";\s*(?=(?!weight\s*=)[A-Za-z0-9._-]+\s*=)")
 
 
 class SettingsError(ValueError):
@@ -48,6 +52,82 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a process consumes (CONSUME, `--consume`): legacy queues, each with the
+    priorities taken from it (empty: all), and PAI-EAS services to forward."""
+
+    queues: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    all_queues: bool = False  # `*`
+    eas: frozenset[str] = frozenset()
+    all_eas: bool = False  # `eas:*`
+    text: str = "*,eas:*"
+
+    @classmethod
+    def everything(cls) -> Selection:
+        return cls(all_queues=True, all_eas=True)
+
+    def priorities(self, queue: str) -> frozenset[str] | None:
+        """The priorities consumed from `queue` (empty: all), or None: not consumed."""
+        if queue in self.queues:
+            return self.queues[queue]
+        return frozenset() if self.all_queues else None
+
+    def forwards(self, service: str) -> bool:
+        return self.all_eas or service in self.eas
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.queues or self.all_queues or self.eas or self.all_eas)
+
+    @classmethod
+    def parse(cls, text: str, name: str = "CONSUME") -> Selection:
+        """`evaluations:high,default,gpu,eas:*`: entries `QUEUE` or `QUEUE:PRIORITY`; a bare
+        priority name right after a `QUEUE:PRIORITY` entry adds to that queue's priorities;
+        `*` is every legacy queue, `eas:*` every PAI-EAS service, `eas:NAME` one of them;
+        empty selects nothing (the process serves the API only)."""
+        queues: dict[str, set[str]] = {}
+        eas: set[str] = set()
+        whole: set[str] = set()  # named without a priority: all of its priorities
+        all_queues = all_eas = False
+        last: str | None = None  # queue of the previous `QUEUE:PRIORITY` entry
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            if item == "*":
+                all_queues, last = True, None
+            elif item.startswith("eas:"):
+                service = item[4:]
+                if service == "*":
+                    all_eas = True
+                elif SERVICE_NAME_RE.match(service):
+                    eas.add(service)
+                else:
+                    raise SettingsError(f"{name}: bad PAI-EAS service in {item!r}")
+                last = None
+            elif item in PRIORITY_NAMES and last is not None:
+                queues[last].add(item)
+            else:
+                queue, _, prio = item.partition(":")
+                if not NAMED_QUEUE_RE.match(queue) or (prio and prio not in PRIORITY_NAMES):
+                    raise SettingsError(
+                        f"{name}: expected QUEUE, QUEUE:PRIORITY, *, eas:* or eas:NAME: {item!r}"
+                    )
+                queues.setdefault(queue, set())
+                if prio:
+                    queues[queue].add(prio)
+                else:
+                    whole.add(queue)
+                last = queue if prio else None
+        return cls(
+            queues={q: frozenset() if q in whole else frozenset(p) for q, p in queues.items()},
+            all_queues=all_queues,
+            eas=frozenset(eas),
+            all_eas=all_eas,
+            text=text.strip(),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8081
@@ -56,6 +136,11 @@ class Settings:
     eas_tokens: tuple[str, ...] = ()
     executor_urls: tuple[str, ...] = ()
     executor_weights: tuple[float, ...] = ()  # one per URL when any entry had `;weight=`
+    # QUEUE_EXECUTORS: named queue -> (URLs, weights) of its own executor pool
+    queue_executors: Mapping[str, tuple[tuple[str, ...], tuple[float, ...]]] = field(
+        default_factory=dict
+    )
+    consume: Selection = field(default_factory=Selection.everything)
     target_api_base_url: str | None = None
     eas_targets: Mapping[str, str] = field(default_factory=dict)
     eas_concurrency: int = 16
@@ -80,6 +165,27 @@ class Settings:
     dlq_max_age_days: float = 7.0
     cleanup_interval: float = 3600.0
 
+    def executors_for(self, queue: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """The executor pool of a legacy queue: QUEUE_EXECUTORS, else EXECUTOR_URLS for the
+        default queue; no URLs: its tasks wait for pull workers."""
+        if queue in self.queue_executors:
+            return self.queue_executors[queue]
+        if queue == self.queue:
+            return self.executor_urls, self.executor_weights
+        return (), ()
+
+    def consumed_queues(self) -> dict[str, frozenset[str]]:
+        """Legacy queues this process runs consumers for, with their priorities (empty:
+        all): the default queue and every QUEUE_EXECUTORS queue, as CONSUME selects."""
+        chosen: dict[str, frozenset[str]] = {}
+        for queue in (self.queue, *self.queue_executors):
+            prios = self.consume.priorities(queue)
+            if prios is not None:
+                chosen[queue] = prios
+        for queue, prios in self.consume.queues.items():  # selected, pull-only so far
+            chosen.setdefault(queue, prios)
+        return chosen
+
     def eas_target(self, service: str) -> str | None:
         """Where a PAI-EAS service's requests are forwarded: EAS_TARGETS, else
         TARGET_API_BASE_URL/{service}; None: external subscribers consume it."""
@@ -94,6 +200,15 @@ class Settings:
         """Build settings from an environment mapping; raise SettingsError on bad values."""
         r = _Reader(env)
         retry_jitter = r.boolean("RETRY_JITTER", True)
+        queue = r.pattern("QUEUE_NAME", "evaluations", QUEUE_NAME_RE)
+        queue_executors = _queue_executors(r)
+        if queue in queue_executors and r.raw("EXECUTOR_URLS"):
+            raise SettingsError(
+                f"QUEUE_EXECUTORS: {queue} is the default queue, set by EXECUTOR_URLS"
+            )
+        consume = Selection.everything()
+        if "CONSUME" in env:
+            consume = Selection.parse(env["CONSUME"])
         return cls(
             host=r.text("HOST", "127.0.0.1"),
             port=r.number("PORT", 8081, int, 0, 65535),
@@ -102,6 +217,8 @@ class Settings:
             eas_tokens=r.items("EAS_TOKEN"),
             executor_urls=tuple(url for url, _ in _executors(r)),
             executor_weights=_weights(_executors(r)),
+            queue_executors=queue_executors,
+            consume=consume,
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
             eas_targets=_eas_targets(r),
             eas_concurrency=r.number("EAS_CONCURRENCY", 16, int, 1, 10000),
@@ -131,7 +248,7 @@ class Settings:
             log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             log_format=r.choice("LOG_FORMAT", "json", LOG_FORMATS),
             data_dir=Path(r.text("DATA_DIR", "./data")),
-            queue=r.pattern("QUEUE_NAME", "evaluations", QUEUE_NAME_RE),
+            queue=queue,
             shutdown_grace=r.number("SHUTDOWN_GRACE", 10.0, float, 0.0),
             events_maxlen=r.number("EVENTS_MAXLEN", 10000, int, 1),
             dlq_max_age_days=r.number("DLQ_MAX_AGE_DAYS", 7.0, float, 0.0),
@@ -139,10 +256,41 @@ class Settings:
         )
 
 
+def _queue_executors(r: _Reader) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
+    """QUEUE_EXECUTORS=gpu=http://g1:8083;weight=3,http://g2:8083;cpu=http://c1:8083: an
+    executor pool per named queue, each list written as EXECUTOR_URLS is."""
+    pools: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
+    for part in QUEUE_SPLIT_RE.split(r.raw("QUEUE_EXECUTORS")):
+        if not part.strip():
+            continue
+        queue, sep, listed = part.partition("=")
+        queue = queue.strip()
+        if not sep or not NAMED_QUEUE_RE.match(queue) or queue in pools:
+            raise SettingsError(f"QUEUE_EXECUTORS: expected QUEUE=URL,URL;…, got {part!r}")
+        found = _executor_items("QUEUE_EXECUTORS", [i.strip() for i in listed.split(",")])
+        if not found:
+            raise SettingsError(f"QUEUE_EXECUTORS: no executor URL for {queue}")
+        urls = tuple(url for url, _ in found)
+        for url in urls:
+            _check_url("QUEUE_EXECUTORS", url, ("http", "https"))
+        pools[queue] = (tuple(u.rstrip("/") for u in urls), _weights(found))
+    return pools
+
+
 def _executors(r: _Reader) -> list[tuple[str, float]]:
     """EXECUTOR_URLS entries, each `URL` or `URL;weight=N` (N > 0; default 1)."""
+    found = _executor_items("EXECUTOR_URLS", r.items("EXECUTOR_URLS"))
+    urls = _executor_urls(r, tuple(url for url, _ in found))
+    if len(urls) != len(found):  # EXECUTOR_COUNT form: all weigh 1
+        return [(url, 1.0) for url in urls]
+    return list(zip(urls, (w for _, w in found), strict=True))
+
+
+def _executor_items(name: str, items: Iterable[str]) -> list[tuple[str, float]]:
     found = []
-    for item in r.items("EXECUTOR_URLS"):
+    for item in items:
+        if not item:
+            continue
         url, _, option = item.partition(";")
         weight = 1.0
         if option:
@@ -152,14 +300,9 @@ def _executors(r: _Reader) -> list[tuple[str, float]]:
             except ValueError:
                 weight = -1.0
             if not 0 < weight <= 1000:
-                raise SettingsError(
-                    f"EXECUTOR_URLS: expected URL;weight=N (0 < N <= 1000): {item!r}"
-                )
+                raise SettingsError(f"{name}: expected URL;weight=N (0 < N <= 1000): {item!r}")
         found.append((url.strip(), weight))
-    urls = _executor_urls(r, tuple(url for url, _ in found))
-    if len(urls) != len(found):  # EXECUTOR_COUNT form: all weigh 1
-        return [(url, 1.0) for url in urls]
-    return list(zip(urls, (w for _, w in found), strict=True))
+    return found
 
 
 def _weights(executors: list[tuple[str, float]]) -> tuple[float, ...]:

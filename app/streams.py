@@ -116,8 +116,11 @@ class Keys:
 
     def __init__(self, queue: str, part: str | None = None, name: str | None = None) -> None:
         self.queue = name or queue
-        self.prefix = f"ts:{{{queue}}}:" + (f"{part}:" if part else "")
+        self.base = f"ts:{{{queue}}}:"
+        self.prefix = self.base + (f"{part}:" if part else "")
+        self.named = ""  # a named legacy queue's name (its task hashes carry it as `q`)
         self.task_prefix = f"{self.prefix}task:"
+        self.registry = f"{self.base}queues"  # named legacy queues ever used
         self.counters = f"{self.prefix}counters"
         self.leases = f"{self.prefix}leases"
         self.scheduled = f"{self.prefix}scheduled"
@@ -132,6 +135,17 @@ class Keys:
         self.paused = f"{self.prefix}paused"  # set: consumers and pull workers get nothing
         self.index = f"{self.prefix}index"  # PAI-EAS queues only
         self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
+
+    @classmethod
+    def named_queue(cls, default: str, name: str) -> Keys:
+        """A named legacy queue: its own streams, counters, schedule, leases, DLQ, events
+        and pause flag under `ts:{default}:q:<name>:`, beside the default queue under the
+        same hash tag; task records stay shared (`ts:{default}:task:<id>`), so eval_ids
+        are unique across queues and dependencies may cross them."""
+        keys = cls(default, part=f"q:{name}", name=name)
+        keys.named = name
+        keys.task_prefix = f"{keys.base}task:"
+        return keys
 
     def task(self, eval_id: str) -> str:
         return self.task_prefix + eval_id
@@ -301,12 +315,15 @@ def render_dead(item: tuple[bytes, dict[bytes, bytes]]) -> dict[str, Any]:
     return dead
 
 
-def render_record(eval_id: str, rec: dict[bytes, bytes], position: int) -> dict[str, Any]:
-    """The `GET /tasks/{eval_id}` document from a task hash."""
+def render_record(
+    eval_id: str, rec: dict[bytes, bytes], position: int, queue: str
+) -> dict[str, Any]:
+    """The `GET /tasks/{eval_id}` document from a task hash (`queue`: the queue's name)."""
     state = _text(rec.get(b"state", b""))
     view: dict[str, Any] = {
         "eval_id": eval_id,
         "status": state,
+        "queue": queue,
         "priority": _text(rec.get(b"prio", b"default")),
         "attempts": int(rec.get(b"attempts", 0)),
         "created_at": iso_ms(rec.get(b"created")),
@@ -339,6 +356,32 @@ class Streams:
         self.keys = keys or Keys(queue or settings.queue)
         self.scripts = scripts or Scripts(client)
         self.decode = decode or _json_payload
+        self._family: dict[str, Streams] = {self.keys.queue: self}
+
+    def for_queue(self, name: str | None) -> Streams:
+        """The Streams of a legacy queue by name (None or QUEUE_NAME: the default queue),
+        sharing this one's client and scripts."""
+        if not name:
+            name = self.settings.queue
+        found = self._family.get(name)
+        if found is None:
+            keys = Keys.named_queue(self.settings.queue, name)
+            found = Streams(self.redis, self.settings, scripts=self.scripts, keys=keys)
+            found._family = self._family
+            self._family[name] = found
+        return found
+
+    def _routed(self, reply: Any) -> Streams | None:
+        """The Streams to re-send a by-id call to, when the script answered that the task
+        belongs to another legacy queue (see `wrong_queue` in _lib.lua)."""
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"queue":
+            return self.for_queue(_text(reply[1]))
+        return None
+
+    @translate_errors
+    async def named_queues(self) -> list[str]:
+        """Named legacy queues ever used (SMEMBERS of the registry), sorted."""
+        return sorted(_text(n) for n in await self.redis.smembers(self.keys.registry))
 
     # --- producers -----------------------------------------------------------------
 
@@ -347,7 +390,8 @@ class Streams:
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
         run_at_ms = int(req.run_at * 1000) if req.run_at else 0
         argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
-        return keys + k.holes, [*argv, self.settings.events_maxlen, k.schedule_channel]
+        keys += [*k.holes, k.registry]
+        return keys, [*argv, self.settings.events_maxlen, k.schedule_channel, k.named]
 
     @staticmethod
     def _enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
@@ -374,7 +418,10 @@ class Streams:
         """Store several tasks in one round trip; each is atomic on its own."""
         # Issued together, the calls share one pipelined write (see Scripts).
         replies = await asyncio.gather(
-            *(self.scripts.run("enqueue", *self._enqueue_args(req)) for req in reqs)
+            *(
+                self.scripts.run("enqueue", *self.for_queue(req.queue)._enqueue_args(req))
+                for req in reqs
+            )
         )
         answers: list[dict[str, Any]] = []
         for req, reply in zip(reqs, replies, strict=True):
@@ -387,8 +434,11 @@ class Streams:
     # --- consumers -----------------------------------------------------------------
 
     @translate_errors
-    async def claim(self, consumer: str, count: int, lease: float) -> Claimed:
-        """Take up to `count` tasks (due ones promoted, lapsed leases first), leased `lease` s."""
+    async def claim(
+        self, consumer: str, count: int, lease: float, priorities: Iterable[str] = ()
+    ) -> Claimed:
+        """Take up to `count` tasks (due ones promoted, lapsed leases first), leased `lease` s,
+        of `priorities` only when given (CONSUME)."""
         k = self.keys
         keys = [
             *k.streams,
@@ -411,6 +461,7 @@ class Streams:
             k.task_prefix,
             self.settings.failure_ttl,
             PROMOTE_LIMIT,
+            ",".join(priorities),
         ]
         items, wake_ms, recreated, tails = await self.scripts.run("claim", keys, argv)
         tasks = [
@@ -428,9 +479,18 @@ class Streams:
         return Claimed(tasks, wake_in, bool(recreated), list(tails))
 
     @translate_errors
-    async def wait_for_work(self, timeout: float, tails: Sequence[bytes]) -> None:
-        """Block (XREAD) until an entry is added after `tails` (from `claim`), or `timeout`."""
+    async def wait_for_work(
+        self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
+    ) -> None:
+        """Block (XREAD) until an entry is added after `tails` (from `claim`), or `timeout`;
+        only on the streams of `priorities` when given."""
         last: dict[Any, Any] = dict(zip(self.keys.streams, tails, strict=True))
+        if tails and (taken := set(priorities)):
+            last = {
+                key: tail
+                for prio, key, tail in zip(PRIORITY_ORDER, self.keys.streams, tails, strict=True)
+                if prio in taken
+            }
         deadline = time.monotonic() + timeout
         while tails and (remaining := deadline - time.monotonic()) > 0:
             # Blocks are cut into slices shorter than the socket timeout, so one client
@@ -458,8 +518,11 @@ class Streams:
             GROUP,
             self.settings.events_maxlen,
             frame,
+            k.named,
         ]
         reply = await self.scripts.run("complete", keys, argv)
+        if routed := self._routed(reply):
+            return await routed.complete(eval_id, result, task, frame)
         if _text(reply[0]) != "ok":
             raise _refusal(reply)
 
@@ -500,8 +563,20 @@ class Streams:
             k.schedule_channel,
             frame,
             ",".join(str(int(i * 1000)) for i in policy.intervals),
+            k.named,
         ]
         reply = await self.scripts.run("fail", keys, argv)
+        if routed := self._routed(reply):
+            return await routed.fail(
+                eval_id,
+                error,
+                retry=retry,
+                policy=policy,
+                task=task,
+                detail=detail,
+                exit_code=exit_code,
+                frame=frame,
+            )
         state = _text(reply[0])
         if state == State.RETRYING:
             return {"eval_id": eval_id, "status": state, "retry_at": iso_ms(reply[1])}
@@ -543,8 +618,11 @@ class Streams:
             self.settings.events_maxlen,
             self.settings.result_ttl,
             k.cancel_channel,
+            k.named,
         ]
         reply = await self.scripts.run("cancel", keys, argv)
+        if routed := self._routed(reply):
+            return await routed.cancel(eval_id, terminate)
         if _text(reply[0]) != State.CANCELLED:
             if _text(reply[0]) == "state":
                 raise Conflict(f"task is {_text(reply[1])}; cannot cancel")
@@ -555,19 +633,26 @@ class Streams:
     async def get(self, eval_id: str) -> dict[str, Any]:
         """The task's record and, when queued, its position; NotFound when unknown."""
         k = self.keys
-        reply = await self.scripts.run("status", [k.task(eval_id), k.counters, *k.holes], [])
+        reply = await self.scripts.run("status", [k.task(eval_id), k.counters, *k.holes], [k.named])
         if not reply:
             raise NotFound(f"no such task: {eval_id}")
+        if routed := self._routed(reply):
+            return await routed.get(eval_id)
         flat, position = reply
         rec = dict(zip(flat[::2], flat[1::2], strict=True))
-        return render_record(eval_id, rec, int(position))
+        return render_record(eval_id, rec, int(position), self.keys.queue)
 
     @translate_errors
     async def clear(self) -> int:
-        """Admin: remove every task, queue entry and DLQ entry of this queue."""
+        """Admin: remove every task, queue entry and DLQ entry of this queue and, from the
+        default queue, of every named queue too (their task records are shared)."""
         k = self.keys
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
         removed = int(await self.scripts.run("clear", keys, [GROUP, k.task_prefix]))
+        if k.named:
+            return removed
+        for name in await self.named_queues():
+            removed += await self.for_queue(name).clear()
         # Finished records are not reachable from any structure; they are found by SCAN
         # (an admin operation, never on a hot path) and unlinked in batches.
         batch: list[bytes] = []
@@ -605,7 +690,8 @@ class Streams:
         """Queue a dead letter again with a fresh attempt count."""
         k = self.keys
         keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams]
-        reply = await self.scripts.run("dlq_retry", keys, [eval_id, self.settings.events_maxlen])
+        argv = [eval_id, self.settings.events_maxlen, k.named]
+        reply = await self.scripts.run("dlq_retry", keys, argv)
         if _text(reply[0]) == "missing":
             raise NotFound(f"not in the dead-letter queue: {eval_id}")
         if _text(reply[0]) == "state":

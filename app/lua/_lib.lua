@@ -104,6 +104,17 @@ local function queue_prefix(base, q)
   return base .. 'q:' .. q .. ':'
 end
 
+-- By-id calls (status, complete, fail, cancel) are sent with the keys of the queue the
+-- caller assumed; a task of another legacy queue answers {'queue', its queue} and the caller
+-- re-sends with that queue's keys. One HGET for the task's queue name (`q`, absent for the
+-- default queue); nil when the keys are right or the task is unknown.
+local function wrong_queue(k_task, expected)
+  local q = redis.call('HGET', k_task, 'q') or ''
+  if q == (expected or '') then return nil end
+  if q == '' and redis.call('EXISTS', k_task) == 0 then return nil end
+  return {'queue', q}
+end
+
 -- Result callbacks of a task that reached a terminal state (issue 6, item 2).
 local function notify_callback(k_task, id, state, now, maxlen)
 end

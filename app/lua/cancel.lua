@@ -4,11 +4,13 @@
 -- KEYS: 1 task hash, 2 stream:high, 3 stream:default, 4 stream:low, 5 holes:high,
 --       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters
 -- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
---       6 cancel channel
+--       6 cancel channel, 7 the queue assumed ('' = default)
 -- Returns {'cancelled', previous state} | {'missing'} | {'state', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[2], default = KEYS[3], low = KEYS[4]}
 local HOLES = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
+local misrouted = wrong_queue(KEYS[1], ARGV[7])
+if misrouted then return misrouted end
 local rec = redis.call('HMGET', KEYS[1], 'state', 'prio', 'entry', 'seq', 'attempts')
 local state, prio, entry = rec[1], rec[2], rec[3]
 if not state then return {'missing'} end

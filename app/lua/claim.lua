@@ -9,7 +9,9 @@
 --       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index,
 --       13 paused flag (set: hand out nothing; due tasks are still promoted)
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
---       7 task key prefix, 8 failure ttl s, 9 promote limit
+--       7 task key prefix, 8 failure ttl s, 9 promote limit, 10 the priorities this
+--       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
+--       taken over when their lease lapses
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
 --          when idle}. `waited ms`: since the task entered its priority stream (queue wait).
@@ -20,6 +22,10 @@ local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
 local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
 local now = now_ms()
 local out, recreated = {}, 0
+local TAKES = {}
+for p in string.gmatch(ARGV[10] or '', '[^,]+') do TAKES[p] = true end
+local everything = next(TAKES) == nil
+if everything then TAKES = {high = true, default = true, low = true} end
 
 local function deliver(k_task, id, entry, prio, payload)
   local attempt = redis.call('HINCRBY', k_task, 'attempts', 1)
@@ -50,6 +56,7 @@ local function reclaim(id)
     redis.call('ZREM', KEYS[5], id)
     return
   end
+  if not TAKES[rec[2]] then return end  -- left to a consumer of its priority
   local k_stream, lapses = STREAM[rec[2]], tonumber(rec[4] or '0') + 1
   redis.call('HSET', k_task, 'lapses', lapses)
   if lapses > max_lapses then
@@ -80,7 +87,12 @@ end
 
 local paused = redis.call('EXISTS', KEYS[13]) == 1
 if paused then count = 0 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, count)) do
+-- A consumer of some priorities only looks further down the lapsed leases (they may be of
+-- priorities it does not take), and sets no wake time by them (it re-checks when idle).
+local lapsed_limit = count
+if not everything and count > 0 then lapsed_limit = count + 100 end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, lapsed_limit)) do
+  if #out >= count then break end
   reclaim(id)
 end
 
@@ -118,7 +130,7 @@ end
 for _, prio in ipairs(PRIOS) do
   local free = count - #out
   if free <= 0 then break end
-  read_new(prio, free)
+  if TAKES[prio] then read_new(prio, free) end
 end
 
 -- Nothing more to hand out: say when to look again, and from which stream tails to block
@@ -127,7 +139,9 @@ end
 local wake, tails = -1, {}
 if #out < count or paused then
   -- paused: no wake time (resuming announces itself on the wake channel)
-  for _, k in ipairs(paused and {} or {KEYS[5], KEYS[7]}) do
+  local timed = {KEYS[5], KEYS[7]}
+  if paused then timed = {} elseif not everything then timed = {KEYS[7]} end
+  for _, k in ipairs(timed) do
     local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
     if first[2] and (wake < 0 or tonumber(first[2]) - now < wake) then
       wake = math.max(0, tonumber(first[2]) - now)

@@ -2,10 +2,13 @@
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 stream:high, 6 stream:default,
 --       7 stream:low
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 result JSON, 5 result ttl s, 6 group,
---       7 events maxlen, 8 sink frame of a forwarded PAI-EAS item ('' for none)
--- Returns {'ok'} or {'missing' | 'state' | 'stale' | 'expired', state}
+--       7 events maxlen, 8 sink frame of a forwarded PAI-EAS item ('' for none),
+--       9 the queue assumed ('' = default)
+-- Returns {'ok'} or {'missing' | 'state' | 'stale' | 'expired' | 'queue', state or queue}
 local id = ARGV[1]
 local STREAM = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
+local misrouted = wrong_queue(KEYS[1], ARGV[9])
+if misrouted then return misrouted end
 local now = now_ms()
 local refused, rec = fence(KEYS[1], KEYS[2], id, ARGV[2], ARGV[3], now)
 if refused then return refused end

@@ -2,7 +2,7 @@
 -- count, and its DLQ entry is removed.
 -- KEYS: 1 task hash, 2 dlq, 3 dlq index, 4 counters, 5 events, 6 stream:high,
 --       7 stream:default, 8 stream:low
--- ARGV: 1 eval_id, 2 events maxlen
+-- ARGV: 1 eval_id, 2 events maxlen, 3 named queue ('' = default)
 -- Returns {'queued'} | {'missing'} | {'state', state} (a live task reuses that eval_id)
 local id = ARGV[1]
 local STREAM = {high = KEYS[6], default = KEYS[7], low = KEYS[8]}
@@ -18,6 +18,7 @@ if state and state ~= 'failed' then return {'state', state} end
 local dead = to_map(found[1][2])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'created', now_ms(), 'attempts', 0)
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'q', ARGV[3]) end
 push(KEYS[1], STREAM[dead['prio']], KEYS[4], id, dead['prio'], dead['payload'])
 redis.call('XDEL', KEYS[2], dlq_id)
 redis.call('HDEL', KEYS[3], id)

@@ -9,10 +9,13 @@
 --       15 detail (executor answer or traceback), 16 schedule channel,
 --       17 sink frame of a forwarded PAI-EAS item ('' for none), 18 the policy's interval
 --       list in ms, comma-separated ('' for none); a task's own `retry_intervals` (seconds)
---       win over it, and either replaces the exponential formula (the last one repeats)
+--       win over it, and either replaces the exponential formula (the last one repeats),
+--       19 the queue assumed ('' = default)
 -- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
+local misrouted = wrong_queue(KEYS[1], ARGV[19])
+if misrouted then return misrouted end
 local now = now_ms()
 local refused, rec = fence(KEYS[1], KEYS[2], id, ARGV[2], ARGV[3], now)
 if refused then return refused end

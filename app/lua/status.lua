@@ -1,10 +1,11 @@
 -- Read a task record and, when queued, its position (1 = next) in strict priority order.
 -- KEYS: 1 task hash, 2 counters, 3 holes:high, 4 holes:default, 5 holes:low
--- ARGV: none
--- Returns {flat HGETALL, position or 0}; {} when unknown.
+-- ARGV: 1 the queue assumed ('' = default)
+-- Returns {flat HGETALL, position or 0}; {} when unknown; {'queue', name} (see wrong_queue).
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return {} end
 local task = to_map(rec)
+if (task['q'] or '') ~= (ARGV[1] or '') then return {'queue', task['q'] or ''} end
 local position = 0
 if task['state'] == 'queued' then
   local seq = tonumber(task['seq'])
