@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,7 +36,7 @@ from app.errors import Invalid, NotFound, TaskstreamError
 from app.logs import configure
 from app.models import TERMINAL, State, TaskRequest, check_eval_id
 from app.redis_server import RedisServer
-from app.settings import Settings, SettingsError
+from app.settings import Selection, Settings, SettingsError
 from app.streams import Streams, connect
 
 EXIT_OK = 0
@@ -90,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"taskstream {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(commands)
+    _worker_parser(commands)
     _info_parser(commands)
     _dlq_parser(commands)
     _task_parser(commands)
@@ -106,6 +109,12 @@ def _serve_parser(commands: Any) -> None:
         "variables, see README). Without REDIS_URL an embedded redis-server is started.",
     )
     serve.add_argument(
+        "--consume",
+        metavar="SPEC",
+        help="what this process consumes, overriding CONSUME (e.g. 'evaluations:high,default', "
+        "'gpu,eas:*'; '' serves the API only)",
+    )
+    serve.add_argument(
         "--example-executor",
         action="store_true",
         help="also start the example executor (a demo, NOT a sandbox) on 127.0.0.1 as a child "
@@ -118,6 +127,24 @@ def _serve_parser(commands: Any) -> None:
         metavar="PORT",
         help="its port (default %(default)s; 0 picks a free one)",
     )
+
+
+def _worker_parser(commands: Any) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run the consumers without the HTTP API",
+        description="Consume the selected queues (CONSUME, or --consume) with their executors "
+        "(EXECUTOR_URLS, QUEUE_EXECUTORS), without an HTTP server. Without REDIS_URL it uses "
+        "the embedded Redis of a service running in DATA_DIR, else starts one.",
+        epilog="exit status: 0 stopped or drained; 1 Redis unreachable; 2 bad configuration or "
+        "nothing to consume.",
+    )
+    worker.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit 0 once the selected queues have nothing queued, running or retrying",
+    )
+    worker.add_argument("--consume", metavar="SPEC", help="overrides CONSUME (see serve)")
 
 
 def _info_parser(commands: Any) -> None:
@@ -182,6 +209,7 @@ def _enqueue_parser(commands: Any) -> None:
     enqueue.add_argument("code", metavar="CODE", help="the code to run; - reads it from stdin")
     enqueue.add_argument("--priority", choices=("high", "default", "low"), default="default")
     enqueue.add_argument("--eval-id", metavar="ID", help="the task's id (default: generated)")
+    enqueue.add_argument("--queue", metavar="NAME", help="a named queue (default: QUEUE_NAME)")
     enqueue.add_argument("--delay", type=non_negative, metavar="S", help="run in S seconds")
     enqueue.add_argument(
         "--wait", type=positive, metavar="S", help="wait up to S seconds for the outcome"
@@ -284,6 +312,45 @@ def _run_server(settings: Settings, redis_url: str | None) -> int:
     return EXIT_OK if server.started else EXIT_FAILURE
 
 
+# --- worker ----------------------------------------------------------------------------
+
+
+def _answers(path: Path) -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1.0)
+        sock.connect(str(path))
+        return True
+    return False
+
+
+def run_worker(settings: Settings, burst: bool) -> int:
+    from app.worker import NothingToConsume, work
+
+    configure(settings.log_level, settings.log_format)
+    embedded = None
+    url = settings.redis_url
+    if not url:
+        server = RedisServer(settings.data_dir)
+        if not _answers(server.socket_path):  # no service runs there: start our own
+            embedded = server
+            embedded.start()
+        url = server.url
+    try:
+        asyncio.run(work(settings, url, burst))
+        return EXIT_OK
+    except NothingToConsume as exc:
+        print(f"taskstream: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TaskstreamError as exc:
+        print(f"taskstream: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        if embedded:
+            embedded.stop()
+
+
 # --- operator commands: one Streams straight on Redis ------------------------------------
 
 
@@ -335,6 +402,7 @@ async def _report(streams: Streams, hub: Any) -> dict[str, Any]:
         "queue": streams.settings.queue,
         **counts,
         "consumers": await streams.consumers(),
+        "queues": await streams.queues_overview(),
         "eas": await hub.overview(),
     }
 
@@ -380,6 +448,9 @@ def print_info(report: dict[str, Any], as_json: bool) -> None:
     for consumer in report["consumers"]:
         name, pending, idle = consumer["name"], consumer["pending"], consumer["idle_ms"]
         print(f"  {name:<32} pending={pending} idle={idle}ms")
+    for name, row in report["queues"].items():
+        states = "  ".join(f"{s}={n}" for s, n in row["states"].items())
+        print(f"queue {name}  {states}  dlq={row['dlq']}  consumers={len(row['consumers'])}")
     for row in report["eas"]:
         print_eas(row)
 
@@ -465,9 +536,12 @@ async def enqueue_command(streams: Streams, args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"code": code, "priority": args.priority, "delay": args.delay}
     if args.eval_id is not None:
         data["eval_id"] = args.eval_id
+    if args.queue is not None:
+        data["queue"] = args.queue
     request = TaskRequest.parse(data, time.time())
-    await streams.ensure_groups()
-    answer = await streams.enqueue(request)
+    queue = streams.for_queue(request.queue)
+    await queue.ensure_groups()
+    answer = await queue.enqueue(request)
     _print_json(answer)
     if args.wait is None:
         return EXIT_OK
@@ -512,8 +586,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"taskstream: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "consume", None) is not None:
+        try:
+            settings = dataclasses.replace(
+                settings, consume=Selection.parse(args.consume, "--consume")
+            )
+        except SettingsError as exc:
+            print(f"taskstream: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "serve":
         return serve(settings, args.example_executor_port if args.example_executor else None)
+    if args.command == "worker":
+        return run_worker(settings, args.burst)
     return run_command(settings, args, COMMANDS[args.command])
 
 

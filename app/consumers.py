@@ -77,6 +77,7 @@ class ConsumerPool:
         self.settings = settings
         self.consumer = consumer
         self.priorities = tuple(sorted(priorities))  # taken from (CONSUME); empty: all
+        self.settled = 0  # outcomes written by this pool (completed, retrying, failed)
         self.running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()
         self._slot_free.set()
@@ -231,6 +232,7 @@ class ConsumerPool:
                 await backoff.sleep()
 
     async def _write_outcome(self, task: Task, execution: Execution) -> str:
+        self.settled += 1
         stats, queue = metrics.of(self.streams), self.streams.keys.queue
         if execution.outcome is Outcome.SUCCESS:
             await self.streams.complete(task.eval_id, execution.result, task, execution.frame)

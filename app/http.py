@@ -430,6 +430,7 @@ async def status(request: Request) -> Response:
     streams = _streams(request)
     executors: ExecutorPool = request.state.executors
     pool: ConsumerPool = request.state.consumers
+    workers: Workers = request.state.workers
     counts = await streams.counts()
     return JSON(
         {
@@ -440,11 +441,23 @@ async def status(request: Request) -> Response:
                 "consumer": pool.consumer,
                 "concurrency": request.state.settings.concurrency,
                 "running": pool.views(),
+                "consume": request.state.settings.consume.text,
+                "consuming": workers.views(),
             },
             "executors": executors.views(),
+            "queues": await named_overview(streams, workers),
             "eas": await request.state.eas.overview(),
         }
     )
+
+
+async def named_overview(streams: Streams, workers: Workers) -> dict[str, Any]:
+    """`queues_overview` with this process's executors of each queue it consumes."""
+    overview = await streams.queues_overview()
+    for name, row in overview.items():
+        if name in workers.pools:
+            row["executors"] = workers.pools[name].executors.views()
+    return overview
 
 
 async def openapi_json(request: Request) -> Response:
@@ -513,7 +526,8 @@ def create_app(
         consumers, pool = workers.default, workers.default.executors
         hub = EasHub(client, settings, streams.scripts, consumers.consumer)
         await hub.start()
-        event_arrivals = Arrivals(client, [streams.keys.events], lambda fields: None)
+        # GET /events: one XREAD loop per queue's events stream, made on first use
+        event_arrivals: dict[str, Arrivals] = {}
         if not settings.eas_tokens:
             log.warning("eas_token_unset", detail="any non-empty Authorization passes /api/predict")
         log.info(
@@ -537,7 +551,7 @@ def create_app(
                 "event_arrivals": event_arrivals,
             }
         finally:
-            await event_arrivals.close()
+            await asyncio.gather(*(a.close() for a in event_arrivals.values()))
             await hub.stop(settings.shutdown_grace)
             await workers.stop(settings.shutdown_grace)
             await client.aclose()

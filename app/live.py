@@ -77,10 +77,26 @@ async def follow(streams: Streams, arrivals: Arrivals, start: str) -> AsyncItera
 
 
 async def events(request: Request) -> Response:
-    streams: Streams = request.state.streams
+    streams = await _legacy_queue(request, request.query_params.get("queue"))
     start = _start(request)
-    arrivals: Arrivals = request.state.event_arrivals
+    feeds: dict[str, Arrivals] = request.state.event_arrivals
+    arrivals = feeds.get(streams.keys.events)
+    if arrivals is None:
+        arrivals = feeds[streams.keys.events] = Arrivals(
+            streams.redis, [streams.keys.events], lambda fields: None
+        )
     return EventSourceResponse(follow(streams, arrivals, start), ping=PING_SECONDS)
+
+
+async def _legacy_queue(request: Request, name: str | None) -> Streams:
+    """The default queue, or a named legacy queue this deployment knows (QUEUE_EXECUTORS,
+    or used by a task)."""
+    default: Streams = request.state.streams
+    if not name or name == default.keys.queue:
+        return default
+    if name in default.settings.queue_executors or name in await default.named_queues():
+        return default.for_queue(name)
+    raise NotFound(f"no such queue: {name}")
 
 
 STATIC = resources.files("app") / "static"
@@ -97,23 +113,20 @@ async def stats(request: Request) -> Response:
     raw = request.query_params.get("minutes", "60")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_MINUTES:
         raise BadRequest(f"minutes must be an integer from 1 to {MAX_MINUTES}")
-    streams = _queue_streams(request, request.query_params.get("queue"))
+    streams = await _queue_streams(request, request.query_params.get("queue"))
     minutes = await streams.minute_stats(int(raw))
     body = {"queue": streams.keys.queue, "minutes": minutes}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _queue_streams(request: Request, name: str | None) -> Streams:
-    """The legacy queue (default), or a PAI-EAS service's input (`svc`) or sink
-    (`svc/sink`) among the services this deployment knows."""
-    legacy: Streams = request.state.streams
-    if not name or name == legacy.keys.queue:
-        return legacy
+async def _queue_streams(request: Request, name: str | None) -> Streams:
+    """A legacy queue (default: the default queue), or a PAI-EAS service's input (`svc`)
+    or sink (`svc/sink`) among the services this deployment knows."""
     hub: EasHub = request.state.eas
-    service, _, part = name.partition("/")
+    service, _, part = (name or "").partition("/")
     if service in hub.services and part in ("", "sink"):
         return hub.queue(service, sink=part == "sink").streams
-    raise NotFound(f"no such queue: {name}")
+    return await _legacy_queue(request, name)
 
 
 async def pause(request: Request) -> Response:
@@ -126,10 +139,8 @@ async def resume(request: Request) -> Response:
 
 async def _set_paused(request: Request, paused: bool) -> Response:
     """Pause or resume a queue: consumers and pull workers stop (start) taking its work."""
-    streams: Streams = request.state.streams
     name = request.path_params["queue"]
-    if name != streams.keys.queue:
-        raise NotFound(f"no such queue: {name}")
+    streams = await _legacy_queue(request, name)
     await streams.set_paused(paused)
     body = {"queue": name, "paused": paused}
     return Response(orjson.dumps(body), media_type="application/json")

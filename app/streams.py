@@ -378,6 +378,15 @@ class Streams:
             return self.for_queue(_text(reply[1]))
         return None
 
+    async def queues_overview(self) -> dict[str, dict[str, Any]]:
+        """Counts and consumers of every named legacy queue (QUEUE_EXECUTORS, or used)."""
+        names = sorted({*self.settings.queue_executors, *await self.named_queues()})
+        overview: dict[str, dict[str, Any]] = {}
+        for name in names:
+            queue = self.for_queue(name)
+            overview[name] = {**await queue.counts(), "consumers": await queue.consumers()}
+        return overview
+
     @translate_errors
     async def named_queues(self) -> list[str]:
         """Named legacy queues ever used (SMEMBERS of the registry), sorted."""
