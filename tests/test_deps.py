@@ -273,3 +273,22 @@ async def test_clear_removes_dependants_sets(service, redis_url, queue):
     finally:
         await client.aclose()
     assert (await counts(service))["states"]["deferred"] == 0
+
+
+async def test_fan_in_child_cancelled_by_one_parent_leaves_the_other(service, redis_url, queue):
+    await post(service, "A")
+    await post(service, "B")
+    await post(service, "C", depends_on=["A", "B"])
+    task = (await service.http.get("/tasks/next")).json()
+    assert task["eval_id"] == "A"
+    await service.http.post("/tasks/A/fail", json={"error": "x", "retry": False})
+    assert (await status_of(service, "C"))["error"] == "dependency A failed"
+    client = connect(redis_url)
+    try:
+        assert not await client.exists(f"ts:{{{queue}}}:deps:B")
+    finally:
+        await client.aclose()
+    await pull_and_complete(service, "B")
+    assert (await status_of(service, "C"))["status"] == "cancelled"
+    status = await counts(service)
+    assert (status["states"]["queued"], status["states"]["deferred"]) == (0, 0)
