@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SCRAPE_TIMEOUT = 2.0  # Redis reads of one scrape; past it the Redis gauges are left out
 UNKNOWN = "unknown"  # the priority of a transition reported over HTTP (not in the reply)
-STATES = ("queued", "scheduled", "retrying", "processing")
+STATES = ("queued", "scheduled", "retrying", "processing", "deferred")
 # Executions run from milliseconds up to TASK_TIMEOUT (600 s by default).
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)

@@ -22,12 +22,14 @@ QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a named queue (settings.NAME
 MAX_DELAY_SECONDS = 366 * 86400
 MAX_RUN_AT = 1e11  # epoch seconds, year 5138: rejects milliseconds given as seconds
 MAX_INTERVALS = 100
+MAX_PARENTS = 100  # depends_on: parents per task
 RESERVED_IDS = frozenset({"next", "batch"})  # GET /tasks/next, POST /tasks/batch
 
 
 class State(StrEnum):
     QUEUED = "queued"
     SCHEDULED = "scheduled"
+    DEFERRED = "deferred"  # waiting for the tasks it depends on
     PROCESSING = "processing"
     RETRYING = "retrying"
     COMPLETED = "completed"
@@ -37,7 +39,7 @@ class State(StrEnum):
 
 TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 WAITING = frozenset({State.QUEUED, State.SCHEDULED, State.RETRYING})
-CANCELLABLE = WAITING
+CANCELLABLE = WAITING | {State.DEFERRED}
 
 
 class Priority(StrEnum):
@@ -143,6 +145,20 @@ def _intervals(value: object) -> list[float] | None:
     return [float(item) for item in value]
 
 
+def _depends_on(value: object, eval_id: str) -> tuple[str, ...]:
+    """`depends_on`: 1-100 distinct eval_ids of existing tasks (checked by the enqueue script)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PARENTS:
+        raise Invalid(f"depends_on must be a list of 1-{MAX_PARENTS} eval_ids")
+    parents = tuple(check_eval_id(item) for item in value)
+    if len(set(parents)) != len(parents):
+        raise Invalid("depends_on must not repeat an eval_id")
+    if eval_id in parents:
+        raise Invalid(f"depends_on: a task cannot depend on itself (cycle: {eval_id})")
+    return parents
+
+
 def _payload(data: dict[str, Any]) -> dict[str, Any]:
     """What executors receive; defaults are left out, since it is most of a queued task's memory."""
     code = data.get("code")
@@ -176,6 +192,8 @@ class TaskRequest:
     priority: Priority
     payload: dict[str, Any]
     run_at: float | None = None  # epoch seconds; None = run now
+    depends_on: tuple[str, ...] = ()  # parents that must complete first
+    allow_failure: bool = False  # run once every parent finished, whatever its outcome
     queue: str | None = None  # a named queue; None = the default queue
 
     @classmethod
@@ -188,8 +206,13 @@ class TaskRequest:
         if eval_id in RESERVED_IDS:
             raise Invalid(f"eval_id {eval_id!r} is reserved (it names a route)")
         priority = parse_priority(data.get("priority"))
+        depends_on = _depends_on(data.get("depends_on"), eval_id)
+        allow_failure = data.get("allow_failure", False)
+        if not isinstance(allow_failure, bool):
+            raise Invalid("allow_failure must be a boolean")
+        payload, run_at = _payload(data), _run_at(data, now)
         queue = check_queue(data.get("queue"))
-        return cls(eval_id, priority, _payload(data), _run_at(data, now), queue)
+        return cls(eval_id, priority, payload, run_at, depends_on, allow_failure, queue)
 
     def encoded_payload(self) -> bytes:
         return orjson.dumps(self.payload)

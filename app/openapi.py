@@ -40,6 +40,21 @@ TASK_IN: dict[str, Any] = {
         "delay": {"type": "number", "description": "seconds from now"},
         "run_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
         "metadata": {"type": "object"},
+        "depends_on": {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+            "minItems": 1,
+            "maxItems": 100,
+            "uniqueItems": True,
+            "description": "eval_ids of existing tasks that must complete first; the task is"
+            " `deferred` until then, and cancelled when one fails or is cancelled. Unknown"
+            " parents or the task's own eval_id: 422",
+        },
+        "allow_failure": {
+            "type": "boolean",
+            "default": False,
+            "description": "run once every parent finished, whatever its outcome",
+        },
     },
     "example": {"code": "print(6*7)", "priority": "high", "metadata": {"user": "ana"}},
 }
@@ -47,9 +62,13 @@ ENQUEUED: dict[str, Any] = {
     "type": "object",
     "properties": {
         "eval_id": {"type": "string"},
-        "status": {"enum": ["queued", "scheduled"]},
+        "status": {"enum": ["queued", "scheduled", "deferred", "cancelled"]},
         "priority": {"enum": ["high", "default", "low"]},
         "position": {"type": "integer"},
+        "error": {
+            "type": "string",
+            "description": "cancelled: a parent already failed or was cancelled",
+        },
     },
     "example": {"eval_id": "a1", "status": "queued", "priority": "high", "position": 1},
 }
@@ -61,6 +80,7 @@ TASK_OUT: dict[str, Any] = {
             "enum": [
                 "queued",
                 "scheduled",
+                "deferred",
                 "processing",
                 "retrying",
                 "completed",
@@ -76,6 +96,9 @@ TASK_OUT: dict[str, Any] = {
         "completed_at": {"type": ["string", "null"], "format": "date-time"},
         "result": {},
         "error": {"type": ["string", "null"]},
+        "run_at": {"type": "string", "format": "date-time"},
+        "depends_on": {"type": "array", "items": {"type": "string"}},
+        "allow_failure": {"type": "boolean"},
     },
 }
 DELIVERY: dict[str, Any] = {

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from app.errors import Conflict, NotFound, Unavailable
+from app.errors import Conflict, Invalid, NotFound, Unavailable
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, decode_json, iso_ms
 from app.settings import RetryPolicy, Settings
 
@@ -121,6 +121,7 @@ class Keys:
         self.named = ""  # a named legacy queue's name (its task hashes carry it as `q`)
         self.task_prefix = f"{self.prefix}task:"
         self.registry = f"{self.base}queues"  # named legacy queues ever used
+        self.deps_prefix = f"{self.base}deps:"  # deps:<parent> = set of dependants
         self.counters = f"{self.prefix}counters"
         self.leases = f"{self.prefix}leases"
         self.scheduled = f"{self.prefix}scheduled"
@@ -336,6 +337,9 @@ def render_record(
         view["position"] = position
     if b"run_at" in rec:
         view["run_at"] = iso_ms(rec[b"run_at"])
+    if b"deps" in rec:
+        view["depends_on"] = decode_json(rec[b"deps"])
+        view["allow_failure"] = b"allow" in rec
     return view
 
 
@@ -399,14 +403,19 @@ class Streams:
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
         run_at_ms = int(req.run_at * 1000) if req.run_at else 0
         argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
-        keys += [*k.holes, k.registry]
-        return keys, [*argv, self.settings.events_maxlen, k.schedule_channel, k.named]
+        argv += [self.settings.events_maxlen, k.schedule_channel, k.named]
+        if req.depends_on:
+            allow = "1" if req.allow_failure else "0"
+            argv += [allow, self.settings.result_ttl, *req.depends_on]
+        return [*keys, *k.holes, k.registry], argv
 
     @staticmethod
     def _enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
         state = _text(reply[0])
         if state == "duplicate":
             raise Conflict(f"eval_id already exists: {req.eval_id}")
+        if state == "unknown":
+            raise Invalid(f"unknown parent(s): {', '.join(_text(p) for p in reply[1])}")
         answer: dict[str, Any] = {
             "eval_id": req.eval_id,
             "status": state,
@@ -414,6 +423,8 @@ class Streams:
         }
         if state == State.QUEUED:
             answer["position"] = int(reply[1])
+        elif state == State.CANCELLED:
+            answer["error"] = _text(reply[1])
         return answer
 
     @translate_errors
@@ -438,6 +449,8 @@ class Streams:
                 answers.append(self._enqueued(req, reply))
             except Conflict as exc:
                 answers.append({"eval_id": req.eval_id, "error": str(exc), "code": 409})
+            except Invalid as exc:
+                answers.append({"eval_id": req.eval_id, "error": str(exc), "code": 422})
         return answers
 
     # --- consumers -----------------------------------------------------------------
@@ -662,10 +675,16 @@ class Streams:
             return removed
         for name in await self.named_queues():
             removed += await self.for_queue(name).clear()
-        # Finished records are not reachable from any structure; they are found by SCAN
-        # (an admin operation, never on a hot path) and unlinked in batches.
-        batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=f"{k.task_prefix}*", count=1000):
+        # Finished and deferred records are not reachable from any structure; they are found
+        # by SCAN (an admin operation, never on a hot path) and unlinked in batches, and so
+        # are the dependants sets (not counted: they are not tasks).
+        removed += await self._unlink_matching(f"{k.task_prefix}*")
+        await self._unlink_matching(f"{k.deps_prefix}*")
+        return removed
+
+    async def _unlink_matching(self, pattern: str) -> int:
+        removed, batch = 0, []
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 500:
                 removed += await self.redis.unlink(*batch)
@@ -860,7 +879,7 @@ def _in_flight(reply: Any) -> int:
 def _summarise(
     counters: dict[str, int], dlq: int, holes: list[int], pending: list[Any]
 ) -> dict[str, Any]:
-    waiting = (State.QUEUED, State.PROCESSING, State.SCHEDULED, State.RETRYING)
+    waiting = (State.QUEUED, State.PROCESSING, State.SCHEDULED, State.RETRYING, State.DEFERRED)
     by_state: dict[str, dict[str, int]] = {s.value: {} for s in waiting}
     for prio, prio_holes, prio_pending in zip(PRIORITY_ORDER, holes, pending, strict=True):
         p = prio.value
@@ -869,6 +888,7 @@ def _summarise(
         by_state["processing"][p] = _in_flight(prio_pending)
         by_state["scheduled"][p] = counters.get(f"scheduled:{p}", 0)
         by_state["retrying"][p] = counters.get(f"retrying:{p}", 0)
+        by_state["deferred"][p] = counters.get(f"deferred:{p}", 0)
     totals = {
         name.removeprefix("total:"): value
         for name, value in counters.items()

@@ -899,7 +899,13 @@ async def test_status_counts_states_priorities_and_consumers(service: Service):
     assert response.status_code == 200
     body = response.json()
     assert body["queue"] == service.settings.queue
-    assert body["states"] == {"queued": 3, "processing": 1, "scheduled": 1, "retrying": 0}
+    assert body["states"] == {
+        "queued": 3,
+        "processing": 1,
+        "scheduled": 1,
+        "retrying": 0,
+        "deferred": 0,
+    }
     assert body["by_priority"]["queued"] == {"high": 0, "default": 2, "low": 1}
     assert body["by_priority"]["processing"] == {"high": 1, "default": 0, "low": 0}
     assert body["by_priority"]["scheduled"] == {"high": 0, "default": 0, "low": 1}

@@ -10,6 +10,7 @@ from tests.conftest import ROOT
 NAMED = {
     "ts:{q}:stream:high": "ts:{%(q)s}:stream:high",
     "ts:{q}:task:<eval_id>": "ts:{%(q)s}:task:*",
+    "ts:{q}:deps:<eval_id>": "ts:{%(q)s}:deps:t0",
     "ts:{q}:leases": "ts:{%(q)s}:leases",
     "ts:{q}:scheduled": "ts:{%(q)s}:scheduled",
     "ts:{q}:counters": "ts:{%(q)s}:counters",
@@ -37,6 +38,8 @@ async def test_every_key_the_readme_names_exists(service, redis_url, queue):
         assert (await http.post("/tasks", json=body)).status_code == 201
     assert (await http.post("/tasks", json={"code": "x", "delay": 600})).status_code == 201
     assert (await http.get("/tasks/next")).json()["eval_id"] == "t0"  # leased
+    child = await http.post("/tasks", json={"code": "x", "depends_on": ["t0"]})
+    assert child.json()["status"] == "deferred"
     assert (await http.post("/tasks/t2/cancel")).status_code == 200  # a hole above head
     assert (await http.get("/tasks/next")).json()["eval_id"] == "t1"
     dead = await http.post("/tasks/t1/fail", json={"error": "x", "retry": False})

@@ -830,8 +830,15 @@ async def test_counts_per_state_and_priority(streams: Streams) -> None:
         "processing": {"high": 1, "default": 0, "low": 0},
         "scheduled": {"high": 0, "default": 1, "low": 1},
         "retrying": {"high": 0, "default": 1, "low": 0},
+        "deferred": {"high": 0, "default": 0, "low": 0},
     }
-    assert counts["states"] == {"queued": 3, "processing": 1, "scheduled": 2, "retrying": 1}
+    assert counts["states"] == {
+        "queued": 3,
+        "processing": 1,
+        "scheduled": 2,
+        "retrying": 1,
+        "deferred": 0,
+    }
     assert counts["dlq"] == 0
     assert counts["totals"]["enqueued"] == 8
     assert counts["totals"]["retried"] == 1
@@ -844,7 +851,13 @@ async def test_counts_per_state_and_priority(streams: Streams) -> None:
 
 async def test_counts_on_an_empty_queue(streams: Streams) -> None:
     counts = await streams.counts()
-    assert counts["states"] == {"queued": 0, "processing": 0, "scheduled": 0, "retrying": 0}
+    assert counts["states"] == {
+        "queued": 0,
+        "processing": 0,
+        "scheduled": 0,
+        "retrying": 0,
+        "deferred": 0,
+    }
     assert counts["dlq"] == 0
     assert counts["totals"] == {}
 
@@ -918,7 +931,13 @@ async def test_clear_removes_everything_and_groups_still_work(streams: Streams) 
         groups = await raw(streams).xinfo_groups(key)
         assert [(g["name"], g["pending"]) for g in groups] == [(GROUP.encode(), 0)]
     counts = await streams.counts()
-    assert counts["states"] == {"queued": 0, "processing": 0, "scheduled": 0, "retrying": 0}
+    assert counts["states"] == {
+        "queued": 0,
+        "processing": 0,
+        "scheduled": 0,
+        "retrying": 0,
+        "deferred": 0,
+    }
     assert counts["dlq"] == 0
     # the stale holder of "running" is refused, and the queue works as new
     assert (await streams.enqueue(req("fresh")))["position"] == 1

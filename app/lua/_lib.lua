@@ -119,9 +119,79 @@ end
 local function notify_callback(k_task, id, state, now, maxlen)
 end
 
+-- A deferred task whose last parent finished: queued at its priority, or scheduled when
+-- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
+-- allow, payload, run_at, attempts.
+local function release_child(k_child, cid, qp, rec, now, maxlen)
+  local prio, payload, run_at = rec[2], rec[5], tonumber(rec[6] or '0')
+  redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
+  redis.call('HDEL', k_child, 'waiting')
+  if run_at > now then
+    local k_sched = qp .. 'scheduled'
+    local first = redis.call('ZRANGE', k_sched, 0, 0, 'WITHSCORES')
+    redis.call('HSET', k_child, 'state', 'scheduled')
+    redis.call('ZADD', k_sched, run_at, cid)
+    redis.call('HINCRBY', qp .. 'counters', 'scheduled:' .. prio, 1)
+    event(qp .. 'events', maxlen, cid, 'scheduled')
+    -- promoters sleep until the earliest due time: only an earlier one needs to wake them
+    if not first[2] or run_at < tonumber(first[2]) then
+      redis.call('PUBLISH', qp .. 'schedule', run_at)
+    end
+    return
+  end
+  push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload)
+  redis.call('HDEL', k_child, 'payload', 'run_at')
+  event(qp .. 'events', maxlen, cid, 'queued')
+end
+
+-- A deferred task that is cancelled leaves the `deps:` sets of all its parents, so a later
+-- task reusing its eval_id (after its record expired) is never released by them.
+local function leave_parents(k_child, cid)
+  local base = base_of(k_child, cid)
+  local deps = redis.call('HGET', k_child, 'deps')
+  if not deps then return end
+  for _, parent in ipairs(cjson.decode(deps)) do
+    redis.call('SREM', base .. 'deps:' .. parent, cid)
+  end
+end
+
+-- A deferred task whose parent `pid` ended `state` (failed / cancelled): cancelled, with
+-- the reason in `error`; it keeps the parent's record TTL.
+local function cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl)
+  redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. rec[2], -1)
+  leave_parents(k_child, cid)
+  redis.call('HSET', k_child, 'state', 'cancelled', 'finished', now,
+    'error', 'dependency ' .. pid .. ' ' .. state)
+  redis.call('HDEL', k_child, 'payload', 'run_at', 'waiting')
+  redis.call('EXPIRE', k_child, ttl)
+  redis.call('HINCRBY', qp .. 'counters', 'total:cancelled', 1)
+  event(qp .. 'events', maxlen, cid, 'cancelled', rec[7])
+end
+
 -- Children of a finished parent (issue 6, item 1): released, or cancelled; those that
--- became terminal here are appended to `todo` as {k_task, id, state}.
+-- became terminal here are appended to `todo` as {k_task, id, state}. The parent's
+-- `deps:<id>` set names them, so no scan: one SMEMBERS, then O(1) work per child. A child
+-- no longer `deferred` (cancelled meanwhile) is skipped.
 local function release_children(k_task, id, state, now, maxlen, ttl, todo)
+  local base = base_of(k_task, id)
+  local k_deps = base .. 'deps:' .. id
+  local kids = redis.call('SMEMBERS', k_deps)
+  redis.call('DEL', k_deps)
+  redis.call('HDEL', k_task, 'kids')
+  for _, cid in ipairs(kids) do
+    local k_child = base .. 'task:' .. cid
+    local rec = redis.call('HMGET', k_child, 'state', 'prio', 'q', 'allow', 'payload', 'run_at',
+      'attempts')
+    if rec[1] == 'deferred' then
+      local qp = queue_prefix(base, rec[3])
+      if state ~= 'completed' and rec[4] ~= '1' then
+        cancel_child(k_child, cid, qp, rec, id, state, now, maxlen, ttl)
+        todo[#todo + 1] = {k_child, cid, 'cancelled'}
+      elseif redis.call('HINCRBY', k_child, 'waiting', -1) <= 0 then
+        release_child(k_child, cid, qp, rec, now, maxlen)
+      end
+    end
+  end
 end
 
 -- Every terminal state (completed, failed, cancelled) of a legacy task passes here, after

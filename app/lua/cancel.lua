@@ -1,6 +1,8 @@
 -- Cancel a task: queued (entry deleted, its sequence number recorded as a hole so
 -- positions stay exact), scheduled / retrying (removed from the schedule), or processing
--- when terminate is set (entry acked and deleted, holders told on the cancel channel).
+-- when terminate is set (entry acked and deleted, holders told on the cancel channel), or
+-- deferred (it leaves its parents' `deps:` sets). Its own dependants are cancelled
+-- through finished().
 -- KEYS: 1 task hash, 2 stream:high, 3 stream:default, 4 stream:low, 5 holes:high,
 --       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters
 -- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
@@ -20,6 +22,10 @@ if state == 'queued' then
 elseif state == 'scheduled' or state == 'retrying' then
   redis.call('ZREM', KEYS[8], id)
   redis.call('HINCRBY', KEYS[11], state .. ':' .. prio, -1)
+elseif state == 'deferred' then
+  redis.call('HINCRBY', KEYS[11], 'deferred:' .. prio, -1)
+  redis.call('HDEL', KEYS[1], 'waiting')
+  leave_parents(KEYS[1], id)
 elseif state == 'processing' and ARGV[2] == '1' then
   redis.call('XACK', STREAM[prio], ARGV[3], entry)
   redis.call('XDEL', STREAM[prio], entry)

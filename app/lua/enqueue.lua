@@ -1,17 +1,85 @@
 -- Enqueue one task atomically: duplicate check + record + stream entry (or schedule) + event.
+-- With parents (depends_on), every check comes before any write: unknown parents refuse the
+-- task; a failed or cancelled parent (without allow_failure) creates it `cancelled`; parents
+-- still running make it `deferred` (it joins each one's `deps:<parent>` set, and finishing
+-- the parent releases it, see release_children in _lib.lua); else it is queued as usual.
 -- KEYS: 1 task hash, 2 stream of its priority, 3 counters, 4 scheduled zset, 5 events,
 --       6 holes:high, 7 holes:default, 8 holes:low, 9 registry of named queues
 -- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run_at ms (0 = now), 5 events maxlen,
 --       6 schedule channel (told about new due times, so promoters can sleep until then),
---       7 named queue ('' = the default queue)
--- Returns {state, position} ; {'duplicate'} when the eval_id is known.
+--       7 named queue ('' = the default queue);
+--       only with depends_on: 8 allow_failure ('1'/'0'), 9 result ttl s, 10… parent eval_ids
+-- Returns {state, position} ; {'duplicate'} when the eval_id is known; {'unknown', {ids}}
+-- when parents are unknown; {'cancelled', reason} when a parent already failed.
 local id, prio, payload, run_at, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0)
-if ARGV[7] ~= '' then
+
+-- A named queue's task names it (`q`), and the queue joins the registry.
+local function mark_queue()
+  if ARGV[7] == '' then return end
   redis.call('HSET', KEYS[1], 'q', ARGV[7])
   redis.call('SADD', KEYS[9], ARGV[7])
+end
+
+-- The parents' states, read before anything is written: {'unknown', ids} | {pending ids,
+-- reason a failed parent gives, or nil}.
+local function check_parents(base, allow)
+  local unknown, pending, reason = {}, {}, nil
+  for i = 10, #ARGV do
+    local state = redis.call('HGET', base .. 'task:' .. ARGV[i], 'state')
+    if not state then
+      unknown[#unknown + 1] = ARGV[i]
+    elseif state == 'failed' or state == 'cancelled' then
+      if not allow and not reason then reason = 'dependency ' .. ARGV[i] .. ' ' .. state end
+    elseif state ~= 'completed' then
+      pending[#pending + 1] = ARGV[i]
+    end
+  end
+  if #unknown > 0 then return {'unknown', unknown} end
+  return {pending, reason}
+end
+
+-- A task with parents: created cancelled or deferred (a reply), or nil when every parent
+-- is already done (the caller queues it as usual).
+local function with_parents()
+  local base, allow = base_of(KEYS[1], id), ARGV[8] == '1'
+  local checked = check_parents(base, allow)
+  if checked[1] == 'unknown' then return checked end
+  local pending, reason = checked[1], checked[2]
+  local deps = {}
+  for i = 10, #ARGV do deps[#deps + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0, 'prio', prio,
+    'deps', cjson.encode(deps))
+  mark_queue()
+  if allow then redis.call('HSET', KEYS[1], 'allow', 1) end
+  if not reason and #pending == 0 then return nil end
+  redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
+  if reason then
+    redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now, 'error', reason)
+    redis.call('EXPIRE', KEYS[1], ARGV[9])
+    redis.call('HINCRBY', KEYS[3], 'total:cancelled', 1)
+    event(KEYS[5], maxlen, id, 'cancelled')
+    finished(KEYS[1], id, 'cancelled', now, maxlen, ARGV[9])
+    return {'cancelled', reason}
+  end
+  redis.call('HSET', KEYS[1], 'state', 'deferred', 'payload', payload, 'waiting', #pending)
+  if run_at > 0 then redis.call('HSET', KEYS[1], 'run_at', run_at) end
+  for _, parent in ipairs(pending) do
+    redis.call('SADD', base .. 'deps:' .. parent, id)
+    redis.call('HSET', base .. 'task:' .. parent, 'kids', 1)
+  end
+  redis.call('HINCRBY', KEYS[3], 'deferred:' .. prio, 1)
+  event(KEYS[5], maxlen, id, 'deferred')
+  return {'deferred', 0}
+end
+
+if #ARGV > 9 then
+  local reply = with_parents()
+  if reply then return reply end
+else
+  redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0)
+  mark_queue()
 end
 redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
 if run_at > now then

@@ -42,7 +42,7 @@ async function refreshStatus() {
   $("#queue-name").textContent = "queue " + status.queue;
   pill($("#redis"), "redis ok", true);
   pill($("#paused"), status.paused ? "paused" : "running", !status.paused);
-  const states = ["queued", "processing", "scheduled", "retrying"];
+  const states = ["queued", "processing", "scheduled", "retrying", "deferred"];
   fill($("#counts tbody"), states.map((s) => [s, status.states[s], ...PRIOS.map((p) => status.by_priority[s][p])]));
   states.forEach((s) => { $("#counts tbody").children[states.indexOf(s)].id = "count-" + s; });
   $("#count-dlq").textContent = status.dlq;
