@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import eas_http, live, metrics, openapi
+from app.callbacks import CallbackSender
 from app.consumers import ConsumerPool, pull
 from app.eas import EasHub
 from app.errors import (
@@ -38,9 +39,9 @@ from app.errors import (
     Unavailable,
 )
 from app.executors import ExecutorPool
-from app.models import Priority, Task, TaskRequest, check_eval_id, parse_json
+from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
 from app.settings import Settings
-from app.streams import Arrivals, Streams, connect, consumer_name
+from app.streams import Arrivals, CallbackStream, Streams, connect, consumer_name
 
 log = structlog.get_logger()
 
@@ -219,9 +220,18 @@ def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
 # --- legacy /tasks API --------------------------------------------------------------
 
 
+def check_callback(req: TaskRequest, settings: Settings) -> None:
+    """A callback_url must name a host CALLBACK_ALLOWED_HOSTS allows (when it is set)."""
+    if req.callback_url is not None:
+        host = callback_host(req.callback_url)
+        if not settings.callback_host_allowed(host):
+            raise Invalid(f"callback_url host {host!r} is not in CALLBACK_ALLOWED_HOSTS")
+
+
 async def enqueue(streams: Streams, body: bytes) -> dict[str, Any]:
     """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
     req = TaskRequest.parse(parse_json(body), time.time())
+    check_callback(req, streams.settings)
     answer = await streams.enqueue(req)
     metrics.of(streams).count_enqueued(streams.keys.queue, req.priority)
     return answer
@@ -278,6 +288,7 @@ async def create_batch(request: Request) -> Response:
     for index, item in enumerate(items):
         try:
             reqs.append(TaskRequest.parse(item, now))
+            check_callback(reqs[-1], request.state.settings)
         except Invalid as exc:
             raise Invalid(f"tasks[{index}]: {exc}") from exc
     streams = _streams(request)
@@ -508,6 +519,15 @@ def create_app(
         consumers.start()
         hub = EasHub(client, settings, streams.scripts, consumers.consumer)
         await hub.start()
+        # Result callbacks: every process delivers them for now (the one place to change
+        # when only some processes should).
+        callback_stream = CallbackStream(client, streams.keys, streams.scripts)
+        with contextlib.suppress(Unavailable):
+            await callback_stream.ensure_group()
+        sender = CallbackSender(
+            callback_stream, settings, consumers.consumer, stats=metrics.of(streams)
+        )
+        sender.start()
         event_arrivals = Arrivals(client, [streams.keys.events], lambda fields: None)
         if not settings.eas_tokens:
             log.warning("eas_token_unset", detail="any non-empty Authorization passes /api/predict")
@@ -527,11 +547,13 @@ def create_app(
                 "consumer": consumers.consumer,
                 "eas": hub,
                 "event_arrivals": event_arrivals,
+                "callbacks": sender,
             }
         finally:
             await event_arrivals.close()
             await hub.stop(settings.shutdown_grace)
             await consumers.stop(settings.shutdown_grace)
+            await sender.stop(settings.shutdown_grace)  # after the consumers' last outcomes
             await pool.close()
             await client.aclose()
             log.info("service_stopped")

@@ -2,12 +2,15 @@
 -- KEYS: 1 task hash, 2 stream of its priority, 3 counters, 4 scheduled zset, 5 events,
 --       6 holes:high, 7 holes:default, 8 holes:low
 -- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run_at ms (0 = now), 5 events maxlen,
---       6 schedule channel (told about new due times, so promoters can sleep until then)
+--       6 schedule channel (told about new due times, so promoters can sleep until then),
+--       7 (optional) the callback mark `cb`: the task's callback_url, or '' when only
+--       STORAGE_SERVICE_URL applies; absent = no callback, no field (app/lua/_lib.lua)
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known.
 local id, prio, payload, run_at, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0)
+if ARGV[7] then redis.call('HSET', KEYS[1], 'cb', ARGV[7]) end
 redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
 if run_at > now then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'prio', prio, 'payload', payload,
