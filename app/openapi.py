@@ -40,6 +40,16 @@ TASK_IN: dict[str, Any] = {
         "delay": {"type": "number", "description": "seconds from now"},
         "run_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
         "metadata": {"type": "object"},
+        "callback_url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": 2048,
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+            "description": "POSTed {eval_id, status, result | error, attempts, completed_at} "
+            "once the task is completed, failed or cancelled; retried under NETWORK_RETRY_*, "
+            "at-least-once. http/https with a host; a host outside CALLBACK_ALLOWED_HOSTS "
+            "(when set) is refused with 422",
+        },
     },
     "example": {"code": "print(6*7)", "priority": "high", "metadata": {"user": "ana"}},
 }
@@ -76,6 +86,17 @@ TASK_OUT: dict[str, Any] = {
         "completed_at": {"type": ["string", "null"], "format": "date-time"},
         "result": {},
         "error": {"type": ["string", "null"]},
+        "callback": {
+            "type": "object",
+            "description": "finished tasks with a callback only: pending until every target "
+            "was delivered (2xx) or given up on",
+            "properties": {
+                "status": {"enum": ["pending", "delivered", "failed"]},
+                "attempts": {"type": "integer", "description": "POSTs to the busiest target"},
+                "error": {"type": "string", "description": "failed targets and why"},
+            },
+            "required": ["status"],
+        },
     },
 }
 DELIVERY: dict[str, Any] = {
