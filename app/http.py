@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import eas_http, live, metrics, openapi
+from app.callbacks import start_sender
 from app.consumers import ConsumerPool, Workers, pull
 from app.eas import EasHub
 from app.errors import (
@@ -38,7 +39,15 @@ from app.errors import (
     Unavailable,
 )
 from app.executors import ExecutorPool
-from app.models import Priority, Task, TaskRequest, check_eval_id, check_queue, parse_json
+from app.models import (
+    Priority,
+    Task,
+    TaskRequest,
+    callback_host,
+    check_eval_id,
+    check_queue,
+    parse_json,
+)
 from app.settings import Settings
 from app.streams import Arrivals, Streams, connect, consumer_name
 
@@ -224,9 +233,18 @@ def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
 # --- legacy /tasks API --------------------------------------------------------------
 
 
+def check_callback(req: TaskRequest, settings: Settings) -> None:
+    """A callback_url must name a host CALLBACK_ALLOWED_HOSTS allows (when it is set)."""
+    if req.callback_url is not None:
+        host = callback_host(req.callback_url)
+        if not settings.callback_host_allowed(host):
+            raise Invalid(f"callback_url host {host!r} is not in CALLBACK_ALLOWED_HOSTS")
+
+
 async def enqueue(streams: Streams, body: bytes) -> dict[str, Any]:
     """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
     req = TaskRequest.parse(parse_json(body), time.time())
+    check_callback(req, streams.settings)
     if req.queue is not None:
         streams = streams.for_queue(req.queue)
     answer = await streams.enqueue(req)
@@ -285,6 +303,7 @@ async def create_batch(request: Request) -> Response:
     for index, item in enumerate(items):
         try:
             reqs.append(TaskRequest.parse(item, now))
+            check_callback(reqs[-1], request.state.settings)
         except Invalid as exc:
             raise Invalid(f"tasks[{index}]: {exc}") from exc
     streams = _streams(request)
@@ -526,6 +545,11 @@ def create_app(
         consumers, pool = workers.default, workers.default.executors
         hub = EasHub(client, settings, streams.scripts, consumers.consumer)
         await hub.start()
+        # Result callbacks: delivered by every process that consumes anything (CONSUME=
+        # empty: the API only).
+        sender = (
+            None if settings.consume.nothing else await start_sender(streams, consumers.consumer)
+        )
         # GET /events: one XREAD loop per queue's events stream, made on first use
         event_arrivals: dict[str, Arrivals] = {}
         if not settings.eas_tokens:
@@ -549,11 +573,14 @@ def create_app(
                 "consumer": consumers.consumer,
                 "eas": hub,
                 "event_arrivals": event_arrivals,
+                "callbacks": sender,
             }
         finally:
             await asyncio.gather(*(a.close() for a in event_arrivals.values()))
             await hub.stop(settings.shutdown_grace)
             await workers.stop(settings.shutdown_grace)
+            if sender:
+                await sender.stop(settings.shutdown_grace)  # after the consumers' last outcomes
             await client.aclose()
             log.info("service_stopped")
 

@@ -155,6 +155,7 @@ class Metrics:
             "Queue wait of in-process deliveries: from entering the priority stream to claim",
             WAIT_BUCKETS,
         )
+        self.callbacks: dict[str, int] = {"delivered": 0, "failed": 0}  # per target
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -163,6 +164,14 @@ class Metrics:
             yield counter.family()
         yield self.runtime.family()
         yield self.wait.family()
+        callbacks = CounterMetricFamily(
+            "taskstream_callbacks_total",
+            "Result callbacks this process finished, per target: delivered or given up on",
+            labels=("outcome",),
+        )
+        for outcome, value in self.callbacks.items():
+            callbacks.add_metric([outcome], value)
+        yield callbacks
 
     def count_enqueued(self, queue: str, priority: Priority | str, n: int = 1) -> None:
         self.enqueued.inc(queue, priority, n)
@@ -172,6 +181,11 @@ class Metrics:
         counter = self.settled_as.get(status)
         if counter is not None:
             counter.inc(queue, priority)
+
+    def count_callbacks(self, outcome: str, n: int = 1) -> None:
+        """Targets of finished callbacks: `delivered` (a 2xx) or `failed` (retries spent)."""
+        if n:
+            self.callbacks[outcome] = self.callbacks.get(outcome, 0) + n
 
     def count_redriven(self, queue: str, priority: Priority | str = UNKNOWN) -> None:
         self.redriven.inc(queue, priority)

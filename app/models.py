@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -24,6 +25,7 @@ MAX_RUN_AT = 1e11  # epoch seconds, year 5138: rejects milliseconds given as sec
 MAX_INTERVALS = 100
 MAX_PARENTS = 100  # depends_on: parents per task
 RESERVED_IDS = frozenset({"next", "batch"})  # GET /tasks/next, POST /tasks/batch
+MAX_URL_LENGTH = 2048
 
 
 class State(StrEnum):
@@ -184,6 +186,32 @@ def _payload(data: dict[str, Any]) -> dict[str, Any]:
     return {"code": code, **{k: v for k, v in optional.items() if v is not None}}
 
 
+def _callback_url(value: object) -> str | None:
+    """`callback_url`: an absolute http(s) URL with a host, at most 2048 characters."""
+    if value is None:
+        return None
+    message = f"callback_url must be an http or https URL of at most {MAX_URL_LENGTH} characters"
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_URL_LENGTH:
+        raise Invalid(message)
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+        raise Invalid(f"{message}, without spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise Invalid(message)
+    try:
+        parts.port  # noqa: B018 - property access validates the port
+    except ValueError:
+        raise Invalid("callback_url has a bad port") from None
+    if not parts.hostname:
+        raise Invalid("callback_url has no host")
+    return value
+
+
+def callback_host(url: str) -> str:
+    """The host name of a validated callback_url (lower case)."""
+    return urlsplit(url).hostname or ""
+
+
 @dataclass(frozen=True)
 class TaskRequest:
     """A validated submission; `payload` is what executors and pull workers receive."""
@@ -195,6 +223,7 @@ class TaskRequest:
     depends_on: tuple[str, ...] = ()  # parents that must complete first
     allow_failure: bool = False  # run once every parent finished, whatever its outcome
     queue: str | None = None  # a named queue; None = the default queue
+    callback_url: str | None = None  # POSTed the outcome once terminal (app/callbacks.py)
 
     @classmethod
     def parse(cls, data: object, now: float) -> TaskRequest:
@@ -212,7 +241,10 @@ class TaskRequest:
             raise Invalid("allow_failure must be a boolean")
         payload, run_at = _payload(data), _run_at(data, now)
         queue = check_queue(data.get("queue"))
-        return cls(eval_id, priority, payload, run_at, depends_on, allow_failure, queue)
+        callback_url = _callback_url(data.get("callback_url"))
+        return cls(
+            eval_id, priority, payload, run_at, depends_on, allow_failure, queue, callback_url
+        )
 
     def encoded_payload(self) -> bytes:
         return orjson.dumps(self.payload)

@@ -18,6 +18,13 @@ from app import __version__
 ERROR = {"$ref": "#/components/schemas/Error"}
 TASK_ID = {"name": "eval_id", "in": "path", "required": True, "schema": {"type": "string"}}
 QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
+IN_QUEUE = {
+    "name": "queue",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "description": "a named queue (default: QUEUE_NAME)",
+}
 
 TASK_IN: dict[str, Any] = {
     "type": "object",
@@ -40,6 +47,12 @@ TASK_IN: dict[str, Any] = {
         "delay": {"type": "number", "description": "seconds from now"},
         "run_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
         "metadata": {"type": "object"},
+        "queue": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,64}$",
+            "description": "a named queue (default: QUEUE_NAME): its own streams, counts, DLQ "
+            "and executor pool (QUEUE_EXECUTORS); eval_ids are unique across queues",
+        },
         "depends_on": {
             "type": "array",
             "items": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
@@ -54,6 +67,16 @@ TASK_IN: dict[str, Any] = {
             "type": "boolean",
             "default": False,
             "description": "run once every parent finished, whatever its outcome",
+        },
+        "callback_url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": 2048,
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+            "description": "POSTed {eval_id, status, result | error, attempts, completed_at} "
+            "once the task is completed, failed or cancelled; retried under NETWORK_RETRY_*, "
+            "at-least-once. http/https with a host; a host outside CALLBACK_ALLOWED_HOSTS "
+            "(when set) is refused with 422",
         },
     },
     "example": {"code": "print(6*7)", "priority": "high", "metadata": {"user": "ana"}},
@@ -97,8 +120,20 @@ TASK_OUT: dict[str, Any] = {
         "result": {},
         "error": {"type": ["string", "null"]},
         "run_at": {"type": "string", "format": "date-time"},
+        "queue": {"type": "string"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "allow_failure": {"type": "boolean"},
+        "callback": {
+            "type": "object",
+            "description": "finished tasks with a callback only: pending until every target "
+            "was delivered (2xx) or given up on",
+            "properties": {
+                "status": {"enum": ["pending", "delivered", "failed"]},
+                "attempts": {"type": "integer", "description": "POSTs to the busiest target"},
+                "error": {"type": "string", "description": "failed targets and why"},
+            },
+            "required": ["status"],
+        },
     },
 }
 DELIVERY: dict[str, Any] = {
@@ -171,7 +206,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "get": _op(
                 "Take the next task (pull worker)",
                 {200: _json(DELIVERY), 204: {"description": "no task within wait"}},
-                params=[_query("wait", "number", "long-poll seconds, 0-30")],
+                params=[_query("wait", "number", "long-poll seconds, 0-30"), IN_QUEUE],
             )
         },
         "/tasks/{eval_id}": {
@@ -206,24 +241,26 @@ def paths() -> dict[str, dict[str, Any]]:
             "get": _op(
                 "List dead letters, newest first",
                 {200: _json(OBJECT)},
-                params=[_query("limit", "integer", ""), _query("offset", "integer", "")],
+                params=[_query("limit", "integer", ""), _query("offset", "integer", ""), IN_QUEUE],
             ),
             "delete": _op(
                 "Purge dead letters",
                 {200: _json(OBJECT)},
-                params=[_query("older_than_days", "number", "only those older")],
+                params=[_query("older_than_days", "number", "only those older"), IN_QUEUE],
             ),
         },
         "/dlq/{eval_id}/retry": {
             "post": _op(
                 "Re-queue a dead letter",
                 {200: _json(OBJECT), **_errors(404, 409)},
-                params=[TASK_ID],
+                params=[TASK_ID, IN_QUEUE],
             )
         },
         "/dlq/{eval_id}": {
             "delete": _op(
-                "Delete a dead letter", {200: _json(OBJECT), **_errors(404)}, params=[TASK_ID]
+                "Delete a dead letter",
+                {200: _json(OBJECT), **_errors(404)},
+                params=[TASK_ID, IN_QUEUE],
             )
         },
         "/health": {"get": _op("Health", {200: _json(OBJECT), **_errors(503)})},
@@ -267,6 +304,7 @@ def paths() -> dict[str, dict[str, Any]]:
                         "string",
                         "resume after this id (or the header); 0 = everything still kept",
                     ),
+                    IN_QUEUE,
                 ],
             )
         },

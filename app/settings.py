@@ -25,6 +25,8 @@ NAMED_QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # `queue` of POST /tasks
 PRIORITY_NAMES = ("high", "default", "low")
 # QUEUE_EXECUTORS: a `;` starts the next queue unless it starts an executor's `weight=`.
 QUEUE_SPLIT_RE = re.compile(r";\s*(?=(?!weight\s*=)[A-Za-z0-9._-]+\s*=)")
+# CALLBACK_ALLOWED_HOSTS entries: a host name (or IP literal) or `*.suffix`
+ALLOWED_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.:_-]*[a-z0-9])?$")
 
 
 class SettingsError(ValueError):
@@ -164,6 +166,21 @@ class Settings:
     events_maxlen: int = 10000
     dlq_max_age_days: float = 7.0
     cleanup_interval: float = 3600.0
+    storage_service_url: str | None = None  # receives the callback of every finished task
+    callback_allowed_hosts: tuple[str, ...] = ()  # empty: any host; `*.x` = any subdomain of x
+    callback_timeout: float = 10.0  # seconds per callback POST
+
+    def callback_host_allowed(self, host: str) -> bool:
+        """May a task's callback_url point at `host` (CALLBACK_ALLOWED_HOSTS)?"""
+        if not self.callback_allowed_hosts:
+            return True
+        host = host.lower().rstrip(".")
+        for allowed in self.callback_allowed_hosts:
+            if allowed.startswith("*.") and host.endswith(allowed[1:]):
+                return True
+            if host == allowed:
+                return True
+        return False
 
     def executors_for(self, queue: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
         """The executor pool of a legacy queue: QUEUE_EXECUTORS, else EXECUTOR_URLS for the
@@ -253,6 +270,9 @@ class Settings:
             events_maxlen=r.number("EVENTS_MAXLEN", 10000, int, 1),
             dlq_max_age_days=r.number("DLQ_MAX_AGE_DAYS", 7.0, float, 0.0),
             cleanup_interval=r.number("CLEANUP_INTERVAL", 3600.0, float, 1.0),
+            storage_service_url=r.url("STORAGE_SERVICE_URL", ("http", "https")),
+            callback_allowed_hosts=_allowed_hosts(r),
+            callback_timeout=r.number("CALLBACK_TIMEOUT", 10.0, float, 0.1, 300.0),
         )
 
 
@@ -333,6 +353,16 @@ def _intervals(r: _Reader, name: str) -> tuple[float, ...]:
             raise SettingsError(f"{name}: out of range [0, {MAX_INTERVAL:g}]: {item!r}")
         values.append(value)
     return tuple(values)
+
+
+def _allowed_hosts(r: _Reader) -> tuple[str, ...]:
+    """CALLBACK_ALLOWED_HOSTS=hooks.example.com,*.internal.example: hosts a task's
+    callback_url may name (exact, or any subdomain for `*.suffix`)."""
+    hosts = tuple(item.lower().rstrip(".") for item in r.items("CALLBACK_ALLOWED_HOSTS"))
+    for host in hosts:
+        if not ALLOWED_HOST_RE.match(host):
+            raise SettingsError(f"CALLBACK_ALLOWED_HOSTS: not a host or *.suffix: {host!r}")
+    return hosts
 
 
 def _eas_targets(r: _Reader) -> dict[str, str]:

@@ -30,13 +30,23 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.errors import Conflict, Invalid, NotFound, Unavailable
-from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, decode_json, iso_ms
+from app.models import (
+    PRIORITY_ORDER,
+    TERMINAL,
+    Priority,
+    State,
+    Task,
+    TaskRequest,
+    decode_json,
+    iso_ms,
+)
 from app.settings import RetryPolicy, Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 GROUP = "workers"
+CALLBACK_GROUP = "senders"  # consumer group of the callbacks stream (app/callbacks.py)
 SCRIPT_NAMES = (
     "enqueue",
     "claim",
@@ -52,6 +62,7 @@ SCRIPT_NAMES = (
     "eas_put",
     "eas_read",
     "eas_remove",
+    "callback_done",
 )
 PROMOTE_LIMIT = 200
 COMMAND_TIMEOUT = 3.0  # seconds; Lua scripts here are bounded and take well under that
@@ -136,6 +147,11 @@ class Keys:
         self.paused = f"{self.prefix}paused"  # set: consumers and pull workers get nothing
         self.index = f"{self.prefix}index"  # PAI-EAS queues only
         self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
+        self.callbacks = f"{self.base}callbacks"  # result callbacks of every legacy queue
+
+    def queue_counters(self, named: str = "") -> str:
+        """Counters of a named queue under this base (`q:<name>:`), or this queue's own."""
+        return f"{self.prefix}q:{named}:counters" if named else self.counters
 
     @classmethod
     def named_queue(cls, default: str, name: str) -> Keys:
@@ -340,6 +356,21 @@ def render_record(
     if b"deps" in rec:
         view["depends_on"] = decode_json(rec[b"deps"])
         view["allow_failure"] = b"allow" in rec
+    if b"cb" in rec and state in TERMINAL:
+        view["callback"] = _callback_view(rec)
+    return view
+
+
+def _callback_view(rec: dict[bytes, bytes]) -> dict[str, Any]:
+    """The outcome of a finished task's callbacks: pending until the sender is done."""
+    if b"cb_status" not in rec:
+        return {"status": "pending"}
+    view: dict[str, Any] = {
+        "status": _text(rec[b"cb_status"]),
+        "attempts": int(rec.get(b"cb_attempts", 0)),
+    }
+    if b"cb_error" in rec:
+        view["error"] = _text(rec[b"cb_error"])
     return view
 
 
@@ -404,6 +435,9 @@ class Streams:
         run_at_ms = int(req.run_at * 1000) if req.run_at else 0
         argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
         argv += [self.settings.events_maxlen, k.schedule_channel, k.named]
+        # the callback mark: '' none (no field at all), else '+' and the task's callback_url
+        marked = req.callback_url is not None or self.settings.storage_service_url
+        argv.append("+" + (req.callback_url or "") if marked else "")
         if req.depends_on:
             allow = "1" if req.allow_failure else "0"
             argv += [allow, self.settings.result_ttl, *req.depends_on]
@@ -1006,3 +1040,110 @@ async def _tails(client: Any, keys: Sequence[str]) -> dict[Any, Any]:
         key: found[0][0] if found else b"0-0"
         for key, found in zip(keys, await pipe.execute(), strict=True)
     }
+
+
+# --- result callbacks ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallbackEntry:
+    """One entry of the callbacks stream: a finished task's outcome, self-contained."""
+
+    entry: str
+    fields: dict[str, str]
+
+    @property
+    def eval_id(self) -> str:
+        return self.fields.get("id", "")
+
+    @property
+    def queue(self) -> str:
+        return self.fields.get("queue", "")  # a named queue's name; '' = the legacy queue
+
+
+def _callback_entries(found: Any) -> list[CallbackEntry]:
+    return [
+        CallbackEntry(_text(entry), {_text(k): _text(v) for k, v in fields.items()})
+        for entry, fields in found or ()
+        if fields is not None  # Redis 6.2's XAUTOCLAIM names deleted entries with nil
+    ]
+
+
+class CallbackStream:
+    """The callbacks stream `<base>callbacks` and its group `senders`: what the terminal
+    scripts append (`notify_callback` in app/lua/_lib.lua) and app/callbacks.py delivers.
+    Held entries are renewed with XCLAIM JUSTID and taken over with XAUTOCLAIM once idle
+    longer than the lease (one holder kind, one lease: no leases zset needed here)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, scripts: Scripts) -> None:
+        self.redis = client
+        self.keys = keys
+        self.scripts = scripts
+        self.key = keys.callbacks
+        self._cursor = "0-0"  # XAUTOCLAIM scan position; back to the start when a scan ends
+
+    @translate_errors
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.key, CALLBACK_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @translate_errors
+    async def read(self, consumer: str, count: int, block: float) -> list[CallbackEntry]:
+        """New entries for `consumer` (XREADGROUP >), waiting up to `block` s for one."""
+        block_ms = max(1, int(min(block, MAX_BLOCK_SLICE) * 1000))
+        try:
+            found: Any = await self.redis.xreadgroup(
+                CALLBACK_GROUP, consumer, {self.key: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()  # Redis restarted empty, or the stream was deleted
+            return []
+        return [e for _, entries in found or () for e in _callback_entries(entries)]
+
+    @translate_errors
+    async def take_over(self, consumer: str, idle: float, count: int) -> list[CallbackEntry]:
+        """Entries whose holder has not renewed them for `idle` s (it died), now ours."""
+        try:
+            reply: Any = await self.redis.xautoclaim(
+                self.key, CALLBACK_GROUP, consumer, int(idle * 1000), self._cursor, count=count
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            return []
+        self._cursor = _text(reply[0])  # 6.2 answers [next, entries], 7.x adds [deleted]
+        return _callback_entries(reply[1])
+
+    @translate_errors
+    async def renew(self, consumer: str, entries: Sequence[str]) -> None:
+        """Reset the idle time of the entries this consumer holds (XCLAIM … JUSTID)."""
+        if entries:
+            await self.redis.xclaim(
+                self.key, CALLBACK_GROUP, consumer, 0, list(entries), justid=True
+            )
+
+    @translate_errors
+    async def finish(
+        self,
+        item: CallbackEntry,
+        delivered: int,
+        failed: int,
+        status: str,
+        attempts: int,
+        error: str = "",
+    ) -> bool:
+        """Ack and delete the entry, count its targets, record the outcome on the task.
+        False when another sender had already finished it (nothing counted twice)."""
+        keys = [self.key, self.keys.queue_counters(item.queue), self.keys.task(item.eval_id)]
+        argv = [CALLBACK_GROUP, item.entry, delivered, failed, status, attempts, error]
+        return bool(await self.scripts.run("callback_done", keys, argv))
+
+    @translate_errors
+    async def pending(self) -> int:
+        """Entries not yet finished (waiting, or held by a sender)."""
+        return int(await self.redis.xlen(self.key))

@@ -17,7 +17,9 @@ import contextlib
 import signal
 
 import structlog
+from redis.exceptions import RedisError
 
+from app.callbacks import CallbackSender, start_sender
 from app.consumers import ConsumerPool, Workers
 from app.errors import Unavailable
 from app.settings import Settings
@@ -52,27 +54,31 @@ async def work(settings: Settings, redis_url: str, burst: bool) -> int:
             "no selected queue has executors (EXECUTOR_URLS, QUEUE_EXECUTORS, CONSUME)"
         )
     await workers.start()
+    sender = await start_sender(streams, consumer_name())
     log.info("worker_started", queues=sorted(runnable), burst=burst, consume=settings.consume.text)
     try:
         if burst:
-            await _until_drained(list(runnable.values()))
+            await _until_drained(list(runnable.values()), sender)
         else:
             await _until_signalled()
     finally:
         await workers.stop(settings.shutdown_grace)
+        await sender.stop(settings.shutdown_grace)
         await client.aclose()
     settled = sum(pool.settled for pool in runnable.values())
     log.info("worker_stopped", burst=burst, settled=settled)
     return settled
 
 
-async def _until_drained(pools: list[ConsumerPool]) -> None:
+async def _until_drained(pools: list[ConsumerPool], sender: CallbackSender) -> None:
+    """Until the queues are drained and their result callbacks delivered (or given up)."""
     while True:
         await asyncio.sleep(POLL)
         try:
-            if all([await _drained(pool) for pool in pools]):
+            drained = all([await _drained(pool) for pool in pools])
+            if drained and not await sender.stream.redis.xlen(sender.stream.key):
                 return
-        except Unavailable as exc:
+        except (Unavailable, RedisError, OSError) as exc:
             log.warning("worker_redis_unavailable", error=str(exc))
 
 

@@ -21,6 +21,7 @@ NAMED = {
     "ts:{q}:events": "ts:{%(q)s}:events",
     "ts:{q}:events:m:<epoch minute>": "ts:{%(q)s}:events:m:*",
     "ts:{q}:paused": "ts:{%(q)s}:paused",
+    "ts:{q}:callbacks": "ts:{%(q)s}:callbacks",
     "ts:{eas:S}:index": "ts:{eas:%(s)s}:index",
     "ts:{eas:S}:sink:index": "ts:{eas:%(s)s}:sink:index",
     "ts:{eas:S}:sink:rid": "ts:{eas:%(s)s}:sink:rid",
@@ -37,6 +38,9 @@ async def test_every_key_the_readme_names_exists(service, redis_url, queue):
         body = {"eval_id": f"t{i}", "code": "x", "priority": "high"}
         assert (await http.post("/tasks", json=body)).status_code == 201
     assert (await http.post("/tasks", json={"code": "x", "delay": 600})).status_code == 201
+    hook = {"eval_id": "cb", "code": "x", "delay": 600, "callback_url": "http://127.0.0.1:9/"}
+    assert (await http.post("/tasks", json=hook)).status_code == 201
+    assert (await http.post("/tasks/cb/cancel")).status_code == 200  # a callbacks entry
     assert (await http.get("/tasks/next")).json()["eval_id"] == "t0"  # leased
     child = await http.post("/tasks", json={"code": "x", "depends_on": ["t0"]})
     assert child.json()["status"] == "deferred"

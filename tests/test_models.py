@@ -324,3 +324,19 @@ def test_bad_retry_intervals_are_refused(intervals: object) -> None:
 def test_retry_intervals_are_kept_in_the_payload() -> None:
     request = TaskRequest.parse({"code": "x", "retry_intervals": [10, 30.5]}, now=0)
     assert request.payload["retry_intervals"] == [10.0, 30.5]
+
+
+def test_callback_url_is_kept_out_of_the_payload() -> None:
+    url = "https://hooks.example.com/done?token=t"
+    req = TaskRequest.parse({"code": "x", "callback_url": url}, 0)
+    assert req.callback_url == url
+    assert "callback_url" not in req.payload
+    assert TaskRequest.parse({"code": "x"}, 0).callback_url is None
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://x", "not a url", "http://", "//host/x", "http://h:x/", "http://a\tb/", 7, ""]
+)
+def test_bad_callback_url(url: object) -> None:
+    with pytest.raises(Invalid, match="callback_url"):
+        TaskRequest.parse({"code": "x", "callback_url": url}, 0)

@@ -269,3 +269,36 @@ def test_executor_weights() -> None:
     assert s.executor_urls == ("http://a:1", "http://b:2")
     assert s.executor_weights == (3.0, 1.0)
     assert Settings.from_env({"EXECUTOR_URLS": "http://a:1,http://b:2"}).executor_weights == ()
+
+
+def test_callback_settings() -> None:
+    s = Settings.from_env(
+        {
+            "STORAGE_SERVICE_URL": "https://storage.internal:8443/results",
+            "CALLBACK_ALLOWED_HOSTS": "Hooks.Example.com, *.internal.test",
+            "CALLBACK_TIMEOUT": "2.5",
+        }
+    )
+    assert s.storage_service_url == "https://storage.internal:8443/results"
+    assert s.callback_allowed_hosts == ("hooks.example.com", "*.internal.test")
+    assert s.callback_timeout == 2.5
+    assert s.callback_host_allowed("hooks.example.com")
+    assert s.callback_host_allowed("a.b.internal.test")
+    assert not s.callback_host_allowed("internal.test")  # `*.x` means subdomains of x
+    assert not s.callback_host_allowed("evilhooks.example.com")
+    assert Settings.from_env({}).callback_host_allowed("anything.at.all")  # unset: any
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STORAGE_SERVICE_URL", "ftp://storage"),
+        ("STORAGE_SERVICE_URL", "http://"),
+        ("CALLBACK_ALLOWED_HOSTS", "http://hooks.example.com"),
+        ("CALLBACK_ALLOWED_HOSTS", "*"),
+        ("CALLBACK_TIMEOUT", "0"),
+    ],
+)
+def test_bad_callback_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})

@@ -115,8 +115,18 @@ local function wrong_queue(k_task, expected)
   return {'queue', q}
 end
 
--- Result callbacks of a task that reached a terminal state (issue 6, item 2).
+-- Result callbacks of a task that reached a terminal state (issue 6, item 2): one
+-- self-contained entry on `<base>callbacks` (group `senders`, app/callbacks.py delivers it
+-- and removes it). Not capped: an entry leaves only once delivered or given up on.
+-- `url` is the task's callback_url ('' when only STORAGE_SERVICE_URL applies).
 local function notify_callback(k_task, id, state, now, maxlen)
+  local rec = redis.call('HMGET', k_task, 'cb', 'q', 'result', 'error', 'attempts', 'finished')
+  local kind, body = 'error', rec[4] or state
+  if state == 'completed' then kind, body = 'result', rec[3] or 'null' end
+  local fields = {'id', id, 'status', state, kind, body, 'attempts', rec[5] or '0',
+    'finished', rec[6] or now, 'url', rec[1] or ''}
+  if rec[2] and rec[2] ~= '' then fields[#fields + 1], fields[#fields + 2] = 'queue', rec[2] end
+  redis.call('XADD', base_of(k_task, id) .. 'callbacks', '*', unpack(fields))
 end
 
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
@@ -217,8 +227,13 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
                     err, detail, attempts, now, ttl, result_json, frame)
   local old = redis.call('HGET', k_dlq_index, id)
   if old then redis.call('XDEL', k_dlq, old) end
-  local dlq_id = redis.call('XADD', k_dlq, '*', 'id', id, 'prio', prio, 'error', err,
-    'detail', detail, 'attempts', attempts, 'failed_at', now, 'payload', payload)
+  local dead = {'id', id, 'prio', prio, 'error', err, 'detail', detail, 'attempts', attempts,
+    'failed_at', now, 'payload', payload}
+  -- the callback mark travels with the dead letter, so a re-drive keeps it even after
+  -- the record expired (FAILURE_TTL is shorter than DLQ_MAX_AGE_DAYS)
+  local cb = redis.call('HGET', k_task, 'cb')
+  if cb then dead[#dead + 1], dead[#dead + 2] = 'cb', cb end
+  local dlq_id = redis.call('XADD', k_dlq, '*', unpack(dead))
   redis.call('HSET', k_dlq_index, id, dlq_id)
   redis.call('HSET', k_task, 'state', 'failed', 'error', err, 'finished', now, 'dlq', dlq_id)
   redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')

@@ -7,26 +7,31 @@
 --       6 holes:high, 7 holes:default, 8 holes:low, 9 registry of named queues
 -- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run_at ms (0 = now), 5 events maxlen,
 --       6 schedule channel (told about new due times, so promoters can sleep until then),
---       7 named queue ('' = the default queue);
---       only with depends_on: 8 allow_failure ('1'/'0'), 9 result ttl s, 10… parent eval_ids
+--       7 named queue ('' = the default queue), 8 the callback mark: '' none, else '+' and
+--       the task's callback_url ('+' alone when only STORAGE_SERVICE_URL applies; the hash
+--       field `cb` holds what follows the '+'; see notify_callback in _lib.lua);
+--       only with depends_on: 9 allow_failure ('1'/'0'), 10 result ttl s, 11… parent eval_ids
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known; {'unknown', {ids}}
 -- when parents are unknown; {'cancelled', reason} when a parent already failed.
 local id, prio, payload, run_at, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
 local now = now_ms()
 
--- A named queue's task names it (`q`), and the queue joins the registry.
-local function mark_queue()
-  if ARGV[7] == '' then return end
-  redis.call('HSET', KEYS[1], 'q', ARGV[7])
-  redis.call('SADD', KEYS[9], ARGV[7])
+-- Marks written before anything else can happen to the task: a named queue's task names
+-- it (`q`, and the queue joins the registry); a task with callbacks carries `cb`.
+local function mark()
+  if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[1], 'q', ARGV[7])
+    redis.call('SADD', KEYS[9], ARGV[7])
+  end
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'cb', string.sub(ARGV[8], 2)) end
 end
 
 -- The parents' states, read before anything is written: {'unknown', ids} | {pending ids,
 -- reason a failed parent gives, or nil}.
 local function check_parents(base, allow)
   local unknown, pending, reason = {}, {}, nil
-  for i = 10, #ARGV do
+  for i = 11, #ARGV do
     local state = redis.call('HGET', base .. 'task:' .. ARGV[i], 'state')
     if not state then
       unknown[#unknown + 1] = ARGV[i]
@@ -43,24 +48,24 @@ end
 -- A task with parents: created cancelled or deferred (a reply), or nil when every parent
 -- is already done (the caller queues it as usual).
 local function with_parents()
-  local base, allow = base_of(KEYS[1], id), ARGV[8] == '1'
+  local base, allow = base_of(KEYS[1], id), ARGV[9] == '1'
   local checked = check_parents(base, allow)
   if checked[1] == 'unknown' then return checked end
   local pending, reason = checked[1], checked[2]
   local deps = {}
-  for i = 10, #ARGV do deps[#deps + 1] = ARGV[i] end
+  for i = 11, #ARGV do deps[#deps + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0, 'prio', prio,
     'deps', cjson.encode(deps))
-  mark_queue()
+  mark()
   if allow then redis.call('HSET', KEYS[1], 'allow', 1) end
   if not reason and #pending == 0 then return nil end
   redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
   if reason then
     redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now, 'error', reason)
-    redis.call('EXPIRE', KEYS[1], ARGV[9])
+    redis.call('EXPIRE', KEYS[1], ARGV[10])
     redis.call('HINCRBY', KEYS[3], 'total:cancelled', 1)
     event(KEYS[5], maxlen, id, 'cancelled')
-    finished(KEYS[1], id, 'cancelled', now, maxlen, ARGV[9])
+    finished(KEYS[1], id, 'cancelled', now, maxlen, ARGV[10])
     return {'cancelled', reason}
   end
   redis.call('HSET', KEYS[1], 'state', 'deferred', 'payload', payload, 'waiting', #pending)
@@ -74,12 +79,12 @@ local function with_parents()
   return {'deferred', 0}
 end
 
-if #ARGV > 9 then
+if #ARGV > 10 then
   local reply = with_parents()
   if reply then return reply end
 else
   redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0)
-  mark_queue()
+  mark()
 end
 redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
 if run_at > now then

@@ -1,0 +1,310 @@
+"""Result callbacks: POST each finished task's outcome to its `callback_url` and to
+`STORAGE_SERVICE_URL` (what the old Celery worker's storage service received).
+
+The terminal scripts append one self-contained entry per finished task with a callback
+mark to the callbacks stream (`notify_callback` in app/lua/_lib.lua), in the same atomic
+step as the transition, so no outcome is lost between finishing a task and telling
+anyone. One `CallbackSender` per process reads that stream as a consumer of the group
+`senders`, holds each entry while it delivers it (every target on its own, retried under
+the network policy), renews what it holds every LEASE_TIMEOUT / 3 (XCLAIM JUSTID) and
+takes over entries another process left idle for LEASE_TIMEOUT (XAUTOCLAIM). Finishing an
+entry (ack, delete, count, record on the task) is one script, `callback_done.lua`.
+Delivery is at-least-once: after a takeover a receiver can see a callback twice.
+
+It runs beside the consumers, never in their way: a dead or slow receiver costs a POST
+slot (MAX_IN_FLIGHT, CALLBACK_TIMEOUT) and memory for the waiting entry, never a task slot.
+
+Imports: streams, models, settings, consumers (Backoff), metrics (and httpx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import structlog
+
+from app import __version__, metrics
+from app.consumers import Backoff
+from app.errors import Unavailable
+from app.models import decode_json, iso_ms
+from app.streams import CallbackStream
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
+    from app.settings import Settings
+    from app.streams import CallbackEntry, Streams
+
+log = structlog.get_logger()
+
+MAX_IN_FLIGHT = 16  # POSTs open at a time per process
+MAX_HELD = 1000  # entries held per process (being delivered or waiting out a retry)
+READ_COUNT = 100  # entries per XREADGROUP / XAUTOCLAIM
+READ_BLOCK = 1.0  # seconds; also how often a takeover scan can come due while idle
+MAX_ANSWER = 65536  # bytes of a receiver's answer read (for keep-alive); the rest is dropped
+MAX_ERROR = 300  # characters of an error kept on the task
+HEADERS = {"content-type": "application/json", "user-agent": f"taskstream/{__version__}"}
+
+
+class _Abandoned(Exception):
+    """The sender is stopping: the entry stays pending and another sender takes it over."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # "callback_url" or "storage_service": how errors name it (URLs may hold secrets)
+    url: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How one target's delivery ended."""
+
+    delivered: bool
+    attempts: int
+    error: str = ""
+
+
+def body_of(item: CallbackEntry) -> bytes:
+    """The JSON POSTed to every target: like `GET /tasks/{id}`'s fields of the same name."""
+    fields = item.fields
+    body: dict[str, Any] = {"eval_id": item.eval_id, "status": fields.get("status", "")}
+    if "result" in fields:
+        body["result"] = decode_json(fields["result"].encode())
+    else:
+        body["error"] = fields.get("error", "")
+    body["attempts"] = int(fields.get("attempts") or 0)
+    body["completed_at"] = iso_ms(fields.get("finished"))
+    if item.queue:
+        body["queue"] = item.queue
+    return orjson.dumps(body)
+
+
+class CallbackSender:
+    """Delivers the callbacks stream's entries; `start()` / `stop(grace)`."""
+
+    def __init__(
+        self,
+        stream: CallbackStream,
+        settings: Settings,
+        consumer: str,
+        *,
+        stats: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.consumer = consumer
+        self.stats = stats
+        self.transport = transport
+        self.held: dict[str, asyncio.Task[None]] = {}  # entry id -> its delivery
+        self.redis_ok = True
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closing = asyncio.Event()
+        self._takeover_at = 0.0
+        self._loops: list[asyncio.Task[None]] = []
+        self.http: httpx.AsyncClient | None = None
+
+    def start(self) -> None:
+        """Open the HTTP client; start reading the stream and renewing what is held."""
+        timeout = self.settings.callback_timeout
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(
+                max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
+            ),
+            follow_redirects=False,  # a redirect could lead past CALLBACK_ALLOWED_HOSTS
+            trust_env=False,  # settings.py is the only reader of the environment
+            transport=self.transport,
+        )
+        self._loops = [
+            asyncio.create_task(self._read_loop(), name="callbacks-read"),
+            asyncio.create_task(self._renew_loop(), name="callbacks-renew"),
+        ]
+
+    async def stop(self, grace: float) -> None:
+        """Stop reading; POSTs under way get `grace` s; the rest stay pending for a takeover."""
+        self._closing.set()  # deliveries waiting out a retry give up their entry at once
+        if self._loops:
+            await _cancel(self._loops[0])
+        jobs = list(self.held.values())
+        if jobs:
+            await asyncio.wait(jobs, timeout=grace)
+        for job in jobs:
+            await _cancel(job)
+        for loop in self._loops[1:]:
+            await _cancel(loop)
+        if self.http is not None:
+            await self.http.aclose()
+
+    # --- reading ---------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._room.wait()
+            try:
+                items = await self._fetch(min(READ_COUNT, MAX_HELD - len(self.held)))
+                self._redis_back(backoff)
+            except Unavailable as exc:
+                await self._redis_lost(backoff, exc)
+                continue
+            except Exception:  # a bug or an unexpected reply must not end the loop for good
+                log.exception("callbacks_read_failed")
+                await backoff.sleep()
+                continue
+            for item in items:
+                self._spawn(item)
+
+    async def _fetch(self, count: int) -> list[CallbackEntry]:
+        """Entries left by a dead sender first (a scan every LEASE_TIMEOUT / 3), then new ones."""
+        if time.monotonic() >= self._takeover_at:
+            lease = self.settings.lease_timeout
+            taken = await self.stream.take_over(self.consumer, lease, count)
+            taken = [item for item in taken if item.entry not in self.held]
+            if taken:
+                log.info("callbacks_taken_over", entries=len(taken))
+                return taken
+            self._takeover_at = time.monotonic() + lease / 3
+        return await self.stream.read(self.consumer, count, READ_BLOCK)
+
+    def _redis_back(self, backoff: Backoff) -> None:
+        if not self.redis_ok:
+            log.info("callbacks_redis_reconnected")
+        self.redis_ok = True
+        backoff.reset()
+
+    async def _redis_lost(self, backoff: Backoff, exc: Exception) -> None:
+        if self.redis_ok:
+            log.error("callbacks_redis_unavailable", error=str(exc))
+        self.redis_ok = False
+        await backoff.sleep()
+
+    def _spawn(self, item: CallbackEntry) -> None:
+        job = asyncio.create_task(self._deliver(item), name=f"callback-{item.eval_id}")
+        self.held[item.entry] = job
+        if len(self.held) >= MAX_HELD:
+            self._room.clear()
+        job.add_done_callback(lambda _: self._release(item.entry))
+
+    def _release(self, entry: str) -> None:
+        self.held.pop(entry, None)
+        self._room.set()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_timeout / 3)
+            try:
+                await self.stream.renew(self.consumer, list(self.held))
+            except Unavailable as exc:
+                log.warning("callbacks_renew_failed", error=str(exc), held=len(self.held))
+
+    # --- delivering ------------------------------------------------------------------
+
+    def targets(self, item: CallbackEntry) -> list[Target]:
+        """The task's own callback_url (if any) and STORAGE_SERVICE_URL (if set)."""
+        found = []
+        if item.fields.get("url"):
+            found.append(Target("callback_url", item.fields["url"]))
+        if self.settings.storage_service_url:
+            found.append(Target("storage_service", self.settings.storage_service_url))
+        return found
+
+    async def _deliver(self, item: CallbackEntry) -> None:
+        body, targets = body_of(item), self.targets(item)
+        try:
+            results = await asyncio.gather(*(self._post(t, body) for t in targets))
+        except _Abandoned:
+            return
+        with contextlib.suppress(_Abandoned):
+            await self._finish(item, list(results))
+
+    async def _post(self, target: Target, body: bytes) -> Delivery:
+        """Deliver to one target: retried under the network policy until a 2xx answer."""
+        policy = self.settings.network_retry
+        attempts = 0
+        while True:
+            attempts += 1
+            error = await self._attempt(target, body)
+            if not error:
+                return Delivery(True, attempts)
+            if attempts > policy.max_retries:
+                return Delivery(False, attempts, f"{target.name}: {error}"[:MAX_ERROR])
+            await self._pause(policy.delay(attempts))
+
+    async def _attempt(self, target: Target, body: bytes) -> str:
+        """One POST; '' when answered 2xx, else what went wrong."""
+        assert self.http is not None
+        timeout = self.settings.callback_timeout
+        async with self._slots:
+            try:
+                async with asyncio.timeout(timeout):
+                    status = await self._exchange(target.url, body)
+            except (TimeoutError, httpx.TimeoutException):
+                return f"timed out after {timeout:g}s"
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                return f"{exc.__class__.__name__}: {exc}"
+        return "" if 200 <= status < 300 else f"answered {status}"
+
+    async def _exchange(self, url: str, body: bytes) -> int:
+        assert self.http is not None
+        async with self.http.stream("POST", url, content=body, headers=HEADERS) as answer:
+            size = 0  # read a small answer so the connection can be kept alive
+            async for chunk in answer.aiter_raw():
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    break
+            return answer.status_code
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait out a retry delay, unless the sender stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+        if self._closing.is_set():
+            raise _Abandoned
+
+    async def _finish(self, item: CallbackEntry, results: list[Delivery]) -> None:
+        delivered = sum(1 for r in results if r.delivered)
+        failed = len(results) - delivered
+        status = "" if not results else "failed" if failed else "delivered"
+        attempts = max((r.attempts for r in results), default=0)
+        error = "; ".join(r.error for r in results if r.error)
+        backoff = Backoff()
+        while True:
+            try:
+                await self.stream.finish(item, delivered, failed, status, attempts, error)
+                break
+            except Unavailable:
+                await backoff.sleep()
+                if self._closing.is_set():
+                    raise _Abandoned from None
+        if self.stats is not None:
+            self.stats.count_callbacks("delivered", delivered)
+            self.stats.count_callbacks("failed", failed)
+        event = "callback_failed" if failed else "callback_delivered"
+        log.info(event, eval_id=item.eval_id, attempts=attempts, targets=len(results), error=error)
+
+
+async def _cancel(job: asyncio.Task[Any]) -> None:
+    job.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
+
+
+async def start_sender(streams: Streams, consumer: str) -> CallbackSender:
+    """The process's callback sender, on the default queue's base (every legacy queue's
+    callbacks share one stream), started."""
+    stream = CallbackStream(streams.redis, streams.keys, streams.scripts)
+    with contextlib.suppress(Unavailable):
+        await stream.ensure_group()
+    sender = CallbackSender(stream, streams.settings, consumer, stats=metrics.of(streams))
+    sender.start()
+    return sender
