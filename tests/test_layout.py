@@ -26,6 +26,8 @@ NAMED = {
     "ts:{eas:S}:sink:index": "ts:{eas:%(s)s}:sink:index",
     "ts:{eas:S}:sink:rid": "ts:{eas:%(s)s}:sink:rid",
     "ts:{<QUEUE_NAME>}:eas:services": "ts:{%(q)s}:eas:services",
+    "ts:{<QUEUE_NAME>}:queues": "ts:{%(q)s}:queues",
+    "ts:{<QUEUE_NAME>}:q:<name>:": "ts:{%(q)s}:q:gpu:stream:default",
 }
 
 
@@ -49,6 +51,8 @@ async def test_every_key_the_readme_names_exists(service, redis_url, queue):
     dead = await http.post("/tasks/t1/fail", json={"error": "x", "retry": False})
     assert dead.json()["status"] == "failed"
     assert (await http.post(f"/queues/{queue}/pause")).status_code == 200
+    named = await http.post("/tasks", json={"code": "x", "queue": "gpu"})
+    assert named.json()["status"] == "queued"
     auth = {"Authorization": "any"}
     assert (await http.post(f"/api/predict/{svc}", content=b"in", headers=auth)).is_success
     sink = f"/api/predict/{svc}/sink?requestId=r1"
