@@ -145,7 +145,7 @@ async def test_worker_without_burst_runs_until_sigterm(
         await add(streams, "w1")
 
         async def done() -> bool:
-            return (await streams.get("w1"))["status"] == "completed"
+            return bool((await streams.get("w1"))["status"] == "completed")
 
         await wait_for(done, timeout=20)
         assert proc.returncode is None  # still running with the queue empty
