@@ -589,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "consume", None) is not None:
         try:
             settings = dataclasses.replace(
-                settings, consume=Selection.parse(args.consume, "--consume")
+                settings, consume=Selection.parse(args.consume, "--consume", settings.queue)
             )
         except SettingsError as exc:
             print(f"taskstream: {exc}", file=sys.stderr)

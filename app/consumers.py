@@ -76,7 +76,8 @@ class ConsumerPool:
         self.executors = executors
         self.settings = settings
         self.consumer = consumer
-        self.priorities = tuple(sorted(priorities))  # taken from (CONSUME); empty: all
+        # taken from (CONSUME), in claim order; empty: all
+        self.priorities = tuple(p for p in ("high", "default", "low") if p in priorities)
         self.settled = 0  # outcomes written by this pool (completed, retrying, failed)
         self.running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()

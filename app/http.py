@@ -334,9 +334,9 @@ async def complete_task(request: Request) -> Response:
     eval_id = _eval_id(request)
     body = _object(await _json_body(request))
     streams = _streams(request)
-    await streams.complete(eval_id, body.get("result"), _delivery(eval_id, body))
-    metrics.of(streams).count_settled(streams.keys.queue, metrics.UNKNOWN, "completed")
-    return JSON({"eval_id": eval_id, "status": "completed"})
+    queue = await streams.complete(eval_id, body.get("result"), _delivery(eval_id, body))
+    metrics.of(streams).count_settled(queue, metrics.UNKNOWN, "completed")
+    return JSON({"eval_id": eval_id, "status": "completed", "queue": queue})
 
 
 async def fail_task(request: Request) -> Response:
@@ -351,7 +351,7 @@ async def fail_task(request: Request) -> Response:
     answer = await streams.fail(
         eval_id, error, retry=retry, task=_delivery(eval_id, body), detail=detail
     )
-    metrics.of(streams).count_settled(streams.keys.queue, metrics.UNKNOWN, answer["status"])
+    metrics.of(streams).count_settled(answer["queue"], metrics.UNKNOWN, answer["status"])
     return JSON(answer)
 
 
@@ -359,7 +359,7 @@ async def cancel_task(request: Request) -> Response:
     eval_id = _eval_id(request)
     streams = _streams(request)
     answer = await streams.cancel(eval_id, _flag(request, "terminate"))
-    metrics.of(streams).count_settled(streams.keys.queue, metrics.UNKNOWN, "cancelled")
+    metrics.of(streams).count_settled(answer["queue"], metrics.UNKNOWN, "cancelled")
     return JSON(answer)
 
 

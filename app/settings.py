@@ -82,7 +82,7 @@ class Selection:
         return not (self.queues or self.all_queues or self.eas or self.all_eas)
 
     @classmethod
-    def parse(cls, text: str, name: str = "CONSUME") -> Selection:
+    def parse(cls, text: str, name: str = "CONSUME", default: str = "evaluations") -> Selection:
         """`evaluations:high,default,gpu,eas:*`: entries `QUEUE` or `QUEUE:PRIORITY`; a bare
         priority name right after a `QUEUE:PRIORITY` entry adds to that queue's priorities;
         `*` is every legacy queue, `eas:*` every PAI-EAS service, `eas:NAME` one of them;
@@ -109,11 +109,7 @@ class Selection:
             elif item in PRIORITY_NAMES and last is not None:
                 queues[last].add(item)
             else:
-                queue, _, prio = item.partition(":")
-                if not NAMED_QUEUE_RE.match(queue) or (prio and prio not in PRIORITY_NAMES):
-                    raise SettingsError(
-                        f"{name}: expected QUEUE, QUEUE:PRIORITY, *, eas:* or eas:NAME: {item!r}"
-                    )
+                queue, prio = _queue_entry(item, name, default)
                 queues.setdefault(queue, set())
                 if prio:
                     queues[queue].add(prio)
@@ -127,6 +123,19 @@ class Selection:
             all_eas=all_eas,
             text=text.strip(),
         )
+
+
+def _queue_entry(item: str, name: str, default: str) -> tuple[str, str]:
+    """`QUEUE` or `QUEUE:PRIORITY` of a selection; the last `:` starts a priority only when
+    one follows (only the default queue, QUEUE_NAME, may hold `:`)."""
+    queue, sep, prio = item.rpartition(":")
+    if not sep or prio not in PRIORITY_NAMES:
+        queue, prio = item, ""
+    if not (NAMED_QUEUE_RE.match(queue) or queue == default):
+        raise SettingsError(
+            f"{name}: expected QUEUE, QUEUE:PRIORITY, *, eas:* or eas:NAME: {item!r}"
+        )
+    return queue, prio
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ class Settings:
             )
         consume = Selection.everything()
         if "CONSUME" in env:
-            consume = Selection.parse(env["CONSUME"])
+            consume = Selection.parse(env["CONSUME"], default=queue)
         return cls(
             host=r.text("HOST", "127.0.0.1"),
             port=r.number("PORT", 8081, int, 0, 65535),

@@ -416,6 +416,7 @@ class Streams:
     async def queues_overview(self) -> dict[str, dict[str, Any]]:
         """Counts and consumers of every named legacy queue (QUEUE_EXECUTORS, or used)."""
         names = sorted({*self.settings.queue_executors, *await self.named_queues()})
+        names = [name for name in names if name != self.settings.queue]
         overview: dict[str, dict[str, Any]] = {}
         for name in names:
             queue = self.for_queue(name)
@@ -561,9 +562,9 @@ class Streams:
     @translate_errors
     async def complete(
         self, eval_id: str, result: Any, task: Task | None = None, frame: bytes = b""
-    ) -> None:
+    ) -> str:
         """Record success; fenced by the delivery token when `task` is given. `frame` is
-        the sink item of a forwarded PAI-EAS request."""
+        the sink item of a forwarded PAI-EAS request. Returns the task's queue name."""
         k = self.keys
         keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
         argv = [
@@ -581,6 +582,7 @@ class Streams:
             return await routed.complete(eval_id, result, task, frame)
         if _text(reply[0]) != "ok":
             raise _refusal(reply)
+        return self.keys.queue
 
     @translate_errors
     async def fail(
@@ -635,9 +637,14 @@ class Streams:
             )
         state = _text(reply[0])
         if state == State.RETRYING:
-            return {"eval_id": eval_id, "status": state, "retry_at": iso_ms(reply[1])}
+            return {
+                "eval_id": eval_id,
+                "status": state,
+                "retry_at": iso_ms(reply[1]),
+                "queue": self.keys.queue,
+            }
         if state == State.FAILED:
-            return {"eval_id": eval_id, "status": state}
+            return {"eval_id": eval_id, "status": state, "queue": self.keys.queue}
         raise _refusal(reply)
 
     @translate_errors
@@ -683,7 +690,7 @@ class Streams:
             if _text(reply[0]) == "state":
                 raise Conflict(f"task is {_text(reply[1])}; cannot cancel")
             raise _refusal(reply)
-        return {"eval_id": eval_id, "status": State.CANCELLED.value}
+        return {"eval_id": eval_id, "status": State.CANCELLED.value, "queue": self.keys.queue}
 
     @translate_errors
     async def get(self, eval_id: str) -> dict[str, Any]:

@@ -650,7 +650,7 @@ async def test_fail_without_retry_goes_to_the_dlq(
     answer = await streams.fail(
         "dead", "SyntaxError", retry=False, task=task, detail={"traceback": "tb"}, exit_code=1
     )
-    assert answer == {"eval_id": "dead", "status": "failed"}
+    assert answer == {"eval_id": "dead", "status": "failed", "queue": streams.keys.queue}
     record = await streams.get("dead")
     assert (record["status"], record["error"]) == ("failed", "SyntaxError")
     assert record["completed_at"] is not None
@@ -731,7 +731,11 @@ async def test_default_policy_comes_from_settings(make_streams: Callable[..., St
 
 async def test_cancel_queued(streams: Streams) -> None:
     await streams.enqueue(req("c1"))
-    assert await streams.cancel("c1") == {"eval_id": "c1", "status": "cancelled"}
+    assert await streams.cancel("c1") == {
+        "eval_id": "c1",
+        "status": "cancelled",
+        "queue": streams.keys.queue,
+    }
     record = await streams.get("c1")
     assert record["status"] == "cancelled"
     assert record["completed_at"] is not None
