@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -198,13 +198,19 @@ class Metrics:
         self.runtime.observe(queue, seconds)
 
     async def exposition(
-        self, streams: Streams, consumers: ConsumerPool, executors: ExecutorPool, hub: EasHub
+        self,
+        streams: Streams,
+        consumers: ConsumerPool,
+        executors: ExecutorPool,
+        hub: EasHub,
+        named: Sequence[ConsumerPool] = (),
     ) -> bytes:
-        """The text exposition: process metrics, then gauges, Redis ones read right now."""
+        """The text exposition: process metrics, then gauges, Redis ones read right now.
+        `named`: this process's consumer pools of named queues."""
         snapshot = await read_redis(streams, hub)
         families = [
             *redis_families(snapshot),
-            *process_families(consumers, executors, hub),
+            *process_families([consumers, *named], executors, hub),
         ]
         return generate_latest(_Scrape(self.registry, families))
 
@@ -230,8 +236,9 @@ def of(streams: Streams) -> Metrics:
 async def endpoint(request: Request) -> Response:
     """GET /metrics: 200 even when Redis is unreachable (`taskstream_redis_up 0`)."""
     streams: Streams = request.state.streams
+    named = [p for q, p in request.state.workers.pools.items() if q != streams.keys.queue]
     body = await of(streams).exposition(
-        streams, request.state.consumers, request.state.executors, request.state.eas
+        streams, request.state.consumers, request.state.executors, request.state.eas, named
     )
     return Response(body, media_type=CONTENT_TYPE)
 
@@ -260,12 +267,15 @@ class QueueSnapshot:
 
 
 async def read_redis(streams: Streams, hub: EasHub) -> list[QueueSnapshot] | None:
-    """Counts of the legacy queue and of every known PAI-EAS queue; None when Redis is away."""
+    """Counts of the legacy queues (default and named) and of every known PAI-EAS queue;
+    None when Redis is away."""
     queues = [streams]
     for service in list(hub.services.values()):  # discovery keeps this complete (≤ 2 s)
         queues += [service.input.streams, service.sink.streams]
     try:
         async with asyncio.timeout(SCRAPE_TIMEOUT):
+            names = {*streams.settings.queue_executors, *await streams.named_queues()}
+            queues += [streams.for_queue(n) for n in sorted(names - {streams.settings.queue})]
             return [await _read_queue(q) for q in queues]
     except (Unavailable, RedisError, OSError, TimeoutError):
         return None
@@ -310,14 +320,14 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
 
 
 def process_families(
-    consumers: ConsumerPool, executors: ExecutorPool, hub: EasHub
+    consumers: Sequence[ConsumerPool], executors: ExecutorPool, hub: EasHub
 ) -> Iterator[Metric]:
     in_flight = GaugeMetricFamily(
         "taskstream_tasks_in_flight",
         "Tasks this process's consumers are running now",
         labels=("queue",),
     )
-    pools = [consumers, *(s.pool for s in list(hub.services.values()) if s.pool)]
+    pools = [*consumers, *(s.pool for s in list(hub.services.values()) if s.pool)]
     for pool in pools:
         in_flight.add_metric([pool.streams.keys.queue], len(pool.running))
     yield in_flight

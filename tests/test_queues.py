@@ -791,6 +791,18 @@ async def test_consume_some_priorities_of_a_named_queue(make_service, make_execu
 # --- found while writing this module (fixed) -----------------------------------------------
 
 
+async def test_metrics_gauges_cover_named_queues(make_service, make_executor):
+    gpu = await make_executor()
+    svc = await make_service(queue_executors={"gpu": ((gpu.url,), ())})
+    await post(svc, "Q1", queue="cpu")  # no executors anywhere: stays queued
+    await post(svc, "G1", queue="gpu")
+    await wait_for(has_state(svc, "G1", "completed"))
+    text = (await svc.http.get("/metrics")).text
+    assert 'taskstream_queue_length{priority="default",queue="cpu",state="queued"} 1.0' in text
+    assert 'taskstream_dlq_length{queue="gpu"} 0.0' in text
+    assert 'taskstream_tasks_in_flight{queue="gpu"} 0.0' in text
+
+
 async def test_by_id_transitions_are_counted_under_the_named_queue(service, queue):
     await post(service, "A", queue="gpu")
     await post(service, "B", queue="gpu")
