@@ -72,6 +72,14 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     await page.locator('#plot-queue option[value="dash.svc/sink"]').wait_for(state="attached")
     await page.select_option("#plot-queue", "dash.svc")
 
+    # named queues: a row of their own, and a choice for the plots
+    gpu_task = {"eval_id": "dash-gpu", "code": "x", "queue": "gpu"}
+    assert (await service.http.post("/tasks", json=gpu_task)).is_success
+    row = page.locator("#named tbody tr", has_text="gpu")
+    await row.wait_for(timeout=10_000)
+    assert (await row.locator("td:nth-child(2)").inner_text()).strip() == "1"  # queued
+    await page.locator('#plot-queue option[value="gpu"]').wait_for(state="attached")
+
     # pause and resume from the page
     await page.click("#pause")
     await page.locator("#paused", has_text="paused").wait_for(timeout=10_000)

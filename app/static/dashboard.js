@@ -49,7 +49,8 @@ async function refreshStatus() {
   $("#totals").textContent = Object.entries(status.totals).map(([k, v]) => `${k} ${v}`).join(" · ");
   fill($("#consumers tbody"), status.consumers.map((c) => [c.name, c.pending, c.idle_ms, (c.priorities || []).join(",")]));
   fill($("#executors tbody"), status.executors.map((e) => [e.url, e.healthy ? "yes" : "no", e.in_flight, e.routed, e.failures, e.latency_ms]));
-  syncQueueChoices([status.queue, ...(status.eas || []).flatMap((r) => [r.service, r.service + "/sink"])]);
+  syncQueueChoices([status.queue, ...Object.keys(status.queues || {}), ...(status.eas || []).flatMap((r) => [r.service, r.service + "/sink"])]);
+  fill($("#named tbody"), Object.entries(status.queues || {}).map(([n, q]) => [n, ...states.map((s) => q.states[s]), q.dlq, q.consumers.length, q.paused ? "yes" : "no"]));
   fill($("#eas tbody"), (status.eas || []).map((r) => [r.service, r.target, r.input.queued, r.input.processing, r.input.retrying, r.input.dlq, r.sink.length, r.input.consumers.length + r.sink.consumers.length]));
 }
 
