@@ -274,7 +274,10 @@ class CallbackSender:
     async def _finish(self, item: CallbackEntry, results: list[Delivery]) -> None:
         delivered = sum(1 for r in results if r.delivered)
         failed = len(results) - delivered
-        status = "" if not results else "failed" if failed else "delivered"
+        # no target: marked for STORAGE_SERVICE_URL where this process has none
+        status = "skipped" if not results else "failed" if failed else "delivered"
+        if not results:
+            log.warning("callback_skipped", eval_id=item.eval_id, reason="no target here")
         attempts = max((r.attempts for r in results), default=0)
         error = "; ".join(r.error for r in results if r.error)
         backoff = Backoff()

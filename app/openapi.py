@@ -128,7 +128,7 @@ TASK_OUT: dict[str, Any] = {
             "description": "finished tasks with a callback only: pending until every target "
             "was delivered (2xx) or given up on",
             "properties": {
-                "status": {"enum": ["pending", "delivered", "failed"]},
+                "status": {"enum": ["pending", "delivered", "failed", "skipped"]},
                 "attempts": {"type": "integer", "description": "POSTs to the busiest target"},
                 "error": {"type": "string", "description": "failed targets and why"},
             },

@@ -298,6 +298,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _refusal(reply: Sequence[Any]) -> Exception:
     kind = _text(reply[0])
     state = _text(reply[1]) if len(reply) > 1 else ""
@@ -1154,3 +1159,22 @@ class CallbackStream:
     async def pending(self) -> int:
         """Entries not yet finished (waiting, or held by a sender)."""
         return int(await self.redis.xlen(self.key))
+
+    @translate_errors
+    async def outstanding(self, consumer: str) -> bool:
+        """Entries not read by any sender yet, or held by `consumer`: what a burst worker
+        waits for (others' held entries are theirs to finish)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(self.key)
+        pipe.xrevrange(self.key, "+", "-", count=1)
+        pipe.xpending_range(self.key, CALLBACK_GROUP, "-", "+", 1, consumer)
+        groups, last, held = await pipe.execute(raise_on_error=False)
+        if isinstance(groups, Exception) or isinstance(last, Exception):
+            return False  # no stream or group yet: nothing was ever appended
+        if held and not isinstance(held, Exception):
+            return True
+        delivered = next(
+            (_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == CALLBACK_GROUP),
+            "0-0",
+        )
+        return bool(last) and _stream_id(_text(last[0][0])) > _stream_id(delivered)

@@ -7,7 +7,7 @@ out a retry in the priorities it takes — like RQ's `rq worker --burst`; schedu
 (a future `run_at`) and deferred ones do not hold it. Without, it runs until SIGTERM or
 Ctrl-C. Either way running tasks get SHUTDOWN_GRACE to finish.
 
-Imports: consumers, streams, settings, errors.
+Imports: callbacks, consumers, streams, models, settings, errors.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from app.callbacks import CallbackSender, start_sender
 from app.consumers import ConsumerPool, Workers
 from app.errors import Unavailable
+from app.models import PRIORITY_ORDER
 from app.settings import Settings
 from app.streams import Streams, connect, consumer_name
 
@@ -57,10 +59,11 @@ async def work(settings: Settings, redis_url: str, burst: bool) -> int:
     sender = await start_sender(streams, consumer_name())
     log.info("worker_started", queues=sorted(runnable), burst=burst, consume=settings.consume.text)
     try:
+        stop = _stop_on_signals()
         if burst:
-            await _until_drained(list(runnable.values()), sender)
+            await _first(_until_drained(list(runnable.values()), sender), stop.wait())
         else:
-            await _until_signalled()
+            await stop.wait()
     finally:
         await workers.stop(settings.shutdown_grace)
         await sender.stop(settings.shutdown_grace)
@@ -71,31 +74,52 @@ async def work(settings: Settings, redis_url: str, burst: bool) -> int:
 
 
 async def _until_drained(pools: list[ConsumerPool], sender: CallbackSender) -> None:
-    """Until the queues are drained and their result callbacks delivered (or given up)."""
+    """Until the queues are drained twice in a row with no change between the looks (a
+    task settled elsewhere, or a child released across queues, shows as a change), and the
+    callbacks this worker holds, or nobody has read yet, are done."""
+    previous: list[Any] | None = None
     while True:
         await asyncio.sleep(POLL)
         try:
-            drained = all([await _drained(pool) for pool in pools])
-            if drained and not await sender.stream.redis.xlen(sender.stream.key):
+            looks = [await _look(pool) for pool in pools]
+            drained = all(empty for empty, _ in looks)
+            counters = [seen for _, seen in looks]
+            settled = drained and counters == previous and not sender.held
+            if settled and not await sender.stream.outstanding(sender.consumer):
                 return
-        except (Unavailable, RedisError, OSError) as exc:
+            previous = counters if drained else None
+        except Unavailable as exc:
             log.warning("worker_redis_unavailable", error=str(exc))
+            previous = None
 
 
-async def _drained(pool: ConsumerPool) -> bool:
+async def _look(pool: ConsumerPool) -> tuple[bool, Any]:
+    """(nothing queued, running or retrying in the pool's priorities; the counters seen)."""
     if pool.running:
-        return False
+        return False, None
     counts = await pool.streams.counts()
-    taken = pool.priorities or ("high", "default", "low")
+    taken = pool.priorities or tuple(p.value for p in PRIORITY_ORDER)
     by_state = counts["by_priority"]
     waiting = ("queued", "processing", "retrying")
-    return not any(by_state[state].get(prio, 0) for state in waiting for prio in taken)
+    empty = not any(by_state[state].get(prio, 0) for state in waiting for prio in taken)
+    return empty, (counts["totals"], by_state)
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """SIGTERM and SIGINT end the wait (then running tasks get SHUTDOWN_GRACE)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    jobs = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)

@@ -158,6 +158,42 @@ async def test_worker_without_burst_runs_until_sigterm(
             await proc.wait()
 
 
+async def test_burst_worker_stops_gracefully_on_sigterm(
+    redis_url: str,
+    queue: str,
+    streams: Streams,
+    make_executor: Callable[..., Awaitable[StubExecutor]],
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(body: dict[str, Any]) -> Response:
+        started.set()
+        await release.wait()
+        return JSONResponse({"status": "success", "output": "", "exit_code": 0})
+
+    slow_executor = await make_executor(slow)
+    await streams.ensure_groups()
+    await add(streams, "long")
+    env = worker_env(redis_url, queue, EXECUTOR_URLS=slow_executor.url, SHUTDOWN_GRACE="0.2")
+    proc = await start("worker", "--burst", env=env)
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, err
+        assert stopped_line((out + err).decode())["burst"] is True
+        # the running task was released for another worker, not left to its lease
+        record = await streams.get("long")
+        assert record["status"] == "processing"
+        claimed = await streams.claim("other", 1, 30)
+        assert [t.eval_id for t in claimed.tasks] == ["long"]
+    finally:
+        release.set()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_worker_with_nothing_to_run_exits_2(redis_url: str, queue: str) -> None:
     code, _, err = await arun("worker", "--burst", env=worker_env(redis_url, queue))
     assert code == 2

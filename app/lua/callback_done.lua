@@ -4,7 +4,7 @@
 -- over and finished first) is removed but not counted again.
 -- KEYS: 1 callbacks stream, 2 counters of the task's queue, 3 task hash
 -- ARGV: 1 group, 2 entry id, 3 targets delivered, 4 targets given up on,
---       5 status for the record ('delivered' | 'failed'; '' = record nothing),
+--       5 status for the record ('delivered' | 'failed' | 'skipped'; '' = record nothing),
 --       6 attempts (POSTs to the target that took most), 7 error ('' = none)
 -- Returns 1 when this call finished the entry, 0 when it was already finished.
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
