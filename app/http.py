@@ -178,9 +178,17 @@ def _streams(request: Request) -> Streams:
     return streams
 
 
-def _queue_streams(request: Request) -> Streams:
-    """The legacy queue named by `?queue=` (default: the default queue)."""
-    return _streams(request).for_queue(check_queue(request.query_params.get("queue") or None))
+async def _queue_streams(request: Request) -> Streams:
+    """The legacy queue named by `?queue=` (default: the default queue); 404 for a queue no
+    task ever named (and not in QUEUE_EXECUTORS), so a typo creates nothing."""
+    default = _streams(request)
+    name = request.query_params.get("queue") or None
+    if name is None or name == default.keys.queue:
+        return default
+    check_queue(name)
+    if not await default.knows(name):
+        raise NotFound(f"no such queue: {name}")
+    return default.for_queue(name)
 
 
 async def _json_body(request: Request) -> Any:
@@ -319,7 +327,7 @@ async def next_task(request: Request) -> Response:
     wait = _float_param(request, "wait", 0.0, MAX_WAIT)
     settings: Settings = request.state.settings
     gone = _hangup(request) if wait > 0 else None
-    streams = _queue_streams(request)
+    streams = await _queue_streams(request)
     task = await pull(streams, request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
@@ -380,11 +388,11 @@ def _int_param(request: Request, name: str, default: int, high: int) -> int:
 async def list_dlq(request: Request) -> Response:
     limit = _int_param(request, "limit", 50, 1000)
     offset = _int_param(request, "offset", 0, 1_000_000)
-    return JSON(await _queue_streams(request).dlq_list(limit, offset))
+    return JSON(await (await _queue_streams(request)).dlq_list(limit, offset))
 
 
 async def retry_dlq(request: Request) -> Response:
-    streams = _queue_streams(request)
+    streams = await _queue_streams(request)
     answer = await streams.dlq_retry(_eval_id(request))
     metrics.of(streams).count_redriven(streams.keys.queue)
     return JSON(answer)
@@ -393,7 +401,7 @@ async def retry_dlq(request: Request) -> Response:
 async def purge_dlq(request: Request) -> Response:
     days = request.query_params.get("older_than_days")
     older_than = None if days is None else _float_param(request, "older_than_days", 0, 36500)
-    removed = await _queue_streams(request).dlq_purge(
+    removed = await (await _queue_streams(request)).dlq_purge(
         older_than=None if older_than is None else older_than * 86400
     )
     return JSON({"removed": removed})
@@ -401,7 +409,7 @@ async def purge_dlq(request: Request) -> Response:
 
 async def delete_dead(request: Request) -> Response:
     eval_id = _eval_id(request)
-    if not await _queue_streams(request).dlq_purge(eval_id=eval_id):
+    if not await (await _queue_streams(request)).dlq_purge(eval_id=eval_id):
         raise NotFound(f"not in the dead-letter queue: {eval_id}")
     return JSON({"removed": 1})
 

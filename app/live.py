@@ -94,7 +94,7 @@ async def _legacy_queue(request: Request, name: str | None) -> Streams:
     default: Streams = request.state.streams
     if not name or name == default.keys.queue:
         return default
-    if name in default.settings.queue_executors or name in await default.named_queues():
+    if await default.knows(name):
         return default.for_queue(name)
     raise NotFound(f"no such queue: {name}")
 

@@ -79,6 +79,8 @@ def check_queue(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not QUEUE_RE.fullmatch(value):
         raise Invalid("queue must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    if value in Priority.__members__.values():  # CONSUME would read it as a priority
+        raise Invalid(f"queue must not be a priority name: {value!r}")
     return value
 
 

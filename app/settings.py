@@ -106,7 +106,11 @@ class Selection:
                 else:
                     raise SettingsError(f"{name}: bad PAI-EAS service in {item!r}")
                 last = None
-            elif item in PRIORITY_NAMES and last is not None:
+            elif item in PRIORITY_NAMES and item != default:
+                if last is None:
+                    raise SettingsError(
+                        f"{name}: a bare priority follows QUEUE:PRIORITY, got {item!r}"
+                    )
                 queues[last].add(item)
             else:
                 queue, prio = _queue_entry(item, name, default)

@@ -65,6 +65,7 @@ SCRIPT_NAMES = (
     "callback_done",
 )
 PROMOTE_LIMIT = 200
+MAX_DEPENDANTS = 10000  # deferred children per parent (enqueue.lua): its release is one script
 COMMAND_TIMEOUT = 3.0  # seconds; Lua scripts here are bounded and take well under that
 MAX_BLOCK_SLICE = 1.0  # longest single XREAD BLOCK; must stay below COMMAND_TIMEOUT
 # Replies that mean "the server cannot take writes now", not "your command is wrong".
@@ -429,6 +430,14 @@ class Streams:
         return overview
 
     @translate_errors
+    async def knows(self, name: str) -> bool:
+        """A named queue of this deployment: in QUEUE_EXECUTORS, seen by this process, or in
+        the registry (one SISMEMBER the first time)."""
+        if name in self.settings.queue_executors or name in self._family:
+            return True
+        return bool(await self.redis.sismember(self.keys.registry, name))
+
+    @translate_errors
     async def named_queues(self) -> list[str]:
         """Named legacy queues ever used (SMEMBERS of the registry), sorted."""
         return sorted(_text(n) for n in await self.redis.smembers(self.keys.registry))
@@ -456,6 +465,11 @@ class Streams:
             raise Conflict(f"eval_id already exists: {req.eval_id}")
         if state == "unknown":
             raise Invalid(f"unknown parent(s): {', '.join(_text(p) for p in reply[1])}")
+        if state == "crowded":
+            raise Invalid(
+                f"parent {_text(reply[1])} already has {MAX_DEPENDANTS} deferred dependants "
+                "(chain wider fan-outs through intermediate tasks)"
+            )
         answer: dict[str, Any] = {
             "eval_id": req.eval_id,
             "status": state,
@@ -803,7 +817,13 @@ class Streams:
             return None
         removed = await self.dlq_purge(older_than=s.dlq_max_age_days * 86400)
         trimmed = await self.redis.xtrim(self.keys.events, maxlen=s.events_maxlen, approximate=True)
-        return {"dlq_removed": removed, "events_trimmed": int(trimmed)}
+        done = {"dlq_removed": removed, "events_trimmed": int(trimmed)}
+        if not self.keys.named:  # named queues too, consumed here or not (each has its lock)
+            for name in await self.named_queues():
+                more = await self.for_queue(name).cleanup()
+                for key, value in (more or {}).items():
+                    done[key] += value
+        return done
 
     @translate_errors
     async def ensure_groups(self) -> None:

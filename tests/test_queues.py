@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from app.models import TaskRequest
 from app.settings import RetryPolicy, Selection, Settings, SettingsError
-from app.streams import GROUP, consumer_name
+from app.streams import GROUP, MAX_DEPENDANTS, Streams, consumer_name
 from tests.conftest import serve_asgi, wait_for
 
 OK = {"status": "success", "output": "", "exit_code": 0}
@@ -292,7 +292,7 @@ async def test_dlq_is_per_queue(make_service, make_executor):
     dead = {d["eval_id"]: d for d in listing["tasks"]}
     assert "400" in dead["G"]["error"] and dead["G"]["task"]["priority"] == "low"
     assert (await svc.http.get("/dlq")).json() == {"count": 0, "tasks": []}
-    assert (await svc.http.get("/dlq?queue=cpu")).json()["count"] == 0
+    assert (await svc.http.get("/dlq?queue=cpu")).status_code == 404  # no task named it
     assert (await overview(svc))["queues"]["gpu"]["dlq"] == 2
     assert (await overview(svc))["dlq"] == 0
 
@@ -533,12 +533,11 @@ async def test_dependencies_cross_queues(make_service, make_executor):
     ("text", "queues"),
     [
         ("evaluations:high,default", {"evaluations": {"high", "default"}}),
-        ("gpu,default", {"gpu": set(), "default": set()}),
+        ("gpu,cpu", {"gpu": set(), "cpu": set()}),
         ("evaluations:high,default,gpu", {"evaluations": {"high", "default"}, "gpu": set()}),
         ("evaluations:low, evaluations:high", {"evaluations": {"high", "low"}}),
         ("gpu:low,gpu", {"gpu": set()}),  # named whole: all of its priorities
         (" cpu ,, ", {"cpu": set()}),
-        ("high", {"high": set()}),  # a bare priority with no QUEUE:PRIO before it: a queue
     ],
 )
 def test_selection_parse_queues(text, queues):
@@ -564,9 +563,11 @@ def test_selection_parse_wildcards_and_services():
     assert one.priorities("gpu") == frozenset({"high"})
     star = Selection.parse("*,gpu:low")  # a listed queue keeps its own priorities
     assert star.priorities("gpu") == frozenset({"low"}) and star.priorities("cpu") == frozenset()
-    # eas:NAME ends a run of priorities: `default` after it is a queue
-    run = Selection.parse("gpu:high,eas:svc,default")
-    assert {q: set(p) for q, p in run.queues.items()} == {"gpu": {"high"}, "default": set()}
+    # eas:NAME ends a run of priorities: a bare priority after it has nothing to extend
+    with pytest.raises(SettingsError, match="a bare priority follows QUEUE:PRIORITY"):
+        Selection.parse("gpu:high,eas:svc,default")
+    with pytest.raises(SettingsError, match="a bare priority follows QUEUE:PRIORITY"):
+        Selection.parse("high")
     for text in ("", " ", ",,"):
         nothing = Selection.parse(text)
         assert nothing.nothing and nothing.priorities("evaluations") is None
@@ -577,7 +578,8 @@ def test_selection_parse_wildcards_and_services():
 
 
 @pytest.mark.parametrize(
-    "text", ["gpu:urgent", "a b", "a/b", "x" * 65, "eas:", "eas:bad name", "gpu:high:low", ":high"]
+    "text",
+    ["gpu:urgent", "a b", "a/b", "x" * 65, "eas:", "eas:bad name", "gpu:high:low", ":high", "low"],
 )
 def test_selection_parse_errors_name_the_variable(text):
     with pytest.raises(SettingsError, match=r"^CONSUME: "):
@@ -710,6 +712,10 @@ async def _idle(svc: Any, name: str) -> bool:
 
 
 async def test_long_poll_on_a_named_queue(service):
+    # a queue no task named yet is unknown (a typo creates nothing)
+    assert (await service.http.get("/tasks/next?queue=gpu")).status_code == 404
+    await post(service, "g0", queue="gpu")
+    assert (await service.http.get("/tasks/next?queue=gpu")).json()["eval_id"] == "g0"
     waiting = asyncio.ensure_future(service.http.get("/tasks/next?queue=gpu&wait=5"))
     await asyncio.sleep(0.1)
     await post(service, "d")  # the default queue's: not for this poll
@@ -895,3 +901,36 @@ async def test_consume_nothing_sends_no_callbacks(make_service):
         assert [orjson.loads(body)["queue"] for _, body in receiver.calls] == ["gpu"]
     finally:
         await receiver.served.stop()
+
+
+# --- review follow-ups ----------------------------------------------------------------------
+
+
+async def test_priority_names_are_not_queue_names(service):
+    for name in ("high", "default", "low"):
+        answer = await service.http.post("/tasks", json={"code": "x", "queue": name})
+        assert answer.status_code == 422
+        assert "priority name" in answer.json()["error"]
+
+
+async def test_a_parent_with_too_many_dependants_refuses_more(service, client, queue):
+    await post(service, "P")
+    crowd = [f"c{i}" for i in range(MAX_DEPENDANTS)]
+    await client.sadd(f"ts:{{{queue}}}:deps:P", *crowd)  # as if that many had been deferred
+    answer = await service.http.post("/tasks", json={"code": "x", "depends_on": ["P"]})
+    assert answer.status_code == 422
+    assert "already has 10000 deferred dependants" in answer.json()["error"]
+    assert await client.scard(f"ts:{{{queue}}}:deps:P") == MAX_DEPENDANTS
+
+
+async def test_cleanup_of_the_default_queue_covers_named_queues(make_settings, client):
+    settings = make_settings(dlq_max_age_days=0.0)
+    streams = Streams(client, settings)
+    gpu = streams.for_queue("gpu")
+    await gpu.enqueue(TaskRequest.parse({"eval_id": "dead", "code": "x", "queue": "gpu"}, 0))
+    claimed = await gpu.claim("w", 1, 30)
+    await gpu.fail("dead", "boom", retry=False, task=claimed.tasks[0])
+    assert (await gpu.dlq_list())["count"] == 1
+    done = await streams.cleanup()
+    assert done is not None and done["dlq_removed"] == 1
+    assert (await gpu.dlq_list())["count"] == 0

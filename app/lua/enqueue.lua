@@ -27,8 +27,12 @@ local function mark()
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'cb', string.sub(ARGV[8], 2)) end
 end
 
--- The parents' states, read before anything is written: {'unknown', ids} | {pending ids,
--- reason a failed parent gives, or nil}.
+-- A parent's release (or cancel cascade) is one script: its deferred children are capped
+-- so that script stays short (streams.MAX_DEPENDANTS; ~0.3 s per 10,000).
+local MAX_DEPENDANTS = 10000
+
+-- The parents' states, read before anything is written: {'unknown', ids} | {'crowded', id}
+-- | {pending ids, reason a failed parent gives, or nil}.
 local function check_parents(base, allow)
   local unknown, pending, reason = {}, {}, nil
   for i = 11, #ARGV do
@@ -38,6 +42,9 @@ local function check_parents(base, allow)
     elseif state == 'failed' or state == 'cancelled' then
       if not allow and not reason then reason = 'dependency ' .. ARGV[i] .. ' ' .. state end
     elseif state ~= 'completed' then
+      if redis.call('SCARD', base .. 'deps:' .. ARGV[i]) >= MAX_DEPENDANTS then
+        return {'crowded', ARGV[i]}
+      end
       pending[#pending + 1] = ARGV[i]
     end
   end
@@ -50,7 +57,7 @@ end
 local function with_parents()
   local base, allow = base_of(KEYS[1], id), ARGV[9] == '1'
   local checked = check_parents(base, allow)
-  if checked[1] == 'unknown' then return checked end
+  if checked[1] == 'unknown' or checked[1] == 'crowded' then return checked end
   local pending, reason = checked[1], checked[2]
   local deps = {}
   for i = 11, #ARGV do deps[#deps + 1] = ARGV[i] end
