@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-MAX_IN_FLIGHT = 16  # POSTs open at a time per process
+MAX_IN_FLIGHT = 32  # POSTs open at a time per process (16: ~6 % fewer/s in bench.callbacks)
 MAX_HELD = 1000  # entries held per process (being delivered or waiting out a retry)
 READ_COUNT = 100  # entries per XREADGROUP / XAUTOCLAIM
 READ_BLOCK = 1.0  # seconds; also how often a takeover scan can come due while idle

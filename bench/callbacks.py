@@ -8,7 +8,8 @@ not the sender's. It enqueues N tasks with a `callback_url` and completes them t
 `Streams` directly (as a pull worker would; the terminal script appends each callback), then
 starts one `CallbackSender` on uvloop (as the service runs) and times it from start until
 it has finished all N entries: callbacks/s (wall) and the sender process's CPU
-(`time.process_time`) per callback. Repeated `--runs` times (default 3) on fresh backlogs.
+(`time.process_time`) per callback. Repeated `--runs` times (default 3) on fresh backlogs;
+`--in-flight K` tries another MAX_IN_FLIGHT.
 Logging is configured as the service's (JSON, INFO: one `callback_delivered` line per
 callback, part of the cost) and written to `--logs` (default /dev/null).
 """
@@ -28,7 +29,8 @@ from typing import Any, cast
 
 import uvloop
 
-from app.callbacks import MAX_IN_FLIGHT, CallbackSender
+from app import callbacks
+from app.callbacks import CallbackSender
 from app.logs import configure
 from app.metrics import Metrics
 from app.models import TaskRequest
@@ -117,8 +119,9 @@ async def main(n: int, runs: int) -> None:
             streams = Streams(client, settings)
             await streams.ensure_groups()
             print(
-                f"{n:,} callbacks per run, 1 CallbackSender (MAX_IN_FLIGHT={MAX_IN_FLIGHT}), "
-                f"uvloop, receiver bench/stub.py in its own process",
+                f"{n:,} callbacks per run, 1 CallbackSender "
+                f"(MAX_IN_FLIGHT={callbacks.MAX_IN_FLIGHT}), uvloop, "
+                "receiver bench/stub.py in its own process",
                 flush=True,
             )
             for run in range(runs):
@@ -142,10 +145,13 @@ if __name__ == "__main__":
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("n", nargs="?", type=int, default=5000, help="callbacks per run")
     args.add_argument("--runs", type=int, default=3)
+    args.add_argument("--in-flight", type=int, help="override MAX_IN_FLIGHT (POST slots)")
     args.add_argument("--logs", default=os.devnull, help="where the sender's log lines go")
     ns = args.parse_args()
     logs = open(ns.logs, "w")  # noqa: SIM115 - open for the whole run
     sys.stderr, stderr = logs, sys.stderr
     configure("INFO", "json")  # as the service: JSON lines, to `logs`
     sys.stderr = stderr
+    if ns.in_flight:
+        callbacks.MAX_IN_FLIGHT = ns.in_flight
     uvloop.run(main(ns.n, ns.runs))
