@@ -16,7 +16,7 @@ slot (MAX_IN_FLIGHT, CALLBACK_TIMEOUT) and memory for the waiting entry, never a
 
 POSTs go through `wire.Origin` (keep-alive HTTP/1.1 on httptools, as executor calls do),
 one per receiver origin (scheme, host, port), the MAX_ORIGINS most recently used kept open:
-httpx spent ~2.5 ms of CPU per callback, most of a core at ~370/s (README, `bench.callbacks`).
+httpx spent ~2,200 µs of CPU per callback (~450/s), this ~130 µs (~7,500/s; `bench.callbacks`).
 Never a redirect followed (wire follows none), TLS verified against the system's CA store.
 
 Imports: streams, models, settings, consumers (Backoff), metrics, wire.
