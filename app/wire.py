@@ -5,6 +5,7 @@ aiohttp spends ~195 µs of CPU per request (~5,000 req/s at best) and httpx's de
 transport ~6.7 ms; this client, which does only what the executor protocol needs (one
 origin, small JSON bodies, keep-alive, no redirects, no cookies, no proxies), spends
 ~25 µs, and httptools (uvicorn's own parser) does the HTTP parsing. TLS comes from asyncio.
+Result callbacks (app/callbacks.py) use it too, one Origin per receiver origin.
 
 Imports: stdlib and httptools only.
 """
@@ -12,6 +13,7 @@ Imports: stdlib and httptools only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from dataclasses import dataclass, field
 from typing import cast
@@ -20,6 +22,13 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_IDLE_CONNECTIONS = 64
+
+
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """The system's CA store, certificates and host names verified; made once (loading the
+    store costs milliseconds, too much for every new connection)."""
+    return ssl.create_default_context()
 
 
 class WireError(Exception):
@@ -44,6 +53,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.future: asyncio.Future[Answer] | None = None
         self.chunks: list[bytes] = []
+        self.size = 0  # body bytes of the current answer
+        self.max_body: int | None = None
         self.received = False  # any byte of the current answer seen
         self.closed = False
 
@@ -66,7 +77,16 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_body(self, body: bytes) -> None:
+        if self.future is None or self.future.done():
+            return
         self.chunks.append(body)
+        self.size += len(body)
+        if self.max_body is not None and self.size > self.max_body:
+            # Answered with the status and the body cut at max_body; the rest of the answer
+            # is never read, so the connection cannot be reused.
+            kept = b"".join(self.chunks)[: self.max_body]
+            self.future.set_result(Answer(self.parser.get_status_code(), kept))
+            self.close()
 
     def on_message_complete(self) -> None:
         if self.future is not None and not self.future.done():
@@ -79,10 +99,12 @@ class _Connection(asyncio.Protocol):
         if self.future is not None and not self.future.done():
             self.future.set_exception(exc)
 
-    def send(self, request: bytes) -> asyncio.Future[Answer]:
+    def send(self, request: bytes, max_body: int | None = None) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self.future = asyncio.get_running_loop().create_future()
         self.chunks = []
+        self.size = 0
+        self.max_body = max_body
         self.received = False
         self.transport.write(request)
         return self.future
@@ -99,11 +121,19 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class Origin:
-    """Keep-alive connections to one base URL (scheme://host:port[/prefix])."""
+    """Keep-alive connections to one base URL (scheme://host:port[/prefix]).
+
+    `max_body`: answers with a longer body are cut there and their connection closed
+    (None: read whole). `tls_context`: the context for https (default: `default_tls()`).
+    After `close()` requests still work, but no connection is kept afterwards.
+    """
 
     url: str
     connect_timeout: float = 5.0
     idle: list[_Connection] = field(default_factory=list)
+    max_body: int | None = None
+    tls_context: ssl.SSLContext | None = None
+    closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -125,7 +155,7 @@ class Origin:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if self.tls else None
+        context = (self.tls_context or default_tls()) if self.tls else None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
@@ -165,17 +195,18 @@ class Origin:
 
     async def _exchange(self, conn: _Connection, raw: bytes) -> Answer:
         try:
-            answer = await conn.send(raw)
+            answer = await conn.send(raw, self.max_body)
         except BaseException:
             conn.close()  # cancelled or failed midway: the connection's state is unknown
             raise
-        if conn.usable and len(self.idle) < MAX_IDLE_CONNECTIONS:
+        if conn.usable and not self.closed and len(self.idle) < MAX_IDLE_CONNECTIONS:
             self.idle.append(conn)
         else:
             conn.close()
         return answer
 
     def close(self) -> None:
+        self.closed = True
         for conn in self.idle:
             conn.close()
         self.idle.clear()

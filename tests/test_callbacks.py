@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from starlette.applications import Starlette
@@ -14,11 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app import __version__, callbacks
+from app.callbacks import CallbackSender, Target
 from app.models import TaskRequest
 from app.redis_server import free_port
-from app.settings import RetryPolicy
+from app.settings import RetryPolicy, Settings
 from app.streams import CALLBACK_GROUP, CallbackStream, Streams
 from tests.conftest import Served, serve_asgi, wait_for
+from tests.test_wire import RawServer, ok
 
 TINY = RetryPolicy(3, 0.05, 1.0, 1.0, False)
 
@@ -282,3 +287,98 @@ async def test_an_entry_held_by_a_dead_sender_is_taken_over(
     assert [body["eval_id"] for _, body in receiver.calls] == ["orphan"]
     assert await client.xlen(streams.keys.callbacks) == 0
     assert (await client.xpending(streams.keys.callbacks, CALLBACK_GROUP))["pending"] == 0
+
+
+# --- one POST, against a raw loopback server (app/wire.py underneath) -------------------
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[CallbackSender]:
+    """A sender that is never started: `_attempt` alone, no Redis."""
+    made = CallbackSender(cast(CallbackStream, None), Settings(callback_timeout=0.5), "t")
+    yield made
+    await made.stop(0)
+
+
+async def _raw(reply: Callable[[bytes], Awaitable[bytes | None]]) -> RawServer:
+    raw = RawServer(reply)
+    raw.server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+    return raw
+
+
+async def test_one_post_keeps_path_query_headers_and_userinfo(sender):
+    async def reply(request: bytes) -> bytes:
+        return ok()
+
+    raw = await _raw(reply)
+    try:
+        userinfo = raw.url.replace("http://", "http://user:p%40ss@")
+        hook = userinfo + "/hooks/d%C3%A9j%C3%A0?t=a%2Fb&x=é#fragment"
+        for _ in range(2):
+            assert await sender._attempt(Target("callback_url", hook), b'{"a":1}') == ""
+        assert raw.connections == 1  # kept alive
+        head, _, body = raw.requests[0].partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        assert lines[0] == "POST /hooks/d%C3%A9j%C3%A0?t=a%2Fb&x=%C3%A9 HTTP/1.1"
+        assert f"User-Agent: taskstream/{__version__}" in lines
+        assert "Content-Type: application/json" in lines
+        assert f"Host: {raw.url.removeprefix('http://')}" in lines
+        assert f"Authorization: Basic {base64.b64encode(b'user:p@ss').decode()}" in lines
+        assert body == b'{"a":1}'
+    finally:
+        assert raw.server is not None
+        raw.server.close()
+
+
+async def test_redirects_are_not_followed_and_errors_do_not_name_the_url(sender):
+    async def reply(request: bytes) -> bytes:
+        head = b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\n"
+        return head + b"Content-Length: 0\r\n\r\n"
+
+    raw = await _raw(reply)
+    try:
+        assert await sender._attempt(Target("callback_url", raw.url + "/x"), b"{}") == (
+            "answered 302"
+        )
+        assert len(raw.requests) == 1
+    finally:
+        assert raw.server is not None
+        raw.server.close()
+    dead = f"http://127.0.0.1:{free_port()}/secret-token"
+    error = await sender._attempt(Target("storage_service", dead), b"{}")
+    assert error == "ConnectError: Connection refused"
+
+
+async def test_a_slow_receiver_times_out(sender):
+    async def reply(request: bytes) -> bytes:
+        await asyncio.sleep(5)
+        return ok()
+
+    raw = await _raw(reply)
+    try:
+        started = time.monotonic()
+        error = await sender._attempt(Target("callback_url", raw.url), b"{}")
+        assert error == "timed out after 0.5s"
+        assert time.monotonic() - started < 2
+    finally:
+        assert raw.server is not None
+        raw.server.close()
+
+
+async def test_least_recently_used_origins_are_closed(sender, monkeypatch):
+    monkeypatch.setattr(callbacks, "MAX_ORIGINS", 2)
+
+    async def reply(request: bytes) -> bytes:
+        return ok()
+
+    servers = [await _raw(reply) for _ in range(3)]
+    try:
+        for raw in (servers[0], servers[1], servers[0], servers[2]):
+            assert await sender._attempt(Target("callback_url", raw.url + "/cb"), b"{}") == ""
+        kept = list(sender.origins)
+        assert kept == [servers[0].url, servers[2].url]  # servers[1] was least recently used
+        assert [raw.connections for raw in servers] == [1, 1, 1]
+    finally:
+        for raw in servers:
+            assert raw.server is not None
+            raw.server.close()

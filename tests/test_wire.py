@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -208,3 +211,84 @@ def test_works_on_uvloop():
             raw.server.close()
 
     assert uvloop.run(main()) == 1
+
+
+async def test_path_with_query_string_is_sent_as_given(serve):
+    async def reply(request: bytes) -> bytes:
+        return ok()
+
+    raw = await serve(reply)
+    origin = Origin(raw.url)
+    await origin.request("POST", "/hooks/done?token=a%2Fb&x=1", b"{}", headers={"X-A": "1"})
+    assert raw.requests[0].startswith(b"POST /hooks/done?token=a%2Fb&x=1 HTTP/1.1\r\nX-A: 1\r\n")
+    origin.close()
+
+
+async def test_a_body_over_max_body_is_cut_and_its_connection_not_reused(serve):
+    async def reply(request: bytes) -> bytes:
+        return ok(b"x" * 100_000)
+
+    raw = await serve(reply)
+    origin = Origin(raw.url, max_body=10)
+    first = await origin.request("POST", "/", b"{}")
+    assert (first.status, first.body) == (200, b"x" * 10)
+    assert origin.idle == []  # the rest of the answer was never read
+    assert (await origin.request("POST", "/", b"{}")).status == 200
+    assert raw.connections == 2
+    origin.close()
+
+
+async def test_a_closed_origin_answers_but_keeps_no_connection(serve):
+    async def reply(request: bytes) -> bytes:
+        return ok()
+
+    raw = await serve(reply)
+    origin = Origin(raw.url)
+    await origin.request("GET", "/health")
+    origin.close()
+    assert (await origin.request("GET", "/health")).status == 200
+    assert origin.idle == [] and raw.connections == 2
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI), and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl binary")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_verified_against_the_given_or_the_system_store(certificate):
+    cert, key = certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+
+    async def reply(request: bytes) -> bytes:
+        return ok(b"tls")
+
+    raw = RawServer(reply)
+    raw.server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=server_side)
+    url = raw.url.replace("http://", "https://")
+    trusting = ssl.create_default_context(cafile=cert)
+    origin = Origin(url, tls_context=trusting)
+    try:
+        for _ in range(2):
+            answer = await origin.request("POST", "/hook?a=1", b"{}")
+            assert (answer.status, answer.body) == (200, b"tls")
+        assert raw.connections == 1  # kept alive over TLS too
+        assert raw.requests[0].startswith(b"POST /hook?a=1 HTTP/1.1\r\n")
+        with pytest.raises(ConnectFailed) as refused:  # the system store does not know it
+            await Origin(url).request("GET", "/health")
+        assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+    finally:
+        origin.close()
+        raw.server.close()
