@@ -735,6 +735,7 @@ class Streams:
             return removed
         for name in await self.named_queues():
             removed += await self.for_queue(name).clear()
+        await self.redis.xtrim(k.callbacks, maxlen=0)  # callbacks of cleared tasks: dropped
         # Finished and deferred records are not reachable from any structure; they are found
         # by SCAN (an admin operation, never on a hot path) and unlinked in batches, and so
         # are the dependants sets (not counted: they are not tasks).
