@@ -331,17 +331,28 @@ async def next_task(request: Request) -> Response:
     task = await pull(streams, request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
-    return JSON(task.view())
+    return JSON({**task.view(), "queue": streams.keys.queue})
+
+
+async def _hinted_streams(request: Request) -> Streams:
+    """By-id calls: `?queue=` (a known queue) saves a named queue's task the second round
+    trip of re-routing; without it, or when it is wrong, the script routes the call."""
+    default = _streams(request)
+    name = request.query_params.get("queue") or None
+    if name is None or name == default.keys.queue:
+        return default
+    check_queue(name)
+    return default.for_queue(name) if await default.knows(name) else default
 
 
 async def get_task(request: Request) -> Response:
-    return JSON(await _streams(request).get(_eval_id(request)))
+    return JSON(await (await _hinted_streams(request)).get(_eval_id(request)))
 
 
 async def complete_task(request: Request) -> Response:
     eval_id = _eval_id(request)
     body = _object(await _json_body(request))
-    streams = _streams(request)
+    streams = await _hinted_streams(request)
     queue = await streams.complete(eval_id, body.get("result"), _delivery(eval_id, body))
     metrics.of(streams).count_settled(queue, metrics.UNKNOWN, "completed")
     return JSON({"eval_id": eval_id, "status": "completed", "queue": queue})
@@ -355,7 +366,7 @@ async def fail_task(request: Request) -> Response:
     if not isinstance(error, str) or not isinstance(retry, bool):
         raise Invalid("error must be a string and retry a boolean")
     detail = {"traceback": body["traceback"]} if body.get("traceback") else None
-    streams = _streams(request)
+    streams = await _hinted_streams(request)
     answer = await streams.fail(
         eval_id, error, retry=retry, task=_delivery(eval_id, body), detail=detail
     )
@@ -365,7 +376,7 @@ async def fail_task(request: Request) -> Response:
 
 async def cancel_task(request: Request) -> Response:
     eval_id = _eval_id(request)
-    streams = _streams(request)
+    streams = await _hinted_streams(request)
     answer = await streams.cancel(eval_id, _flag(request, "terminate"))
     metrics.of(streams).count_settled(answer["queue"], metrics.UNKNOWN, "cancelled")
     return JSON(answer)

@@ -18,6 +18,14 @@ from app import __version__
 ERROR = {"$ref": "#/components/schemas/Error"}
 TASK_ID = {"name": "eval_id", "in": "path", "required": True, "schema": {"type": "string"}}
 QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
+HINT_QUEUE = {
+    "name": "queue",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "description": "optional: the task's named queue (as GET /tasks/next answered it); "
+    "saves a round trip, the task is found without it",
+}
 IN_QUEUE = {
     "name": "queue",
     "in": "query",
@@ -186,7 +194,7 @@ def paths() -> dict[str, dict[str, Any]]:
     cancel = _op(
         "Cancel a task",
         {200: _json(OBJECT), **_errors(404, 409, 422)},
-        params=[TASK_ID, _query("terminate", "boolean", "abort a running execution")],
+        params=[TASK_ID, _query("terminate", "boolean", "abort a running execution"), HINT_QUEUE],
     )
     return {
         "/tasks": {
@@ -210,14 +218,16 @@ def paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/tasks/{eval_id}": {
-            "get": _op("Task status", {200: _json(TASK_OUT), **_errors(404)}, params=[TASK_ID])
+            "get": _op(
+                "Task status", {200: _json(TASK_OUT), **_errors(404)}, params=[TASK_ID, HINT_QUEUE]
+            )
         },
         "/tasks/{eval_id}/complete": {
             "post": _op(
                 "Report a result",
                 {200: _json(OBJECT), **_errors(404, 409)},
                 {"type": "object", "properties": {"result": {}, "lease": {}, "attempt": {}}},
-                [TASK_ID],
+                [TASK_ID, HINT_QUEUE],
             )
         },
         "/tasks/{eval_id}/fail": {
@@ -232,7 +242,7 @@ def paths() -> dict[str, dict[str, Any]]:
                         "traceback": {"type": "string"},
                     },
                 },
-                [TASK_ID],
+                [TASK_ID, HINT_QUEUE],
             )
         },
         "/tasks/{eval_id}/cancel": {"post": cancel},

@@ -934,3 +934,19 @@ async def test_cleanup_of_the_default_queue_covers_named_queues(make_settings, c
     done = await streams.cleanup()
     assert done is not None and done["dlq_removed"] == 1
     assert (await gpu.dlq_list())["count"] == 0
+
+
+async def test_by_id_calls_take_a_queue_hint(service):
+    for eval_id in ("h1", "h2", "h3"):
+        await post(service, eval_id, queue="gpu")
+    await post(service, "c1", queue="cpu")
+    task = (await service.http.get("/tasks/next?queue=gpu")).json()
+    assert task["queue"] == "gpu"  # what a pull worker sends back as the hint
+    done = await service.http.post("/tasks/h1/complete?queue=gpu", json={"result": 1})
+    assert done.json() == {"eval_id": "h1", "status": "completed", "queue": "gpu"}
+    # a wrong or unknown hint still finds the task (the script routes the call)
+    assert (await service.http.get("/tasks/h2?queue=cpu")).json()["queue"] == "gpu"
+    assert (await service.http.get("/tasks/h2?queue=nope")).json()["queue"] == "gpu"
+    cancelled = await service.http.post("/tasks/h3/cancel?queue=cpu")
+    assert cancelled.json()["queue"] == "gpu"
+    assert (await service.http.get("/tasks/h2?queue=a:b")).status_code == 422
