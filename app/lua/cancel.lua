@@ -7,6 +7,9 @@
 --       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters
 -- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
 --       6 cancel channel, 7 the queue assumed ('' = default)
+-- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
+-- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
+-- events, schedule; `deps:<id>`; the callbacks stream).
 -- Returns {'cancelled', previous state} | {'missing'} | {'state', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[2], default = KEYS[3], low = KEYS[4]}

@@ -12,6 +12,9 @@
 --       7 task key prefix, 8 failure ttl s, 9 promote limit, 10 the priorities this
 --       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
 --       taken over when their lease lapses
+-- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
+-- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
+-- events, schedule; `deps:<id>`; the callbacks stream).
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
 --          when idle}. `waited ms`: since the task entered its priority stream (queue wait).

@@ -4,6 +4,9 @@
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 result JSON, 5 result ttl s, 6 group,
 --       7 events maxlen, 8 sink frame of a forwarded PAI-EAS item ('' for none),
 --       9 the queue assumed ('' = default)
+-- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
+-- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
+-- events, schedule; `deps:<id>`; the callbacks stream).
 -- Returns {'ok'} or {'missing' | 'state' | 'stale' | 'expired' | 'queue', state or queue}
 local id = ARGV[1]
 local STREAM = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}

@@ -11,6 +11,8 @@
 --       the task's callback_url ('+' alone when only STORAGE_SERVICE_URL applies; the hash
 --       field `cb` holds what follows the '+'; see notify_callback in _lib.lua);
 --       only with depends_on: 9 allow_failure ('1'/'0'), 10 result ttl s, 11… parent eval_ids
+-- Also touched, derived in Lua from the task key's base (same hash tag): parents' records
+-- and `deps:<parent>` sets; a task created cancelled goes through finished() (_lib.lua).
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known; {'unknown', {ids}}
 -- when parents are unknown; {'cancelled', reason} when a parent already failed.
 local id, prio, payload, run_at, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]

@@ -11,6 +11,9 @@
 --       list in ms, comma-separated ('' for none); a task's own `retry_intervals` (seconds)
 --       win over it, and either replaces the exponential formula (the last one repeats),
 --       19 the queue assumed ('' = default)
+-- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
+-- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
+-- events, schedule; `deps:<id>`; the callbacks stream).
 -- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
