@@ -33,7 +33,17 @@ from app.executors import Execution, Executor, ExecutorPool
 from app.models import Outcome, Priority, State, Task
 from app.proto.eas_queue_pb2 import DataFrameListProto, DataFrameProto
 from app.settings import SERVICE_NAME_RE, Settings
-from app.streams import GROUP, Arrivals, Keys, Scripts, Streams, _text, translate_errors
+from app.streams import (
+    GROUP,
+    Arrivals,
+    Keys,
+    Scripts,
+    Streams,
+    _text,
+    consumers_of,
+    counts_of,
+    translate_errors,
+)
 from app.wire import ConnectFailed, WireError
 
 log = structlog.get_logger()
@@ -568,21 +578,27 @@ class EasHub:
         await asyncio.gather(*(p.executors.close() for p in pools), return_exceptions=True)
 
     async def overview(self) -> list[dict[str, Any]]:
-        """Counts, consumers and target of every known service, for /status and `info`."""
+        """Counts, consumers and target of every known service, for /status and `info`: four
+        round trips however many services there are."""
         for name in await _services(self.client, self.registry):
             self.service(name)
+        services = [self.services[name] for name in sorted(self.services)]
+        queues = [q for service in services for q in (service.input, service.sink)]
+        keys = [q.keys for q in queues]
+        counts = await counts_of(self.client, keys)
+        consumers = await consumers_of(self.client, keys)
+        lengths = await _cardinalities(self.client, [k.index for k in keys])
         rows = []
-        for name in sorted(self.services):
-            service = self.services[name]
-            row: dict[str, Any] = {"service": name, "target": service.target}
-            for label, queue in (("input", service.input), ("sink", service.sink)):
-                counts = await queue.streams.counts()
+        for i, service in enumerate(services):
+            row: dict[str, Any] = {"service": service.name, "target": service.target}
+            for j, label in enumerate(("input", "sink")):
+                n = 2 * i + j
                 row[label] = {
-                    "length": await queue.streams.redis.zcard(queue.keys.index),
-                    **counts["states"],
-                    "dlq": counts["dlq"],
-                    "totals": counts["totals"],
-                    "consumers": await queue.streams.consumers(),
+                    "length": lengths[n],
+                    **counts[n]["states"],
+                    "dlq": counts[n]["dlq"],
+                    "totals": counts[n]["totals"],
+                    "consumers": consumers[n],
                 }
             if service.pool:
                 row["forwarding"] = {
@@ -592,6 +608,14 @@ class EasHub:
                 }
             rows.append(row)
         return rows
+
+
+@translate_errors
+async def _cardinalities(client: Any, keys: Sequence[str]) -> list[int]:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.zcard(key)
+    return [int(n) for n in await pipe.execute()]
 
 
 @translate_errors

@@ -39,6 +39,7 @@ from starlette.responses import Response
 
 from app.errors import Unavailable
 from app.models import PRIORITY_ORDER, Priority
+from app.streams import consumers_of, counts_of
 
 if TYPE_CHECKING:
     from app.consumers import ConsumerPool
@@ -276,15 +277,15 @@ async def read_redis(streams: Streams, hub: EasHub) -> list[QueueSnapshot] | Non
         async with asyncio.timeout(SCRAPE_TIMEOUT):
             names = {*streams.settings.queue_executors, *await streams.named_queues()}
             queues += [streams.for_queue(n) for n in sorted(names - {streams.settings.queue})]
-            return [await _read_queue(q) for q in queues]
+            keys = [q.keys for q in queues]
+            counts = await counts_of(streams.redis, keys)
+            consumers = await consumers_of(streams.redis, keys)
+            return [
+                QueueSnapshot(k.queue, c["by_priority"], c["dlq"], len(who))
+                for k, c, who in zip(keys, counts, consumers, strict=True)
+            ]
     except (Unavailable, RedisError, OSError, TimeoutError):
         return None
-
-
-async def _read_queue(streams: Streams) -> QueueSnapshot:
-    counts = await streams.counts()
-    consumers = await streams.consumers()
-    return QueueSnapshot(streams.keys.queue, counts["by_priority"], counts["dlq"], len(consumers))
 
 
 def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:

@@ -420,14 +420,16 @@ class Streams:
         return None
 
     async def queues_overview(self) -> dict[str, dict[str, Any]]:
-        """Counts and consumers of every named legacy queue (QUEUE_EXECUTORS, or used)."""
+        """Counts and consumers of every named legacy queue (QUEUE_EXECUTORS, or used), in
+        three round trips however many there are."""
         names = sorted({*self.settings.queue_executors, *await self.named_queues()})
-        names = [name for name in names if name != self.settings.queue]
-        overview: dict[str, dict[str, Any]] = {}
-        for name in names:
-            queue = self.for_queue(name)
-            overview[name] = {**await queue.counts(), "consumers": await queue.consumers()}
-        return overview
+        keys = [self.for_queue(name).keys for name in names if name != self.settings.queue]
+        counts = await counts_of(self.redis, keys)
+        consumers = await consumers_of(self.redis, keys)
+        return {
+            k.queue: {**c, "consumers": who}
+            for k, c, who in zip(keys, counts, consumers, strict=True)
+        }
 
     @translate_errors
     async def knows(self, name: str) -> bool:
@@ -828,49 +830,23 @@ class Streams:
 
     @translate_errors
     async def ensure_groups(self) -> None:
-        """Create the priority streams and their consumer group if missing."""
+        """Create the priority streams and their consumer group if missing (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
         for key in self.keys.streams:
-            try:
-                await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+                raise reply
 
     @translate_errors
     async def counts(self) -> dict[str, Any]:
         """Counts per state and priority, totals and consumers; O(priorities + consumers)."""
-        k = self.keys
-        pipe: Pipeline = self.redis.pipeline(transaction=False)
-        pipe.hgetall(k.counters)
-        pipe.xlen(k.dlq)
-        pipe.exists(k.paused)
-        for key in k.streams:
-            pipe.xpending(key, GROUP)
-        counters_raw, dlq, paused, *pending = await pipe.execute(raise_on_error=False)
-        counters = {_text(a): int(b) for a, b in counters_raw.items()}
-        pipe = self.redis.pipeline(transaction=False)
-        for prio, key in zip(PRIORITY_ORDER, k.holes, strict=True):
-            pipe.zcount(key, f"({counters.get(f'head:{prio.value}', 0)}", "+inf")
-        holes = await pipe.execute()
-        return {**_summarise(counters, int(dlq), holes, pending), "paused": bool(paused)}
+        return (await counts_of(self.redis, [self.keys]))[0]
 
     @translate_errors
     async def consumers(self) -> list[dict[str, Any]]:
         """XINFO CONSUMERS of every priority stream, merged by consumer name."""
-        merged: dict[str, dict[str, Any]] = {}
-        for prio, key in zip(PRIORITY_ORDER, self.keys.streams, strict=True):
-            try:
-                rows = await self.redis.xinfo_consumers(key, GROUP)
-            except ResponseError:
-                continue
-            for row in rows:
-                name = _text(row["name"])
-                entry = merged.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
-                entry["pending"] += int(row["pending"])
-                idle = int(row["idle"])
-                entry["idle_ms"] = idle if entry["idle_ms"] is None else min(idle, entry["idle_ms"])
-                entry.setdefault("priorities", []).append(prio.value)
-        return list(merged.values())
+        return (await consumers_of(self.redis, [self.keys]))[0]
 
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms or "release")
@@ -934,6 +910,62 @@ class Streams:
     @translate_errors
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+@translate_errors
+async def counts_of(client: Any, queues: Sequence[Keys]) -> list[dict[str, Any]]:
+    """`Streams.counts` of several queues in two round trips, however many queues."""
+    pipe: Pipeline = client.pipeline(transaction=False)
+    for k in queues:
+        pipe.hgetall(k.counters)
+        pipe.xlen(k.dlq)
+        pipe.exists(k.paused)
+        for key in k.streams:
+            pipe.xpending(key, GROUP)
+    first = await pipe.execute(raise_on_error=False)
+    per = 3 + len(PRIORITY_ORDER)
+    rows = [first[i * per : (i + 1) * per] for i in range(len(queues))]
+    pipe = client.pipeline(transaction=False)
+    counters_of = []
+    for k, (counters_raw, *_) in zip(queues, rows, strict=True):
+        counters = {_text(a): int(b) for a, b in counters_raw.items()}
+        counters_of.append(counters)
+        for prio, key in zip(PRIORITY_ORDER, k.holes, strict=True):
+            pipe.zcount(key, f"({counters.get(f'head:{prio.value}', 0)}", "+inf")
+    holes = await pipe.execute()
+    answers = []
+    for i, (counters, (_, dlq, paused, *pending)) in enumerate(zip(counters_of, rows, strict=True)):
+        queue_holes = holes[i * len(PRIORITY_ORDER) : (i + 1) * len(PRIORITY_ORDER)]
+        summary = _summarise(counters, int(dlq), queue_holes, pending)
+        answers.append({**summary, "paused": bool(paused)})
+    return answers
+
+
+@translate_errors
+async def consumers_of(client: Any, queues: Sequence[Keys]) -> list[list[dict[str, Any]]]:
+    """XINFO CONSUMERS of every priority stream of several queues in one round trip, merged
+    per queue by consumer name."""
+    pipe: Pipeline = client.pipeline(transaction=False)
+    for k in queues:
+        for key in k.streams:
+            pipe.xinfo_consumers(key, GROUP)
+    replies = await pipe.execute(raise_on_error=False)
+    answers = []
+    for i in range(len(queues)):
+        merged: dict[str, dict[str, Any]] = {}
+        for j, prio in enumerate(PRIORITY_ORDER):
+            rows = replies[i * len(PRIORITY_ORDER) + j]
+            if isinstance(rows, Exception):
+                continue  # no group yet
+            for row in rows:
+                name = _text(row["name"])
+                entry = merged.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
+                entry["pending"] += int(row["pending"])
+                idle = int(row["idle"])
+                entry["idle_ms"] = idle if entry["idle_ms"] is None else min(idle, entry["idle_ms"])
+                entry.setdefault("priorities", []).append(prio.value)
+        answers.append(list(merged.values()))
+    return answers
 
 
 def _in_flight(reply: Any) -> int:
