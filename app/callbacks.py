@@ -41,7 +41,7 @@ import orjson
 import structlog
 
 from app import __version__, metrics
-from app.consumers import Backoff
+from app.consumers import Backoff, RedisWatch, cancel
 from app.errors import Unavailable
 from app.models import decode_json, iso_ms
 from app.streams import CallbackStream
@@ -158,7 +158,7 @@ class CallbackSender:
         self.consumer = consumer
         self.stats = stats
         self.held: dict[str, asyncio.Task[None]] = {}  # entry id -> its delivery
-        self.redis_ok = True
+        self.redis_watch = RedisWatch("callbacks_")
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._room = asyncio.Event()
         self._room.set()
@@ -178,14 +178,14 @@ class CallbackSender:
         """Stop reading; POSTs under way get `grace` s; the rest stay pending for a takeover."""
         self._closing.set()  # deliveries waiting out a retry give up their entry at once
         if self._loops:
-            await _cancel(self._loops[0])
+            await cancel(self._loops[0])
         jobs = list(self.held.values())
         if jobs:
             await asyncio.wait(jobs, timeout=grace)
         for job in jobs:
-            await _cancel(job)
+            await cancel(job)
         for loop in self._loops[1:]:
-            await _cancel(loop)
+            await cancel(loop)
         for origin in self.origins.values():
             origin.close()
         self.origins.clear()
@@ -193,18 +193,17 @@ class CallbackSender:
     # --- reading ---------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        backoff = Backoff()
         while True:
             await self._room.wait()
             try:
                 items = await self._fetch(min(READ_COUNT, MAX_HELD - len(self.held)))
-                self._redis_back(backoff)
+                self.redis_watch.back()
             except Unavailable as exc:
-                await self._redis_lost(backoff, exc)
+                await self.redis_watch.lost(exc)
                 continue
             except Exception:  # a bug or an unexpected reply must not end the loop for good
                 log.exception("callbacks_read_failed")
-                await backoff.sleep()
+                await self.redis_watch.backoff.sleep()
                 continue
             for item in items:
                 self._spawn(item)
@@ -220,18 +219,6 @@ class CallbackSender:
                 return taken
             self._takeover_at = time.monotonic() + lease / 3
         return await self.stream.read(self.consumer, count, READ_BLOCK)
-
-    def _redis_back(self, backoff: Backoff) -> None:
-        if not self.redis_ok:
-            log.info("callbacks_redis_reconnected")
-        self.redis_ok = True
-        backoff.reset()
-
-    async def _redis_lost(self, backoff: Backoff, exc: Exception) -> None:
-        if self.redis_ok:
-            log.error("callbacks_redis_unavailable", error=str(exc))
-        self.redis_ok = False
-        await backoff.sleep()
 
     def _spawn(self, item: CallbackEntry) -> None:
         job = asyncio.create_task(self._deliver(item), name=f"callback-{item.eval_id}")
@@ -351,12 +338,6 @@ class CallbackSender:
             self.stats.count_callbacks("failed", failed)
         event = "callback_failed" if failed else "callback_delivered"
         log.info(event, eval_id=item.eval_id, attempts=attempts, targets=len(results), error=error)
-
-
-async def _cancel(job: asyncio.Task[Any]) -> None:
-    job.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await job
 
 
 async def start_sender(streams: Streams, consumer: str) -> CallbackSender:

@@ -24,7 +24,7 @@ import structlog
 from app import metrics
 from app.errors import Conflict, NotFound, Unavailable
 from app.executors import ExecutorPool
-from app.models import Outcome, Task
+from app.models import PRIORITY_ORDER, Outcome, Task
 
 if TYPE_CHECKING:
     from app.executors import Execution
@@ -55,6 +55,28 @@ class Backoff:
 
 
 @dataclass
+class RedisWatch:
+    """A loop's view of Redis: logs it going away and coming back once each (events
+    `<prefix>redis_unavailable` / `<prefix>redis_reconnected`) and paces the retries."""
+
+    prefix: str = ""
+    ok: bool = True
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def back(self) -> None:
+        if not self.ok:
+            log.info(f"{self.prefix}redis_reconnected")
+        self.ok = True
+        self.backoff.reset()
+
+    async def lost(self, exc: Exception) -> None:
+        if self.ok:
+            log.error(f"{self.prefix}redis_unavailable", error=str(exc))
+        self.ok = False
+        await self.backoff.sleep()
+
+
+@dataclass
 class Running:
     task: Task
     job: asyncio.Task[None]
@@ -77,7 +99,7 @@ class ConsumerPool:
         self.settings = settings
         self.consumer = consumer
         # taken from (CONSUME), in claim order; empty: all
-        self.priorities = tuple(p for p in ("high", "default", "low") if p in priorities)
+        self.priorities = tuple(p.value for p in PRIORITY_ORDER if p.value in priorities)
         self.settled = 0  # outcomes written by this pool (completed, retrying, failed)
         self.running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()
@@ -86,7 +108,7 @@ class ConsumerPool:
         self._released = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
-        self.redis_ok = True
+        self.redis_watch = RedisWatch()
         self._log_attempts = settings.log_level in ("DEBUG", "INFO")
 
     @property
@@ -107,7 +129,7 @@ class ConsumerPool:
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running tasks `grace` s; abort and release the rest."""
         if self._fetcher:
-            await _cancel(self._fetcher)
+            await cancel(self._fetcher)
         jobs = [r.job for r in self.running.values()]
         if jobs:
             log.info("consumer_draining", running=len(jobs), grace=grace)
@@ -119,7 +141,7 @@ class ConsumerPool:
         if left:
             await self._release([r.task for r in left])
         for loop in self._loops:
-            await _cancel(loop)
+            await cancel(loop)
 
     async def _release(self, tasks: list[Task]) -> None:
         """Expire our leases now so another process takes the tasks over at once."""
@@ -132,7 +154,6 @@ class ConsumerPool:
     # --- claim ---------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        backoff = Backoff()
         while True:
             await self._slot_free.wait()
             await self.executors.available.wait()
@@ -140,9 +161,9 @@ class ConsumerPool:
                 claimed = await self.streams.claim(
                     self.consumer, self.free_slots, self.settings.lease_timeout, self.priorities
                 )
-                self._redis_back(backoff)
+                self.redis_watch.back()
             except Unavailable as exc:
-                await self._redis_lost(backoff, exc)
+                await self.redis_watch.lost(exc)
                 continue
             if claimed.recreated:
                 log.warning("consumer_group_recreated", queue=self.streams.keys.queue)
@@ -150,18 +171,6 @@ class ConsumerPool:
                 self._spawn(task)
             if claimed.tails:  # fewer than asked for: the streams are drained, so wait
                 await self._idle(claimed)
-
-    def _redis_back(self, backoff: Backoff) -> None:
-        if not self.redis_ok:
-            log.info("redis_reconnected")
-        self.redis_ok = True
-        backoff.reset()
-
-    async def _redis_lost(self, backoff: Backoff, exc: Exception) -> None:
-        if self.redis_ok:
-            log.error("redis_unavailable", error=str(exc))
-        self.redis_ok = False
-        await backoff.sleep()
 
     async def _idle(self, claimed: Claimed) -> None:
         wake_in = claimed.wake_in
@@ -175,7 +184,7 @@ class ConsumerPool:
             await asyncio.wait({read, released}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for job in (read, released):
-                await _cancel(job)
+                await cancel(job)
         if read.done() and not read.cancelled() and isinstance(read.exception(), Unavailable):
             await asyncio.sleep(0.1)
 
@@ -378,15 +387,11 @@ class Workers:
         await asyncio.gather(*(p.stop(grace) for p in pools))
         await asyncio.gather(*(p.executors.close() for p in pools), return_exceptions=True)
 
-    @property
-    def running(self) -> int:
-        return sum(len(p.running) for p in self.pools.values())
-
     def views(self) -> dict[str, Any]:
         """Per consumed queue: priorities, running tasks, executors."""
         return {
             name: {
-                "priorities": list(pool.priorities) or ["high", "default", "low"],
+                "priorities": list(pool.priorities) or [p.value for p in PRIORITY_ORDER],
                 "running": pool.views(),
                 "executors": pool.executors.views(),
             }
@@ -413,14 +418,14 @@ async def pull(
     try:
         await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        await _cancel(poll)
-        await _cancel(hangup)
+        await cancel(poll)
+        await cancel(hangup)
         raise
     if not hangup.done():
-        await _cancel(hangup)
+        await cancel(hangup)
         return poll.result()
     if not poll.done():
-        await _cancel(poll)
+        await cancel(poll)
         return None
     task = poll.result()
     if task is not None:
@@ -441,6 +446,6 @@ async def _poll(streams: Streams, consumer: str, wait: float, lease: float) -> T
         await streams.wait_for_work(wake, claimed.tails)
 
 
-async def _cancel(job: asyncio.Task[Any]) -> None:
+async def cancel(job: asyncio.Task[Any]) -> None:
     job.cancel()
     await asyncio.gather(job, return_exceptions=True)

@@ -178,17 +178,19 @@ def _streams(request: Request) -> Streams:
     return streams
 
 
-async def _queue_streams(request: Request) -> Streams:
-    """The legacy queue named by `?queue=` (default: the default queue); 404 for a queue no
-    task ever named (and not in QUEUE_EXECUTORS), so a typo creates nothing."""
+async def _queue_streams(request: Request, hint: bool = False) -> Streams:
+    """The legacy queue named by `?queue=` (default: the default queue). One no task ever
+    named (and not in QUEUE_EXECUTORS) is 404, so a typo creates nothing; as the hint of a
+    by-id call (`hint`), the default queue instead, and the script routes the call (a right
+    hint saves a named queue's task that second round trip)."""
     default = _streams(request)
     name = request.query_params.get("queue") or None
-    if name is None or name == default.keys.queue:
-        return default
-    check_queue(name)
-    if not await default.knows(name):
+    if name and name != default.keys.queue:
+        check_queue(name)
+    found = await default.known_queue(name)
+    if found is None and not hint:
         raise NotFound(f"no such queue: {name}")
-    return default.for_queue(name)
+    return found or default
 
 
 async def _json_body(request: Request) -> Any:
@@ -334,25 +336,14 @@ async def next_task(request: Request) -> Response:
     return JSON({**task.view(), "queue": streams.keys.queue})
 
 
-async def _hinted_streams(request: Request) -> Streams:
-    """By-id calls: `?queue=` (a known queue) saves a named queue's task the second round
-    trip of re-routing; without it, or when it is wrong, the script routes the call."""
-    default = _streams(request)
-    name = request.query_params.get("queue") or None
-    if name is None or name == default.keys.queue:
-        return default
-    check_queue(name)
-    return default.for_queue(name) if await default.knows(name) else default
-
-
 async def get_task(request: Request) -> Response:
-    return JSON(await (await _hinted_streams(request)).get(_eval_id(request)))
+    return JSON(await (await _queue_streams(request, hint=True)).get(_eval_id(request)))
 
 
 async def complete_task(request: Request) -> Response:
     eval_id = _eval_id(request)
     body = _object(await _json_body(request))
-    streams = await _hinted_streams(request)
+    streams = await _queue_streams(request, hint=True)
     queue = await streams.complete(eval_id, body.get("result"), _delivery(eval_id, body))
     metrics.of(streams).count_settled(queue, metrics.UNKNOWN, "completed")
     return JSON({"eval_id": eval_id, "status": "completed", "queue": queue})
@@ -366,7 +357,7 @@ async def fail_task(request: Request) -> Response:
     if not isinstance(error, str) or not isinstance(retry, bool):
         raise Invalid("error must be a string and retry a boolean")
     detail = {"traceback": body["traceback"]} if body.get("traceback") else None
-    streams = await _hinted_streams(request)
+    streams = await _queue_streams(request, hint=True)
     answer = await streams.fail(
         eval_id, error, retry=retry, task=_delivery(eval_id, body), detail=detail
     )
@@ -376,7 +367,7 @@ async def fail_task(request: Request) -> Response:
 
 async def cancel_task(request: Request) -> Response:
     eval_id = _eval_id(request)
-    streams = await _hinted_streams(request)
+    streams = await _queue_streams(request, hint=True)
     answer = await streams.cancel(eval_id, _flag(request, "terminate"))
     metrics.of(streams).count_settled(answer["queue"], metrics.UNKNOWN, "cancelled")
     return JSON(answer)

@@ -92,11 +92,10 @@ async def _legacy_queue(request: Request, name: str | None) -> Streams:
     """The default queue, or a named legacy queue this deployment knows (QUEUE_EXECUTORS,
     or used by a task)."""
     default: Streams = request.state.streams
-    if not name or name == default.keys.queue:
-        return default
-    if await default.knows(name):
-        return default.for_queue(name)
-    raise NotFound(f"no such queue: {name}")
+    found = await default.known_queue(name)
+    if found is None:
+        raise NotFound(f"no such queue: {name}")
+    return found
 
 
 STATIC = resources.files("app") / "static"

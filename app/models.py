@@ -1,6 +1,6 @@
 """Task vocabulary: states, priorities, validation of submitted tasks, record rendering.
 
-Imports: errors (and stdlib, orjson).
+Imports: errors, settings (and stdlib, orjson).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.errors import BadRequest, Invalid
+from app.settings import NAMED_QUEUE_RE
 
 EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a named queue (settings.NAMED_QUEUE_RE)
 MAX_DELAY_SECONDS = 366 * 86400
 MAX_RUN_AT = 1e11  # epoch seconds, year 5138: rejects milliseconds given as seconds
 MAX_INTERVALS = 100
@@ -77,7 +77,7 @@ def check_eval_id(value: object) -> str:
 def check_queue(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not QUEUE_RE.fullmatch(value):
+    if not isinstance(value, str) or not NAMED_QUEUE_RE.fullmatch(value):
         raise Invalid("queue must be 1-64 characters of A-Z a-z 0-9 . _ -")
     if value in Priority.__members__.values():  # CONSUME would read it as a priority
         raise Invalid(f"queue must not be a priority name: {value!r}")

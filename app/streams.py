@@ -150,10 +150,6 @@ class Keys:
         self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
         self.callbacks = f"{self.base}callbacks"  # result callbacks of every legacy queue
 
-    def queue_counters(self, named: str = "") -> str:
-        """Counters of a named queue under this base (`q:<name>:`), or this queue's own."""
-        return f"{self.prefix}q:{named}:counters" if named else self.counters
-
     @classmethod
     def named_queue(cls, default: str, name: str) -> Keys:
         """A named legacy queue: its own streams, counters, schedule, leases, DLQ, events
@@ -430,6 +426,13 @@ class Streams:
             k.queue: {**c, "consumers": who}
             for k, c, who in zip(keys, counts, consumers, strict=True)
         }
+
+    async def known_queue(self, name: str | None) -> Streams | None:
+        """The default queue (no name, or QUEUE_NAME) or a named queue this deployment
+        knows; None for any other name, so a typo creates nothing."""
+        if not name or name == self.settings.queue:
+            return self.for_queue(None)
+        return self.for_queue(name) if await self.knows(name) else None
 
     @translate_errors
     async def knows(self, name: str) -> bool:
@@ -828,15 +831,9 @@ class Streams:
                     done[key] += value
         return done
 
-    @translate_errors
     async def ensure_groups(self) -> None:
-        """Create the priority streams and their consumer group if missing (one round trip)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key in self.keys.streams:
-            pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
-        for reply in await pipe.execute(raise_on_error=False):
-            if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
-                raise reply
+        """Create the priority streams and their consumer group if missing."""
+        await create_groups(self.redis, self.keys.streams, GROUP)
 
     @translate_errors
     async def counts(self) -> dict[str, Any]:
@@ -910,6 +907,17 @@ class Streams:
     @translate_errors
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+@translate_errors
+async def create_groups(client: Any, streams: Sequence[str], group: str) -> None:
+    """Create the streams and their consumer group where missing, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for key in streams:
+        pipe.xgroup_create(key, group, id="0", mkstream=True)
+    for reply in await pipe.execute(raise_on_error=False):
+        if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+            raise reply
 
 
 @translate_errors
@@ -1147,13 +1155,8 @@ class CallbackStream:
         self.key = keys.callbacks
         self._cursor = "0-0"  # XAUTOCLAIM scan position; back to the start when a scan ends
 
-    @translate_errors
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.key, CALLBACK_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_groups(self.redis, [self.key], CALLBACK_GROUP)
 
     @translate_errors
     async def read(self, consumer: str, count: int, block: float) -> list[CallbackEntry]:
@@ -1204,14 +1207,10 @@ class CallbackStream:
     ) -> bool:
         """Ack and delete the entry, count its targets, record the outcome on the task.
         False when another sender had already finished it (nothing counted twice)."""
-        keys = [self.key, self.keys.queue_counters(item.queue), self.keys.task(item.eval_id)]
+        counters = Keys.named_queue(self.keys.queue, item.queue) if item.queue else self.keys
+        keys = [self.key, counters.counters, self.keys.task(item.eval_id)]
         argv = [CALLBACK_GROUP, item.entry, delivered, failed, status, attempts, error]
         return bool(await self.scripts.run("callback_done", keys, argv))
-
-    @translate_errors
-    async def pending(self) -> int:
-        """Entries not yet finished (waiting, or held by a sender)."""
-        return int(await self.redis.xlen(self.key))
 
     @translate_errors
     async def outstanding(self, consumer: str) -> bool:

@@ -25,7 +25,7 @@ from app.consumers import ConsumerPool, Workers
 from app.errors import Unavailable
 from app.models import PRIORITY_ORDER
 from app.settings import Settings
-from app.streams import Streams, connect, consumer_name
+from app.streams import Streams, connect, consumer_name, counts_of
 
 log = structlog.get_logger()
 
@@ -81,7 +81,7 @@ async def _until_drained(pools: list[ConsumerPool], sender: CallbackSender) -> N
     while True:
         await asyncio.sleep(POLL)
         try:
-            looks = [await _look(pool) for pool in pools]
+            looks = await _look(pools)
             drained = all(empty for empty, _ in looks)
             counters = [seen for _, seen in looks]
             settled = drained and counters == previous and not sender.held
@@ -93,16 +93,18 @@ async def _until_drained(pools: list[ConsumerPool], sender: CallbackSender) -> N
             previous = None
 
 
-async def _look(pool: ConsumerPool) -> tuple[bool, Any]:
-    """(nothing queued, running or retrying in the pool's priorities; the counters seen)."""
-    if pool.running:
-        return False, None
-    counts = await pool.streams.counts()
-    taken = pool.priorities or tuple(p.value for p in PRIORITY_ORDER)
-    by_state = counts["by_priority"]
+async def _look(pools: list[ConsumerPool]) -> list[tuple[bool, Any]]:
+    """Per pool (nothing queued, running or retrying in its priorities; the counters seen),
+    read in one go (two round trips however many queues)."""
+    all_counts = await counts_of(pools[0].streams.redis, [p.streams.keys for p in pools])
     waiting = ("queued", "processing", "retrying")
-    empty = not any(by_state[state].get(prio, 0) for state in waiting for prio in taken)
-    return empty, (counts["totals"], by_state)
+    looks = []
+    for pool, counts in zip(pools, all_counts, strict=True):
+        taken = pool.priorities or tuple(p.value for p in PRIORITY_ORDER)
+        by_state = counts["by_priority"]
+        busy = any(by_state[state].get(prio, 0) for state in waiting for prio in taken)
+        looks.append((not busy and not pool.running, (counts["totals"], by_state)))
+    return looks
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -350,8 +350,10 @@ async def test_redirects_are_not_followed_and_errors_do_not_name_the_url(sender)
 
 
 async def test_a_slow_receiver_times_out(sender):
+    answer = asyncio.Event()  # set only at the end: the receiver holds its answer until then
+
     async def reply(request: bytes) -> bytes:
-        await asyncio.sleep(5)
+        await answer.wait()
         return ok()
 
     raw = await _raw(reply)
@@ -361,6 +363,7 @@ async def test_a_slow_receiver_times_out(sender):
         assert error == "timed out after 0.5s"
         assert time.monotonic() - started < 2
     finally:
+        answer.set()
         assert raw.server is not None
         raw.server.close()
 

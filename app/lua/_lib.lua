@@ -129,6 +129,14 @@ local function notify_callback(k_task, id, state, now, maxlen)
   redis.call('XADD', base_of(k_task, id) .. 'callbacks', '*', unpack(fields))
 end
 
+-- Put a task in a queue's schedule (zset `k_sched`) at `due` ms. Promoters sleep until the
+-- earliest due time, so only an earlier one is announced on the queue's `channel`.
+local function schedule(k_sched, channel, id, due)
+  local first = redis.call('ZRANGE', k_sched, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', k_sched, due, id)
+  if not first[2] or due < tonumber(first[2]) then redis.call('PUBLISH', channel, due) end
+end
+
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
 -- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
 -- allow, payload, run_at, attempts.
@@ -137,16 +145,10 @@ local function release_child(k_child, cid, qp, rec, now, maxlen)
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
   redis.call('HDEL', k_child, 'waiting')
   if run_at > now then
-    local k_sched = qp .. 'scheduled'
-    local first = redis.call('ZRANGE', k_sched, 0, 0, 'WITHSCORES')
     redis.call('HSET', k_child, 'state', 'scheduled')
-    redis.call('ZADD', k_sched, run_at, cid)
+    schedule(qp .. 'scheduled', qp .. 'schedule', cid, run_at)
     redis.call('HINCRBY', qp .. 'counters', 'scheduled:' .. prio, 1)
     event(qp .. 'events', maxlen, cid, 'scheduled')
-    -- promoters sleep until the earliest due time: only an earlier one needs to wake them
-    if not first[2] or run_at < tonumber(first[2]) then
-      redis.call('PUBLISH', qp .. 'schedule', run_at)
-    end
     return
   end
   push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload)

@@ -99,11 +99,9 @@ redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
 if run_at > now then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'prio', prio, 'payload', payload,
     'run_at', run_at)
-  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-  redis.call('ZADD', KEYS[4], run_at, id)
+  schedule(KEYS[4], ARGV[6], id, run_at)
   redis.call('HINCRBY', KEYS[3], 'scheduled:' .. prio, 1)
   event(KEYS[5], maxlen, id, 'scheduled')
-  if not first[2] or run_at < tonumber(first[2]) then redis.call('PUBLISH', ARGV[6], run_at) end
   return {'scheduled', 0}
 end
 local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload)

@@ -48,13 +48,10 @@ if ARGV[5] == '1' and attempts <= max_retries then
   redis.call('HSET', KEYS[1], 'state', 'retrying', 'error', ARGV[4], 'payload', payload,
     'run_at', due)
   redis.call('HDEL', KEYS[1], 'entry')
-  local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-  redis.call('ZADD', KEYS[5], due, id)
+  schedule(KEYS[5], ARGV[16], id, due)
   redis.call('HINCRBY', KEYS[4], 'retrying:' .. prio, 1)
   redis.call('HINCRBY', KEYS[4], 'total:retried', 1)
   event(KEYS[3], ARGV[13], id, 'retrying', attempts)
-  -- promoters sleep until the earliest due time: only an earlier one needs to wake them
-  if not first[2] or due < tonumber(first[2]) then redis.call('PUBLISH', ARGV[16], due) end
   return {'retrying', due}
 end
 bury(KEYS[1], KEYS[6], KEYS[10], KEYS[3], KEYS[4], ARGV[13], id, prio, payload, ARGV[4], ARGV[15],
