@@ -301,3 +301,31 @@ def _wait_http(process: Process, path: str, timeout: float = 20.0) -> None:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"service not ready:\n{process.output()}")
+
+
+# --- HTTP helpers of the service tests --------------------------------------------------
+
+
+async def post(svc: Any, eval_id: str, **fields: Any) -> dict[str, Any]:
+    """POST /tasks one task (code "x"), asserting 201."""
+    response = await svc.http.post("/tasks", json={"eval_id": eval_id, "code": "x", **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def status_of(svc: Any, eval_id: str) -> dict[str, Any]:
+    """GET /tasks/{eval_id}, asserting 200."""
+    response = await svc.http.get(f"/tasks/{eval_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def has_state(svc: Any, eval_id: str, state: str) -> Callable[[], Awaitable[bool]]:
+    """A `wait_for` predicate: the task is in `state`."""
+
+    async def check() -> bool:
+        return bool((await status_of(svc, eval_id))["status"] == state)
+
+    return check

@@ -4,36 +4,15 @@ real loopback executor: deferral, release in order, fan-in, cascading cancellati
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
 from app.streams import connect
-from tests.conftest import wait_for
+from tests.conftest import has_state, post, status_of, wait_for
 
 OK = {"status": "success", "output": "", "exit_code": 0}
-
-
-async def status_of(svc: Any, eval_id: str) -> dict[str, Any]:
-    response = await svc.http.get(f"/tasks/{eval_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def has_state(svc: Any, eval_id: str, state: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return bool((await status_of(svc, eval_id))["status"] == state)
-
-    return check
-
-
-async def post(svc: Any, eval_id: str, **fields: Any) -> dict[str, Any]:
-    response = await svc.http.post("/tasks", json={"eval_id": eval_id, "code": "x", **fields})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def counts(svc: Any) -> dict[str, Any]:

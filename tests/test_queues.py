@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from starlette.routing import Route
 from app.models import TaskRequest
 from app.settings import RetryPolicy, Selection, Settings, SettingsError
 from app.streams import GROUP, MAX_DEPENDANTS, Streams, consumer_name
-from tests.conftest import serve_asgi, wait_for
+from tests.conftest import has_state, post, serve_asgi, status_of, wait_for
 
 OK = {"status": "success", "output": "", "exit_code": 0}
 PRIOS = ("high", "default", "low")
@@ -30,32 +30,11 @@ PRIOS = ("high", "default", "low")
 # --- helpers ---------------------------------------------------------------------------
 
 
-async def post(svc: Any, eval_id: str, **fields: Any) -> dict[str, Any]:
-    response = await svc.http.post("/tasks", json={"eval_id": eval_id, "code": "x", **fields})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def status_of(svc: Any, eval_id: str) -> dict[str, Any]:
-    response = await svc.http.get(f"/tasks/{eval_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 async def overview(svc: Any) -> dict[str, Any]:
     response = await svc.http.get("/status")
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def has_state(svc: Any, eval_id: str, state: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return bool((await status_of(svc, eval_id))["status"] == state)
-
-    return check
 
 
 async def all_in_state(svc: Any, eval_ids: Iterable[str], state: str) -> None:

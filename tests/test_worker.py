@@ -13,11 +13,11 @@ import orjson
 from starlette.responses import JSONResponse, Response
 
 from app.models import TaskRequest
-from app.redis_server import free_port
 from app.streams import Streams
 from tests.conftest import StubExecutor, wait_for
 from tests.test_cli import arun, start
 from tests.test_main import dead_redis_url
+from tests.test_wire import RawServer, ok
 
 
 def worker_env(redis_url: str, queue: str, **extra: str) -> dict[str, str]:
@@ -123,17 +123,23 @@ async def test_burst_consumes_only_the_selected_queue(
 async def test_burst_delivers_callbacks_before_it_exits(
     redis_url: str, queue: str, streams: Streams, executor: StubExecutor
 ) -> None:
-    receiver = await _receiver()
+    async def answer(request: bytes) -> bytes:
+        return ok()
+
+    receiver = RawServer(answer)
+    receiver.server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
     try:
         env = worker_env(redis_url, queue, EXECUTOR_URLS=executor.url)
         await streams.ensure_groups()
         await add(streams, "cb1", callback_url=receiver.url)
         code, _, err = await arun("worker", "--burst", env=env)
         assert code == 0, err
-        assert [b["eval_id"] for b in receiver.bodies] == ["cb1"]
-        assert receiver.bodies[0]["status"] == "completed"
+        bodies = [orjson.loads(r.partition(b"\r\n\r\n")[2]) for r in receiver.requests]
+        assert [b["eval_id"] for b in bodies] == ["cb1"]
+        assert bodies[0]["status"] == "completed"
     finally:
-        await receiver.close()
+        receiver.server.close()
+        await receiver.server.wait_closed()
 
 
 async def test_worker_without_burst_runs_until_sigterm(
@@ -212,38 +218,3 @@ async def test_worker_against_a_dead_redis_exits_1(queue: str) -> None:
     code, _, err = await arun("worker", "--burst", env=env)
     assert code == 1
     assert "redis" in err.lower()
-
-
-class Receiver:
-    def __init__(self, server: asyncio.Server, port: int) -> None:
-        self.server = server
-        self.url = f"http://127.0.0.1:{port}/hook"
-        self.bodies: list[dict[str, Any]] = []
-
-    async def close(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-
-
-async def _receiver() -> Receiver:
-    """A minimal HTTP/1.1 receiver: records each POSTed JSON body, answers 200."""
-    port = free_port()
-    holder: list[Receiver] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                holder[0].bodies.append(orjson.loads(await reader.readexactly(length)))
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
-    holder.append(Receiver(server, port))
-    return holder[0]
