@@ -5,7 +5,7 @@ request_id=` its JSON status) and the real PAI-EAS queue protocol that the
 `eas-prediction` SDK speaks (put, indexed reads, `_attrs_`, delete, commit, truncate,
 `_watch_` over WebSocket). Every route needs `Authorization` (EAS_TOKEN).
 
-Imports: eas, errors, models, settings (and starlette).
+Imports: eas, errors, models, settings, params (and starlette).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app import params
 from app.eas import (
     MAX_LENGTH,
     EasHub,
@@ -43,7 +44,6 @@ PROTOBUF = "application/vnd.google.protobuf"
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
 UID_HEADER = "x-eas-queueservice-redis-uid"
 GID_HEADER = "x-eas-queueservice-redis-gid"
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def authorize(header: str | None, tokens: tuple[str, ...]) -> None:
@@ -59,14 +59,8 @@ def authorize(header: str | None, tokens: tuple[str, ...]) -> None:
 
 
 def _flag(query: Any, name: str, default: bool) -> bool:
-    value = query.get(name)
-    if value is None or value == "":
-        return default
-    if value.lower() in TRUE:
-        return True
-    if value.lower() in FALSE:
-        return False
-    raise BadRequest(f"{name} must be true or false, got {value!r}")
+    """A PAI-EAS flag: a bad value is 400, as the real service answers."""
+    return params.flag(query, name, default, BadRequest)
 
 
 def _tags(query: Any) -> dict[str, str]:
