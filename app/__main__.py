@@ -274,7 +274,8 @@ class Server(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain.draining:
-            self.drain.kick()
+            if self.drain.kick():
+                log.info("service_draining", reason=self.drain.reason, delay=self.delay)
             if self.drain.elapsed() >= self.delay:
                 self.should_exit = True
         return await super().on_tick(counter)

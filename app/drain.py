@@ -45,10 +45,12 @@ class Drain:
         """Register how to stop the consumers (the lifespan, once they run)."""
         self._stop = stop
 
-    def kick(self) -> None:
-        """On the event loop, once draining: start stopping the consumers."""
+    def kick(self) -> bool:
+        """On the event loop, once draining: start stopping the consumers (True: now)."""
         if self.draining and self._job is None and self._stop is not None:
             self._job = asyncio.create_task(self._stop())
+            return True
+        return False
 
     async def stopped(self) -> None:
         """Stop the consumers (or wait for the stop a drain began)."""

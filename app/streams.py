@@ -890,7 +890,10 @@ class Streams:
         mode, cutoff = "all", "0"
         if older_than is not None:
             now_s, now_us = await self.redis.time()
-            cutoff = str(int(now_s) * 1000 + int(now_us) // 1000 - int(older_than * 1000))
+            cutoff_ms = int(now_s) * 1000 + int(now_us) // 1000 - int(older_than * 1000)
+            if cutoff_ms <= 0:  # before the epoch: nothing is that old (and no stream id is)
+                return 0
+            cutoff = str(cutoff_ms)
             mode = "before"
         removed = 0
         while True:
