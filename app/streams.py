@@ -105,8 +105,9 @@ STRIPPED_CODES: dict[type[RedisError], str] = {
 }
 # The code opens the reply; or, in a script on Redis 6.2, follows " -" inside
 # "Error running script (call to f_<sha>): @user_script:7: @user_script: 7: -OOM command ..."
-# (7.x keeps the code and appends " script: <sha>, on @user_script:7.").
-REPLY_CODE = re.compile(rf"(?:^|\s-)({'|'.join([*REFUSED_WRITES, *UNAVAILABLE_REPLIES])})\b")
+# (7.x keeps the code and appends " script: <sha>, on @user_script:7."); or, re-raised by a
+# script after redis.pcall (claim.lua), follows the Lua position: "user_script:414: OOM ...".
+REPLY_CODE = re.compile(rf"(?:^|\s-|: )({'|'.join([*REFUSED_WRITES, *UNAVAILABLE_REPLIES])})\b")
 SCRIPT_SUFFIX = re.compile(r"\s+script: \w+, on @user_script:\d+\.$")
 PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 REFUSALS = {
