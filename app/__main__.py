@@ -265,17 +265,23 @@ class Server(uvicorn.Server):
         self.forced_by: int | None = None  # the signal that cut the drain short
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Called by signal.signal between two bytecodes of the main thread: flags only.
+        # Called by signal.signal between two bytecodes of the main thread: set flags, and
+        # leave the rest to the event loop (call_soon_threadsafe is safe here).
         if not self.drain.draining:
             self.drain.begin(f"draining: {signal.Signals(sig).name} received, shutting down")
+            with contextlib.suppress(RuntimeError):  # no loop yet: on_tick does it
+                asyncio.get_running_loop().call_soon_threadsafe(self._kick)
             return
         self.forced_by = sig
         self.should_exit = self.force_exit = True
 
+    def _kick(self) -> None:
+        if self.drain.kick():
+            log.info("service_draining", reason=self.drain.reason, delay=self.delay)
+
     async def on_tick(self, counter: int) -> bool:
         if self.drain.draining:
-            if self.drain.kick():
-                log.info("service_draining", reason=self.drain.reason, delay=self.delay)
+            self._kick()  # when the signal came before the consumers were attached
             if self.drain.elapsed() >= self.delay:
                 self.should_exit = True
         return await super().on_tick(counter)

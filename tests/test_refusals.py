@@ -98,7 +98,7 @@ async def demoted(admin: Any, victim: RedisServer, tmp_path: Path) -> AsyncItera
     """A failover: a copy of the victim is promoted and the victim becomes its replica, so
     it keeps its data but answers READONLY."""
     other = _server(tmp_path / "promoted")
-    promoted = connect(other.url)
+    promoted: Any = connect(other.url)
     try:
         for client in (admin, promoted):
             await client.config_set("repl-diskless-sync-delay", 0)
