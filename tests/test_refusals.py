@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from app.errors import Unavailable, WritesRefused
 from app.models import TaskRequest
 from app.redis_server import RedisServer, find_binary
 from app.streams import Streams, connect, redis_failure
-from tests.conftest import Service, wait_for
+from tests.conftest import ROOT, Service, wait_for
 
 CAUSES = {
     "oom": "out of memory",
@@ -315,3 +317,20 @@ def test_bad_arguments_and_wrong_commands_are_no_outage() -> None:
         "redis refusing writes: not enough replicas (NOREPLICAS Not enough good replicas to write.)"
     )
     assert isinstance(redis_failure(ConnectionResetError()), Unavailable)
+
+
+async def test_the_cli_reports_a_refusal_in_one_line(admin: Any, victim: RedisServer) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "REDIS_URL": victim.url, "QUEUE_NAME": "cli"}
+    async with no_replicas(admin):
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "enqueue", "print(1)"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=30,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode().strip() == (
+        "taskstream: redis refusing writes: not enough replicas "
+        "(NOREPLICAS Not enough good replicas to write.)"
+    )
