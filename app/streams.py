@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -44,6 +45,8 @@ from app.settings import RetryPolicy, Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+log = structlog.get_logger()
 
 GROUP = "workers"
 CALLBACK_GROUP = "senders"  # consumer group of the callbacks stream (app/callbacks.py)
@@ -544,7 +547,9 @@ class Streams:
             PROMOTE_LIMIT,
             ",".join(priorities),
         ]
-        items, wake_ms, recreated, tails = await self.scripts.run("claim", keys, argv)
+        items, wake_ms, recreated, tails, lost = await self.scripts.run("claim", keys, argv)
+        for eval_id, reason in lost:
+            self._log_lost(eval_id, reason)
         tasks = [
             Task(
                 eval_id=_text(eval_id),
@@ -579,6 +584,11 @@ class Streams:
             block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
             if await self.redis.xread(last, block=block_ms, count=1):
                 return
+
+    def _log_lost(self, eval_id: Any, reason: Any) -> None:
+        """One line per task dead-lettered because its stream entry was deleted (issue 11);
+        the script that buried it names it once, so this is logged once."""
+        log.error("task_lost", queue=self.keys.queue, eval_id=_text(eval_id), reason=_text(reason))
 
     def _fence_args(self, task: Task | None) -> list[Any]:
         return [task.entry, task.attempt] if task else ["", ""]
@@ -668,6 +678,8 @@ class Streams:
                 "queue": self.keys.queue,
             }
         if state == State.FAILED:
+            if len(reply) == 3:  # {'failed', 'lost', reason}: no payload left to retry with
+                self._log_lost(eval_id, reply[2])
             return {"eval_id": eval_id, "status": state, "queue": self.keys.queue}
         raise _refusal(reply)
 
