@@ -66,6 +66,13 @@ SCRIPT_NAMES = (
     "eas_read",
     "eas_remove",
     "callback_done",
+    "fsck_records",
+    "fsck_entries",
+    "fsck_refs",
+    "fsck_dlq",
+    "fsck_deps",
+    "fsck_eas",
+    "fsck_counters",
 )
 PROMOTE_LIMIT = 200
 MAX_DEPENDANTS = 10000  # deferred children per parent (enqueue.lua): its release is one script
@@ -152,6 +159,8 @@ class Keys:
         self.index = f"{self.prefix}index"  # PAI-EAS queues only
         self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
         self.callbacks = f"{self.base}callbacks"  # result callbacks of every legacy queue
+        self.eas_services = f"{self.base}eas:services"  # the deployment's PAI-EAS services
+        self.fsck = f"{self.base}fsck:"  # the audit's summary, totals, lock and cursor (fsck.py)
 
     @classmethod
     def named_queue(cls, default: str, name: str) -> Keys:
@@ -172,10 +181,17 @@ class Keys:
 
 
 def read_scripts() -> dict[str, str]:
-    """Read app/lua once; each script gets the shared helpers prepended."""
+    """Read app/lua once; each script gets the shared helpers prepended (the fsck scripts
+    also theirs, `_fsck.lua`)."""
     folder = resources.files("app") / "lua"
     lib = (folder / "_lib.lua").read_text() + (folder / "_fence.lua").read_text()
-    return {name: lib + (folder / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    audit = (folder / "_fsck.lua").read_text()
+    return {
+        name: lib
+        + (audit if name.startswith("fsck_") else "")
+        + (folder / f"{name}.lua").read_text()
+        for name in SCRIPT_NAMES
+    }
 
 
 SOURCES = read_scripts()
