@@ -690,8 +690,8 @@ def sample(text: str, name: str, **labels: str) -> float:
         pairs = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         if metric == name and pairs == labels:
             found.append(float(value))
-    [value] = found
-    return value
+    [only] = found
+    return only
 
 
 async def test_background_audit_is_bounded_and_resumes(
@@ -712,7 +712,7 @@ async def test_background_audit_is_bounded_and_resumes(
             await add(streams, f"b{i}")
         await raw(streams).zadd(streams.keys.scheduled, {"ghost": 1})  # found late in the walk
         root = Keys(streams.settings.queue)
-        reports = []
+        reports: list[fsck.Report] = []
         while not reports or not reports[-1].complete:
             await raw(streams).delete(root.fsck + "lock")  # the next interval
             report = await fsck.background(streams)
@@ -773,7 +773,7 @@ async def test_fsck_under_a_live_drain_finds_nothing(
         audits += 1
         assert report.orphans == [], report.orphans
         counts = await streams.counts()
-        return sum(counts["states"].values()) == 0
+        return bool(sum(counts["states"].values()) == 0)
 
     for start in range(0, len(tasks), 100):
         response = await svc.http.post("/tasks/batch", json={"tasks": tasks[start : start + 100]})
