@@ -350,13 +350,13 @@ def audit_families(audit: fsck.Totals | None) -> Iterator[Metric]:
         for (queue, kind), value in sorted(values.items()):
             family.add_metric([queue, kind], value)
         yield family
-    if audit.last:
-        last = GaugeMetricFamily(
-            "taskstream_fsck_last_run_timestamp_seconds",
-            "When the last fsck audit started, by the Redis clock (global)",
-        )
+    last = GaugeMetricFamily(
+        "taskstream_fsck_last_run_timestamp_seconds",
+        "When the last fsck audit started, by the Redis clock (global)",
+    )
+    if audit.last:  # no sample before the first audit
         last.add_metric([], audit.last["at_ms"] / 1000)
-        yield last
+    yield last
 
 
 # --- gauges of this process ----------------------------------------------------------------

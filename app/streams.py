@@ -818,6 +818,8 @@ class Streams:
             raise NotFound(f"not in the dead-letter queue: {eval_id}")
         if _text(reply[0]) == "state":
             raise Conflict(f"a live task uses this eval_id ({_text(reply[1])})")
+        if _text(reply[0]) == "lost":
+            raise Conflict("its payload was lost with its stream entry: nothing to run again")
         return {"eval_id": eval_id, "status": State.QUEUED.value}
 
     @translate_errors

@@ -24,6 +24,7 @@ import structlog
 
 from app import fsck
 from app.eas import EasHub, Item
+from app.errors import Conflict
 from app.models import Task, TaskRequest
 from app.redis_server import RedisServer, find_binary
 from app.settings import Settings
@@ -295,6 +296,8 @@ async def test_queued_without_entry_is_dead_lettered_and_positions_stay_exact(
     assert (await dlq_errors(streams))["a"] == record["error"]
     assert (await streams.get("b"))["position"] == 1
     assert (await streams.get("c"))["position"] == 2
+    with pytest.raises(Conflict, match="payload was lost"):  # nothing to re-drive
+        await streams.dlq_retry("a")
     counts = await streams.counts()
     assert counts["states"]["queued"] == 2 and counts["totals"]["lost"] == 1
     executor = await make_executor()
