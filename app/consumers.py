@@ -327,15 +327,19 @@ class ConsumerPool:
     async def _cleanup_loop(self) -> None:
         """Trim old dead letters and the events stream, and audit every queue (fsck, with
         repair), each once per interval across all processes (each takes its own lock: the
-        audit covers all queues, so whichever pool runs first in some process does it)."""
+        audit covers all queues, so whichever pool gets there first in some process does
+        it). The first audit comes an interval after start, not while a process starts."""
+        audit = False
         while True:
             try:
                 done = await self.streams.cleanup()
                 if done:
                     log.info("cleanup", **done)
-                await fsck.background(self.streams)
+                if audit:
+                    await fsck.background(self.streams)
             except Unavailable:
                 pass
+            audit = True
             await asyncio.sleep(self.settings.cleanup_interval)
 
     def views(self) -> list[dict[str, Any]]:

@@ -573,16 +573,16 @@ async def hub(qstreams: Streams) -> EasHub:
 
 
 async def test_eas_item_whose_entry_was_deleted_leaves_its_index(
-    qstreams: Streams, hub: EasHub, run_fsck: Fsck
+    qstreams: Streams, queue: str, hub: EasHub, run_fsck: Fsck
 ):
-    service = await hub.register("svc1")
+    service = await hub.register(f"a{queue[:12]}")  # PAI-EAS keys: not under the queue's tag
     await service.input.put(Item(0, b"first"))
     index = await service.input.put(Item(0, b"second"))
     inp = service.input.streams
     entry = await entry_of(inp, str(index))
     await raw(inp).xdel(inp.keys.stream("default"), entry)
     repaired = await found_then_repaired(run_fsck, [("queued_without_entry", str(index))])
-    assert repaired["orphans"][0]["queue"] == "svc1"
+    assert repaired["orphans"][0]["queue"] == service.name
     assert await raw(inp).zrange(inp.keys.index, 0, -1) == [b"1"]
     assert (await service.input.attributes(None))["stream.length"] == "1"
     # the sink receives the failure, as for any item that failed without an answer
@@ -594,8 +594,11 @@ async def test_eas_item_whose_entry_was_deleted_leaves_its_index(
     assert "stream entry lost" in frame.message
 
 
-async def test_eas_index_and_rid_orphans(qstreams: Streams, hub: EasHub, run_fsck: Fsck):
-    service = await hub.register("svc2")
+async def test_eas_index_and_rid_orphans(
+    qstreams: Streams, queue: str, hub: EasHub, run_fsck: Fsck
+):
+    """Service names are this test's own: PAI-EAS keys are not under the queue's tag."""
+    service = await hub.register(f"b{queue[:12]}")
     index = await service.input.put(Item(0, b"body"))
     inp, sink = service.input.streams, service.sink.streams
     await raw(inp).zrem(inp.keys.index, str(index))
@@ -660,22 +663,20 @@ async def test_background_audit_repairs_logs_and_reports_on_every_replica(
     await raw(streams).xdel(streams.keys.stream("default"), await entry_of(streams, "lost"))
     executor = await make_executor()
     with structlog.testing.capture_logs() as logs:
-        svc = await make_service(executor_urls=(executor.url,))  # audits as it starts
-
-        async def audited() -> dict[str, Any] | None:
-            last: dict[str, Any] | None = (await svc.http.get("/status")).json()["fsck"]
-            return last
-
-        last = await wait_for(audited)
+        # housekeeping every 0.3 s: the first audit comes one interval after the start
+        svc = await make_service(executor_urls=(executor.url,), cleanup_interval=0.3)
         await wait_for(has_state(svc, "fine", "completed"))
-    assert (await status_of(svc, "lost"))["status"] == "failed"
-    assert last["by"] == "background" and last["repair"] and last["complete"]
-    assert last["found"] == {"queued_without_entry": 1} and last["repaired"] == 1
+        await wait_for(has_state(svc, "lost", "failed"))
+        await svc.served.stop()  # no audit after this one
+    summaries = [e for e in logs if e["event"] == "fsck"]
+    assert summaries[0]["found"] == {"queued_without_entry": 1}, summaries
+    assert all(e["found"] == {} for e in summaries[1:]), summaries
     lost = [e for e in logs if e["event"] == "task_lost"]
     assert [(e["eval_id"], e["class"]) for e in lost] == [("lost", "queued_without_entry")]
-    assert [e["found"] for e in logs if e["event"] == "fsck"] == [{"queued_without_entry": 1}]
-    other = await make_service()  # another replica: shows the same audit, does not run one now
-    assert (await other.http.get("/status")).json()["fsck"] == last
+    other = await make_service()  # another replica shows the same last audit
+    last = (await other.http.get("/status")).json()["fsck"]
+    assert last["by"] == "background" and last["repair"] and last["complete"]
+    assert last == orjson.loads(await raw(streams).get(Keys(queue).fsck + "last"))
     text = (await other.http.get("/metrics")).text
     orphans = {"queue": queue, "class": "queued_without_entry"}
     assert sample(text, "taskstream_fsck_orphans_total", **orphans) == 1
