@@ -476,8 +476,8 @@ async def background(streams: Streams) -> Report | None:
         report = await _bounded(streams, k)
     except Unavailable:
         raise
-    except ResponseError as exc:  # a script error is a bug: say so, keep the loop alive
-        log.error("fsck_failed", error=str(exc))
+    except Exception:  # a bug: say so, and keep the housekeeping loop alive
+        log.exception("fsck_failed")
         return None
     for orphan in report.orphans:
         _log_orphan(orphan)

@@ -3,7 +3,7 @@
 Every multi-key change is one Lua script from `app/lua/` (loaded once, run by EVALSHA).
 Redis connection failures become `errors.Unavailable` here.
 
-Imports: models, errors, settings (and redis).
+Imports: models, errors, settings (and redis, structlog: it logs tasks lost with their entry).
 """
 
 from __future__ import annotations
