@@ -21,13 +21,14 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from starlette.responses import JSONResponse, Response
 
 from app import fsck
 from app.eas import EasHub, Item
 from app.errors import Conflict
 from app.models import Task, TaskRequest
 from app.redis_server import RedisServer, find_binary
-from app.settings import Settings
+from app.settings import RetryPolicy, Settings
 from app.streams import GROUP, Keys, Streams, connect
 from tests.conftest import Service, StubExecutor, has_state, status_of, wait_for
 from tests.test_main import dead_redis_url, one_line, run
@@ -395,11 +396,22 @@ async def test_schedule_missing_is_rescheduled_and_runs(
 ):
     streams = qstreams
     await add(streams, "later", delay=0.3)
-    await raw(streams).zrem(streams.keys.scheduled, "later")
-    await found_then_repaired(run_fsck, [("schedule_missing", "later")])
+    await add(streams, "again")
+    task = await claim_one(streams, "w")
+    quick = RetryPolicy(3, 0.1, 2.0, 1.0, False)
+    assert (await streams.fail("again", "503", policy=quick, task=task))["status"] == "retrying"
+    await raw(streams).zrem(streams.keys.scheduled, "later", "again")
+    await found_then_repaired(
+        run_fsck, [("schedule_missing", "again"), ("schedule_missing", "later")]
+    )
     assert (await streams.get("later"))["status"] == "scheduled"
+    assert (await streams.get("again"))["status"] == "retrying"
     executor = await make_executor()
-    await runs_on(make_service, executor, "later")
+    await runs_on(make_service, executor, "later", "again")
+    assert sorted((c["eval_id"], c["attempt"]) for c in executor.calls) == [
+        ("again", 2),
+        ("later", 1),
+    ]
 
 
 async def test_deferred_stuck_is_relinked_then_released_by_its_parent(
@@ -744,16 +756,12 @@ async def test_fsck_under_a_live_drain_finds_nothing(
     streams = qstreams
     seen: set[str] = set()
 
-    async def handler(body: dict[str, Any]) -> Any:
-        from starlette.responses import JSONResponse
-
+    async def handler(body: dict[str, Any]) -> Response:
         await asyncio.sleep(0.005)
         if body["eval_id"].startswith("r") and body["eval_id"] not in seen:
             seen.add(body["eval_id"])
             return JSONResponse({"error": "busy"}, status_code=503)
         return JSONResponse({"status": "success", "output": "", "exit_code": 0})
-
-    from app.settings import RetryPolicy
 
     executor = await make_executor(handler)
     svc = await make_service(
