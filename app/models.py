@@ -273,6 +273,12 @@ class Task:
         value = self.payload.get("max_retries")
         return int(value) if value is not None else None
 
+    @property
+    def idempotency_key(self) -> str:
+        """`Idempotency-Key` of this attempt's executor request: `<eval_id>:<attempt>`. Only
+        the same request re-sent within the attempt (app/wire.py) repeats it."""
+        return f"{self.eval_id}:{self.attempt}"
+
     def executor_body(self) -> dict[str, Any]:
         """The JSON the executor protocol sends to `POST {executor}/execute`."""
         return {
