@@ -193,7 +193,7 @@ async def raw_request(
         status_line, *fields = head.decode("latin-1").split("\r\n")
         found = dict(f.split(": ", 1) for f in fields if f)
         found = {k.lower(): v for k, v in found.items()}
-        length = int(found.get("content-length", "0"))
+        length = int(found.get("content-length", "0")) if method != "HEAD" else 0
         return int(status_line.split()[1]), found, await reader.readexactly(length)
     finally:
         writer.close()
@@ -275,6 +275,16 @@ async def test_bad_names_store_and_forward_nothing_and_a_dotted_name_works(
         decoded = unquote(name)
         if decoded and "svc.v1" not in decoded:
             assert not [k async for k in client.scan_iter(match=f"*{{eas:{decoded}}}*")], name
+
+
+async def test_head_is_405_and_reads_nothing(make_service, svc):
+    """Starlette allows HEAD wherever GET is; a GET may delete what it reads."""
+    service = await eas_service(make_service, svc)
+    await put(service, svc)
+    status, _, _ = await raw_request(service.url, "HEAD", f"/api/predict/{svc}", AUTH)
+    assert status == 405
+    attrs = await service.http.get(f"/api/predict/{svc}?_attrs_=true", headers=AUTH)
+    assert attrs.json()["stream.length"] == "1"
 
 
 def test_target_urls_percent_encode_the_name():
