@@ -5,8 +5,8 @@
 -- the parent releases it, see release_children in _lib.lua); else it is queued as usual.
 -- KEYS: 1 task hash, 2 stream of its priority, 3 counters, 4 scheduled zset, 5 events,
 --       6 holes:high, 7 holes:default, 8 holes:low, 9 registry of named queues
--- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run time: '0' now, '+<ms>' a delay after
---       the Redis clock (TIME), '<ms>' an absolute epoch time (in the past: now), 5 events maxlen,
+-- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run time: '0' now, '+<ms>' a delay
+--       after the Redis clock (TIME), '<ms>' an absolute epoch time (past: now), 5 events maxlen,
 --       6 schedule channel (told about new due times, so promoters can sleep until then),
 --       7 named queue ('' = the default queue), 8 the callback mark: '' none, else '+' and
 --       the task's callback_url ('+' alone when only STORAGE_SERVICE_URL applies; the hash
