@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ def raw(streams: Streams) -> Any:
 
 
 async def add(streams: Streams, eval_id: str, **data: Any) -> dict[str, Any]:
-    request = TaskRequest.parse({"eval_id": eval_id, "code": f"run {eval_id}", **data}, time.time())
+    request = TaskRequest.parse({"eval_id": eval_id, "code": f"run {eval_id}", **data})
     return await streams.for_queue(request.queue).enqueue(request)
 
 
