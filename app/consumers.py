@@ -7,7 +7,7 @@ cancelled with `terminate=true` on whichever process runs them; one promoter mov
 scheduled and retrying tasks into their streams (every process runs one; the script
 moves each task once).
 
-Imports: streams, executors, models, errors, settings.
+Imports: streams, fsck, executors, models, errors, settings.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from app import metrics
+from app import fsck, metrics
 from app.errors import Conflict, NotFound, Unavailable
 from app.executors import ExecutorPool
 from app.models import PRIORITY_ORDER, Outcome, Task
@@ -325,14 +325,21 @@ class ConsumerPool:
                 await asyncio.wait_for(self._schedule_changed.wait(), timeout)
 
     async def _cleanup_loop(self) -> None:
-        """Trim old dead letters and the events stream, once per interval across all processes."""
+        """Trim old dead letters and the events stream, and audit every queue (fsck, with
+        repair), each once per interval across all processes (each takes its own lock: the
+        audit covers all queues, so whichever pool gets there first in some process does
+        it). The first audit comes an interval after start, not while a process starts."""
+        audit = False
         while True:
             try:
                 done = await self.streams.cleanup()
                 if done:
                     log.info("cleanup", **done)
+                if audit:
+                    await fsck.background(self.streams)
             except Unavailable:
                 pass
+            audit = True
             await asyncio.sleep(self.settings.cleanup_interval)
 
     def views(self) -> list[dict[str, Any]]:

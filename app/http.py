@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import eas_http, live, metrics, openapi
+from app import eas_http, fsck, live, metrics, openapi
 from app.callbacks import start_sender
 from app.consumers import ConsumerPool, Workers, pull
 from app.eas import EasHub
@@ -474,6 +474,7 @@ async def status(request: Request) -> Response:
             "executors": executors.views(),
             "queues": await named_overview(streams, workers),
             "eas": await request.state.eas.overview(),
+            "fsck": await fsck.last_audit(streams),  # the last audit, by any process
         }
     )
 
