@@ -202,6 +202,21 @@ class Chaos:
         }
         return sum(per_kind[f.kind] for f in self.faults)
 
+    def repeats_by_fault(self, report: Report) -> dict[str, int]:
+        """Each repeat execution charged to the last fault before it: which kinds of fault
+        cost how many repeats (approximate when faults follow each other closely)."""
+        charged: dict[str, int] = {}
+        runs: dict[str, list[float]] = {}
+        for execution in self.executor.executions:
+            if execution.eval_id in report.duplicated:
+                runs.setdefault(execution.eval_id, []).append(execution.at - self.started)
+        for times in runs.values():
+            for repeat in times[1:]:
+                kinds = [f.kind for f in self.faults if f.at <= repeat]
+                kind = kinds[-1] if kinds else "none"
+                charged[kind] = charged.get(kind, 0) + 1
+        return charged
+
     async def restore(self) -> None:
         """Bring back any replica that is down (say, a fault was cut short)."""
         down = [i for i in range(self.plan.replicas) if i not in self.live]
@@ -289,6 +304,7 @@ async def _run(chaos: Chaos) -> dict[str, Any]:
         "still_open": sorted(still_open),
         "faults": [f.as_dict() for f in chaos.faults],
         "held_at_kills": sum(f.held for f in chaos.faults),
+        "repeats_by_fault": chaos.repeats_by_fault(report),
         "report": report.as_dict(),
         "summary": report.summary(),
         "problems": problems,
@@ -328,7 +344,8 @@ def summary(results: Mapping[str, Any]) -> list[str]:
             f", {held} calls open at the executor when killed" if kind == "replica-kill" else ""
         )
         lines.append(f"  {kind}: {len(done)}, down {min(downs):.2f}-{max(downs):.2f} s{opened}")
-    lines.append(f"drain: {results['drain_seconds']} s")
+    charged = ", ".join(f"{k} {n}" for k, n in sorted(results["repeats_by_fault"].items()))
+    lines.append(f"drain: {results['drain_seconds']} s; repeats by fault: {charged or 'none'}")
     lines += results["summary"].splitlines()
     lines.append("PASSED" if results["passed"] else "FAILED: " + "; ".join(results["problems"]))
     return lines
