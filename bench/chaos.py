@@ -258,6 +258,8 @@ def _lookup(session: aiohttp.ClientSession, urls: list[str]) -> Lookup:
 
 async def amain(plan: Plan) -> dict[str, Any]:
     """Run; the logs (replicas, Redis) are kept in a temporary directory when it fails."""
+    if plan.seed is None:  # a seed of its own, kept in the results to run it again
+        plan = dataclasses.replace(plan, seed=random.randrange(2**32))
     tmp = Path(tempfile.mkdtemp(prefix="taskstream-chaos-"))
     children = Children(tmp)
     chaos = Chaos(plan, tmp, children, random.Random(plan.seed))
