@@ -538,7 +538,7 @@ async def enqueue_command(streams: Streams, args: argparse.Namespace) -> int:
         data["eval_id"] = args.eval_id
     if args.queue is not None:
         data["queue"] = args.queue
-    request = TaskRequest.parse(data, time.time())
+    request = TaskRequest.parse(data)
     queue = streams.for_queue(request.queue)
     await queue.ensure_groups()
     answer = await queue.enqueue(request)

@@ -348,7 +348,13 @@ def paths() -> dict[str, dict[str, Any]]:
     }
 
 
-SERVICE = {"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}
+SERVICE = {
+    "name": "service",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^(?!\.+$)[A-Za-z0-9._-]{1,64}$"},
+    "description": "1-64 of A-Z a-z 0-9 . _ -, not only dots (percent-decoded); else 422",
+}
 AUTH = {
     "name": "Authorization",
     "in": "header",
@@ -409,7 +415,11 @@ def eas_paths(sink: bool) -> dict[str, Any]:
     ]
     if sink:
         read_params.append(_query("request_id", "string", "imitation: JSON status of a request"))
-    get_responses: dict[int, dict[str, Any]] = {200: FRAMES, 204: {"description": "nothing"}}
+    get_responses: dict[int, dict[str, Any]] = {
+        200: FRAMES,
+        204: {"description": "nothing"},
+        **_errors(422),
+    }
     if sink:
         get_responses[202] = _json(SINK_STATUS, "imitation: not final yet")
         get_responses[404] = _json(ERROR, "imitation: unknown request_id")
@@ -430,7 +440,7 @@ def eas_paths(sink: bool) -> dict[str, Any]:
                         "description": "the index; header X-Eas-Queueservice-Request-Id",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_errors(400, 401, 413),
+                    **_errors(400, 401, 413, 422),
                 },
                 params=put_params,
             ),
@@ -439,12 +449,12 @@ def eas_paths(sink: bool) -> dict[str, Any]:
         "get": _op(f"Read the {where} by index or request id", get_responses, params=read_params),
         "put": _op(
             f"Commit (acknowledge) items of the {where}",
-            {200: _json(OBJECT), **_errors(400, 401)},
+            {200: _json(OBJECT), **_errors(400, 401, 422)},
             params=[SERVICE, AUTH, indexes],
         ),
         "delete": _op(
             f"Delete items of the {where}, or truncate below _index_ with _trunc_=true",
-            {200: _json(OBJECT), **_errors(400, 401)},
+            {200: _json(OBJECT), **_errors(400, 401, 422)},
             params=[
                 SERVICE,
                 AUTH,

@@ -78,6 +78,14 @@ REFUSALS = {
 }
 
 
+def _start_arg(req: TaskRequest) -> str:
+    """enqueue.lua's run time: '0' now, '+<ms>' a delay after the Redis server's clock,
+    '<ms>' an absolute epoch time given by the client. Never this process's clock."""
+    if req.delay:
+        return f"+{math.ceil(req.delay * 1000)}"
+    return str(int(req.run_at * 1000)) if req.run_at else "0"
+
+
 def consumer_name() -> str:
     """host:pid, so XINFO CONSUMERS shows one consumer per service process."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -452,8 +460,7 @@ class Streams:
     def _enqueue_args(self, req: TaskRequest) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
-        run_at_ms = int(req.run_at * 1000) if req.run_at else 0
-        argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
+        argv: list[Any] = [req.eval_id, req.priority.value, req.encoded_payload(), _start_arg(req)]
         argv += [self.settings.events_maxlen, k.schedule_channel, k.named]
         # the callback mark: '' none (no field at all), else '+' and the task's callback_url
         marked = req.callback_url is not None or self.settings.storage_service_url

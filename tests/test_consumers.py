@@ -89,7 +89,7 @@ async def stored(
 
 
 async def put(streams: Streams, eval_id: str, **fields: Any) -> None:
-    await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields}, 0))
+    await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields}))
 
 
 async def settle(seconds: float = 0.3) -> None:
