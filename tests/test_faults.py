@@ -279,11 +279,14 @@ async def test_redis_killed_and_restarted_on_its_aof_under_load(
     restarted = time.monotonic()
     await rig.more("accepted", FLOW)
 
+    async def both_consume() -> bool:  # each after its own reconnect backoff (<= 5 s)
+        return consumed_since(rig, restarted) == {"/r0", "/r1"}
+
+    await wait_for(both_consume, timeout=20)
     report = (await rig.report()).check(max_duplicates=REPLICAS * CONCURRENCY)
     print(report.summary())
     assert report.completed == report.accepted > 3 * FLOW
     assert not report.refused  # every failed enqueue was a 503, not a refused connection
-    assert consumed_since(rig, restarted) == {"/r0", "/r1"}
     assert all(replica.proc.poll() is None for replica in rig.replicas)
 
 
