@@ -185,8 +185,10 @@ class ConsumerPool:
         finally:
             for job in (read, released):
                 await cancel(job)
-        if read.done() and not read.cancelled() and isinstance(read.exception(), Unavailable):
-            await asyncio.sleep(0.1)
+        if read.done() and not read.cancelled():
+            error = read.exception()
+            if isinstance(error, Unavailable):  # logged once; the next claim logs the return
+                await self.redis_watch.lost(error)
 
     def _spawn(self, task: Task) -> None:
         job = asyncio.create_task(self._run(task), name=f"task-{task.eval_id}")
@@ -274,20 +276,21 @@ class ConsumerPool:
             await asyncio.sleep(interval)
             if not self.running:
                 continue
+            sent = {r.task.eval_id: r.task for r in self.running.values()}
             try:
                 lost = await self.streams.renew(
-                    self.consumer,
-                    [r.task for r in self.running.values()],
-                    self.settings.lease_timeout,
+                    self.consumer, list(sent.values()), self.settings.lease_timeout
                 )
             except Unavailable:
                 continue
             for eval_id in lost:
-                self._abort(eval_id, "lease lost")
+                self._abort(eval_id, "lease lost", sent[eval_id])
 
-    def _abort(self, eval_id: str, reason: str) -> None:
+    def _abort(self, eval_id: str, reason: str, attempt: Task | None = None) -> None:
+        """Cancel the running task `eval_id`; with `attempt`, only that delivery of it (a
+        late renewal answer must not abort a newer attempt claimed meanwhile)."""
         running = self.running.get(eval_id)
-        if running:
+        if running and (attempt is None or running.task is attempt):
             log.warning("task_aborted", eval_id=eval_id, reason=reason)
             running.job.cancel()
 

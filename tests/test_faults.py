@@ -55,11 +55,10 @@ LEASE = 1.0
 FLOW = 20  # enqueues each replica must accept to show it is (again) serving
 IN_FLIGHT = REPLICAS * CONCURRENCY  # all the tasks the replicas hold at once
 # A stall of Redis (pause, black hole) makes every task in flight run again, once: its
-# outcome could not be written within the lease. Today a lease renewal that the stall
-# held back can come back after the same replica claimed the task's next attempt, and
-# abort that attempt too (ConsumerPool._renew_loop aborts by eval_id, not by attempt), so
-# a task may run a third time; until that is fixed the stall tests allow a second repeat.
-STALL_REPEATS = 2 * IN_FLIGHT
+# outcome could not be written within the lease. (A renewal answer the stall held back
+# aborts only the attempt it was sent for, never a newer one: see
+# test_consumers.test_a_late_lease_loss_of_an_old_attempt_spares_the_newer_one.)
+STALL_REPEATS = IN_FLIGHT
 
 
 # --- the rig: replicas, executor, load ------------------------------------------------
