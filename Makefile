@@ -7,7 +7,7 @@ UV_BIN := $(UV_VENV)/bin/uv
 # never download a Python: use $(PYTHON), as the README says
 UV     := UV_PYTHON_DOWNLOADS=never UV_PYTHON=$(PYTHON) UV_PROJECT_ENVIRONMENT=$(VENV) $(UV_BIN)
 
-.PHONY: help run test lint browser tools bench lock proto clean
+.PHONY: help run test lint browser tools bench chaos lock proto clean
 
 help:  ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,9 @@ test: lint browser tools  ## create .venv, install dev deps, lint, type-check, r
 bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk is used when installed)
 	$(UV) sync -q --locked --extra dev --extra bench
 	$(BIN)/python -m bench
+
+chaos: $(VENV)/.dev-deps  ## minutes of replica and Redis kills under load, then the total-queue report (bench/chaos.py; CHAOS_ARGS="--duration 60 ...")
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
 	$(PYTHON) -m venv /tmp/taskstream-protoc

@@ -5,13 +5,13 @@ serve: Settings.from_env -> logs.configure -> the example executor child (with
 uvicorn.Server. uvicorn owns the process and its signals; `Server` makes its first
 SIGTERM/SIGINT a drain (app/drain.py) and a second one an immediate exit.
 
-info, dlq, task, enqueue: one `Streams` straight on Redis (REDIS_URL, else the embedded
+info, dlq, task, enqueue, fsck: one `Streams` straight on Redis (REDIS_URL, else the embedded
 Redis's socket in DATA_DIR), no running service needed. example-executor: the demo
 executor of app/example_executor.py.
 
 Exit status: 0 ok, 1 failure (Redis unreachable, unknown task, conflict, task not
-completed), 2 bad arguments or configuration, 130 interrupted (Ctrl-C; `info --interval`
-exits 0). Imports: everything.
+completed, fsck found orphans), 2 bad arguments or configuration, 130 interrupted (Ctrl-C;
+`info --interval` exits 0). Imports: everything.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     _dlq_parser(commands)
     _task_parser(commands)
     _enqueue_parser(commands)
+    _fsck_parser(commands)
     _example_parser(commands)
     return root
 
@@ -218,6 +219,26 @@ def _enqueue_parser(commands: Any) -> None:
     enqueue.add_argument(
         "--wait", type=positive, metavar="S", help="wait up to S seconds for the outcome"
     )
+
+
+def _fsck_parser(commands: Any) -> None:
+    fsck = commands.add_parser(
+        "fsck",
+        help="audit every queue's Redis structures against each other",
+        description="Check task records, stream entries, the consumer group's pending entries, "
+        "leases, schedules, the DLQ and its index, dependency sets and counters of every queue "
+        "and PAI-EAS service, live (safe while the service runs). One line per orphan, with "
+        "its class (README, fsck).",
+        epilog="exit status: 0 consistent; 1 orphans found (also with --repair: run again to "
+        "confirm) or Redis unreachable; 2 bad arguments or configuration.",
+    )
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix each orphan: re-queue a task whose payload is recoverable, else dead-letter "
+        "it with the reason; drop dangling references; recompute drifted counters",
+    )
+    fsck.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _example_parser(commands: Any) -> None:
@@ -577,7 +598,7 @@ async def enqueue_command(streams: Streams, args: argparse.Namespace) -> int:
         data["eval_id"] = args.eval_id
     if args.queue is not None:
         data["queue"] = args.queue
-    request = TaskRequest.parse(data, time.time())
+    request = TaskRequest.parse(data)
     queue = streams.for_queue(request.queue)
     await queue.ensure_groups()
     answer = await queue.enqueue(request)
@@ -608,11 +629,43 @@ async def wait_until_final(streams: Streams, eval_id: str, timeout: float) -> di
         pause = min(pause * 2, 0.5)
 
 
+# fsck
+
+
+async def fsck_command(streams: Streams, args: argparse.Namespace) -> int:
+    from app import fsck  # imported here, like create_app
+
+    report = await fsck.Audit(streams, repair=args.repair).run()
+    await fsck.record(streams, report)
+    if args.json:
+        _print_json(report.view(), indent=True)
+    else:
+        print_fsck(report)
+    return EXIT_OK if report.consistent else EXIT_FAILURE
+
+
+def print_fsck(report: Any) -> None:
+    """One line per orphan (class, queue, ref, detail, and what --repair did), then a total."""
+    for orphan in report.orphans:
+        done = f"  -> {orphan.action}" if orphan.action else ""
+        print(f"{orphan.kind:<26} {orphan.queue}  {orphan.ref}: {orphan.detail}{done}")
+    scope = f"{len(report.queues)} queues, {report.checked} items checked"
+    for skipped in report.skipped:
+        print(f"not checked: {skipped}")
+    if report.consistent:
+        print(f"fsck: consistent ({scope})")
+        return
+    classes = ", ".join(f"{kind}={n}" for kind, n in sorted(report.found().items()))
+    tail = f"{report.repaired()} repaired" if report.repair else "run with --repair to fix them"
+    print(f"fsck: {len(report.orphans)} orphans ({classes}); {tail} ({scope})")
+
+
 COMMANDS: dict[str, Command] = {
     "info": info_command,
     "dlq": dlq_command,
     "task": task_command,
     "enqueue": enqueue_command,
+    "fsck": fsck_command,
 }
 
 

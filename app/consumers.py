@@ -7,7 +7,7 @@ cancelled with `terminate=true` on whichever process runs them; one promoter mov
 scheduled and retrying tasks into their streams (every process runs one; the script
 moves each task once).
 
-Imports: streams, executors, models, errors, settings.
+Imports: streams, fsck, executors, models, errors, settings.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from app import metrics
+from app import fsck, metrics
 from app.errors import Conflict, NotFound, Unavailable
 from app.executors import ExecutorPool
 from app.models import PRIORITY_ORDER, Outcome, Task
@@ -185,8 +185,10 @@ class ConsumerPool:
         finally:
             for job in (read, released):
                 await cancel(job)
-        if read.done() and not read.cancelled() and isinstance(read.exception(), Unavailable):
-            await asyncio.sleep(0.1)
+        if read.done() and not read.cancelled():
+            error = read.exception()
+            if isinstance(error, Unavailable):  # logged once; the next claim logs the return
+                await self.redis_watch.lost(error)
 
     def _spawn(self, task: Task) -> None:
         job = asyncio.create_task(self._run(task), name=f"task-{task.eval_id}")
@@ -274,20 +276,21 @@ class ConsumerPool:
             await asyncio.sleep(interval)
             if not self.running:
                 continue
+            sent = {r.task.eval_id: r.task for r in self.running.values()}
             try:
                 lost = await self.streams.renew(
-                    self.consumer,
-                    [r.task for r in self.running.values()],
-                    self.settings.lease_timeout,
+                    self.consumer, list(sent.values()), self.settings.lease_timeout
                 )
             except Unavailable:
                 continue
             for eval_id in lost:
-                self._abort(eval_id, "lease lost")
+                self._abort(eval_id, "lease lost", sent[eval_id])
 
-    def _abort(self, eval_id: str, reason: str) -> None:
+    def _abort(self, eval_id: str, reason: str, attempt: Task | None = None) -> None:
+        """Cancel the running task `eval_id`; with `attempt`, only that delivery of it (a
+        late renewal answer must not abort a newer attempt claimed meanwhile)."""
         running = self.running.get(eval_id)
-        if running:
+        if running and (attempt is None or running.task is attempt):
             log.warning("task_aborted", eval_id=eval_id, reason=reason)
             running.job.cancel()
 
@@ -325,14 +328,21 @@ class ConsumerPool:
                 await asyncio.wait_for(self._schedule_changed.wait(), timeout)
 
     async def _cleanup_loop(self) -> None:
-        """Trim old dead letters and the events stream, once per interval across all processes."""
+        """Trim old dead letters and the events stream, and audit every queue (fsck, with
+        repair), each once per interval across all processes (each takes its own lock: the
+        audit covers all queues, so whichever pool gets there first in some process does
+        it). The first audit comes an interval after start, not while a process starts."""
+        audit = False
         while True:
             try:
                 done = await self.streams.cleanup()
                 if done:
                     log.info("cleanup", **done)
+                if audit:
+                    await fsck.background(self.streams)
             except Unavailable:
                 pass
+            audit = True
             await asyncio.sleep(self.settings.cleanup_interval)
 
     def views(self) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ import structlog
 from google.protobuf import json_format
 
 from app.consumers import Backoff, ConsumerPool, cancel
-from app.errors import BadRequest, Unavailable
+from app.errors import BadRequest, Invalid, Unavailable
 from app.executors import Execution, Executor, ExecutorPool
 from app.models import Outcome, Priority, State, Task
 from app.proto.eas_queue_pb2 import DataFrameListProto, DataFrameProto
@@ -67,8 +67,10 @@ FINAL = frozenset({"SUCCESS", "FAILURE"})
 
 
 def check_service(name: str) -> str:
+    """A PAI-EAS service name (already percent-decoded), or 422: one path segment of the
+    forwarding URL, so never `.`/`..` nor anything with a `/`."""
     if not SERVICE_NAME_RE.fullmatch(name):
-        raise BadRequest("service name must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        raise Invalid("service name must be 1-64 characters of A-Z a-z 0-9 . _ -, not only dots")
     return name
 
 

@@ -5,6 +5,12 @@ request_id=` its JSON status) and the real PAI-EAS queue protocol that the
 `eas-prediction` SDK speaks (put, indexed reads, `_attrs_`, delete, commit, truncate,
 `_watch_` over WebSocket). Every route needs `Authorization` (EAS_TOKEN).
 
+The service and the queue (input or sink) of every route, HTTP and WebSocket, come from
+one function, `requested`, which reads the raw path: a name is percent-decoded segment by
+segment before it is checked, so an encoded `/` cannot move a request to another route,
+and every other path under `/api/predict` is answered 404/422 by `Unrouted` instead of
+the router's trailing-slash redirect.
+
 Imports: eas, errors, models, settings, params (and starlette).
 """
 
@@ -12,13 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import (
+    BaseRoute,
+    Match,
+    Route,
+    WebSocketRoute,
+    request_response,
+    websocket_session,
+)
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import params
@@ -35,7 +52,7 @@ from app.eas import (
     parse_index,
     parse_indexes,
 )
-from app.errors import BadRequest, NotFound, TaskstreamError, Unauthorized
+from app.errors import BadRequest, Invalid, NotFound, TaskstreamError, Unauthorized
 from app.models import Priority
 
 log = structlog.get_logger()
@@ -44,6 +61,11 @@ PROTOBUF = "application/vnd.google.protobuf"
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
 UID_HEADER = "x-eas-queueservice-redis-uid"
 GID_HEADER = "x-eas-queueservice-redis-gid"
+PREFIX = "/api/predict/"
+ROUTED = re.compile(r"/api/predict/[^/]+(/sink)?")  # what the four routes below match
+# A watch refused for its path is denied with these HTTP statuses, as app/http.py answers
+# the same errors on HTTP (other refusals close the socket with 1008).
+PATH_REFUSALS: dict[type[TaskstreamError], int] = {NotFound: 404, Invalid: 422}
 
 
 def authorize(header: str | None, tokens: tuple[str, ...]) -> None:
@@ -68,11 +90,27 @@ def _tags(query: Any) -> dict[str, str]:
     return {k: v for k, v in query.items() if not k.startswith("_") and k != "request_id"}
 
 
-def _queue(request: Request | WebSocket, sink: bool) -> tuple[EasHub, EasQueue]:
+def requested(scope: Scope) -> tuple[str, bool]:
+    """(service, sink?) that a PAI-EAS path names, read from the raw (still encoded) path
+    and decoded segment by segment: `a%2Fsink` is the bad name `a/sink`, not the sink of
+    `a`; `%2e%2e` is the bad name `..`. NotFound (404) for a path of another shape,
+    Invalid (422) for a bad name."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.split(b"?", 1)[0].decode("latin-1")
+    _, found, rest = path.partition(PREFIX)
+    segments = rest.split("/") if found else []
+    sink = len(segments) == 2 and unquote(segments[1]) == "sink"
+    if not (len(segments) == 1 or sink):
+        raise NotFound("a PAI-EAS path is /api/predict/{service} or /api/predict/{service}/sink")
+    return check_service(unquote(segments[0])), sink
+
+
+def _queue(request: Request | WebSocket) -> tuple[EasHub, EasQueue]:
     settings = request.state.settings
     authorize(request.headers.get("authorization"), settings.eas_tokens)
     hub: EasHub = request.state.eas
-    return hub, hub.queue(check_service(request.path_params["service"]), sink)
+    service, sink = requested(request.scope)
+    return hub, hub.queue(service, sink)
 
 
 # --- HTTP -------------------------------------------------------------------------------
@@ -166,55 +204,83 @@ METHODS = {"POST": put, "GET": get, "PUT": commit, "DELETE": delete}
 
 
 async def predict(request: Request) -> Response:
-    hub, queue = _queue(request, sink=False)
-    return await METHODS[request.method](request, hub, queue)
-
-
-async def predict_sink(request: Request) -> Response:
-    hub, queue = _queue(request, sink=True)
-    return await METHODS[request.method](request, hub, queue)
+    """Both queues of a service, every method (the queue comes from the path)."""
+    hub, queue = _queue(request)
+    handler = METHODS.get(request.method)
+    if handler is None:  # HEAD, which Starlette adds beside GET: a GET may delete items
+        raise HTTPException(405)
+    return await handler(request, hub, queue)
 
 
 # --- WebSocket watch ----------------------------------------------------------------------
 
 
 async def watch(websocket: WebSocket) -> None:
-    await _watch(websocket, sink=False)
-
-
-async def watch_sink(websocket: WebSocket) -> None:
-    await _watch(websocket, sink=True)
-
-
-async def _watch(websocket: WebSocket, sink: bool) -> None:
-    query = websocket.query_params
+    """Both queues of a service: `_watch_` subscribes a consumer over the socket."""
     try:
-        hub, queue = _queue(websocket, sink)
-        if not _flag(query, "_watch_", False):
-            raise BadRequest("a WebSocket on this path must ask for _watch_=true")
-        window = parse_index(query.get("_window_"), "_window_", 1)
-        if not 1 <= window <= MAX_LENGTH:
-            raise BadRequest(f"_window_ must be between 1 and {MAX_LENGTH}")
-        if {k for k in _tags(query)}:
-            raise BadRequest("tag filters are not supported on _watch_")
-        parse_index(query.get("_index_"), "_index_")
-        uid = websocket.headers.get(UID_HEADER) or "anonymous"
-        gid = websocket.headers.get(GID_HEADER) or "eas"
-        subscriber = Watch(
-            queue,
-            hub,
-            f"{gid}:{uid}",
-            window,
-            auto_commit=_flag(query, "_auto_commit_", False),
-            index_only=_flag(query, "_index_only_", False),
-        )
-    except TaskstreamError as exc:
-        log.info("eas_watch_refused", reason=str(exc))
-        await websocket.close(code=1008, reason=str(exc)[:120])
+        hub, queue = _queue(websocket)
+    except (NotFound, Invalid) as exc:  # the path: a bad service name
+        await _deny(websocket, exc)
         return
+    except TaskstreamError as exc:
+        await _refuse(websocket, exc)
+        return
+    try:
+        subscriber = _subscriber(websocket, hub, queue)
+    except TaskstreamError as exc:
+        await _refuse(websocket, exc)
+        return
+    await _run_watch(websocket, hub, queue, subscriber)
+
+
+async def _refuse(websocket: WebSocket, exc: TaskstreamError) -> None:
+    log.info("eas_watch_refused", reason=str(exc))
+    await websocket.close(code=1008, reason=str(exc)[:120])
+
+
+async def _deny(websocket: WebSocket, exc: TaskstreamError) -> None:
+    """Refuse the handshake with the HTTP status the same error has on HTTP, where the
+    server can send one (the ASGI `websocket.http.response` extension, uvicorn's)."""
+    if "websocket.http.response" not in websocket.scope.get("extensions", {}):
+        await _refuse(websocket, exc)
+        return
+    log.info("eas_watch_refused", reason=str(exc))
+    status = next(code for cls, code in PATH_REFUSALS.items() if isinstance(exc, cls))
+    await websocket.send_denial_response(json_response({"error": str(exc)}, status))
+
+
+def _subscriber(websocket: WebSocket, hub: EasHub, queue: EasQueue) -> Watch:
+    """The watch the query asks for; BadRequest for a query it cannot serve."""
+    query = websocket.query_params
+    if not _flag(query, "_watch_", False):
+        raise BadRequest("a WebSocket on this path must ask for _watch_=true")
+    window = parse_index(query.get("_window_"), "_window_", 1)
+    if not 1 <= window <= MAX_LENGTH:
+        raise BadRequest(f"_window_ must be between 1 and {MAX_LENGTH}")
+    if {k for k in _tags(query)}:
+        raise BadRequest("tag filters are not supported on _watch_")
+    parse_index(query.get("_index_"), "_index_")
+    uid = websocket.headers.get(UID_HEADER) or "anonymous"
+    gid = websocket.headers.get(GID_HEADER) or "eas"
+    return Watch(
+        queue,
+        hub,
+        f"{gid}:{uid}",
+        window,
+        auto_commit=_flag(query, "_auto_commit_", False),
+        index_only=_flag(query, "_index_only_", False),
+    )
+
+
+async def _run_watch(websocket: WebSocket, hub: EasHub, queue: EasQueue, subscriber: Watch) -> None:
     await hub.register(queue.service)
     await websocket.accept()
-    log.info("eas_watch_started", queue=queue.name, consumer=subscriber.consumer, window=window)
+    log.info(
+        "eas_watch_started",
+        queue=queue.name,
+        consumer=subscriber.consumer,
+        window=subscriber.window,
+    )
     delivery = asyncio.ensure_future(subscriber.run(websocket.send_bytes))
     hangup = asyncio.ensure_future(_until_closed(websocket))
     try:
@@ -239,9 +305,31 @@ async def _until_closed(websocket: WebSocket) -> None:
         return
 
 
-ROUTES = [
-    Route("/api/predict/{service}", predict, methods=["GET", "POST", "PUT", "DELETE"]),
-    Route("/api/predict/{service}/sink", predict_sink, methods=["GET", "POST", "PUT", "DELETE"]),
+class Unrouted(BaseRoute):
+    """Every other path under /api/predict (`/api/predict/%2e%2e%2f` arrives decoded as
+    `/api/predict/../`, `a%2Fb` as `/api/predict/a/b`): answered here, 404 or 422 by
+    `requested`, rather than left to the router, which would answer a path with a
+    trailing slash with a redirect to the path without it."""
+
+    def __init__(self) -> None:
+        self.http = request_response(predict)
+        self.websocket = websocket_session(watch)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "") if scope["type"] in ("http", "websocket") else ""
+        under = path == PREFIX.rstrip("/") or path.startswith(PREFIX)
+        return (Match.FULL if under and not ROUTED.fullmatch(path) else Match.NONE), {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.websocket if scope["type"] == "websocket" else self.http
+        await app(scope, receive, send)
+
+
+METHOD_NAMES = ["GET", "POST", "PUT", "DELETE"]
+ROUTES: list[BaseRoute] = [
+    Route("/api/predict/{service}", predict, methods=METHOD_NAMES),
+    Route("/api/predict/{service}/sink", predict, methods=METHOD_NAMES),
     WebSocketRoute("/api/predict/{service}", watch),
-    WebSocketRoute("/api/predict/{service}/sink", watch_sink),
+    WebSocketRoute("/api/predict/{service}/sink", watch),
+    Unrouted(),
 ]

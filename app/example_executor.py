@@ -26,6 +26,13 @@ files) and a wall-clock limit (`EXAMPLE_TIMEOUT`). Answers:
 `GET /health` answers 200 `{"status": "ok", ...}`. At most `EXAMPLE_CONCURRENCY` runs at
 a time; further requests wait for a slot.
 
+`Idempotency-Key` (the service sends `<eval_id>:<attempt>`): a request repeating the key
+and the body of an earlier one is the service's client re-sending it after a connection
+broke, not a new attempt, so it is answered with the first run's answer (header
+`Idempotent-Replayed: true`) and the code is not run again; a repeat arriving while the
+first run is still going waits for it. `Replays` keeps the last `EXAMPLE_REPLAY_ENTRIES`
+answers for `EXAMPLE_REPLAY_SECONDS` each (memory: at most that many outputs of 64 KiB).
+
 Imports: settings (SettingsError), logs, and starlette/uvicorn.
 """
 
@@ -35,6 +42,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import hashlib
 import ipaddress
 import math
 import os
@@ -46,8 +54,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -69,6 +78,8 @@ OUTPUT_LIMIT = 64 * 1024  # bytes of output kept per run
 FILE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file a run may write
 PROCESS_LIMIT = 256  # RLIMIT_NPROC: counts ALL processes of the user (not enforced for root)
 LANGUAGES = frozenset({"python", "python3"})
+IDEMPOTENCY_HEADER = "idempotency-key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 DRAIN_GRACE = 1.0  # seconds to finish reading output once the process group is gone
 PR_SET_PDEATHSIG = 1
 
@@ -87,6 +98,8 @@ class Limits:
     timeout: float = 10.0  # EXAMPLE_TIMEOUT, wall-clock seconds
     concurrency: int = 4  # EXAMPLE_CONCURRENCY, runs at a time
     memory_mb: int = 512  # EXAMPLE_MEMORY_MB, address space (RLIMIT_AS)
+    replay_entries: int = 256  # EXAMPLE_REPLAY_ENTRIES, answers kept by Idempotency-Key
+    replay_seconds: float = 300.0  # EXAMPLE_REPLAY_SECONDS, how long each is kept
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
@@ -94,6 +107,8 @@ class Limits:
             timeout=_env_number(env, "EXAMPLE_TIMEOUT", 10.0, float, 0.01, 86400),
             concurrency=_env_number(env, "EXAMPLE_CONCURRENCY", 4, int, 1, 1024),
             memory_mb=_env_number(env, "EXAMPLE_MEMORY_MB", 512, int, 32, 1 << 20),
+            replay_entries=_env_number(env, "EXAMPLE_REPLAY_ENTRIES", 256, int, 0, 100_000),
+            replay_seconds=_env_number(env, "EXAMPLE_REPLAY_SECONDS", 300.0, float, 0, 86400),
         )
 
     @property
@@ -244,6 +259,75 @@ async def _supervise(
     return finished
 
 
+# --- answers by Idempotency-Key ------------------------------------------------------------
+
+Answer = dict[str, Any]
+
+
+@dataclass
+class _Kept:
+    digest: bytes  # of the request body: a key reused for other code is not a re-send
+    answer: Answer | None  # None while running, or when the run ended without an answer
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    at: float = 0.0  # when the run ended (Replays.clock)
+
+
+@dataclass
+class Replays:
+    """The answers of recent runs by `Idempotency-Key`, so that a re-sent request (same key,
+    same body) gets the first run's answer instead of running the code again.
+
+    Bounded: at most `max_entries` finished answers, each for `max_age` seconds (the
+    service re-sends at once, so minutes are plenty); the oldest go first. Runs still
+    going are not counted: a repeat waits for them. A key whose body differs (an eval_id
+    reused after its record expired) is a new request and runs."""
+
+    max_entries: int = 256
+    max_age: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    entries: OrderedDict[str, _Kept] = field(default_factory=OrderedDict)  # oldest end first
+    running: dict[str, _Kept] = field(default_factory=dict)
+
+    async def answer(
+        self, key: str | None, body: bytes, run: Callable[[], Awaitable[Answer]]
+    ) -> tuple[Answer | None, bool]:
+        """(the answer, replayed?); the answer is None when the first run of this key
+        ended without one (it failed or was cancelled), so no answer can be repeated."""
+        if key is None:
+            return await run(), False
+        self._expire()
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        first = self.running.get(key) or self.entries.get(key)
+        if first is not None and first.digest == digest:
+            await first.done.wait()
+            return first.answer, True
+        return await self._run(key, _Kept(digest, None), run), False
+
+    async def _run(self, key: str, kept: _Kept, run: Callable[[], Awaitable[Answer]]) -> Answer:
+        self.running[key] = kept
+        try:
+            kept.answer = await run()
+        finally:
+            if self.running.get(key) is kept:
+                del self.running[key]
+            kept.at = self.clock()
+            kept.done.set()
+            if kept.answer is not None:
+                self._keep(key, kept)
+        return kept.answer
+
+    def _keep(self, key: str, kept: _Kept) -> None:
+        self.entries.pop(key, None)
+        self.entries[key] = kept
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+    def _expire(self) -> None:
+        horizon = self.clock() - self.max_age
+        while self.entries and next(iter(self.entries.values())).at < horizon:
+            self.entries.popitem(last=False)
+
+
 # --- the HTTP app ----------------------------------------------------------------------
 
 
@@ -251,22 +335,28 @@ def error(status: int, message: str) -> JSON:
     return JSON({"error": message}, status_code=status)
 
 
+def _parse(raw: bytes) -> tuple[str, Any] | JSON:
+    """The code and the request, or the 400 answer of a request that cannot run."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return error(400, f"malformed JSON: {exc}")
+    if not isinstance(body, dict):
+        return error(400, "the body must be a JSON object")
+    code, language = body.get("code"), body.get("language", "python")
+    if not isinstance(code, str) or not code:
+        return error(400, "code must be a non-empty string")
+    if not isinstance(language, str) or language.lower() not in LANGUAGES:
+        return error(400, f"unsupported language {language!r}: this executor runs python")
+    return code, body
+
+
 def create_app(limits: Limits) -> Starlette:
     slots = asyncio.Semaphore(limits.concurrency)
     state = {"running": 0, "waiting": 0}
+    replays = Replays(limits.replay_entries, limits.replay_seconds)
 
-    async def execute(request: Request) -> Response:
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            return error(400, f"malformed JSON: {exc}")
-        if not isinstance(body, dict):
-            return error(400, "the body must be a JSON object")
-        code, language = body.get("code"), body.get("language", "python")
-        if not isinstance(code, str) or not code:
-            return error(400, "code must be a non-empty string")
-        if not isinstance(language, str) or language.lower() not in LANGUAGES:
-            return error(400, f"unsupported language {language!r}: this executor runs python")
+    async def run(code: str, body: dict[str, Any]) -> Answer:
         state["waiting"] += 1
         try:
             await slots.acquire()
@@ -287,7 +377,22 @@ def create_app(limits: Limits) -> Starlette:
             exit_code=result["exit_code"],
             seconds=round(time.monotonic() - started, 3),
         )
-        return JSON(result)
+        return result
+
+    async def execute(request: Request) -> Response:
+        raw = await request.body()
+        parsed = _parse(raw)
+        if isinstance(parsed, JSON):
+            return parsed
+        code, body = parsed
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        result, replayed = await replays.answer(key, raw, functools.partial(run, code, body))
+        if result is None:
+            return error(503, f"the first run with Idempotency-Key {key} ended without an answer")
+        if not replayed:
+            return JSON(result)
+        log.info("example_replayed", idempotency_key=key)
+        return JSON(result, headers={REPLAYED_HEADER: "true"})
 
     async def health(request: Request) -> Response:
         return JSON({"status": "ok", **state, "concurrency": limits.concurrency})

@@ -4,7 +4,7 @@ Executor calls go through `wire.Origin` (keep-alive HTTP/1.1 on httptools), one 
 executor: the drain path's cost is the HTTP call, and that client spends ~25 µs of CPU
 per request where aiohttp spends ~195 µs and httpx ~6.7 ms (figures in README, `bench/`).
 `classify` and `_attempt` are the one place where answers and client failures become an
-`Outcome`.
+`Outcome`. Every call carries `Idempotency-Key: <eval_id>:<attempt>` (see `IDEMPOTENCY_HEADER`).
 
 Imports: models, wire (and stdlib).
 """
@@ -28,6 +28,10 @@ log = structlog.get_logger()
 
 HEALTH_TIMEOUT = 2.0
 RETRYABLE_4XX = frozenset({408, 429})
+# Each attempt's request carries `<eval_id>:<attempt>`; only wire's automatic re-send of the
+# same request (a reused connection that failed before any byte of the answer) repeats it,
+# so an executor can tell a re-send from a retry and answer it from its first result.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 @dataclass
@@ -203,9 +207,10 @@ class ExecutorPool:
 
     async def _attempt(self, executor: Executor, task: Task, timeout: float) -> Execution:
         body = orjson.dumps(task.executor_body())
+        headers = {IDEMPOTENCY_HEADER: task.idempotency_key}
         try:
             async with asyncio.timeout(timeout):
-                answer = await executor.origin.request("POST", "/execute", body)
+                answer = await executor.origin.request("POST", "/execute", body, headers=headers)
         except TimeoutError:
             return Execution(Outcome.RETRYABLE, error=f"task timed out after {timeout:g}s")
         except ConnectFailed as exc:

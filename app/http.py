@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import eas_http, live, metrics, openapi, params
+from app import eas_http, fsck, live, metrics, openapi, params
 from app.callbacks import start_sender
 from app.consumers import ConsumerPool, Workers, pull
 from app.drain import Drain
@@ -247,7 +246,7 @@ def check_callback(req: TaskRequest, settings: Settings) -> None:
 
 async def enqueue(streams: Streams, body: bytes) -> dict[str, Any]:
     """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
-    req = TaskRequest.parse(parse_json(body), time.time())
+    req = TaskRequest.parse(parse_json(body))
     check_callback(req, streams.settings)
     if req.queue is not None:
         streams = streams.for_queue(req.queue)
@@ -302,11 +301,10 @@ async def create_batch(request: Request) -> Response:
         raise Invalid("tasks must be a non-empty list")
     if len(items) > MAX_BATCH:
         raise Invalid(f"at most {MAX_BATCH} tasks per batch")
-    now = time.time()
     reqs = []
     for index, item in enumerate(items):
         try:
-            reqs.append(TaskRequest.parse(item, now))
+            reqs.append(TaskRequest.parse(item))
             check_callback(reqs[-1], request.state.settings)
         except Invalid as exc:
             raise Invalid(f"tasks[{index}]: {exc}") from exc
@@ -474,6 +472,7 @@ async def status(request: Request) -> Response:
             "executors": executors.views(),
             "queues": await named_overview(streams, workers),
             "eas": await request.state.eas.overview(),
+            "fsck": await fsck.last_audit(streams),  # the last audit, by any process
         }
     )
 

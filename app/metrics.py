@@ -13,7 +13,8 @@ tests) never share counters. They hang off the app's `Scripts` object, which the
 queue's `Streams` and every PAI-EAS queue's `Streams` of one app share (`of(streams)`), so
 hooks in handlers and consumers need nothing but the `Streams` they already hold.
 
-Imports: errors, models (and prometheus_client, starlette); the pools only for typing.
+Imports: fsck, streams, errors, models (and prometheus_client, starlette); the pools only for
+typing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app import fsck
 from app.errors import Unavailable
 from app.models import PRIORITY_ORDER, Priority
 from app.streams import consumers_of, counts_of
@@ -211,6 +213,7 @@ class Metrics:
         snapshot = await read_redis(streams, hub)
         families = [
             *redis_families(snapshot),
+            *audit_families(await read_audit(streams) if snapshot is not None else None),
             *process_families([consumers, *named], executors, hub),
         ]
         return generate_latest(_Scrape(self.registry, families))
@@ -265,6 +268,7 @@ class QueueSnapshot:
     by_priority: dict[str, dict[str, int]]  # state -> priority -> count
     dlq: int
     consumers: int
+    lost: int = 0  # tasks dead-lettered because their stream entry was deleted (total:lost)
 
 
 async def read_redis(streams: Streams, hub: EasHub) -> list[QueueSnapshot] | None:
@@ -281,7 +285,9 @@ async def read_redis(streams: Streams, hub: EasHub) -> list[QueueSnapshot] | Non
             counts = await counts_of(streams.redis, keys)
             consumers = await consumers_of(streams.redis, keys)
             return [
-                QueueSnapshot(k.queue, c["by_priority"], c["dlq"], len(who))
+                QueueSnapshot(
+                    k.queue, c["by_priority"], c["dlq"], len(who), c["totals"].get("lost", 0)
+                )
                 for k, c, who in zip(keys, counts, consumers, strict=True)
             ]
     except (Unavailable, RedisError, OSError, TimeoutError):
@@ -307,6 +313,11 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
         "Consumers in the queue's consumer group, as XINFO CONSUMERS lists them (global)",
         labels=("queue",),
     )
+    lost = CounterMetricFamily(
+        "taskstream_tasks_lost",
+        "Tasks dead-lettered because their stream entry was deleted under them (global)",
+        labels=("queue",),
+    )
     for queue in snapshot:
         for state in STATES:
             per_priority = queue.by_priority.get(state, {})
@@ -314,7 +325,38 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
                 length.add_metric([queue.queue, prio.value, state], per_priority.get(prio.value, 0))
         dlq.add_metric([queue.queue], queue.dlq)
         consumers.add_metric([queue.queue], queue.consumers)
-    yield from (length, dlq, consumers)
+        lost.add_metric([queue.queue], queue.lost)
+    yield from (length, dlq, consumers, lost)
+
+
+async def read_audit(streams: Streams) -> fsck.Totals | None:
+    """The audits' findings kept in Redis (None when Redis is away)."""
+    try:
+        async with asyncio.timeout(SCRAPE_TIMEOUT):
+            return await fsck.totals(streams)
+    except (Unavailable, RedisError, OSError, TimeoutError):
+        return None
+
+
+def audit_families(audit: fsck.Totals | None) -> Iterator[Metric]:
+    """fsck (issue 11): orphans found and repaired by every audit, and when the last ran."""
+    if audit is None:
+        return
+    for name, doc, values in (
+        ("taskstream_fsck_orphans", "Orphans found by fsck audits (global)", audit.found),
+        ("taskstream_fsck_repaired", "Orphans repaired by fsck audits (global)", audit.repaired),
+    ):
+        family = CounterMetricFamily(name, doc, labels=("queue", "class"))
+        for (queue, kind), value in sorted(values.items()):
+            family.add_metric([queue, kind], value)
+        yield family
+    last = GaugeMetricFamily(
+        "taskstream_fsck_last_run_timestamp_seconds",
+        "When the last fsck audit started, by the Redis clock (global)",
+    )
+    if audit.last:  # no sample before the first audit
+        last.add_metric([], audit.last["at_ms"] / 1000)
+    yield last
 
 
 # --- gauges of this process ----------------------------------------------------------------

@@ -113,15 +113,18 @@ def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | 
     return float(value)
 
 
-def _run_at(data: dict[str, Any], now: float) -> float | None:
+def _start(data: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(`delay` s, `run_at` epoch s): at most one is set. Neither is turned into the other
+    here: a delay counts from the Redis server's clock and a run_at is compared with it, in
+    enqueue.lua, so a replica whose clock is off schedules like the others."""
     if data.get("delay") is not None and data.get("run_at") is not None:
         raise Invalid("give delay or run_at, not both")
     delay = _number(data, "delay", 0, MAX_DELAY_SECONDS)
     if delay is not None:
-        return now + delay if delay > 0 else None
+        return (delay or None), None
     value = data.get("run_at")
     if value is None:
-        return None
+        return None, None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -132,7 +135,7 @@ def _run_at(data: dict[str, Any], now: float) -> float | None:
             raise Invalid("run_at is out of range")
     else:
         moment = _number(data, "run_at", 0, MAX_RUN_AT) or 0.0
-    return moment if moment > now else None
+    return None, moment
 
 
 def _intervals(value: object) -> list[float] | None:
@@ -221,14 +224,15 @@ class TaskRequest:
     eval_id: str
     priority: Priority
     payload: dict[str, Any]
-    run_at: float | None = None  # epoch seconds; None = run now
+    run_at: float | None = None  # epoch seconds as the client gave it (past: run now)
     depends_on: tuple[str, ...] = ()  # parents that must complete first
     allow_failure: bool = False  # run once every parent finished, whatever its outcome
     queue: str | None = None  # a named queue; None = the default queue
     callback_url: str | None = None  # POSTed the outcome once terminal (app/callbacks.py)
+    delay: float | None = None  # seconds after the Redis server's clock at enqueue
 
     @classmethod
-    def parse(cls, data: object, now: float) -> TaskRequest:
+    def parse(cls, data: object) -> TaskRequest:
         """Validate one task from `POST /tasks`; raise Invalid with a message for the client."""
         if not isinstance(data, dict):
             raise Invalid("a task must be a JSON object")
@@ -241,11 +245,19 @@ class TaskRequest:
         allow_failure = data.get("allow_failure", False)
         if not isinstance(allow_failure, bool):
             raise Invalid("allow_failure must be a boolean")
-        payload, run_at = _payload(data), _run_at(data, now)
+        payload, (delay, run_at) = _payload(data), _start(data)
         queue = check_queue(data.get("queue"))
         callback_url = _callback_url(data.get("callback_url"))
         return cls(
-            eval_id, priority, payload, run_at, depends_on, allow_failure, queue, callback_url
+            eval_id,
+            priority,
+            payload,
+            run_at,
+            depends_on,
+            allow_failure,
+            queue,
+            callback_url,
+            delay=delay,
         )
 
     def encoded_payload(self) -> bytes:
@@ -272,6 +284,12 @@ class Task:
     def max_retries(self) -> int | None:
         value = self.payload.get("max_retries")
         return int(value) if value is not None else None
+
+    @property
+    def idempotency_key(self) -> str:
+        """`Idempotency-Key` of this attempt's executor request: `<eval_id>:<attempt>`. Only
+        the same request re-sent within the attempt (app/wire.py) repeats it."""
+        return f"{self.eval_id}:{self.attempt}"
 
     def executor_body(self) -> dict[str, Any]:
         """The JSON the executor protocol sends to `POST {executor}/execute`."""

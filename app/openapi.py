@@ -420,8 +420,8 @@ SERVICE = {
     "name": "service",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-    "description": "1-64 of A-Z a-z 0-9 . _ - (not dots only)",
+    "schema": {"type": "string", "pattern": r"^(?!\.+$)[A-Za-z0-9._-]{1,64}$"},
+    "description": "1-64 of A-Z a-z 0-9 . _ -, not only dots (percent-decoded); else 422",
 }
 AUTH = {
     "name": "Authorization",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 T = TypeVar("T")
 
@@ -20,7 +20,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_INTERVAL = 86400.0  # seconds, one retry interval
-SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # PAI-EAS services, like eval_id
+# PAI-EAS services: a URL path segment, so no `/` and never `.` or `..` (not dots only)
+SERVICE_NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}")  # use fullmatch
 NAMED_QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # `queue` of POST /tasks: no `:`
 PRIORITY_NAMES = ("high", "default", "low")
 # QUEUE_EXECUTORS: a `;` starts the next queue unless it starts an executor's `weight=`.
@@ -101,7 +102,7 @@ class Selection:
                 service = item[4:]
                 if service == "*":
                     all_eas = True
-                elif SERVICE_NAME_RE.match(service):
+                elif SERVICE_NAME_RE.fullmatch(service):
                     eas.add(service)
                 else:
                     raise SettingsError(f"{name}: bad PAI-EAS service in {item!r}")
@@ -222,8 +223,8 @@ class Settings:
         TARGET_API_BASE_URL/{service}; None: external subscribers consume it."""
         if service in self.eas_targets:
             return self.eas_targets[service]
-        if self.target_api_base_url:
-            return f"{self.target_api_base_url.rstrip('/')}/{service}"
+        if self.target_api_base_url:  # percent-encoded: a name is one path segment
+            return f"{self.target_api_base_url.rstrip('/')}/{quote(service, safe='')}"
         return None
 
     @classmethod
@@ -386,7 +387,7 @@ def _eas_targets(r: _Reader) -> dict[str, str]:
     for item in r.items("EAS_TARGETS"):
         service, sep, url = item.partition("=")
         service, url = service.strip(), url.strip()
-        if not sep or not SERVICE_NAME_RE.match(service):
+        if not sep or not SERVICE_NAME_RE.fullmatch(service):
             raise SettingsError(f"EAS_TARGETS: expected service=URL, got {item!r}")
         _check_url("EAS_TARGETS", url, ("http", "https"))
         targets[service] = url.rstrip("/")

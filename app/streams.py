@@ -4,7 +4,7 @@ Every multi-key change is one Lua script from `app/lua/` (loaded once, run by EV
 Redis outages and refused writes become `errors.Unavailable` here, in one place
 (`redis_failure`).
 
-Imports: models, errors, settings (and redis).
+Imports: models, errors, settings (and redis, structlog: it logs tasks lost with their entry).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -56,6 +57,8 @@ from app.settings import RetryPolicy, Settings
 P = ParamSpec("P")
 R = TypeVar("R")
 
+log = structlog.get_logger()
+
 GROUP = "workers"
 CALLBACK_GROUP = "senders"  # consumer group of the callbacks stream (app/callbacks.py)
 SCRIPT_NAMES = (
@@ -74,6 +77,13 @@ SCRIPT_NAMES = (
     "eas_read",
     "eas_remove",
     "callback_done",
+    "fsck_records",
+    "fsck_entries",
+    "fsck_refs",
+    "fsck_dlq",
+    "fsck_deps",
+    "fsck_eas",
+    "fsck_counters",
 )
 PROMOTE_LIMIT = 200
 MAX_DEPENDANTS = 10000  # deferred children per parent (enqueue.lua): its release is one script
@@ -116,6 +126,14 @@ REFUSALS = {
     "stale": "stale delivery: the task was handed to another worker",
     "expired": "lease expired: the task will be delivered again",
 }
+
+
+def _start_arg(req: TaskRequest) -> str:
+    """enqueue.lua's run time: '0' now, '+<ms>' a delay after the Redis server's clock,
+    '<ms>' an absolute epoch time given by the client. Never this process's clock."""
+    if req.delay:
+        return f"+{math.ceil(req.delay * 1000)}"
+    return str(int(req.run_at * 1000)) if req.run_at else "0"
 
 
 def consumer_name() -> str:
@@ -225,6 +243,8 @@ class Keys:
         self.index = f"{self.prefix}index"  # PAI-EAS queues only
         self.rid = f"{self.prefix}rid"  # PAI-EAS sinks only
         self.callbacks = f"{self.base}callbacks"  # result callbacks of every legacy queue
+        self.eas_services = f"{self.base}eas:services"  # the deployment's PAI-EAS services
+        self.fsck = f"{self.base}fsck:"  # the audit's summary, totals, lock and cursor (fsck.py)
 
     @classmethod
     def named_queue(cls, default: str, name: str) -> Keys:
@@ -245,10 +265,17 @@ class Keys:
 
 
 def read_scripts() -> dict[str, str]:
-    """Read app/lua once; each script gets the shared helpers prepended."""
+    """Read app/lua once; each script gets the shared helpers prepended (the fsck scripts
+    also theirs, `_fsck.lua`)."""
     folder = resources.files("app") / "lua"
     lib = (folder / "_lib.lua").read_text() + (folder / "_fence.lua").read_text()
-    return {name: lib + (folder / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    audit = (folder / "_fsck.lua").read_text()
+    return {
+        name: lib
+        + (audit if name.startswith("fsck_") else "")
+        + (folder / f"{name}.lua").read_text()
+        for name in SCRIPT_NAMES
+    }
 
 
 SOURCES = read_scripts()
@@ -540,8 +567,7 @@ class Streams:
     def _enqueue_args(self, req: TaskRequest) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
-        run_at_ms = int(req.run_at * 1000) if req.run_at else 0
-        argv = [req.eval_id, req.priority.value, req.encoded_payload(), run_at_ms]
+        argv: list[Any] = [req.eval_id, req.priority.value, req.encoded_payload(), _start_arg(req)]
         argv += [self.settings.events_maxlen, k.schedule_channel, k.named]
         # the callback mark: '' none (no field at all), else '+' and the task's callback_url
         marked = req.callback_url is not None or self.settings.storage_service_url
@@ -632,7 +658,9 @@ class Streams:
             PROMOTE_LIMIT,
             ",".join(priorities),
         ]
-        items, wake_ms, recreated, tails = await self.scripts.run("claim", keys, argv)
+        items, wake_ms, recreated, tails, lost = await self.scripts.run("claim", keys, argv)
+        for eval_id, reason in lost:
+            self._log_lost(eval_id, reason)
         tasks = [
             Task(
                 eval_id=_text(eval_id),
@@ -667,6 +695,11 @@ class Streams:
             block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
             if await self.redis.xread(last, block=block_ms, count=1):
                 return
+
+    def _log_lost(self, eval_id: Any, reason: Any) -> None:
+        """One line per task dead-lettered because its stream entry was deleted (issue 11);
+        the script that buried it names it once, so this is logged once."""
+        log.error("task_lost", queue=self.keys.queue, eval_id=_text(eval_id), reason=_text(reason))
 
     def _fence_args(self, task: Task | None) -> list[Any]:
         return [task.entry, task.attempt] if task else ["", ""]
@@ -756,6 +789,8 @@ class Streams:
                 "queue": self.keys.queue,
             }
         if state == State.FAILED:
+            if len(reply) == 3:  # {'failed', 'lost', reason}: no payload left to retry with
+                self._log_lost(eval_id, reply[2])
             return {"eval_id": eval_id, "status": state, "queue": self.keys.queue}
         raise _refusal(reply)
 
@@ -878,6 +913,8 @@ class Streams:
             raise NotFound(f"not in the dead-letter queue: {eval_id}")
         if _text(reply[0]) == "state":
             raise Conflict(f"a live task uses this eval_id ({_text(reply[1])})")
+        if _text(reply[0]) == "lost":
+            raise Conflict("its payload was lost with its stream entry: nothing to run again")
         return {"eval_id": eval_id, "status": State.QUEUED.value}
 
     @translate_errors

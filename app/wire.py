@@ -181,7 +181,11 @@ class Origin:
         headers: dict[str, str] | None = None,
     ) -> Answer:
         """One exchange. A reused connection the server had already closed (no byte of an
-        answer seen) is retried once on a new one; anything else raises WireError."""
+        answer seen) is retried once on a new one; anything else raises WireError.
+
+        The server may have read the request before the connection failed, so the re-send
+        can run it twice: callers that need to tell send a key in `headers` (executor calls
+        send `Idempotency-Key`), which the re-send repeats byte for byte."""
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         raw = self._request(method, path, body, content_type, extra)
         conn = self._take()

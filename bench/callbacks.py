@@ -75,7 +75,7 @@ async def prepare(streams: Streams, n: int, url: str, run: int) -> None:
     """N tasks with `url` as callback_url, enqueued, claimed and completed."""
     for start in range(0, n, BATCH):
         reqs = [
-            TaskRequest.parse({"eval_id": f"r{run}-{i}", "code": "x", "callback_url": url}, 0)
+            TaskRequest.parse({"eval_id": f"r{run}-{i}", "code": "x", "callback_url": url})
             for i in range(start, min(n, start + BATCH))
         ]
         await streams.enqueue_many(reqs)

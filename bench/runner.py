@@ -435,9 +435,8 @@ class Bench:
         async def worker() -> None:
             while not queue.empty():
                 index = queue.get_nowait()
-                now = time.time()
                 count = min(size, n - chunks[index])
-                reqs = [TaskRequest.parse(payload, now) for _ in range(count)]
+                reqs = [TaskRequest.parse(payload) for _ in range(count)]
                 answers = await streams.enqueue_many(reqs)
                 ids[index] = [r.eval_id for r in reqs]
                 positions[index] = [int(a.get("position", 0)) for a in answers]

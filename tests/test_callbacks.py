@@ -273,7 +273,7 @@ async def test_an_entry_held_by_a_dead_sender_is_taken_over(
     settings = make_settings(lease_timeout=0.6)
     streams = Streams(client, settings)
     await streams.ensure_groups()
-    req = TaskRequest.parse({"eval_id": "orphan", "code": "x", "callback_url": receiver.url}, 0)
+    req = TaskRequest.parse({"eval_id": "orphan", "code": "x", "callback_url": receiver.url})
     await streams.enqueue(req)
     claimed = await streams.claim("worker", 1, 30)
     await streams.complete("orphan", {"done": True}, claimed.tasks[0])

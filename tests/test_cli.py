@@ -51,7 +51,7 @@ async def start(*args: str, env: dict[str, str], stdin: bool = False) -> asyncio
 
 
 async def add(streams: Streams, eval_id: str, **data: Any) -> None:
-    await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **data}, time.time()))
+    await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **data}))
 
 
 async def dead_letter(streams: Streams, eval_id: str, error: str = "boom") -> None:

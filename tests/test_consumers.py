@@ -9,6 +9,7 @@ when the caller hangs up, the way a real executor sees an aborted request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ async def stored(
 
 
 async def put(streams: Streams, eval_id: str, **fields: Any) -> None:
-    await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields}, 0))
+    await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields}))
 
 
 async def settle(seconds: float = 0.3) -> None:
@@ -406,6 +407,26 @@ async def test_lease_is_renewed_so_a_long_task_runs_once(
     assert not worker.hung_up
     for i in range(4):
         await reaches(svc, f"short-{i}", "completed")
+
+
+async def test_a_late_lease_loss_of_an_old_attempt_spares_the_newer_one(
+    make_worker: MakeWorker, make_pool: MakePool
+):
+    """A renewal answer held back by a Redis stall can come back after this process claimed
+    the task's next attempt: "lost" then names the old delivery, and only that one may be
+    aborted (it used to abort whatever ran under the eval_id, a third execution)."""
+    worker = await make_worker(hold=lambda body: 1.0)
+    pool = await make_pool("holder", (worker.url,))
+    await pool.streams.enqueue(TaskRequest.parse({"eval_id": "t", "code": "x"}))
+    await wait_for(lambda: _true(pool.running.get("t")))
+    newer = pool.running["t"].task
+    older = dataclasses.replace(newer, attempt=newer.attempt - 1)
+    pool._abort("t", "lease lost", older)
+    await asyncio.sleep(0)
+    assert not pool.running["t"].job.cancelled()
+    pool._abort("t", "lease lost", newer)
+    await wait_for(lambda: _true("t" not in pool.running))
+    assert worker.attempts("t") == [1]
 
 
 async def test_lapsed_lease_of_a_stopped_consumer_is_taken_over(

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from app import example_executor
-from app.example_executor import Limits, create_app
+from app.example_executor import Limits, Replays, create_app
 from app.redis_server import free_port
 from tests.conftest import ROOT, wait_for
 from tests.test_main import one_line, run
@@ -259,6 +259,87 @@ async def test_the_concurrency_limit_is_respected(make_client: Callable[..., htt
     assert (await client.get("/health")).json()["running"] == 0
 
 
+# --- Idempotency-Key -------------------------------------------------------------------
+
+
+async def test_a_repeated_idempotency_key_runs_the_code_once(
+    make_client: Callable[..., httpx.AsyncClient], tmp_path: Path
+):
+    """The service's client re-sends a request (same key, same bytes) when a reused
+    connection broke: the repeat waits for the run under way, or gets its answer, and
+    the code runs once. Another key, or the same key with other code, runs again."""
+    client = make_client()
+    runs = tmp_path / "runs"
+    code = (
+        f"import time, uuid\nopen({str(runs)!r}, 'a').write('run\\n')\n"
+        "time.sleep(0.5)\nprint(uuid.uuid4())\n"
+    )
+
+    async def send(key: str, attempt: int = 1, source: str = code) -> httpx.Response:
+        body = {"eval_id": "e1", "code": source, "attempt": attempt, "metadata": {}}
+        return await client.post(
+            "/execute", content=orjson.dumps(body), headers={"Idempotency-Key": key}
+        )
+
+    first = asyncio.create_task(send("e1:1"))
+    await wait_for(lambda: asyncio.sleep(0, runs.exists()))
+    during = await send("e1:1")  # arrives while the first run is going
+    after = await send("e1:1")  # arrives once it is over
+    answer = (await first).json()
+    assert answer["status"] == "success" and len(answer["output"]) == 37
+    assert during.json() == after.json() == answer
+    assert during.headers["idempotent-replayed"] == after.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in (await first).headers
+    assert runs.read_text() == "run\n"
+    retry = await send("e1:2", attempt=2)  # a retry is a new attempt with a new key
+    assert retry.json()["output"] != answer["output"] and runs.read_text() == "run\n" * 2
+    other = await send("e1:1", source=code + "print()\n")  # same key, other code: a new task
+    assert other.json()["output"] != answer["output"] and runs.read_text() == "run\n" * 3
+
+
+async def test_replays_are_bounded_in_number_and_age():
+    now = [0.0]
+    replays = Replays(max_entries=2, max_age=60.0, clock=lambda: now[0])
+    count = 0
+
+    async def run() -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        return {"run": count}
+
+    async def answer(key: str) -> tuple[Any, bool]:
+        return await replays.answer(key, b"{}", run)
+
+    assert [await answer(k) for k in ("a", "b", "a")] == [
+        ({"run": 1}, False),
+        ({"run": 2}, False),
+        ({"run": 1}, True),
+    ]
+    assert await answer("c") == ({"run": 3}, False)  # a third answer: the oldest (a) goes
+    assert await answer("a") == ({"run": 4}, False)
+    now[0] = 61.0  # older than max_age: every kept answer goes
+    assert await answer("c") == ({"run": 5}, False)
+    assert await replays.answer(None, b"{}", run) == ({"run": 6}, False)  # no key: no replay
+    assert await replays.answer(None, b"{}", run) == ({"run": 7}, False)
+
+
+async def test_a_repeat_of_a_run_that_ended_without_an_answer_gets_none():
+    replays = Replays()
+    started = asyncio.Event()
+
+    async def broken() -> dict[str, Any]:
+        started.set()
+        await asyncio.sleep(0.05)
+        raise OSError("fork failed")
+
+    first = asyncio.create_task(replays.answer("k", b"{}", broken))
+    await started.wait()
+    assert await replays.answer("k", b"{}", broken) == (None, True)  # the caller answers 503
+    with pytest.raises(OSError):
+        await first
+    assert not replays.entries and not replays.running
+
+
 # --- the command --------------------------------------------------------------------
 
 
@@ -277,12 +358,21 @@ def test_a_bad_limit_setting_exits_2():
     assert "EXAMPLE_TIMEOUT" in one_line(result.stderr)
 
 
-@pytest.mark.parametrize("name", ["EXAMPLE_CONCURRENCY", "EXAMPLE_MEMORY_MB"])
-def test_limits_from_env_are_validated(name: str):
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("EXAMPLE_CONCURRENCY", "0"),
+        ("EXAMPLE_MEMORY_MB", "0"),
+        ("EXAMPLE_REPLAY_ENTRIES", "-1"),
+        ("EXAMPLE_REPLAY_SECONDS", "soon"),
+    ],
+)
+def test_limits_from_env_are_validated(name: str, bad: str):
     with pytest.raises(ValueError, match=name):
-        Limits.from_env({name: "0"})
+        Limits.from_env({name: bad})
     assert Limits.from_env({}) == Limits()
     assert Limits.from_env({"EXAMPLE_TIMEOUT": "2.5"}).timeout == 2.5
+    assert Limits.from_env({"EXAMPLE_REPLAY_SECONDS": "30"}).replay_seconds == 30
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:

@@ -6,13 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 import pytest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from app.executors import ExecutorPool, classify
 from app.models import Outcome, Priority, Task
 from app.redis_server import free_port
-from tests.conftest import StubExecutor, wait_for
+from app.settings import RetryPolicy
+from tests.conftest import StubExecutor, has_state, post, status_of, wait_for
+from tests.test_wire import RawServer, ok
 
 MakeExecutor = Callable[..., Awaitable[StubExecutor]]
 MakePool = Callable[..., Awaitable[ExecutorPool]]
@@ -470,3 +473,56 @@ async def test_weighted_routing_over_1000_tasks(make_service, make_executor):
     assert [v["weight"] for v in views] == [3.0, 1.0]
     assert abs(views[0]["share"] - share) < 0.01
     assert views[0]["success_rate"] == 1.0
+
+
+# --- idempotency keys -----------------------------------------------------------------
+
+
+def _key_and_attempt(request: bytes) -> tuple[str | None, int]:
+    """The Idempotency-Key header (None when absent) and the body's attempt of a raw request."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    key = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"idempotency-key":
+            key = value.strip().decode()
+    return key, int(orjson.loads(body)["attempt"])
+
+
+@pytest.mark.parametrize("resets", ["always", "first-time-per-key"])
+async def test_distinct_idempotency_keys_equal_attempts(make_service, queue, resets):
+    """An executor that reads each request and then resets the connection (the first time it
+    sees a key, or always). The service's reused keep-alive connection makes the wire
+    client send the same request again on a fresh one, so the executor receives more
+    requests than there are attempts (issue: 4 calls for `attempts: 3`); the keys tell
+    the re-send from a retry: distinct keys == attempts, each key `<eval_id>:<attempt>`."""
+    seen: list[str | None] = []
+
+    async def reply(request: bytes) -> bytes | None:
+        if not request.startswith(b"POST /execute "):
+            return ok()  # health: keep-alive, so the first attempt reuses this connection
+        key, _ = _key_and_attempt(request)
+        first = key not in seen
+        seen.append(key)
+        return None if resets == "always" or first else ok(b'{"status":"success"}')
+
+    raw = RawServer(reply, reset=True)
+    raw.server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+    try:
+        svc = await make_service(
+            executor_urls=(raw.url,),
+            health_interval=60.0,  # only the start's check: no probe takes the idle connection
+            network_retry=RetryPolicy(2, 0.05, 1.0, 1.0, False),  # NETWORK_RETRY_MAX_RETRIES=2
+        )
+        eval_id = f"idem:{queue[:8]}"  # a `:` inside the eval_id: the attempt follows the last
+        await post(svc, eval_id)
+        final = "failed" if resets == "always" else "completed"
+        await wait_for(has_state(svc, eval_id, final))
+    finally:
+        raw.server.close()
+    attempts = (await status_of(svc, eval_id))["attempts"]
+    sent = [_key_and_attempt(r) for r in raw.requests if r.startswith(b"POST /execute ")]
+    assert all(key == f"{eval_id}:{attempt}" for key, attempt in sent), sent
+    assert len({key for key, _ in sent}) == attempts
+    # the exact failure: a re-send within attempt 1 (4 requests, 3 attempts; or 2 and 1)
+    assert (len(sent), attempts) == ((4, 3) if resets == "always" else (2, 1))

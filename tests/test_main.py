@@ -51,7 +51,6 @@ async def fill(redis_url: str, queue: str) -> None:
     try:
         streams = Streams(client, Settings(redis_url=redis_url, queue=queue))
         await streams.ensure_groups()
-        now = time.time()
         tasks: list[tuple[str, dict[str, Any]]] = [
             ("h1", {"priority": "high"}),
             ("h2", {"priority": "high"}),
@@ -60,7 +59,7 @@ async def fill(redis_url: str, queue: str) -> None:
             ("s1", {"priority": "low", "delay": 60}),
         ]
         for eval_id, data in tasks:
-            await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **data}, now))
+            await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **data}))
     finally:
         await client.aclose()
 

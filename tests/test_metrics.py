@@ -308,7 +308,7 @@ async def test_every_exported_metric_is_in_the_readme(service: Service):
     section = readme[readme.index("### Metrics") :]
     section = section[: section.index("\n## ")]
     m = await scrape(service)
-    assert len(m.types) == 17  # every family, with or without samples yet
+    assert len(m.types) == 21  # every family, with or without samples yet
     for name in m.types:
         shown = name + ("_total" if m.types.get(name) == "counter" else "")
         assert re.search(rf"`{shown}[`{{]", section), shown

@@ -29,7 +29,7 @@ NOW = 1_700_000_000.0
 
 
 def parse(**fields: Any) -> TaskRequest:
-    return TaskRequest.parse({"code": "print(1)", **fields}, NOW)
+    return TaskRequest.parse({"code": "print(1)", **fields})
 
 
 # --- validation: each 422 case --------------------------------------------------------
@@ -38,13 +38,13 @@ def parse(**fields: Any) -> TaskRequest:
 @pytest.mark.parametrize("data", [None, [], "code", 3, True])
 def test_task_must_be_an_object(data: object) -> None:
     with pytest.raises(Invalid, match="JSON object"):
-        TaskRequest.parse(data, NOW)
+        TaskRequest.parse(data)
 
 
 @pytest.mark.parametrize("body", [{}, {"code": ""}, {"code": None}, {"code": 5}, {"code": ["x"]}])
 def test_code_missing_or_empty(body: dict[str, Any]) -> None:
     with pytest.raises(Invalid, match="code"):
-        TaskRequest.parse(body, NOW)
+        TaskRequest.parse(body)
 
 
 @pytest.mark.parametrize(
@@ -163,24 +163,27 @@ def test_priority_absent_is_default() -> None:
 # --- run_at / delay -----------------------------------------------------------------
 
 
-def test_delay_sets_run_at() -> None:
-    assert parse(delay=30).run_at == NOW + 30
-    assert parse(delay=0.25).run_at == NOW + 0.25
+def test_delay_stays_relative() -> None:
+    """Turned into a time by enqueue.lua on the Redis server's clock, not here."""
+    assert (parse(delay=30).delay, parse(delay=30).run_at) == (30, None)
+    assert parse(delay=0.25).delay == 0.25
 
 
 def test_zero_delay_runs_now() -> None:
-    assert parse(delay=0).run_at is None
-    assert parse().run_at is None
+    assert (parse(delay=0).delay, parse(delay=0).run_at) == (None, None)
+    assert (parse().delay, parse().run_at) == (None, None)
 
 
 def test_run_at_epoch() -> None:
     assert parse(run_at=NOW + 60).run_at == NOW + 60
     assert parse(run_at=int(NOW) + 61).run_at == int(NOW) + 61
+    assert parse(run_at=NOW + 60).delay is None
 
 
-def test_run_at_in_the_past_runs_now() -> None:
-    assert parse(run_at=NOW - 60).run_at is None
-    assert parse(run_at="2001-01-01T00:00:00Z").run_at is None
+def test_run_at_in_the_past_is_kept_as_given() -> None:
+    """Whether it is past is the Redis server's call (enqueue.lua queues it at once)."""
+    assert parse(run_at=NOW - 60).run_at == NOW - 60
+    assert parse(run_at="2001-01-01T00:00:00Z").run_at == 978307200.0
 
 
 @pytest.mark.parametrize(
@@ -202,7 +205,7 @@ def test_run_at_iso8601(text: str) -> None:
 def test_run_at_iso8601_relative_to_now() -> None:
     now = datetime.now(UTC)
     later = (now + timedelta(minutes=5)).isoformat()
-    run_at = TaskRequest.parse({"code": "x", "run_at": later}, now.timestamp()).run_at
+    run_at = TaskRequest.parse({"code": "x", "run_at": later}).run_at
     assert run_at == pytest.approx(now.timestamp() + 300, abs=0.01)
 
 
@@ -318,20 +321,20 @@ def test_iso_ms_and_decode_json() -> None:
 )
 def test_bad_retry_intervals_are_refused(intervals: object) -> None:
     with pytest.raises(Invalid, match="retry_intervals"):
-        TaskRequest.parse({"code": "x", "retry_intervals": intervals}, now=0)
+        TaskRequest.parse({"code": "x", "retry_intervals": intervals})
 
 
 def test_retry_intervals_are_kept_in_the_payload() -> None:
-    request = TaskRequest.parse({"code": "x", "retry_intervals": [10, 30.5]}, now=0)
+    request = TaskRequest.parse({"code": "x", "retry_intervals": [10, 30.5]})
     assert request.payload["retry_intervals"] == [10.0, 30.5]
 
 
 def test_callback_url_is_kept_out_of_the_payload() -> None:
     url = "https://hooks.example.com/done?token=t"
-    req = TaskRequest.parse({"code": "x", "callback_url": url}, 0)
+    req = TaskRequest.parse({"code": "x", "callback_url": url})
     assert req.callback_url == url
     assert "callback_url" not in req.payload
-    assert TaskRequest.parse({"code": "x"}, 0).callback_url is None
+    assert TaskRequest.parse({"code": "x"}).callback_url is None
 
 
 @pytest.mark.parametrize(
@@ -339,4 +342,4 @@ def test_callback_url_is_kept_out_of_the_payload() -> None:
 )
 def test_bad_callback_url(url: object) -> None:
     with pytest.raises(Invalid, match="callback_url"):
-        TaskRequest.parse({"code": "x", "callback_url": url}, 0)
+        TaskRequest.parse({"code": "x", "callback_url": url})

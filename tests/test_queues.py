@@ -6,7 +6,6 @@ consume only some queues or priorities, and dependencies across queues."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -439,7 +438,7 @@ async def test_consume_limits_a_process_to_its_priorities(
 
 
 def request(eval_id: str, **fields: Any) -> TaskRequest:
-    return TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields}, time.time())
+    return TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields})
 
 
 # --- 9. API only -------------------------------------------------------------------------
@@ -906,7 +905,7 @@ async def test_cleanup_of_the_default_queue_covers_named_queues(make_settings, c
     settings = make_settings(dlq_max_age_days=0.0)
     streams = Streams(client, settings)
     gpu = streams.for_queue("gpu")
-    await gpu.enqueue(TaskRequest.parse({"eval_id": "dead", "code": "x", "queue": "gpu"}, 0))
+    await gpu.enqueue(TaskRequest.parse({"eval_id": "dead", "code": "x", "queue": "gpu"}))
     claimed = await gpu.claim("w", 1, 30)
     await gpu.fail("dead", "boom", retry=False, task=claimed.tasks[0])
     assert (await gpu.dlq_list())["count"] == 1

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -278,7 +277,7 @@ async def test_write_refusals_are_classified_inside_scripts_and_pipelines(
     async with no_replicas(admin):
         for attempt in (
             lambda: streams.set_paused(True),  # a MULTI pipeline
-            lambda: streams.enqueue(TaskRequest.parse({"code": "x"}, time.time())),  # a script
+            lambda: streams.enqueue(TaskRequest.parse({"code": "x"})),  # a script
             streams.health,  # the probe in a pipeline
         ):
             with pytest.raises(WritesRefused, match="not enough replicas"):

@@ -227,8 +227,7 @@ async def test_two_promoters_move_each_retry_once(redis_url, make_settings):
         from app.models import TaskRequest
 
         reqs = [
-            TaskRequest.parse({"eval_id": f"r{i}", "code": "x", "delay": 0.2}, time.time())
-            for i in range(300)
+            TaskRequest.parse({"eval_id": f"r{i}", "code": "x", "delay": 0.2}) for i in range(300)
         ]
         await a.enqueue_many(reqs)
         await asyncio.sleep(0.25)
@@ -276,7 +275,7 @@ async def test_restart_keeps_retrying_and_scheduled_tasks(make_settings, make_ex
 def _req(eval_id: str, **extra: Any) -> Any:
     from app.models import TaskRequest
 
-    return TaskRequest.parse({"eval_id": eval_id, "code": "x", **extra}, time.time())
+    return TaskRequest.parse({"eval_id": eval_id, "code": "x", **extra})
 
 
 async def _pool(settings: Any, redis_url: str, name: str) -> ConsumerPool:

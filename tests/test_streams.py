@@ -29,7 +29,7 @@ def req(eval_id: str | None = None, **fields: Any) -> TaskRequest:
     data: dict[str, Any] = {"code": "print(1)", **fields}
     if eval_id is not None:
         data["eval_id"] = eval_id
-    return TaskRequest.parse(data, time.time())
+    return TaskRequest.parse(data)
 
 
 def raw(streams: Streams) -> Any:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,10 +22,14 @@ Reply = Callable[[bytes], Awaitable[bytes | None]]
 
 @dataclass
 class RawServer:
-    """A loopback HTTP server written with asyncio streams, so a test controls every byte."""
+    """A loopback HTTP server written with asyncio streams, so a test controls every byte.
+
+    A request the reply answers None ends its connection: closed, or with `reset` reset
+    (SO_LINGER 0: an RST, as a crashing executor or a middlebox would)."""
 
     reply: Reply
     close_after_answer: bool = False
+    reset: bool = False
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
@@ -46,6 +52,11 @@ class RawServer:
                 self.requests.append(request)
                 answer = await self.reply(request)
                 if answer is None:
+                    if self.reset:
+                        linger = struct.pack("ii", 1, 0)
+                        writer.get_extra_info("socket").setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, linger
+                        )
                     break
                 writer.write(answer)
                 await writer.drain()
@@ -144,6 +155,28 @@ async def test_idle_connection_closed_by_server_is_replaced_transparently(serve)
     # goes out once more on a new connection (at-least-once, as the README says).
     answer = await origin.request("POST", "/execute", b"{}")
     assert answer.status == 200 and raw.connections == 2
+    origin.close()
+
+
+async def test_a_reset_after_reading_resends_the_same_request_once(serve):
+    """The re-send is the same bytes, headers included: an `Idempotency-Key` repeats, so
+    the server can tell it from a new request. A fresh connection is never re-sent on."""
+
+    async def reply(request: bytes) -> bytes | None:
+        return ok() if request.startswith(b"GET") else None  # read the POST, then reset
+
+    raw = await serve(reply)
+    raw.reset = True
+    origin = Origin(raw.url)
+    await origin.request("GET", "/health")  # leaves a connection to reuse
+    with pytest.raises(WireError):
+        await origin.request("POST", "/execute", b"{}", headers={"Idempotency-Key": "e:1"})
+    posts = [r for r in raw.requests if r.startswith(b"POST")]
+    assert len(posts) == 2 and posts[0] == posts[1]  # once reused, once fresh: same bytes
+    assert b"\r\nIdempotency-Key: e:1\r\n" in posts[0]
+    with pytest.raises(WireError):  # no idle connection left: a fresh one, no re-send
+        await origin.request("POST", "/execute", b"{}", headers={"Idempotency-Key": "e:2"})
+    assert sum(1 for r in raw.requests if r.startswith(b"POST")) == 3
     origin.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ def worker_env(redis_url: str, queue: str, **extra: str) -> dict[str, str]:
 
 
 async def add(streams: Streams, eval_id: str, **data: Any) -> None:
-    task = TaskRequest.parse({"eval_id": eval_id, "code": "x", **data}, time.time())
+    task = TaskRequest.parse({"eval_id": eval_id, "code": "x", **data})
     await streams.for_queue(task.queue).enqueue(task)
 
 

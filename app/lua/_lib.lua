@@ -34,11 +34,17 @@ local function queued_in(k_counters, k_holes, prio)
   return seq - head - redis.call('ZCOUNT', k_holes, '(' .. head, '+inf')
 end
 
--- The payload of a live stream entry (XRANGE on one id is O(log n)).
-local function entry_payload(k_stream, entry)
+-- The fields of a live stream entry, nil when it is gone (XRANGE on one id is O(log n)).
+local function entry_fields(k_stream, entry)
   local found = redis.call('XRANGE', k_stream, entry, entry)
-  if #found == 0 then return '' end
-  return to_map(found[1][2])['payload'] or ''
+  if #found == 0 then return nil end
+  return to_map(found[1][2])
+end
+
+-- The payload of a live stream entry ('' when it is gone).
+local function entry_payload(k_stream, entry)
+  local fields = entry_fields(k_stream, entry)
+  return fields and fields['payload'] or ''
 end
 
 -- Append a task to its priority stream: it becomes `queued` with the next sequence number.
@@ -246,6 +252,37 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
   eas_finish(k_task, id, frame, maxlen, err)
   event(k_events, maxlen, id, 'failed', attempts)
   finished(k_task, id, 'failed', now, maxlen, ttl)
+end
+
+
+-- Issue 11: a task whose stream entry vanished under it (an operator's XDEL or XTRIM, a
+-- MAXLEN trim, a replica that lost the tail). While queued or processing its payload lived
+-- only in that entry, so it cannot run again: it is dead-lettered with the reason and
+-- counted (`total:lost`). `q`: the queue's keys {dlq, dlq index, events, counters};
+-- `last`: the error of the attempt that ended, if any. Returns the reason, which the
+-- scripts hand back so Python logs one line per task.
+local function lose(k_task, id, prio, entry, state, q, maxlen, now, ttl, attempts, last)
+  local err = 'stream entry lost: ' .. (entry or '?') .. ' (' .. (prio or '?') ..
+    ') was deleted while the task was ' .. state .. ', and its payload lived only there'
+  if last and last ~= '' then err = err .. '; last error: ' .. last end
+  redis.call('HINCRBY', q[4], 'total:lost', 1)
+  bury(k_task, q[1], q[2], q[3], q[4], maxlen, id, prio or 'default', '', err, '',
+    attempts or '0', now, ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
+  return err
+end
+
+-- Issue 11: a processing task that no holder can settle and no claim can take over (its
+-- lease is gone, or its entry left the group's pending list) while its entry still holds
+-- the payload: queued again under a new entry at the back of its priority. A holder still
+-- running it is fenced off (the entry changed). The old entry was delivered (its sequence
+-- number is at or below `head`), so no hole is needed.
+local function requeue(k_task, k_stream, k_counters, k_leases, k_events, group, id, prio, entry,
+                       payload, maxlen)
+  redis.call('XACK', k_stream, group, entry)
+  redis.call('XDEL', k_stream, entry)
+  redis.call('ZREM', k_leases, id)
+  push(k_task, k_stream, k_counters, id, prio, payload)
+  event(k_events, maxlen, id, 'queued')
 end
 
 

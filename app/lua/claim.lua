@@ -1,7 +1,9 @@
 -- Hand out up to COUNT tasks to one consumer, in strict priority order, in one step:
 --   1. promote scheduled/retrying tasks that are due into their priority stream;
 --   2. take over tasks whose lease lapsed (their holder died), XCLAIM to this consumer;
---      past LEASE_MAX_LAPSES such a task is failed into the DLQ (poison guard);
+--      past LEASE_MAX_LAPSES such a task is failed into the DLQ (poison guard); one whose
+--      stream entry was deleted is dead-lettered as lost, one whose entry is no longer
+--      pending is queued again (see reclaim);
 --   3. XREADGROUP '>' on high, then default, then low, only as much as is still free.
 -- Each delivery bumps `attempts`: (entry, attempts) is the fencing token of the holder.
 -- A missing group (Redis restarted empty, DELETE /tasks) is recreated here.
@@ -17,7 +19,9 @@
 -- events, schedule; `deps:<id>`; the callbacks stream).
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
---          when idle}. `waited ms`: since the task entered its priority stream (queue wait).
+--          when idle, {{eval_id, reason}...} of tasks dead-lettered because their stream
+--          entry was lost (see reclaim)}. `waited ms`: since the task entered its priority
+--          stream (queue wait).
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
@@ -52,24 +56,41 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0
   redis.call('ZREM', KEYS[7], id)
 end
 
+local lost = {}  -- {eval_id, reason} of tasks dead-lettered here because their entry was lost
+local QK = {KEYS[8], KEYS[12], KEYS[6], KEYS[4]}  -- dlq, dlq index, events, counters (lose())
+
+-- Issue 11: XCLAIM cannot be trusted to say that the entry is gone (Redis 7 drops a deleted
+-- id from the PEL and returns nothing; 6.2 keeps it pending and returns a nil entry), and
+-- returns nothing for an entry that is not pending. So the entry is looked up first: gone
+-- -> the task is dead-lettered now (its payload lived only there); there but not pending
+-- -> queued again. Either way it never stays `processing` with a dead worker's name.
 local function reclaim(id)
   local k_task = prefix .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts')
-  if rec[1] ~= 'processing' or not rec[3] then
+  if rec[1] ~= 'processing' then
     redis.call('ZREM', KEYS[5], id)
     return
   end
   if not TAKES[rec[2]] then return end  -- left to a consumer of its priority
-  local k_stream, lapses = STREAM[rec[2]], tonumber(rec[4] or '0') + 1
+  local k_stream = STREAM[rec[2]]
+  local fields = rec[3] and entry_fields(k_stream, rec[3])
+  if not fields then
+    if rec[3] then redis.call('XACK', k_stream, group, rec[3]) end
+    redis.call('ZREM', KEYS[5], id)
+    lost[#lost + 1] = {id, lose(k_task, id, rec[2], rec[3], 'processing', QK, maxlen, now,
+      failure_ttl, rec[5])}
+    return
+  end
+  local lapses = tonumber(rec[4] or '0') + 1
   redis.call('HSET', k_task, 'lapses', lapses)
   if lapses > max_lapses then
-    local payload = entry_payload(k_stream, rec[3])
     redis.call('XACK', k_stream, group, rec[3])
     redis.call('XDEL', k_stream, rec[3])
     redis.call('ZREM', KEYS[5], id)
     local err = 'lease lapsed ' .. lapses .. ' times without a result (worker died or hung)'
-    bury(k_task, KEYS[8], KEYS[12], KEYS[6], KEYS[4], maxlen, id, rec[2], payload, err, '',
-      rec[5], now, failure_ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
+    bury(k_task, KEYS[8], KEYS[12], KEYS[6], KEYS[4], maxlen, id, rec[2], fields['payload'] or '',
+      err, '', rec[5], now, failure_ttl,
+      cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
     return
   end
   local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[3])
@@ -82,10 +103,11 @@ local function reclaim(id)
     return
   end
   if #claimed == 0 or not claimed[1] then
-    redis.call('ZREM', KEYS[5], id)
+    requeue(k_task, k_stream, KEYS[4], KEYS[5], KEYS[6], group, id, rec[2], rec[3],
+      fields['payload'] or '', maxlen)
     return
   end
-  deliver(k_task, id, rec[3], rec[2], to_map(claimed[1][2])['payload'] or '')
+  deliver(k_task, id, rec[3], rec[2], fields['payload'] or '')
 end
 
 local paused = redis.call('EXISTS', KEYS[13]) == 1
@@ -155,4 +177,4 @@ if #out < count or paused then
     tails[i] = last[1] and last[1][1] or '0-0'
   end
 end
-return {out, wake, recreated, tails}
+return {out, wake, recreated, tails, lost}

@@ -3,7 +3,8 @@
 -- KEYS: 1 task hash, 2 dlq, 3 dlq index, 4 counters, 5 events, 6 stream:high,
 --       7 stream:default, 8 stream:low
 -- ARGV: 1 eval_id, 2 events maxlen, 3 named queue ('' = default)
--- Returns {'queued'} | {'missing'} | {'state', state} (a live task reuses that eval_id)
+-- Returns {'queued'} | {'missing'} | {'state', state} (a live task reuses that eval_id) |
+-- {'lost'} (its payload was lost with its stream entry: nothing to run)
 local id = ARGV[1]
 local STREAM = {high = KEYS[6], default = KEYS[7], low = KEYS[8]}
 local dlq_id = redis.call('HGET', KEYS[3], id)
@@ -16,6 +17,8 @@ end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'failed' then return {'state', state} end
 local dead = to_map(found[1][2])
+-- a task dead-lettered because its stream entry was lost has no payload to run (issue 11)
+if (dead['payload'] or '') == '' then return {'lost'} end
 local cb = dead['cb'] or redis.call('HGET', KEYS[1], 'cb')
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'created', now_ms(), 'attempts', 0)

@@ -5,7 +5,8 @@
 -- the parent releases it, see release_children in _lib.lua); else it is queued as usual.
 -- KEYS: 1 task hash, 2 stream of its priority, 3 counters, 4 scheduled zset, 5 events,
 --       6 holes:high, 7 holes:default, 8 holes:low, 9 registry of named queues
--- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run_at ms (0 = now), 5 events maxlen,
+-- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run time: '0' now, '+<ms>' a delay
+--       after the Redis clock (TIME), '<ms>' an absolute epoch time (past: now), 5 events maxlen,
 --       6 schedule channel (told about new due times, so promoters can sleep until then),
 --       7 named queue ('' = the default queue), 8 the callback mark: '' none, else '+' and
 --       the task's callback_url ('+' alone when only STORAGE_SERVICE_URL applies; the hash
@@ -15,9 +16,12 @@
 -- and `deps:<parent>` sets; a task created cancelled goes through finished() (_lib.lua).
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known; {'unknown', {ids}}
 -- when parents are unknown; {'cancelled', reason} when a parent already failed.
-local id, prio, payload, run_at, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local id, prio, payload, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
 local now = now_ms()
+-- A delay counts from this server's clock, never from the clock of the process that sent it.
+local run_at = tonumber(ARGV[4])
+if string.sub(ARGV[4], 1, 1) == '+' then run_at = now + tonumber(string.sub(ARGV[4], 2)) end
 
 -- Marks written before anything else can happen to the task: a named queue's task names
 -- it (`q`, and the queue joins the registry); a task with callbacks carries `cb`.

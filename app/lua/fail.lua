@@ -14,7 +14,9 @@
 -- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
 -- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
 -- events, schedule; `deps:<id>`; the callbacks stream).
--- Returns {'retrying', due ms} | {'failed'} | {'missing' | 'state' | 'stale' | 'expired', state}
+-- Returns {'retrying', due ms} | {'failed'} | {'failed', 'lost', reason} (a retry was due but
+-- the task's stream entry, and with it the payload, was deleted: dead-lettered as lost) |
+-- {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
 local misrouted = wrong_queue(KEYS[1], ARGV[19])
@@ -23,7 +25,8 @@ local now = now_ms()
 local refused, rec = fence(KEYS[1], KEYS[2], id, ARGV[2], ARGV[3], now)
 if refused then return refused end
 local k_stream, prio, attempts = STREAM[rec[4]], rec[4], tonumber(rec[3])
-local payload = entry_payload(k_stream, rec[2])
+local fields = entry_fields(k_stream, rec[2])  -- nil: the entry was deleted under the holder
+local payload = fields and fields['payload'] or ''
 redis.call('XACK', k_stream, ARGV[12], rec[2])
 redis.call('XDEL', k_stream, rec[2])
 redis.call('ZREM', KEYS[2], id)
@@ -37,6 +40,12 @@ if ok and type(decoded) == 'table' and type(decoded['retry_intervals']) == 'tabl
   for _, v in ipairs(decoded['retry_intervals']) do intervals[#intervals + 1] = tonumber(v) * 1000 end
 else
   for v in string.gmatch(ARGV[18] or '', '[^,]+') do intervals[#intervals + 1] = tonumber(v) end
+end
+if ARGV[5] == '1' and attempts <= max_retries and not fields then
+  -- a retry needs the payload, which lived only in the deleted entry (issue 11)
+  local err = lose(KEYS[1], id, prio, rec[2], 'processing', {KEYS[6], KEYS[10], KEYS[3], KEYS[4]},
+    ARGV[13], now, ARGV[11], attempts, ARGV[4])
+  return {'failed', 'lost', err}
 end
 if ARGV[5] == '1' and attempts <= max_retries then
   local raw = math.min(tonumber(ARGV[9]), tonumber(ARGV[7]) * tonumber(ARGV[8]) ^ (attempts - 1))
