@@ -27,7 +27,7 @@ import orjson
 import structlog
 from google.protobuf import json_format
 
-from app.consumers import Backoff, ConsumerPool
+from app.consumers import Backoff, ConsumerPool, cancel
 from app.errors import BadRequest, Invalid, Unavailable
 from app.executors import Execution, Executor, ExecutorPool
 from app.models import Outcome, Priority, State, Task
@@ -571,8 +571,7 @@ class EasHub:
     async def stop(self, grace: float) -> None:
         self._stopping = True
         if self._discovery:
-            self._discovery.cancel()
-            await asyncio.gather(self._discovery, return_exceptions=True)
+            await cancel(self._discovery)
         queues = [q for s in self.services.values() for q in (s.input, s.sink)]
         await asyncio.gather(*(a.close() for q in queues for a in (q.arrivals, q.changes)))
         pools = [s.pool for s in self.services.values() if s.pool]

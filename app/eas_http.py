@@ -11,7 +11,7 @@ segment before it is checked, so an encoded `/` cannot move a request to another
 and every other path under `/api/predict` is answered 404/422 by `Unrouted` instead of
 the router's trailing-slash redirect.
 
-Imports: eas, errors, models, settings (and starlette).
+Imports: eas, errors, models, settings, params (and starlette).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from starlette.routing import (
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app import params
 from app.eas import (
     MAX_LENGTH,
     EasHub,
@@ -60,7 +61,6 @@ PROTOBUF = "application/vnd.google.protobuf"
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
 UID_HEADER = "x-eas-queueservice-redis-uid"
 GID_HEADER = "x-eas-queueservice-redis-gid"
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 PREFIX = "/api/predict/"
 ROUTED = re.compile(r"/api/predict/[^/]+(/sink)?")  # what the four routes below match
 # A watch refused for its path is denied with these HTTP statuses, as app/http.py answers
@@ -81,14 +81,8 @@ def authorize(header: str | None, tokens: tuple[str, ...]) -> None:
 
 
 def _flag(query: Any, name: str, default: bool) -> bool:
-    value = query.get(name)
-    if value is None or value == "":
-        return default
-    if value.lower() in TRUE:
-        return True
-    if value.lower() in FALSE:
-        return False
-    raise BadRequest(f"{name} must be true or false, got {value!r}")
+    """A PAI-EAS flag: a bad value is 400, as the real service answers."""
+    return params.flag(query, name, default, BadRequest)
 
 
 def _tags(query: Any) -> dict[str, str]:

@@ -18,6 +18,7 @@ NAMED = {
     "ts:{q}:dlq": "ts:{%(q)s}:dlq",
     "ts:{q}:dlq:index": "ts:{%(q)s}:dlq:index",
     "ts:{q}:cleanup-lock": "ts:{%(q)s}:cleanup-lock",
+    "ts:{q}:probe:<host:pid>": "ts:{%(q)s}:probe:*",
     "ts:{q}:events": "ts:{%(q)s}:events",
     "ts:{q}:events:m:<epoch minute>": "ts:{%(q)s}:events:m:*",
     "ts:{q}:paused": "ts:{%(q)s}:paused",
@@ -51,6 +52,7 @@ async def test_every_key_the_readme_names_exists(service, redis_url, queue):
     dead = await http.post("/tasks/t1/fail", json={"error": "x", "retry": False})
     assert dead.json()["status"] == "failed"
     assert (await http.post(f"/queues/{queue}/pause")).status_code == 200
+    assert (await http.get("/health")).status_code == 200  # the write probe
     named = await http.post("/tasks", json={"code": "x", "queue": "gpu"})
     assert named.json()["status"] == "queued"
     auth = {"Authorization": "any"}
