@@ -89,14 +89,14 @@ def parse_duration(value: str | None, default: float = 0.0) -> float:
 def parse_index(value: str | None, name: str, default: int = 0) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
 def parse_indexes(value: str | None) -> list[int]:
     parts = [p.strip() for p in (value or "").split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
         raise BadRequest("_indexes_ must be a comma-separated list of indexes")
     if len(parts) > MAX_LENGTH:
         raise BadRequest(f"at most {MAX_LENGTH} indexes per request")

@@ -140,7 +140,7 @@ async def get(request: Request, hub: EasHub, queue: EasQueue) -> Response:
     if not 1 <= length <= MAX_LENGTH:
         raise BadRequest(f"_length_ must be between 1 and {MAX_LENGTH}")
     request_id = query.get("requestId", "")
-    if request_id and not queue.sink and not request_id.isdigit():
+    if request_id and not queue.sink and not (request_id.isascii() and request_id.isdigit()):
         return Response(status_code=204)  # an input item's request id is its index
     tags = {k: v for k, v in _tags(query).items() if k != "requestId"}
     items = await queue.read(
@@ -166,7 +166,7 @@ async def sink_status(request: Request, queue: EasQueue) -> Response:
     """The imitation's status document of an input item (`queue`): 202 while pending, 200
     once final, 404 unknown."""
     raw = request.query_params["request_id"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise NotFound(f"unknown request_id: {raw}")
     timeout = parse_duration(request.query_params.get("_timeout_"))
     try:
