@@ -139,6 +139,15 @@ for svc in redis taskstream taskstream-2 executor; do
     ok "$svc's processes: $(awk 'NR > 1 {printf "%s(uid %s) ", $3, $1}' "$TMP/top")"
 done
 
+# -- the executor's confinement (compose.yaml): no capabilities, no new privileges, a
+# read-only root filesystem with a writable /tmp
+dc exec -T executor sh -c 'grep -E "^(CapEff|NoNewPrivs):" /proc/self/status' >"$TMP/status"
+grep -Eq '^CapEff:[[:space:]]+0+$' "$TMP/status" || fail "executor has capabilities: $(cat "$TMP/status")"
+grep -Eq '^NoNewPrivs:[[:space:]]+1$' "$TMP/status" || fail "executor lacks no-new-privileges: $(cat "$TMP/status")"
+if dc exec -T executor touch /srv/x 2>/dev/null; then fail "executor's root filesystem is writable"; fi
+dc exec -T executor sh -c 'touch /tmp/x && rm /tmp/x' || fail "executor's /tmp is not writable"
+ok "executor: CapEff 0, NoNewPrivs 1, read-only root, writable /tmp"
+
 # -- Redis's AOF on the volume: restart Redis, the tasks are still there
 dc exec -T redis sh -c 'ls /data/appendonlydir/*.aof' >"$TMP/aof" || fail "no AOF files in redis:/data/appendonlydir"
 ok "AOF files on the volume: $(tr '\n' ' ' <"$TMP/aof")"
@@ -149,11 +158,18 @@ check_task "$TASKSTREAM_PORT" "${ids[0]}" "$TASKSTREAM_PORT"
 check_task "$TASKSTREAM_PORT" "${ids[1]}" "$TASKSTREAM_2_PORT"
 ok "Redis restarted on its AOF: both tasks read back"
 
-# -- stop and clean up
+# -- stop (SIGTERM to each container's PID 1: exec-form CMDs, so the servers themselves
+# get it and drain) and clean up
 start=$SECONDS
-dc down -v --remove-orphans --timeout 30 >/dev/null || fail "compose down"
+dc stop --timeout 30 >/dev/null 2>&1 || fail "compose stop"
+for svc in redis taskstream taskstream-2 executor; do
+    code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$(container_of "$svc")")
+    [ "$code" = 0 ] || fail "$svc exited $code on SIGTERM, not 0: $(dc logs --no-color --tail 10 "$svc")"
+done
+ok "all four stopped on SIGTERM with exit code 0 in $((SECONDS - start)) s"
+dc down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || fail "compose down"
 left=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT")
 [ -z "$left" ] || fail "containers left after down: $left"
 if "$DOCKER" volume ls -q | grep -q "^${PROJECT}_redis-data$"; then fail "volume ${PROJECT}_redis-data left"; fi
-ok "stack stopped and removed (containers, network, volume) in $((SECONDS - start)) s"
+ok "stack removed (containers, network, volume)"
 echo "compose-test: all checks passed" >&2
