@@ -7,10 +7,10 @@ UV_BIN := $(UV_VENV)/bin/uv
 # never download a Python: use $(PYTHON), as the README says
 UV     := UV_PYTHON_DOWNLOADS=never UV_PYTHON=$(PYTHON) UV_PROJECT_ENVIRONMENT=$(VENV) $(UV_BIN)
 
-.PHONY: help run test lint browser tools bench chaos lock proto clean
+.PHONY: help run test lint browser tools bench chaos lock proto image compose-test clean
 
 help:  ## list targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 # Everything is installed from uv.lock (exact versions and hashes). uv itself comes from
 # requirements-uv.txt (one pinned version, with hashes) into its own small venv, so that
@@ -62,6 +62,17 @@ proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.2
 	$(PYTHON) -m venv /tmp/taskstream-protoc
 	/tmp/taskstream-protoc/bin/pip install -q 'grpcio-tools>=1.62,<1.63'
 	cd app/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
+
+# The container (docs/container.md). Both need a container engine and root (or the docker
+# group); where no engine runs they install Debian's docker.io and start dockerd, as root.
+# CONTAINER_BASE=auto|registry|local: python:3.11-slim and redis:7 from a registry, or base
+# images built here from Debian's packages (debootstrap; cached); auto picks registry when it
+# answers. Not part of `make test`.
+image:  ## build the container image taskstream:latest (on Debian-package base images where no registry answers)
+	bash container/image.sh
+
+compose-test:  ## build, start compose.yaml's stack, send a task through each replica, check health, users and AOF, stop, clean up
+	bash container/compose-test.sh
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) $(UV_VENV) .mypy_cache .ruff_cache .pytest_cache

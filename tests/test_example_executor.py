@@ -594,7 +594,7 @@ def test_compose_file_has_redis_two_replicas_and_the_executor():
 
 def test_dockerfile_is_slim_non_root_with_a_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim\n" in text
-    assert "\nUSER taskstream\n" in text
+    assert "\nARG BASE=python:3.11-slim\n" in text
+    assert "\nUSER 10001:10001\n" in text  # numeric: runAsNonRoot can check it
     assert "\nHEALTHCHECK " in text
     assert "HOST=0.0.0.0" in text
