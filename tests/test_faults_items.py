@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import subprocess
+import sys
+import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from app.redis_server import free_port
 from app.streams import connect
-from tests.conftest import Process, wait_for
+from tests.conftest import ROOT, Process, wait_for
 from tests.faultrig import CONCURRENCY, FLOW, IN_FLIGHT, WORK, Rig, Rigs, Spawn
+from tests.test_clock import base_env, clock_offset, faketime
 from tests.test_main import run
 from tests.totalqueue import Execution, Reply
 
@@ -194,3 +201,88 @@ def log_lines(*processes: Process) -> list[dict[str, Any]]:
             with contextlib.suppress(orjson.JSONDecodeError):
                 found.append(orjson.loads(line))
     return found
+
+
+# --- item 5: a replica's clock 120 s off, delayed tasks through both ------------------------------
+
+EARLY = 0.05  # Redis keeps milliseconds; the test's clock reads are a little apart
+LATE = 2.0  # promotion, claim and the call, under load on a loaded machine
+
+
+@pytest.fixture
+def spawn_skewed(tmp_path: Path) -> Iterator[Callable[[int], Spawn]]:
+    """`spawn_skewed(offset)` is a `Spawn` that starts `python -m app serve` under
+    faketime, `offset` s off. faketime stays the parent of the program, so each runs in
+    a session of its own and the whole group is killed at the end."""
+    started: list[Process] = []
+
+    def skewed(offset: int) -> Spawn:
+        def spawn(env: dict[str, str], wait_ready: bool = True) -> Process:
+            port = free_port()
+            log = tmp_path / f"skewed{len(started)}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [*faketime(offset), sys.executable, "-m", "app", "serve"],
+                    cwd=ROOT,
+                    env=base_env(HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="INFO", **env),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            started.append(Process(proc, f"http://127.0.0.1:{port}", log))
+            return started[-1]
+
+        return spawn
+
+    yield skewed
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.proc.pid, signal.SIGKILL)
+        process.proc.wait()
+
+
+def delay_of(eval_id: str) -> float:
+    """1.0, 1.25, … 2.0 s by the task's number."""
+    return 1.0 + int(eval_id.rsplit("-", 1)[1]) % 5 * 0.25
+
+
+@pytest.mark.parametrize("offset", [120, -120], ids=lambda o: f"clock{o:+d}s")
+async def test_delayed_tasks_run_on_time_through_a_clock_skewed_replica(
+    make_rig: MakeRig,
+    spawn_service: Spawn,
+    spawn_skewed: Callable[[int], Spawn],
+    redis_url: str,
+    offset: int,
+):
+    """r0 keeps the real clock, r1 runs `offset` s off; every task is delayed 1-2 s and
+    enqueued through either. Each must run between its delay after it was sent and its
+    delay after its 201 (plus LATE), by the test's clock, whichever replica accepted it
+    and whichever ran it: due times are Redis's."""
+    real_start = time.time()
+    rig = await make_rig(
+        redis_url,
+        spawns=[spawn_service, spawn_skewed(offset)],
+        fields=lambda i: {"delay": delay_of(i)},
+    )
+    r0, r1 = rig.replicas
+    skew = clock_offset(r1, real_start)
+    assert abs(skew - offset) < 10, f"faketime did not move the replica's clock: {skew:+.1f}s"
+    await rig.more("accepted", 2 * FLOW)
+
+    report = (await rig.report()).check()
+    print(report.summary())
+    assert report.completed == report.accepted > 6 * FLOW
+    first: dict[str, Execution] = {}
+    for execution in rig.executor.executions:
+        first.setdefault(execution.eval_id, execution)
+    off: list[str] = []
+    for eval_id in rig.recorder.accepted:
+        sent, answered = rig.recorder.timings[eval_id]
+        ran, due = first[eval_id].at, delay_of(eval_id)
+        if not sent + due - EARLY <= ran <= answered + due + LATE:
+            via = rig.load.target_of[eval_id] == r1.url and "skewed" or "normal"
+            off.append(f"{eval_id} ({via}): ran {ran - sent - due:+.2f}s from due")
+    assert not off, f"{len(off)} of {report.accepted} off time: {off[:10]}"
+    accepted_by = Counter(rig.load.target_of[i] for i in rig.recorder.accepted)
+    assert accepted_by[r0.url] > FLOW and accepted_by[r1.url] > FLOW
+    assert {e.via for e in first.values()} == {"/r0", "/r1"}
