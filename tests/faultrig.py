@@ -125,7 +125,8 @@ async def until_ready(process: Process, timeout: float = 30.0) -> None:
 class Rigs:
     """Makes rigs for one test (its queue) and stops their load and executor at the end.
     `spawn` starts a replica; `make(..., spawns=[...])` may start each one its own way
-    (say, under faketime); `env` adds to every replica's environment."""
+    (say, under faketime); `env` adds to every replica's environment, `envs` to each
+    one's."""
 
     spawn: Spawn
     queue: str
@@ -138,11 +139,15 @@ class Rigs:
         env: dict[str, str] | None = None,
         spawns: Sequence[Spawn] | None = None,
         fields: Any = None,
+        envs: Sequence[dict[str, str]] | None = None,
     ) -> Rig:
         executor = await RecordingExecutor(delay=WORK, decide=decide).start()
         spawns = spawns or [self.spawn] * REPLICAS
+        envs = envs or [{}] * REPLICAS
         replicas = [
-            spawn({**replica_env(redis_url, self.queue, executor, i), **(env or {})}, False)
+            spawn(
+                {**replica_env(redis_url, self.queue, executor, i), **(env or {}), **envs[i]}, False
+            )
             for i, spawn in enumerate(spawns)
         ]
         rig = Rig(replicas, executor)

@@ -130,18 +130,22 @@ async def test_stream_entries_deleted_under_pending_tasks_leave_no_task_stuck(
     counted and logged once, and fsck finds nothing left."""
     held = asyncio.Event()
     release = asyncio.Event()
+    holders: dict[str, set[str]] = {"/r0": set(), "/r1": set()}  # held at the executor
 
     async def decide(execution: Execution) -> Reply:
         if held.is_set():
+            holders[execution.via].add(execution.eval_id)
             await (asyncio.Event() if execution.via == "/r0" else release).wait()
         return Reply(delay=WORK)
 
-    rig = await make_rig(redis_url, decide, {"CLEANUP_INTERVAL": "1"})
+    # Only r1 audits (r0 could be killed between a repair and its log line).
+    audits = [{"CLEANUP_INTERVAL": "3600"}, {"CLEANUP_INTERVAL": "1"}]
+    rig = await make_rig(redis_url, decide, envs=audits)
     r0, r1 = rig.replicas
     held.set()
     client = connect(redis_url)
     try:
-        destroyed, holders = await destroy_entries(rig, client, queue)
+        destroyed = await destroy_entries(rig, client, queue, holders)
         r0.proc.kill()
         assert await asyncio.to_thread(r0.proc.wait, 10) == -signal.SIGKILL
         rig.load.targets.remove(r0.url)
@@ -169,18 +173,18 @@ async def test_stream_entries_deleted_under_pending_tasks_leave_no_task_stuck(
 
 
 async def destroy_entries(
-    rig: Rig, client: Any, queue: str
-) -> tuple[set[str], dict[str, set[str]]]:
-    """Once both replicas hold CONCURRENCY tasks and ~40 more are queued, delete the entries
-    of the head (all processing ones, then queued ones) and every 4th queued one after it.
-    Returns the eval_ids whose entries were deleted, and the tasks each replica held."""
+    rig: Rig, client: Any, queue: str, holders: dict[str, set[str]]
+) -> set[str]:
+    """Once both replicas hold CONCURRENCY tasks (`holders`: all their slots, so nothing is
+    claimed meanwhile) and ~40 more are queued, delete the entries of the head (all
+    processing ones, then queued ones) and every 4th queued one after it. Returns the
+    eval_ids whose entries were deleted."""
 
     async def saturated() -> bool:
-        full = all(len(rig.executor.open(via)) == CONCURRENCY for via in ("/r0", "/r1"))
+        full = all(len(held) == CONCURRENCY for held in holders.values())
         return full and await client.xlen(stream_key(queue)) >= IN_FLIGHT + 40
 
     await wait_for(saturated, timeout=15)
-    holders = {via: {e.eval_id for e in rig.executor.open(via)} for via in ("/r0", "/r1")}
     entries = await client.xrange(stream_key(queue))
     ids = [(entry_id, fields[b"id"].decode()) for entry_id, fields in entries]
     head = IN_FLIGHT + 10
@@ -190,7 +194,7 @@ async def destroy_entries(
     assert (trimmed, deleted) == (head, len(picked))
     destroyed = {eval_id for _, eval_id in ids[:head] + picked}
     assert holders["/r0"] | holders["/r1"] <= destroyed  # the processing entries are the oldest
-    return destroyed, holders
+    return destroyed
 
 
 def log_lines(*processes: Process) -> list[dict[str, Any]]:
