@@ -2,7 +2,8 @@
 
 serve: Settings.from_env -> logs.configure -> the example executor child (with
 --example-executor) -> embedded Redis when REDIS_URL is unset -> http.create_app ->
-uvicorn.Server. uvicorn owns the process and its signals.
+uvicorn.Server. uvicorn owns the process and its signals; `Server` makes its first
+SIGTERM/SIGINT a drain (app/drain.py) and a second one an immediate exit.
 
 info, dlq, task, enqueue, fsck: one `Streams` straight on Redis (REDIS_URL, else the embedded
 Redis's socket in DATA_DIR), no running service needed. example-executor: the demo
@@ -20,11 +21,13 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -32,6 +35,7 @@ import structlog
 import uvicorn
 
 from app import __version__, example_executor
+from app.drain import Drain
 from app.errors import Invalid, NotFound, TaskstreamError
 from app.logs import configure
 from app.models import TERMINAL, State, TaskRequest, check_eval_id
@@ -262,14 +266,46 @@ def _example_parser(commands: Any) -> None:
 
 
 class Server(uvicorn.Server):
-    """uvicorn re-raises the signal that stopped it once shutdown is done, so a graceful
-    SIGTERM would end with status -15 and skip our cleanup; we finish and exit 0 instead."""
+    """uvicorn with a not-ready phase before its shutdown.
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            self._captured_signals.clear()
+    The first SIGTERM/SIGINT begins the drain: /readyz answers 503 at once while the
+    listener stays open and every request is still answered (enqueues included: a
+    draining replica only stops consuming), the consumers stop claiming and running
+    tasks get SHUTDOWN_GRACE. After `delay` s (SHUTDOWN_DELAY) uvicorn's own shutdown
+    runs: close the listener, finish open requests, then the lifespan waits for the
+    consumers. A second signal exits at once (running tasks are left to their leases).
+
+    uvicorn would re-raise the signal once done, ending a graceful stop with status -15
+    and skipping our cleanup; the signal is not recorded, so a drain exits 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, delay: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.delay = delay
+        self.forced_by: int | None = None  # the signal that cut the drain short
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Called by signal.signal between two bytecodes of the main thread: set flags, and
+        # leave the rest to the event loop (call_soon_threadsafe is safe here).
+        if not self.drain.draining:
+            self.drain.begin(f"draining: {signal.Signals(sig).name} received, shutting down")
+            with contextlib.suppress(RuntimeError):  # no loop yet: on_tick does it
+                asyncio.get_running_loop().call_soon_threadsafe(self._kick)
+            return
+        self.forced_by = sig
+        self.should_exit = self.force_exit = True
+
+    def _kick(self) -> None:
+        if self.drain.kick():
+            log.info("service_draining", reason=self.drain.reason, delay=self.delay)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.draining:
+            self._kick()  # when the signal came before the consumers were attached
+            if self.drain.elapsed() >= self.delay:
+                self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def embedded_redis(settings: Settings) -> RedisServer:
@@ -316,7 +352,8 @@ def serve(settings: Settings, example_port: int | None = None) -> int:
 def _run_server(settings: Settings, redis_url: str | None) -> int:
     from app.http import create_app  # imported here: the operator commands start faster
 
-    app = create_app(settings, redis_url=redis_url)
+    drain = Drain()
+    app = create_app(settings, redis_url=redis_url, drain=drain)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -328,8 +365,10 @@ def _run_server(settings: Settings, redis_url: str | None) -> int:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
     )
-    server = Server(config)
+    server = Server(config, drain, settings.shutdown_delay)
     server.run()
+    if server.forced_by is not None:
+        return 128 + server.forced_by  # as a shell reports a death by that signal
     return EXIT_OK if server.started else EXIT_FAILURE
 
 

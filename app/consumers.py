@@ -457,5 +457,11 @@ async def _poll(streams: Streams, consumer: str, wait: float, lease: float) -> T
 
 
 async def cancel(job: asyncio.Task[Any]) -> None:
-    job.cancel()
+    """Cancel `job` and wait until it ended. Cancelled again while it runs: on Python 3.11
+    a cancel that lands just as an `asyncio.wait_for` inside redis-py (its socket writes)
+    completes is swallowed (fixed in 3.12), and a `while True` loop would go on for good,
+    hanging the shutdown."""
+    while not job.done():
+        job.cancel()
+        await asyncio.wait({job}, timeout=0.2)
     await asyncio.gather(job, return_exceptions=True)

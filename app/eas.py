@@ -27,7 +27,7 @@ import orjson
 import structlog
 from google.protobuf import json_format
 
-from app.consumers import Backoff, ConsumerPool
+from app.consumers import Backoff, ConsumerPool, cancel
 from app.errors import BadRequest, Invalid, Unavailable
 from app.executors import Execution, Executor, ExecutorPool
 from app.models import Outcome, Priority, State, Task
@@ -89,14 +89,14 @@ def parse_duration(value: str | None, default: float = 0.0) -> float:
 def parse_index(value: str | None, name: str, default: int = 0) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
 def parse_indexes(value: str | None) -> list[int]:
     parts = [p.strip() for p in (value or "").split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
         raise BadRequest("_indexes_ must be a comma-separated list of indexes")
     if len(parts) > MAX_LENGTH:
         raise BadRequest(f"at most {MAX_LENGTH} indexes per request")
@@ -571,8 +571,7 @@ class EasHub:
     async def stop(self, grace: float) -> None:
         self._stopping = True
         if self._discovery:
-            self._discovery.cancel()
-            await asyncio.gather(self._discovery, return_exceptions=True)
+            await cancel(self._discovery)
         queues = [q for s in self.services.values() for q in (s.input, s.sink)]
         await asyncio.gather(*(a.close() for q in queues for a in (q.arrivals, q.changes)))
         pools = [s.pool for s in self.services.values() if s.pool]

@@ -11,7 +11,7 @@ segment before it is checked, so an encoded `/` cannot move a request to another
 and every other path under `/api/predict` is answered 404/422 by `Unrouted` instead of
 the router's trailing-slash redirect.
 
-Imports: eas, errors, models, settings (and starlette).
+Imports: eas, errors, models, settings, params (and starlette).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from starlette.routing import (
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app import params
 from app.eas import (
     MAX_LENGTH,
     EasHub,
@@ -60,7 +61,6 @@ PROTOBUF = "application/vnd.google.protobuf"
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
 UID_HEADER = "x-eas-queueservice-redis-uid"
 GID_HEADER = "x-eas-queueservice-redis-gid"
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 PREFIX = "/api/predict/"
 ROUTED = re.compile(r"/api/predict/[^/]+(/sink)?")  # what the four routes below match
 # A watch refused for its path is denied with these HTTP statuses, as app/http.py answers
@@ -81,14 +81,8 @@ def authorize(header: str | None, tokens: tuple[str, ...]) -> None:
 
 
 def _flag(query: Any, name: str, default: bool) -> bool:
-    value = query.get(name)
-    if value is None or value == "":
-        return default
-    if value.lower() in TRUE:
-        return True
-    if value.lower() in FALSE:
-        return False
-    raise BadRequest(f"{name} must be true or false, got {value!r}")
+    """A PAI-EAS flag: a bad value is 400, as the real service answers."""
+    return params.flag(query, name, default, BadRequest)
 
 
 def _tags(query: Any) -> dict[str, str]:
@@ -146,7 +140,7 @@ async def get(request: Request, hub: EasHub, queue: EasQueue) -> Response:
     if not 1 <= length <= MAX_LENGTH:
         raise BadRequest(f"_length_ must be between 1 and {MAX_LENGTH}")
     request_id = query.get("requestId", "")
-    if request_id and not queue.sink and not request_id.isdigit():
+    if request_id and not queue.sink and not (request_id.isascii() and request_id.isdigit()):
         return Response(status_code=204)  # an input item's request id is its index
     tags = {k: v for k, v in _tags(query).items() if k != "requestId"}
     items = await queue.read(
@@ -172,7 +166,7 @@ async def sink_status(request: Request, queue: EasQueue) -> Response:
     """The imitation's status document of an input item (`queue`): 202 while pending, 200
     once final, 404 unknown."""
     raw = request.query_params["request_id"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise NotFound(f"unknown request_id: {raw}")
     timeout = parse_duration(request.query_params.get("_timeout_"))
     try:

@@ -7,7 +7,9 @@
      ├── Conflict          state does not allow it, duplicate id, stale lease (409)
      ├── PayloadTooLarge   body over MAX_BODY_BYTES (413)
      ├── Unauthorized      missing or wrong credentials (401)
-     └── Unavailable       Redis unreachable (503)
+     └── Unavailable       Redis unreachable, loading, or busy (503)
+          └── WritesRefused  Redis answers but refuses writes: OOM, NOREPLICAS, READONLY,
+                             MISCONF (503)
 
 Imports: stdlib only.
 """
@@ -43,3 +45,8 @@ class Unauthorized(TaskstreamError):
 
 class Unavailable(TaskstreamError):
     """A dependency (Redis) cannot be reached; retry later."""
+
+
+class WritesRefused(Unavailable):
+    """Redis answers but refuses writes (out of memory, no replicas, read-only, disk error);
+    `/health` reports it apart from an unreachable Redis."""

@@ -1,9 +1,10 @@
 """The Starlette application: lifespan wiring, legacy /tasks API, health and status, middleware.
 
-Handlers parse, call one `Streams` (or `consumers.pull`) operation, and render. Domain
-errors become HTTP statuses in one table, `ERROR_STATUS`.
+Handlers parse (query parameters through `params`), call one `Streams` (or
+`consumers.pull`) operation, and render. Domain errors become HTTP statuses in one table,
+`ERROR_STATUS`; anything else is a bug: 500 JSON, logged with its traceback.
 
-Imports: consumers, streams, executors, models, errors, settings.
+Imports: consumers, streams, executors, models, errors, settings, params, drain.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import eas_http, fsck, live, metrics, openapi
+from app import eas_http, fsck, live, metrics, openapi, params
 from app.callbacks import start_sender
 from app.consumers import ConsumerPool, Workers, pull
+from app.drain import Drain
 from app.eas import EasHub
 from app.errors import (
     BadRequest,
@@ -36,6 +38,7 @@ from app.errors import (
     TaskstreamError,
     Unauthorized,
     Unavailable,
+    WritesRefused,
 )
 from app.executors import ExecutorPool
 from app.models import (
@@ -77,6 +80,9 @@ STATIC_PREFIX = "/static/"  # the dashboard's scripts and styles
 EAS_PREFIX = "/api/predict/"  # EAS_TOKEN guards these instead (app/eas_http.py)
 MAX_WAIT = 30.0
 MAX_BATCH = 1000
+MAX_DLQ_PAGE = 1000
+MAX_DLQ_OFFSET = 1_000_000
+MAX_DAYS = 36500.0
 PROBE_TIMEOUT = 2.0  # /health and /readyz answer 503 rather than hang on a stalled Redis
 
 
@@ -106,6 +112,11 @@ async def on_domain_error(request: Request, exc: Exception) -> Response:
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, str(exc.detail))
+
+
+async def on_bug(request: Request, exc: Exception) -> Response:
+    """Anything no table names is a bug: JSON like every error (uvicorn logs the traceback)."""
+    return error_response(500, "internal error")
 
 
 # --- middleware (pure ASGI: no per-request task or body buffering) -----------------------
@@ -185,7 +196,7 @@ async def _queue_streams(request: Request, hint: bool = False) -> Streams:
     default = _streams(request)
     name = request.query_params.get("queue") or None
     if name and name != default.keys.queue:
-        check_queue(name)
+        check_queue(name)  # 422 for a name no queue can have
     found = await default.known_queue(name)
     if found is None and not hint:
         raise NotFound(f"no such queue: {name}")
@@ -198,23 +209,6 @@ async def _json_body(request: Request) -> Any:
 
 def _eval_id(request: Request) -> str:
     return check_eval_id(request.path_params["eval_id"])
-
-
-def _flag(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "").lower() in ("1", "true", "yes", "on")
-
-
-def _float_param(request: Request, name: str, default: float, high: float) -> float:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise Invalid(f"{name} must be a number") from None
-    if not 0 <= value <= high:
-        raise Invalid(f"{name} must be between 0 and {high:g}")
-    return value
 
 
 async def _hangup(request: Request) -> None:
@@ -324,7 +318,7 @@ async def create_batch(request: Request) -> Response:
 
 
 async def next_task(request: Request) -> Response:
-    wait = _float_param(request, "wait", 0.0, MAX_WAIT)
+    wait = params.number(request.query_params, "wait", 0.0, 0.0, MAX_WAIT)
     settings: Settings = request.state.settings
     gone = _hangup(request) if wait > 0 else None
     streams = await _queue_streams(request)
@@ -366,7 +360,7 @@ async def fail_task(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     eval_id = _eval_id(request)
     streams = await _queue_streams(request, hint=True)
-    answer = await streams.cancel(eval_id, _flag(request, "terminate"))
+    answer = await streams.cancel(eval_id, params.flag(request.query_params, "terminate"))
     metrics.of(streams).count_settled(answer["queue"], metrics.UNKNOWN, "cancelled")
     return JSON(answer)
 
@@ -378,16 +372,9 @@ async def clear_tasks(request: Request) -> Response:
 # --- dead-letter queue -------------------------------------------------------------
 
 
-def _int_param(request: Request, name: str, default: int, high: int) -> int:
-    value = _float_param(request, name, default, high)
-    if value != int(value):
-        raise Invalid(f"{name} must be an integer")
-    return int(value)
-
-
 async def list_dlq(request: Request) -> Response:
-    limit = _int_param(request, "limit", 50, 1000)
-    offset = _int_param(request, "offset", 0, 1_000_000)
+    limit = params.integer(request.query_params, "limit", 50, 1, MAX_DLQ_PAGE)
+    offset = params.integer(request.query_params, "offset", 0, 0, MAX_DLQ_OFFSET)
     return JSON(await (await _queue_streams(request)).dlq_list(limit, offset))
 
 
@@ -399,11 +386,11 @@ async def retry_dlq(request: Request) -> Response:
 
 
 async def purge_dlq(request: Request) -> Response:
-    days = request.query_params.get("older_than_days")
-    older_than = None if days is None else _float_param(request, "older_than_days", 0, 36500)
-    removed = await (await _queue_streams(request)).dlq_purge(
-        older_than=None if older_than is None else older_than * 86400
-    )
+    older_than = None  # all
+    if request.query_params.get("older_than_days"):
+        days = params.number(request.query_params, "older_than_days", 0.0, 0.0, MAX_DAYS)
+        older_than = days * 86400
+    removed = await (await _queue_streams(request)).dlq_purge(older_than=older_than)
     return JSON({"removed": removed})
 
 
@@ -418,12 +405,14 @@ async def delete_dead(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """Healthy when Redis answers the counts and takes a tiny probe write (one round trip)."""
     executors: ExecutorPool = request.state.executors
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            counts = await _streams(request).counts()
+            counts = await _streams(request).health()
     except (Unavailable, TimeoutError) as exc:
-        body = {"status": "unhealthy", "redis": "unavailable", "error": str(exc) or "timed out"}
+        redis = "refusing writes" if isinstance(exc, WritesRefused) else "unavailable"
+        body = {"status": "unhealthy", "redis": redis, "error": str(exc) or "timed out"}
         return JSON(body, status_code=503)
     return JSON(
         {
@@ -445,9 +434,18 @@ async def livez(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Not ready while draining (after SIGTERM) or while Redis cannot be reached. A Redis
+    that answers but refuses writes leaves it ready: every replica shares that Redis, so
+    failing them all would turn a write outage into a total one (reads, and the writes'
+    clear 503s, would be lost too); /health reports the refusal."""
+    drain: Drain = request.state.drain
+    if drain.reason is not None:
+        return JSON({"status": "not ready", "error": drain.reason}, status_code=503)
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             await _streams(request).ping()
+    except WritesRefused as exc:  # MISCONF refuses even PING
+        return JSON({"status": "ready", "redis": "refusing writes", "error": str(exc)})
     except (Unavailable, TimeoutError) as exc:
         return JSON({"status": "not ready", "error": str(exc) or "timed out"}, status_code=503)
     return JSON({"status": "ready"})
@@ -537,8 +535,11 @@ def create_app(
     settings: Settings,
     redis_url: str | None = None,
     executors: ExecutorPool | None = None,
+    drain: Drain | None = None,
 ) -> Starlette:
-    """Build the app; the lifespan opens Redis, the executor pool and the consumers."""
+    """Build the app; the lifespan opens Redis, the executor pool and the consumers.
+    `drain`: the server's (see app/drain.py); a fresh one that never begins by default."""
+    drain = drain or Drain()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -563,6 +564,15 @@ def create_app(
         event_arrivals: dict[str, Arrivals] = {}
         if not settings.eas_tokens:
             log.warning("eas_token_unset", detail="any non-empty Authorization passes /api/predict")
+
+        async def stop_consuming() -> None:
+            """In-process consumers and PAI-EAS forwarders stop claiming; running tasks
+            get SHUTDOWN_GRACE, then are aborted and released."""
+            await asyncio.gather(
+                hub.stop(settings.shutdown_grace), workers.stop(settings.shutdown_grace)
+            )
+
+        drain.attach(stop_consuming)
         log.info(
             "service_started",
             queue=settings.queue,
@@ -583,11 +593,11 @@ def create_app(
                 "eas": hub,
                 "event_arrivals": event_arrivals,
                 "callbacks": sender,
+                "drain": drain,
             }
         finally:
             await asyncio.gather(*(a.close() for a in event_arrivals.values()))
-            await hub.stop(settings.shutdown_grace)
-            await workers.stop(settings.shutdown_grace)
+            await drain.stopped()  # begun at the signal when the server drained first
             if sender:
                 await sender.stop(settings.shutdown_grace)  # after the consumers' last outcomes
             await client.aclose()
@@ -596,7 +606,11 @@ def create_app(
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={TaskstreamError: on_domain_error, HTTPException: on_http_error},
+        exception_handlers={
+            TaskstreamError: on_domain_error,
+            HTTPException: on_http_error,
+            Exception: on_bug,
+        },
     )
     app.add_middleware(HotPath)
     app.add_middleware(Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes)

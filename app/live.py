@@ -7,7 +7,7 @@ stream entry id, so a client that reconnects with `Last-Event-ID` resumes where 
 off (as long as the entry is still within EVENTS_MAXLEN). Waiting uses the queue's
 `Arrivals` loop, one XREAD per process however many clients listen.
 
-Imports: eas, streams, errors (and starlette, sse-starlette).
+Imports: eas, streams, errors, models, params (and starlette, sse-starlette).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app import params
 from app.eas import EasHub
-from app.errors import BadRequest, NotFound
+from app.errors import Invalid, NotFound
+from app.models import check_queue
 from app.streams import Arrivals, Streams
 
 EVENT_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -42,7 +44,7 @@ def _start(request: Request) -> str:
     if given == "0":
         return "0-0"
     if not EVENT_ID_RE.fullmatch(given):
-        raise BadRequest("Last-Event-ID must be an events stream id such as 1700000000000-0")
+        raise Invalid("Last-Event-ID must be an events stream id such as 1700000000000-0")
     return given
 
 
@@ -92,6 +94,8 @@ async def _legacy_queue(request: Request, name: str | None) -> Streams:
     """The default queue, or a named legacy queue this deployment knows (QUEUE_EXECUTORS,
     or used by a task)."""
     default: Streams = request.state.streams
+    if name and name != default.keys.queue:
+        check_queue(name)  # 422 for a name no queue can have
     found = await default.known_queue(name)
     if found is None:
         raise NotFound(f"no such queue: {name}")
@@ -109,11 +113,9 @@ async def dashboard(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     """State changes per minute (queued, completed, failed, retrying, cancelled, deleted)."""
-    raw = request.query_params.get("minutes", "60")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_MINUTES:
-        raise BadRequest(f"minutes must be an integer from 1 to {MAX_MINUTES}")
+    minutes_back = params.integer(request.query_params, "minutes", 60, 1, MAX_MINUTES)
     streams = await _queue_streams(request, request.query_params.get("queue"))
-    minutes = await streams.minute_stats(int(raw))
+    minutes = await streams.minute_stats(minutes_back)
     body = {"queue": streams.keys.queue, "minutes": minutes}
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -125,6 +127,8 @@ async def _queue_streams(request: Request, name: str | None) -> Streams:
     service, _, part = (name or "").partition("/")
     if service in hub.services and part in ("", "sink"):
         return hub.queue(service, sink=part == "sink").streams
+    if part:
+        raise NotFound(f"no such queue: {name}")
     return await _legacy_queue(request, name)
 
 

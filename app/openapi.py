@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document of every route, and the offline /docs and /redoc pages.
 
 The Swagger UI 5 and ReDoc assets come inlined from the `offapi` package: the pages load
-nothing from other hosts. Imports: nothing from app (http.py checks the spec covers its routes).
+nothing from other hosts. Every status a route can answer is declared (tests/test_fuzz.py
+runs schemathesis over the document against a live service): 401 on every route behind
+API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
+Imports: nothing from app (http.py checks the spec covers its routes).
 """
 
 from __future__ import annotations
@@ -16,13 +19,26 @@ from offapi import OpenAPITemplate
 from app import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
-TASK_ID = {"name": "eval_id", "in": "path", "required": True, "schema": {"type": "string"}}
-QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
+EVAL_ID_PATTERN = "^[A-Za-z0-9._:-]{1,128}$"
+QUEUE_PATTERN = "^[A-Za-z0-9._-]{1,64}$"
+TASK_ID = {
+    "name": "eval_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": EVAL_ID_PATTERN},
+}
+QUEUE = {
+    "name": "queue",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": QUEUE_PATTERN},
+    "description": "QUEUE_NAME or a named queue; another name: 404, an impossible one: 422",
+}
 HINT_QUEUE = {
     "name": "queue",
     "in": "query",
     "required": False,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "schema": {"type": "string", "pattern": QUEUE_PATTERN},
     "description": "optional: the task's named queue (as GET /tasks/next answered it); "
     "saves a round trip, the task is found without it",
 }
@@ -30,8 +46,8 @@ IN_QUEUE = {
     "name": "queue",
     "in": "query",
     "required": False,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-    "description": "a named queue (default: QUEUE_NAME)",
+    "schema": {"type": "string", "pattern": QUEUE_PATTERN},
+    "description": "a named queue (default: QUEUE_NAME); one never used: 404",
 }
 
 TASK_IN: dict[str, Any] = {
@@ -182,50 +198,80 @@ def _op(
     return op
 
 
-def _query(name: str, kind: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "schema": {"type": kind}, "description": description}
+def _query(name: str, kind: str, description: str, **bounds: float | str) -> dict[str, Any]:
+    """A query parameter; `bounds` (minimum, maximum, pattern, …) as the parsers check them."""
+    schema: dict[str, Any] = {"type": kind, **bounds}
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+ERROR_MEANING = {
+    400: "malformed JSON, or a bad PAI-EAS parameter",
+    401: "missing or wrong API key (EAS_TOKEN on /api/predict)",
+    404: "unknown task, queue or id",
+    409: "the task's state does not allow it, or a duplicate eval_id",
+    413: "body over MAX_BODY_BYTES",
+    422: "invalid field, path or query parameter",
+    503: "Redis unreachable, or refusing writes (out of memory, NOREPLICAS, READONLY, "
+    "MISCONF): the message names the cause",
+}
 
 
 def _errors(*codes: int) -> dict[int, dict[str, Any]]:
-    return {code: _json(ERROR, "error") for code in codes}
+    return {code: _json(ERROR, ERROR_MEANING[code]) for code in codes}
+
+
+# The errors every guarded route that reads Redis can answer.
+GUARDED = (401, 503)
+BODY = (400, 413, 422)  # a JSON body read
 
 
 def paths() -> dict[str, dict[str, Any]]:
     cancel = _op(
         "Cancel a task",
-        {200: _json(OBJECT), **_errors(404, 409, 422)},
+        {200: _json(OBJECT), **_errors(*GUARDED, 404, 409, 422)},
         params=[TASK_ID, _query("terminate", "boolean", "abort a running execution"), HINT_QUEUE],
     )
     return {
         "/tasks": {
             "post": _op(
-                "Enqueue a task", {201: _json(ENQUEUED), **_errors(400, 409, 413, 422)}, TASK_IN
+                "Enqueue a task", {201: _json(ENQUEUED), **_errors(*GUARDED, *BODY, 409)}, TASK_IN
             ),
-            "delete": _op("Clear every task, queue and the DLQ", {200: _json(OBJECT)}),
+            "delete": _op(
+                "Clear every task, queue and the DLQ", {200: _json(OBJECT), **_errors(*GUARDED)}
+            ),
         },
         "/tasks/batch": {
             "post": _op(
                 "Enqueue several tasks (atomic per task)",
-                {201: _json(OBJECT), **_errors(400, 413, 422)},
+                {201: _json(OBJECT), **_errors(*GUARDED, *BODY)},
                 {"type": "object", "properties": {"tasks": {"type": "array", "items": TASK_IN}}},
             )
         },
         "/tasks/next": {
             "get": _op(
                 "Take the next task (pull worker)",
-                {200: _json(DELIVERY), 204: {"description": "no task within wait"}},
-                params=[_query("wait", "number", "long-poll seconds, 0-30"), IN_QUEUE],
+                {
+                    200: _json(DELIVERY),
+                    204: {"description": "no task within wait"},
+                    **_errors(*GUARDED, 404, 422),
+                },
+                params=[
+                    _query("wait", "number", "long-poll seconds, 0-30", minimum=0, maximum=30),
+                    IN_QUEUE,
+                ],
             )
         },
         "/tasks/{eval_id}": {
             "get": _op(
-                "Task status", {200: _json(TASK_OUT), **_errors(404)}, params=[TASK_ID, HINT_QUEUE]
+                "Task status",
+                {200: _json(TASK_OUT), **_errors(*GUARDED, 404, 422)},
+                params=[TASK_ID, HINT_QUEUE],
             )
         },
         "/tasks/{eval_id}/complete": {
             "post": _op(
                 "Report a result",
-                {200: _json(OBJECT), **_errors(404, 409)},
+                {200: _json(OBJECT), **_errors(*GUARDED, *BODY, 404, 409)},
                 {"type": "object", "properties": {"result": {}, "lease": {}, "attempt": {}}},
                 [TASK_ID, HINT_QUEUE],
             )
@@ -233,7 +279,7 @@ def paths() -> dict[str, dict[str, Any]]:
         "/tasks/{eval_id}/fail": {
             "post": _op(
                 "Report a failure",
-                {200: _json(OBJECT), **_errors(404, 409)},
+                {200: _json(OBJECT), **_errors(*GUARDED, *BODY, 404, 409)},
                 {
                     "type": "object",
                     "properties": {
@@ -250,35 +296,55 @@ def paths() -> dict[str, dict[str, Any]]:
         "/dlq": {
             "get": _op(
                 "List dead letters, newest first",
-                {200: _json(OBJECT)},
-                params=[_query("limit", "integer", ""), _query("offset", "integer", ""), IN_QUEUE],
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 422)},
+                params=[
+                    _query("limit", "integer", "page size (default 50)", minimum=1, maximum=1000),
+                    _query("offset", "integer", "skip the newest N", minimum=0, maximum=1_000_000),
+                    IN_QUEUE,
+                ],
             ),
             "delete": _op(
                 "Purge dead letters",
-                {200: _json(OBJECT)},
-                params=[_query("older_than_days", "number", "only those older"), IN_QUEUE],
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 422)},
+                params=[
+                    _query(
+                        "older_than_days", "number", "only those older", minimum=0, maximum=36500
+                    ),
+                    IN_QUEUE,
+                ],
             ),
         },
         "/dlq/{eval_id}/retry": {
             "post": _op(
                 "Re-queue a dead letter",
-                {200: _json(OBJECT), **_errors(404, 409)},
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 409, 422)},
                 params=[TASK_ID, IN_QUEUE],
             )
         },
         "/dlq/{eval_id}": {
             "delete": _op(
                 "Delete a dead letter",
-                {200: _json(OBJECT), **_errors(404)},
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 422)},
                 params=[TASK_ID, IN_QUEUE],
             )
         },
-        "/health": {"get": _op("Health", {200: _json(OBJECT), **_errors(503)})},
-        "/livez": {"get": _op("Liveness", {200: _json(OBJECT)})},
-        "/readyz": {
-            "get": _op("Readiness (Redis reachable)", {200: _json(OBJECT), **_errors(503)})
+        "/health": {
+            "get": _op(
+                "Health: Redis reachable and taking writes (503 `redis`: `unavailable` or "
+                "`refusing writes`)",
+                {200: _json(OBJECT), **_errors(503)},
+            )
         },
-        "/status": {"get": _op("Counts, consumers, executors", {200: _json(OBJECT)})},
+        "/livez": {"get": _op("Liveness: 200 until the process exits", {200: _json(OBJECT)})},
+        "/readyz": {
+            "get": _op(
+                "Readiness: 503 while draining after SIGTERM or while Redis is unreachable",
+                {200: _json(OBJECT), **_errors(503)},
+            )
+        },
+        "/status": {
+            "get": _op("Counts, consumers, executors", {200: _json(OBJECT), **_errors(*GUARDED)})
+        },
         "/metrics": {
             "get": _op(
                 "Prometheus metrics (text format 0.0.4)",
@@ -306,7 +372,7 @@ def paths() -> dict[str, dict[str, Any]]:
                         " the new state, `data` = {eval_id, state, attempt, queue, at}",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
-                    **_errors(400),
+                    **_errors(*GUARDED, 404, 422),
                 },
                 params=[
                     _query(
@@ -321,21 +387,23 @@ def paths() -> dict[str, dict[str, Any]]:
         "/queues/{queue}/pause": {
             "post": _op(
                 "Pause a queue: nothing is handed out (consumers, GET /tasks/next) until resumed",
-                {200: _json(OBJECT), **_errors(404)},
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 422)},
                 params=[QUEUE],
             )
         },
         "/queues/{queue}/resume": {
             "post": _op(
-                "Resume a paused queue", {200: _json(OBJECT), **_errors(404)}, params=[QUEUE]
+                "Resume a paused queue",
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 422)},
+                params=[QUEUE],
             )
         },
         "/stats": {
             "get": _op(
                 "State changes per minute (the dashboard's plots)",
-                {200: _json(OBJECT), **_errors(400)},
+                {200: _json(OBJECT), **_errors(*GUARDED, 404, 422)},
                 params=[
-                    _query("minutes", "integer", "1-120, default 60"),
+                    _query("minutes", "integer", "1-120, default 60", minimum=1, maximum=120),
                     _query("queue", "string", "default: the legacy queue; or `svc`, `svc/sink`"),
                 ],
             )
@@ -359,7 +427,7 @@ AUTH = {
     "name": "Authorization",
     "in": "header",
     "required": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "minLength": 1, "pattern": "[^ ]"},
     "description": "an EAS_TOKEN, raw or as `Bearer TOKEN`",
 }
 FRAMES: dict[str, Any] = {
@@ -371,6 +439,7 @@ FRAMES: dict[str, Any] = {
             "schema": OBJECT,
             "example": {"index": [{"index": "1", "tags": {"requestId": "1"}, "data": "aGk="}]},
         },
+        "*/*": {"schema": {"type": "string", "format": "binary"}},  # _raw_: as it was put
     },
 }
 SINK_STATUS: dict[str, Any] = {
@@ -393,14 +462,19 @@ SINK_STATUS: dict[str, Any] = {
 }
 
 
+# PAI-EAS routes: bad parameters are 400, as the real service answers; a bad service name
+# is 404 or 422 (CONTRACT, "Reliability details").
+EAS_ERRORS = (400, 401, 404, 422, 503)
+
+
 def eas_paths(sink: bool) -> dict[str, Any]:
     """The PAI-EAS queue protocol (and, on the sink, the imitation's JSON status)."""
     where = "sink" if sink else "input queue"
     read_params = [
         SERVICE,
         AUTH,
-        _query("_index_", "integer", "first index to read (default 0)"),
-        _query("_length_", "integer", "items to read, 1-1000 (default 1)"),
+        _query("_index_", "integer", "first index to read (default 0)", minimum=0),
+        _query("_length_", "integer", "items to read, 1-1000 (default 1)", minimum=1, maximum=1000),
         _query("_timeout_", "string", "long-poll, e.g. 5s or 500ms (at most 60 s)"),
         _query("_auto_delete_", "boolean", "delete what is read (default true)"),
         _query("_raw_", "boolean", "answer the first item's body as it was put"),
@@ -418,11 +492,11 @@ def eas_paths(sink: bool) -> dict[str, Any]:
     get_responses: dict[int, dict[str, Any]] = {
         200: FRAMES,
         204: {"description": "nothing"},
-        **_errors(422),
+        **_errors(*EAS_ERRORS),
     }
     if sink:
         get_responses[202] = _json(SINK_STATUS, "imitation: not final yet")
-        get_responses[404] = _json(ERROR, "imitation: unknown request_id")
+        get_responses[404] = _json(ERROR, "unknown service name, or imitation: unknown request_id")
     indexes = _query("_indexes_", "string", "comma-separated indexes")
     put_params = [
         SERVICE,
@@ -440,7 +514,7 @@ def eas_paths(sink: bool) -> dict[str, Any]:
                         "description": "the index; header X-Eas-Queueservice-Request-Id",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_errors(400, 401, 413, 422),
+                    **_errors(*EAS_ERRORS, 413),
                 },
                 params=put_params,
             ),
@@ -449,17 +523,17 @@ def eas_paths(sink: bool) -> dict[str, Any]:
         "get": _op(f"Read the {where} by index or request id", get_responses, params=read_params),
         "put": _op(
             f"Commit (acknowledge) items of the {where}",
-            {200: _json(OBJECT), **_errors(400, 401, 422)},
+            {200: _json(OBJECT), **_errors(*EAS_ERRORS)},
             params=[SERVICE, AUTH, indexes],
         ),
         "delete": _op(
             f"Delete items of the {where}, or truncate below _index_ with _trunc_=true",
-            {200: _json(OBJECT), **_errors(400, 401, 422)},
+            {200: _json(OBJECT), **_errors(*EAS_ERRORS)},
             params=[
                 SERVICE,
                 AUTH,
                 indexes,
-                _query("_index_", "integer", "with _trunc_"),
+                _query("_index_", "integer", "with _trunc_", minimum=0),
                 _query("_trunc_", "boolean", "delete every item below _index_"),
             ],
         ),

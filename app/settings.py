@@ -177,6 +177,7 @@ class Settings:
     data_dir: Path = Path("./data")
     queue: str = "evaluations"
     shutdown_grace: float = 10.0
+    shutdown_delay: float = 2.0  # after SIGTERM: s of /readyz 503 with the listener still open
     events_maxlen: int = 10000
     dlq_max_age_days: float = 7.0
     cleanup_interval: float = 3600.0
@@ -281,6 +282,7 @@ class Settings:
             data_dir=Path(r.text("DATA_DIR", "./data")),
             queue=queue,
             shutdown_grace=r.number("SHUTDOWN_GRACE", 10.0, float, 0.0),
+            shutdown_delay=r.number("SHUTDOWN_DELAY", 2.0, float, 0.0, 3600.0),
             events_maxlen=r.number("EVENTS_MAXLEN", 10000, int, 1),
             dlq_max_age_days=r.number("DLQ_MAX_AGE_DAYS", 7.0, float, 0.0),
             cleanup_interval=r.number("CLEANUP_INTERVAL", 3600.0, float, 1.0),

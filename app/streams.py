@@ -1,7 +1,8 @@
 """The only module that speaks Redis: key layout, client factory, Lua scripts, queue operations.
 
 Every multi-key change is one Lua script from `app/lua/` (loaded once, run by EVALSHA).
-Redis connection failures become `errors.Unavailable` here.
+Redis outages and refused writes become `errors.Unavailable` here, in one place
+(`redis_failure`).
 
 Imports: models, errors, settings (and redis, structlog: it logs tasks lost with their entry).
 """
@@ -15,12 +16,13 @@ import hashlib
 import math
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,9 +30,18 @@ import structlog
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    DataError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
-from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.errors import Conflict, Invalid, NotFound, Unavailable, WritesRefused
 from app.models import (
     PRIORITY_ORDER,
     TERMINAL,
@@ -78,8 +89,37 @@ PROMOTE_LIMIT = 200
 MAX_DEPENDANTS = 10000  # deferred children per parent (enqueue.lua): its release is one script
 COMMAND_TIMEOUT = 3.0  # seconds; Lua scripts here are bounded and take well under that
 MAX_BLOCK_SLICE = 1.0  # longest single XREAD BLOCK; must stay below COMMAND_TIMEOUT
-# Replies that mean "the server cannot take writes now", not "your command is wrong".
-UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "BUSY ")
+PROBE_TTL_MS = 60_000  # the /health write probe's key (one per process) expires after this
+# Error replies that mean "the server cannot take this now", not "your command is wrong",
+# by their code. Writes refused (the server answers, reads still work):
+REFUSED_WRITES = {
+    "OOM": "out of memory",
+    "NOREPLICAS": "not enough replicas",
+    "READONLY": "read-only replica",
+    "MISCONF": "cannot persist to disk",
+}
+# The server cannot serve at all for now:
+UNAVAILABLE_REPLIES = {
+    "LOADING": "loading its dataset",
+    "MASTERDOWN": "replica without its primary",
+    "BUSY": "busy running a script",
+    "CLUSTERDOWN": "cluster down",
+    "TRYAGAIN": "cluster resharding",
+}
+# redis-py strips the code from these replies and says it with the class instead.
+STRIPPED_CODES: dict[type[RedisError], str] = {
+    OutOfMemoryError: "OOM",
+    ReadOnlyError: "READONLY",
+    BusyLoadingError: "LOADING",
+    MasterDownError: "MASTERDOWN",
+}
+# The code opens the reply; or, in a script on Redis 6.2, follows " -" inside
+# "Error running script (call to f_<sha>): @user_script:7: @user_script: 7: -OOM command ..."
+# (7.x keeps the code and appends " script: <sha>, on @user_script:7."); or, re-raised by a
+# script after redis.pcall (claim.lua), follows the Lua position: "user_script:414: OOM ...".
+REPLY_CODE = re.compile(rf"(?:^|\s-|: )({'|'.join([*REFUSED_WRITES, *UNAVAILABLE_REPLIES])})\b")
+SCRIPT_SUFFIX = re.compile(r"\s+script: \w+, on @user_script:\d+\.$")
+PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 REFUSALS = {
     "missing": "no such task",
     "state": "task is {state}, not processing",
@@ -120,19 +160,55 @@ def connect(url: str) -> aioredis.Redis:
     )
 
 
+def redis_failure(exc: BaseException) -> Unavailable | None:
+    """The one classification of a Redis client exception. A refused write (OOM,
+    NOREPLICAS, READONLY, MISCONF) becomes `WritesRefused` naming the cause; a server that
+    cannot serve now (LOADING, MASTERDOWN, BUSY, …) or cannot be reached (connection
+    error, timeout) becomes `Unavailable`. None for a `DataError` (a bad argument: our
+    bug, or input a route should have refused with 422) and for any other error reply (a
+    wrong command, a script error): those are no outage, and must not look like one."""
+    if isinstance(exc, ResponseError | BusyLoadingError):
+        code = next((c for cls, c in STRIPPED_CODES.items() if isinstance(exc, cls)), "")
+        reply = PIPELINE_PREFIX.sub("", str(exc))  # redis-py's note on a pipeline's error
+        text = f"{code} {reply}" if code else reply
+        if found := REPLY_CODE.search(text):
+            return _refusal_of(found.group(1), text[found.start(1) :])
+        if isinstance(exc, ResponseError):
+            return None
+    if isinstance(exc, DataError):
+        return None
+    if isinstance(exc, RedisError | OSError):
+        return Unavailable(f"redis unavailable: {exc.__class__.__name__}")
+    return None
+
+
+def _refusal_of(code: str, reply: str) -> Unavailable:
+    """`WritesRefused`/`Unavailable` with the reply's first sentence (scripts' suffix cut)."""
+    reply = SCRIPT_SUFFIX.sub("", reply.strip())
+    first, dot, _ = reply.partition(". ")
+    detail = first + dot.strip()
+    if code in REFUSED_WRITES:
+        return WritesRefused(f"redis refusing writes: {REFUSED_WRITES[code]} ({detail})")
+    return Unavailable(f"redis unavailable: {UNAVAILABLE_REPLIES[code]} ({detail})")
+
+
+def raise_translated(exc: BaseException) -> NoReturn:
+    """Raise `redis_failure(exc)` from `exc`, or `exc` itself when it is no outage."""
+    if (failure := redis_failure(exc)) is None:
+        raise exc
+    raise failure from exc
+
+
 def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn connection-level Redis failures into `Unavailable` (HTTP 503)."""
+    """Turn Redis outages and refused writes into `Unavailable` (HTTP 503); see
+    `redis_failure`."""
 
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await func(*args, **kwargs)
-        except ResponseError as exc:
-            if str(exc).startswith(UNAVAILABLE_REPLIES):
-                raise Unavailable(f"redis: {exc}") from exc
-            raise
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+            raise_translated(exc)
 
     return wrapper
 
@@ -230,11 +306,15 @@ class Scripts:
         self._jobs: set[asyncio.Task[None]] = set()
 
     async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """The script's reply; an outage or a refused write raises `Unavailable`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append(_Call(name, keys, args, future))
-        return await future
+        try:
+            return await future
+        except (RedisError, OSError) as exc:
+            raise_translated(exc)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -255,6 +335,10 @@ class Scripts:
             await conn.disconnect()
             _fail_all(batch, exc)
             return
+        except BaseException as exc:  # a bug, or cancelled: no caller may wait forever
+            await conn.disconnect()
+            _fail_all(batch, exc)
+            raise
         finally:
             await pool.release(conn)
         if missing and not reloaded:
@@ -302,7 +386,11 @@ def _resp(args: Iterable[Any]) -> bytes:
 
 def _fail_all(batch: Iterable[_Call], exc: BaseException) -> None:
     for call in batch:
-        if not call.future.done():
+        if call.future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            call.future.cancel()
+        else:
             call.future.set_exception(exc)
 
 
@@ -840,7 +928,10 @@ class Streams:
         mode, cutoff = "all", "0"
         if older_than is not None:
             now_s, now_us = await self.redis.time()
-            cutoff = str(int(now_s) * 1000 + int(now_us) // 1000 - int(older_than * 1000))
+            cutoff_ms = int(now_s) * 1000 + int(now_us) // 1000 - int(older_than * 1000)
+            if cutoff_ms <= 0:  # before the epoch: nothing is that old (and no stream id is)
+                return 0
+            cutoff = str(cutoff_ms)
             mode = "before"
         removed = 0
         while True:
@@ -878,6 +969,13 @@ class Streams:
         return (await counts_of(self.redis, [self.keys]))[0]
 
     @translate_errors
+    async def health(self) -> dict[str, Any]:
+        """`counts`, plus a probe write (this process's probe key, expiring), so a Redis
+        that refuses writes raises `WritesRefused`, in the same round trip."""
+        probe = f"{self.keys.base}probe:{consumer_name()}"
+        return (await counts_of(self.redis, [self.keys], probe))[0]
+
+    @translate_errors
     async def consumers(self) -> list[dict[str, Any]]:
         """XINFO CONSUMERS of every priority stream, merged by consumer name."""
         return (await consumers_of(self.redis, [self.keys]))[0]
@@ -895,7 +993,9 @@ class Streams:
                 if message is not None:
                     yield kinds[_text(message["channel"])], _text(message["data"])
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+            # Subscribing and reading need no write: anything here is the connection's fault.
+            failure = redis_failure(exc) or Unavailable(f"redis pub/sub: {exc}")
+            raise failure from exc
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
@@ -958,8 +1058,12 @@ async def create_groups(client: Any, streams: Sequence[str], group: str) -> None
 
 
 @translate_errors
-async def counts_of(client: Any, queues: Sequence[Keys]) -> list[dict[str, Any]]:
-    """`Streams.counts` of several queues in two round trips, however many queues."""
+async def counts_of(
+    client: Any, queues: Sequence[Keys], probe: str | None = None
+) -> list[dict[str, Any]]:
+    """`Streams.counts` of several queues in two round trips, however many queues. With
+    `probe` (a key name), one tiny write rides along in the first: a Redis that refuses
+    writes raises `WritesRefused` although every read works."""
     pipe: Pipeline = client.pipeline(transaction=False)
     for k in queues:
         pipe.hgetall(k.counters)
@@ -967,7 +1071,11 @@ async def counts_of(client: Any, queues: Sequence[Keys]) -> list[dict[str, Any]]
         pipe.exists(k.paused)
         for key in k.streams:
             pipe.xpending(key, GROUP)
+    if probe is not None:
+        pipe.set(probe, b"1", px=PROBE_TTL_MS)
     first = await pipe.execute(raise_on_error=False)
+    if probe is not None and isinstance(wrote := first.pop(), Exception):
+        raise_translated(wrote)
     per = 3 + len(PRIORITY_ORDER)
     rows = [first[i * per : (i + 1) * per] for i in range(len(queues))]
     pipe = client.pipeline(transaction=False)

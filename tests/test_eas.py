@@ -164,6 +164,8 @@ async def test_bad_parameters_are_400(make_service, svc):
         ("GET", f"/api/predict/{svc}?_timeout_=soon"),
         ("GET", f"/api/predict/{svc}?_auto_delete_=maybe"),
         ("PUT", f"/api/predict/{svc}?_indexes_=1,x"),
+        ("PUT", f"/api/predict/{svc}?_indexes_=1,%C2%B2"),  # '²' is a digit, not ASCII
+        ("GET", f"/api/predict/{svc}?_index_=%C2%B2"),
         ("DELETE", f"/api/predict/{svc}?_trunc_=true"),
         ("POST", f"/api/predict/{svc}/sink?_priority_=1"),
     ]

@@ -1,5 +1,6 @@
-"""The README's PAI-EAS curl examples, run verbatim (only host and port replaced) with
-real curl against the service forwarding to a loopback target."""
+"""The PAI-EAS curl examples of docs/eas.md (moved there from the README), run verbatim
+(only host and port replaced) with real curl against the service forwarding to a loopback
+target."""
 
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ from tests.conftest import ROOT, serve_asgi
 MARKER = "<!-- eas-curl-examples"
 
 
-def readme_examples() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def eas_doc_examples() -> list[str]:
+    text = (ROOT / "docs" / "eas.md").read_text()
     block = text[text.index(MARKER) :]
     block = block[block.index("```sh\n") + 6 :]
     block = block[: block.index("\n```")]
     return [line for line in block.splitlines() if line.startswith("curl ")]
 
 
-async def test_readme_curl_examples_work_verbatim(make_service):
-    assert shutil.which("curl"), "curl is needed to run the README's examples"
+async def test_eas_doc_curl_examples_work_verbatim(make_service):
+    assert shutil.which("curl"), "curl is needed to run the examples of docs/eas.md"
     release = asyncio.Event()
 
     async def target(request: Request) -> Response:
@@ -39,7 +40,7 @@ async def test_readme_curl_examples_work_verbatim(make_service):
 
     served = await serve_asgi(Starlette(routes=[Route("/{p:path}", target, methods=["POST"])]))
     service = await make_service(eas_tokens=("secret",), eas_targets={"svc1": served.url})
-    lines = readme_examples()
+    lines = eas_doc_examples()
     assert len(lines) == 5
     outputs = []
     for n, line in enumerate(lines):
@@ -73,6 +74,6 @@ async def test_readme_curl_examples_work_verbatim(make_service):
     assert attrs["meta.name"] == "svc1" and attrs["stream.lastEntry"] == "2"
 
 
-@pytest.mark.parametrize("line", readme_examples())
-def test_readme_examples_name_the_documented_routes(line):
+@pytest.mark.parametrize("line", eas_doc_examples())
+def test_eas_doc_examples_name_the_documented_routes(line):
     assert re.search(r'"http://localhost:8081/api/predict/svc1[/?"]', line)

@@ -1,12 +1,13 @@
-"""Every Redis key the README's "Redis layout" names exists, under that name, after a
-workload that touches each structure: what an operator reads there, redis-cli finds."""
+"""Every Redis key docs/operations.md names (its "Redis layout", and the dashboard's keys)
+exists, under that name, after a workload that touches each structure: what an operator
+reads there, redis-cli finds."""
 
 from __future__ import annotations
 
 from app.streams import connect
 from tests.conftest import ROOT
 
-# README name -> glob for SCAN ({q} = the queue, S = a PAI-EAS service)
+# name in docs/operations.md -> glob for SCAN ({q} = the queue, S = a PAI-EAS service)
 NAMED = {
     "ts:{q}:stream:high": "ts:{%(q)s}:stream:high",
     "ts:{q}:task:<eval_id>": "ts:{%(q)s}:task:*",
@@ -18,6 +19,7 @@ NAMED = {
     "ts:{q}:dlq": "ts:{%(q)s}:dlq",
     "ts:{q}:dlq:index": "ts:{%(q)s}:dlq:index",
     "ts:{q}:cleanup-lock": "ts:{%(q)s}:cleanup-lock",
+    "ts:{q}:probe:<host:pid>": "ts:{%(q)s}:probe:*",
     "ts:{q}:events": "ts:{%(q)s}:events",
     "ts:{q}:events:m:<epoch minute>": "ts:{%(q)s}:events:m:*",
     "ts:{q}:paused": "ts:{%(q)s}:paused",
@@ -31,10 +33,10 @@ NAMED = {
 }
 
 
-async def test_every_key_the_readme_names_exists(service, redis_url, queue):
-    readme = (ROOT / "README.md").read_text()
+async def test_every_key_the_docs_name_exists(service, redis_url, queue):
+    doc = (ROOT / "docs" / "operations.md").read_text()
     for name in NAMED:
-        assert f"`{name}" in readme, f"README does not name {name}"
+        assert f"`{name}" in doc, f"docs/operations.md does not name {name}"
     http, svc = service.http, f"s.{queue[:8]}"
     for i in range(3):
         body = {"eval_id": f"t{i}", "code": "x", "priority": "high"}
@@ -51,6 +53,7 @@ async def test_every_key_the_readme_names_exists(service, redis_url, queue):
     dead = await http.post("/tasks/t1/fail", json={"error": "x", "retry": False})
     assert dead.json()["status"] == "failed"
     assert (await http.post(f"/queues/{queue}/pause")).status_code == 200
+    assert (await http.get("/health")).status_code == 200  # the write probe
     named = await http.post("/tasks", json={"code": "x", "queue": "gpu"})
     assert named.json()["status"] == "queued"
     auth = {"Authorization": "any"}

@@ -75,9 +75,9 @@ async def test_events_from_the_start_with_last_event_id_zero(service):
     assert event["data"]["eval_id"] == "old-1" and event["data"]["attempt"] is None
 
 
-async def test_bad_last_event_id_is_400(service):
+async def test_bad_last_event_id_is_422(service):
     response = await service.http.get("/events", headers={"Last-Event-ID": "yesterday"})
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "Last-Event-ID" in response.json()["error"]
 
 
@@ -97,8 +97,8 @@ async def test_stats_count_state_changes_per_minute(service):
     assert [m["minute"] for m in minutes] == sorted(m["minute"] for m in minutes)
     assert sum(m.get("queued", 0) for m in minutes) == 2
     assert sum(m.get("cancelled", 0) for m in minutes) == 1
-    for bad in ("0", "121", "x"):
-        assert (await service.http.get(f"/stats?minutes={bad}")).status_code == 400
+    for bad in ("0", "121", "x", "1.5", "-1"):
+        assert (await service.http.get(f"/stats?minutes={bad}")).status_code == 422
 
 
 async def test_dashboard_page_and_assets_are_served_locally(make_service):

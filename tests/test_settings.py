@@ -68,6 +68,7 @@ def test_every_variable_is_parsed() -> None:
         "DATA_DIR": "/tmp/ts-data",
         "QUEUE_NAME": "jobs.v2",
         "SHUTDOWN_GRACE": "1.5",
+        "SHUTDOWN_DELAY": "0.25",
         "EVENTS_MAXLEN": "500",
     }
     s = Settings.from_env(env)
@@ -90,6 +91,7 @@ def test_every_variable_is_parsed() -> None:
     assert s.data_dir == Path("/tmp/ts-data")
     assert s.queue == "jobs.v2"
     assert s.shutdown_grace == 1.5
+    assert s.shutdown_delay == 0.25
     assert s.events_maxlen == 500
     assert isinstance(s.port, int) and isinstance(s.task_timeout, float)
 
@@ -184,6 +186,8 @@ def test_log_levels_case_insensitive(level: str) -> None:
         ("MAX_BODY_BYTES", "0"),
         ("MAX_BODY_BYTES", "1MB"),
         ("SHUTDOWN_GRACE", "-1"),
+        ("SHUTDOWN_DELAY", "-0.5"),
+        ("SHUTDOWN_DELAY", "soon"),
         ("EVENTS_MAXLEN", "0"),
         ("EXECUTOR_COUNT", "two"),
         ("RETRY_JITTER", "maybe"),
