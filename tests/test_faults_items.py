@@ -31,12 +31,23 @@ import httpx
 import orjson
 import pytest
 
-from app.redis_server import free_port
+from app.redis_server import RedisServer, free_port
 from app.streams import connect
 from tests.conftest import ROOT, Process, wait_for
-from tests.faultrig import CONCURRENCY, FLOW, IN_FLIGHT, WORK, Rig, Rigs, Spawn
+from tests.faultrig import (
+    CONCURRENCY,
+    FLOW,
+    IN_FLIGHT,
+    LEASE,
+    WORK,
+    RedisServers,
+    Rig,
+    Rigs,
+    Spawn,
+)
 from tests.test_clock import base_env, clock_offset, faketime
 from tests.test_main import run
+from tests.test_refusals import assert_refused, out_of_memory
 from tests.totalqueue import Execution, Reply
 
 pytestmark = pytest.mark.timeout(120)
@@ -290,3 +301,68 @@ async def test_delayed_tasks_run_on_time_through_a_clock_skewed_replica(
     accepted_by = Counter(rig.load.target_of[i] for i in rig.recorder.accepted)
     assert accepted_by[r0.url] > FLOW and accepted_by[r1.url] > FLOW
     assert {e.via for e in first.values()} == {"/r0", "/r1"}
+
+
+# --- item 1: Redis out of memory -------------------------------------------------------------
+
+
+@pytest.fixture
+def dedicated_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
+    """A redis-server of the test's own, which it reconfigures."""
+    servers = RedisServers(tmp_path)
+    yield servers.make
+    servers.stop()
+
+
+async def test_redis_out_of_memory_under_load_answers_503_json_and_writes_nothing(
+    make_rig: MakeRig, dedicated_redis: Callable[[bool], RedisServer], queue: str
+):
+    """maxmemory below what is used, `noeviction` (tests/test_refusals.py's fault), until
+    each replica answered enqueues 503; then lifted. Every enqueue is answered 201 or 503
+    JSON (never a 500, never a closed connection), a refused enqueue left nothing (404),
+    the backlog accepted before drains meanwhile (settling is let through; every tenth
+    task runs 1.5 leases, so its lease is renewed out of memory), and everything accepted
+    completes once, none run twice."""
+    release = asyncio.Event()
+
+    async def decide(execution: Execution) -> Reply:
+        await release.wait()  # a backlog builds up until Redis is out of memory
+        return Reply(delay=1.5 * LEASE if execution.eval_id.endswith("7") else WORK)
+
+    server = dedicated_redis(False)
+    release.set()
+    rig = await make_rig(server.url, decide)
+    release.clear()
+    await rig.more("accepted", FLOW)
+    admin = connect(server.url)
+    try:
+        async with out_of_memory(admin):
+            await rig.more("indeterminate", 5)
+            backlog = set(rig.recorder.accepted) - {e.eval_id for e in rig.executor.executions}
+            release.set()
+            for url in rig.urls:
+                async with httpx.AsyncClient(base_url=url) as http:
+                    refused = await http.post("/tasks", json={"eval_id": "probe", "code": "x"})
+                    health = await http.get("/health")
+                assert_refused(refused, "out of memory", url)
+                assert health.status_code == 503 and health.json()["redis"] == "refusing writes"
+
+            async def backlog_drained() -> bool:
+                ran = {e.eval_id for e in rig.executor.executions}
+                return backlog <= ran and not backlog & {e.eval_id for e in rig.executor.open()}
+
+            await wait_for(backlog_drained, timeout=10)
+            await rig.more("indeterminate", 5)
+        await rig.more("accepted", FLOW)
+        report = (await rig.report()).check()
+    finally:
+        await admin.aclose()
+    print(report.summary(), dict(rig.recorder.answers))
+    assert set(rig.recorder.answers) == {"201 json", "503 json"}, rig.recorder.answers
+    assert len(backlog) >= FLOW
+    assert report.completed == report.accepted > 4 * FLOW
+    assert rig.drained is not None
+    written = {i: r for i, r in rig.drained.records.items() if i in rig.recorder.indeterminate}
+    assert len(written) == report.indeterminate >= 10 and not any(written.values())
+    audit = await asyncio.to_thread(run, "fsck", env={"REDIS_URL": server.url, "QUEUE_NAME": queue})
+    assert audit.returncode == 0, audit.stdout + audit.stderr
