@@ -366,3 +366,61 @@ async def test_redis_out_of_memory_under_load_answers_503_json_and_writes_nothin
     assert len(written) == report.indeterminate >= 10 and not any(written.values())
     audit = await asyncio.to_thread(run, "fsck", env={"REDIS_URL": server.url, "QUEUE_NAME": queue})
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+# --- item 8: SIGTERM to a replica with tasks in flight -------------------------------------------
+
+DRAIN = {"SHUTDOWN_GRACE": "2", "SHUTDOWN_DELAY": "2.5"}
+
+
+async def test_sigterm_to_a_replica_with_tasks_in_flight_under_load(
+    make_rig: MakeRig, redis_url: str
+):
+    """r0 holds CONCURRENCY tasks at the executor when it gets SIGTERM. It drains: /readyz
+    503 at once, /livez 200, enqueues still 201 (the test, as a load balancer would, stops
+    sending once it saw the 503 and r0 answered FLOW more). Two of its tasks are answered
+    within SHUTDOWN_GRACE and complete there; two are still held at the end of the grace,
+    aborted and released, and r1 runs them again: the only repeats. r0 exits 0; every
+    enqueue sent was answered 201 and nothing is lost."""
+    held = asyncio.Event()
+    finish = asyncio.Event()
+    holding: list[str] = []
+
+    async def decide(execution: Execution) -> Reply:
+        if held.is_set() and execution.via == "/r0":
+            holding.append(execution.eval_id)
+            await (finish if len(holding) <= 2 else asyncio.Event()).wait()
+        return Reply(delay=WORK)
+
+    rig = await make_rig(redis_url, decide, DRAIN)
+    r0, r1 = rig.replicas
+    held.set()
+
+    async def full() -> bool:
+        return len(holding) == CONCURRENCY
+
+    await wait_for(full, timeout=10)
+    r0.proc.send_signal(signal.SIGTERM)
+    async with httpx.AsyncClient(base_url=r0.url, timeout=5) as http:
+        readyz = await wait_for(lambda: answered(http, "/readyz", 503), timeout=2)
+        assert "SIGTERM" in readyz.json()["error"]
+        await rig.more("accepted", FLOW, [r0.url])
+        assert (await http.get("/livez")).status_code == 200
+        rig.load.targets.remove(r0.url)
+        finish.set()
+    assert await asyncio.to_thread(r0.proc.wait, 15) == 0, r0.output()
+    await rig.more("accepted", FLOW, [r1.url])
+
+    report = (await rig.report()).check(max_duplicates=CONCURRENCY)
+    print(report.summary())
+    assert set(rig.recorder.answers) == {"201 json"}, rig.recorder.answers
+    assert report.completed == report.accepted > 4 * FLOW
+    finished, released = holding[:2], holding[2:CONCURRENCY]
+    assert dict(report.duplicated) == dict.fromkeys(released, 2), report.summary()
+    runs = {(e.eval_id, e.attempt, e.via) for e in rig.executor.executions}
+    assert {(i, 1, "/r0") for i in finished} | {(i, 2, "/r1") for i in released} <= runs
+
+
+async def answered(http: httpx.AsyncClient, path: str, status: int) -> httpx.Response | None:
+    response = await http.get(path)
+    return response if response.status_code == status else None
