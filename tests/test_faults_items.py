@@ -11,6 +11,10 @@ executor; tests/faultrig.py), one fault, a drain, the total-queue report and its
   only as wire's re-send of a request whose connection was reset.
 - item 5: one replica's clock 120 s off (faketime) next to a normal one: delayed tasks run
   on time by the real clock whichever replica accepted them.
+- item 1: Redis out of memory (maxmemory, `noeviction`): every enqueue answered 201 or 503
+  JSON, a refused one wrote nothing, the backlog drains meanwhile, all accepted complete.
+- item 8: SIGTERM to a replica holding tasks: /readyz 503 and /livez 200 while it drains,
+  every enqueue sent to it answered, exit 0, repeats only of what it held past the grace.
 """
 
 from __future__ import annotations
