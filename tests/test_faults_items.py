@@ -108,7 +108,7 @@ async def test_executor_connection_resets_count_one_attempt_per_key(
     report = (await rig.report()).check(max_duplicates=len(resets))
     print(report.summary())
     assert rig.drained is not None
-    assert report.completed == report.accepted > 4 * FLOW
+    assert report.completed == report.accepted >= 4 * FLOW
     assert report.executions == report.accepted + len(resets), report.summary()
     assert report.keyed == report.executions and not report.bad_keys
 
@@ -290,7 +290,7 @@ async def test_delayed_tasks_run_on_time_through_a_clock_skewed_replica(
 
     report = (await rig.report()).check()
     print(report.summary())
-    assert report.completed == report.accepted > 6 * FLOW
+    assert report.completed == report.accepted >= 6 * FLOW
     first: dict[str, Execution] = {}
     for execution in rig.executor.executions:
         first.setdefault(execution.eval_id, execution)
@@ -364,7 +364,7 @@ async def test_redis_out_of_memory_under_load_answers_503_json_and_writes_nothin
     print(report.summary(), dict(rig.recorder.answers))
     assert set(rig.recorder.answers) == {"201 json", "503 json"}, rig.recorder.answers
     assert len(backlog) >= FLOW
-    assert report.completed == report.accepted > 4 * FLOW
+    assert report.completed == report.accepted >= 4 * FLOW
     assert rig.drained is not None
     written = {i: r for i, r in rig.drained.records.items() if i in rig.recorder.indeterminate}
     assert len(written) == report.indeterminate >= 10 and not any(written.values())
@@ -418,7 +418,7 @@ async def test_sigterm_to_a_replica_with_tasks_in_flight_under_load(
     report = (await rig.report()).check(max_duplicates=CONCURRENCY)
     print(report.summary())
     assert set(rig.recorder.answers) == {"201 json"}, rig.recorder.answers
-    assert report.completed == report.accepted > 4 * FLOW
+    assert report.completed == report.accepted >= 4 * FLOW
     finished, released = holding[:2], holding[2:CONCURRENCY]
     assert dict(report.duplicated) == dict.fromkeys(released, 2), report.summary()
     runs = {(e.eval_id, e.attempt, e.via) for e in rig.executor.executions}
