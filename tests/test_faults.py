@@ -9,182 +9,63 @@ its AOF; redis-server paused (SIGSTOP) past the command timeout and the lease; e
 connection cut, then black-holed, by a TCP proxy (tests/tcpproxy.py).
 
 The executor, the proxy and the load all run in the test's event loop; each replica has
-its own executor base URL (`/r0`, `/r1`), so the executor knows who sent each call. Short
-leases (LEASE_TIMEOUT=1) keep the drain after a fault quick. Longer chaos runs: bench/chaos.py.
+its own executor base URL (`/r0`, `/r1`), so the executor knows who sent each call (the
+rig: tests/faultrig.py). Faults of issue 11's items: tests/test_faults_items.py. Longer
+chaos runs: bench/chaos.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import redis
 
-from app.redis_server import RedisServer, find_binary
-from tests.conftest import Process, wait_for
-from tests.tcpproxy import TcpProxy
-from tests.totalqueue import (
-    Execution,
-    Load,
-    Recorder,
-    RecordingExecutor,
-    Reply,
-    Report,
-    analyse,
-    drain,
-    http_lookup,
+from app.redis_server import RedisServer
+from tests.conftest import wait_for
+from tests.faultrig import (
+    CONCURRENCY,
+    FLOW,
+    IN_FLIGHT,
+    REPLICAS,
+    WORK,
+    RedisServers,
+    Rig,
+    Rigs,
+    Spawn,
+    consumed_since,
 )
+from tests.tcpproxy import TcpProxy
+from tests.totalqueue import Execution, Reply
 
 pytestmark = pytest.mark.timeout(120)
 
-Spawn = Callable[..., Process]
-CONCURRENCY = 4  # per replica: the most tasks a replica holds, so the repeat bound
-REPLICAS = 2
-RATE = 100.0  # enqueues per second, spread over the replicas
-WORK = 0.05  # seconds the executor takes per task
-LEASE = 1.0
-FLOW = 20  # enqueues each replica must accept to show it is (again) serving
-IN_FLIGHT = REPLICAS * CONCURRENCY  # all the tasks the replicas hold at once
 # A stall of Redis (pause, black hole) makes every task in flight run again, once: its
 # outcome could not be written within the lease. (A renewal answer the stall held back
 # aborts only the attempt it was sent for, never a newer one: see
 # test_consumers.test_a_late_lease_loss_of_an_old_attempt_spares_the_newer_one.)
 STALL_REPEATS = IN_FLIGHT
-
-
-# --- the rig: replicas, executor, load ------------------------------------------------
-
-
-@dataclass
-class Rig:
-    """Two replicas on one Redis, the recording executor, the load and its recorder."""
-
-    replicas: list[Process]
-    executor: RecordingExecutor
-    recorder: Recorder = field(default_factory=Recorder)
-    load: Load = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.load = Load(self.recorder, self.urls, rate=RATE, prefix="f")
-
-    @property
-    def urls(self) -> list[str]:
-        return [p.url for p in self.replicas]
-
-    def count(self, url: str, kind: str) -> int:
-        return self.load.counts[(url, kind)]
-
-    async def more(self, kind: str, n: int, urls: list[str] | None = None, timeout: float = 20):
-        """Wait until each replica in `urls` (default: the load's targets) answered `n` more
-        enqueues of `kind` (accepted, indeterminate) than now."""
-        urls = list(self.load.targets) if urls is None else urls
-        base = {url: self.count(url, kind) for url in urls}
-
-        async def enough() -> bool:
-            return all(self.count(url, kind) - base[url] >= n for url in urls)
-
-        try:
-            await wait_for(enough, timeout)
-        except AssertionError:
-            counts = dict(self.load.counts)
-            raise AssertionError(f"not {n} more {kind} on each of {urls}: {counts}") from None
-
-    async def report(self, timeout: float = 30.0) -> Report:
-        """Stop the load, drain through a live replica, analyse."""
-        await self.load.stop()
-        live = next(p for p in self.replicas if p.proc.poll() is None)
-        async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-            drained = await drain(
-                http_lookup(http), self.recorder.ids(), self.executor, timeout, quiet=LEASE + 0.5
-            )
-        return analyse(self.recorder, self.executor.executions, drained.records)
-
-
 MakeRig = Callable[..., Awaitable[Rig]]
 
 
 @pytest.fixture
 async def make_rig(spawn_service: Spawn, queue: str) -> AsyncIterator[MakeRig]:
-    rigs: list[Rig] = []
-
-    async def make(redis_url: str, decide: Any = None) -> Rig:
-        executor = await RecordingExecutor(delay=WORK, decide=decide).start()
-        replicas = [spawn_service(_env(redis_url, queue, executor, i), False) for i in range(2)]
-        await asyncio.gather(*(_ready(p) for p in replicas))
-        rig = Rig(replicas, executor)
-        rigs.append(rig)
-        rig.load.start()
-        await rig.more("accepted", FLOW)
-        return rig
-
-    yield make
-    for rig in rigs:
-        await rig.load.stop()
-        await rig.executor.stop()
-
-
-def _env(redis_url: str, queue: str, executor: RecordingExecutor, i: int) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis_url,
-        "QUEUE_NAME": queue,
-        "EXECUTOR_URLS": f"{executor.url}/r{i}",
-        "CONCURRENCY": str(CONCURRENCY),
-        "LEASE_TIMEOUT": str(LEASE),
-        "HEALTH_INTERVAL": "0.5",
-        "SHUTDOWN_GRACE": "1",
-    }
-
-
-async def _ready(process: Process, timeout: float = 30.0) -> None:
-    """Wait until the replica answers /readyz (it reached Redis), without blocking the loop."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=process.url, timeout=2) as http:
-        while True:
-            if process.proc.poll() is not None:
-                raise RuntimeError(f"service exited early:\n{process.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready:\n{process.output()}")
-            await asyncio.sleep(0.05)
+    rigs = Rigs(spawn_service, queue)
+    yield rigs.make
+    await rigs.close()
 
 
 @pytest.fixture
 def dedicated_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
     """A redis-server of the test's own on a loopback port, which the test may kill."""
-    servers: list[RedisServer] = []
-    binary = find_binary(prefer=os.environ.get("TASKSTREAM_TEST_REDIS", "path"))
-
-    def make(appendonly: bool) -> RedisServer:
-        server = RedisServer(
-            tmp_path / f"redis{len(servers)}",
-            appendonly=appendonly,
-            binary=binary,
-            unix_socket=False,
-        )
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.resume()
-        server.stop()
-
-
-def consumed_since(rig: Rig, moment: float) -> set[str]:
-    """The replicas (executor prefixes) that ran a task after `moment`."""
-    return {e.via for e in rig.executor.executions if e.at > moment}
+    servers = RedisServers(tmp_path)
+    yield servers.make
+    servers.stop()
 
 
 # --- the proxy itself -----------------------------------------------------------------------

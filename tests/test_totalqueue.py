@@ -1,6 +1,7 @@
 """The total-queue checker (tests/totalqueue.py) catches what it must: a lost task, a
-repeat execution, an execution nobody enqueued, a malformed Idempotency-Key; and tells
-a recovered write (an indeterminate enqueue that ran) from an unexpected one."""
+repeat execution, an execution nobody enqueued, a malformed Idempotency-Key, a task
+dead-lettered as lost whose entry the fault did not destroy; tells a recovered write (an
+indeterminate enqueue that ran) from an unexpected one; and records how answers looked."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from app.redis_server import free_port
 from tests.conftest import ROOT, Service, wait_for
+from tests.test_wire import RawServer
 from tests.totalqueue import (
     Execution,
     Load,
@@ -257,3 +259,78 @@ async def test_the_executor_as_a_process_records_to_a_file(tmp_path: Path):
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+def test_a_task_dead_lettered_as_lost_passes_only_when_the_fault_destroyed_it():
+    recorder = Recorder()
+    for eval_id in ("ok", "gone", "spared", "stuck"):
+        recorder.record(eval_id, 201)
+    lost_error = "stream entry lost: 1-0 (default) was deleted while the task was queued"
+    records: dict[str, Mapping[str, Any] | None] = {
+        "ok": {"status": "completed", "attempts": 1},
+        "gone": {"status": "failed", "error": lost_error},
+        "spared": {"status": "failed", "error": lost_error},
+        "stuck": {"status": "queued"},
+    }
+    report = analyse(recorder, [Execution("ok", 1, "ok:1", "", 0.0)], records)
+    assert dict(report.dead_lettered_lost) == {"gone": lost_error, "spared": lost_error}
+    assert dict(report.lost) == {"stuck": "queued"} and report.completed == 1
+    with pytest.raises(AssertionError) as caught:
+        report.check(destroyed={"gone", "stuck"})
+    first = str(caught.value).splitlines()[0]
+    assert first == (
+        "1 accepted task(s) never completed; 1 task(s) dead-lettered as lost whose stream "
+        "entries the fault did not destroy"
+    )
+    assert "dead-lettered as lost 2 (stream entries the fault destroyed: 2)" in str(caught.value)
+    assert "dead-lettered as lost, entry not destroyed: spared" in str(caught.value)
+    del records["stuck"], records["spared"]
+    recorder.accepted -= {"stuck", "spared"}
+    passed = analyse(recorder, [Execution("ok", 1, "ok:1", "", 0.0)], records).check(
+        destroyed={"gone"}
+    )
+    assert passed.destroyed == {"gone"} and passed.as_dict()["dead_lettered_lost"] == {
+        "gone": lost_error
+    }
+    other = {"status": "failed", "error": "executor answered 400"}
+    assert dict(analyse(recorder, [], {"ok": None, "gone": other}).lost) == {
+        "ok": "missing",
+        "gone": "failed",
+    }
+
+
+async def test_the_recorder_tells_how_each_answer_looked():
+    """A raw loopback server answers by path: JSON, text, broken JSON, or no answer."""
+    answers = {
+        b"/json/": (503, b"application/json", b'{"error": "redis unavailable: OOM"}'),
+        b"/text/": (500, b"text/plain; charset=utf-8", b"Internal Server Error"),
+        b"/bad-json/": (500, b"application/json", b"{"),
+    }
+
+    async def reply(request: bytes) -> bytes | None:
+        path = request.split(b" ", 2)[1].removesuffix(b"tasks")
+        if path not in answers:
+            return None  # closed without an answer
+        status, kind, body = answers[path]
+        head = b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+        return head % (status, kind, len(body)) + body
+
+    raw = RawServer(reply)
+    raw.server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+    recorder = Recorder()
+    try:
+        for path in ("json", "text", "bad-json", "cut"):
+            async with httpx.AsyncClient(base_url=f"{raw.url}/{path}/") as http:
+                await recorder.enqueue(http, path)
+    finally:
+        raw.server.close()
+    assert recorder.answers == {
+        "503 json": 1,
+        "500 text/plain": 1,
+        "500 application/json, not JSON": 1,
+        "no answer: RemoteProtocolError": 1,
+    }
+    assert set(recorder.indeterminate) == {"json", "text", "bad-json", "cut"}
+    assert set(recorder.timings) == {"json", "text", "bad-json"}
+    sent, answered = recorder.timings["json"]
+    assert sent <= answered

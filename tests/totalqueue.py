@@ -8,6 +8,8 @@ The parts, each usable alone:
   definite refusal (a 4xx, or a connection that could not even be opened) is *refused*;
   anything that leaves the write's fate unknown (503, another 5xx, a reset or a timeout
   after the request went out) is *indeterminate*: the service may have stored it anyway.
+  It also counts how each answer looked (`answers`: "201 json", "500 text/plain", "no
+  answer: ReadError") and when each enqueue went out and came back (`timings`).
 - `Load`, an open-loop enqueue generator at a fixed rate over a list of replicas (the list
   may change while it runs), recording into a `Recorder`.
 - `RecordingExecutor`, a real loopback HTTP executor (asyncio + httptools) that records
@@ -19,9 +21,10 @@ The parts, each usable alone:
   FILE` writes one JSON line per execution, which `read_executions` loads.
 - `drain` polls the service until every task is terminal, then waits for a quiet period
   with no new execution; `analyse` compares the three records and returns a `Report`,
-  whose `check(max_duplicates=...)` fails on any loss, any unexpected execution, any
-  malformed Idempotency-Key, any execution the record does not count, or more repeat
-  executions than the fault allows.
+  whose `check(max_duplicates=..., destroyed=...)` fails on any loss, any unexpected
+  execution, any malformed Idempotency-Key, any execution the record does not count, more
+  repeat executions than the fault allows, or a task dead-lettered as lost ("stream entry
+  lost") that is not among those whose stream entries the fault destroyed.
 
 Imports: stdlib, httptools, orjson, httpx; nothing of pytest or app/, so bench/chaos.py
 uses it too.
@@ -48,6 +51,8 @@ import httpx
 import orjson
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
+# The error of a task dead-lettered because its stream entry (its payload) was deleted.
+LOST_ENTRY = "stream entry lost"
 IDEMPOTENCY_KEY = b"idempotency-key"
 SHOWN = 10  # ids listed per class in the summary
 
@@ -63,6 +68,11 @@ class Recorder:
     accepted: set[str] = field(default_factory=set)
     indeterminate: dict[str, str] = field(default_factory=dict)  # eval_id -> what happened
     refused: dict[str, str] = field(default_factory=dict)
+    # How each answer looked, for faults whose answers matter ("201 json", "503 json",
+    # "500 text/plain", "no answer: ReadError"): see `answer_kind`.
+    answers: Counter[str] = field(default_factory=Counter)
+    # eval_id -> (time.monotonic() as the request left, as its answer came) of its last enqueue
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def record(self, eval_id: str, status: int | None, error: str = "") -> str:
         """Record one answer (`status` None: none came, `error` says why); returns the class."""
@@ -85,12 +95,17 @@ class Recorder:
         self, http: httpx.AsyncClient, eval_id: str, **fields: Any
     ) -> tuple[str, int | None]:
         """POST /tasks one task and record the answer: (class, status or None)."""
+        sent = time.monotonic()
         try:
             response = await http.post("/tasks", json={"eval_id": eval_id, "code": "x", **fields})
         except httpx.ConnectError as exc:  # no connection, so nothing was sent
+            self.answers[f"not sent: {exc.__class__.__name__}"] += 1
             return self.not_sent(eval_id, f"connect failed: {exc.__class__.__name__}"), None
         except httpx.HTTPError as exc:
+            self.answers[f"no answer: {exc.__class__.__name__}"] += 1
             return self.record(eval_id, None, exc.__class__.__name__), None
+        self.timings[eval_id] = (sent, time.monotonic())
+        self.answers[answer_kind(response)] += 1
         return self.record(eval_id, response.status_code), response.status_code
 
     def not_sent(self, eval_id: str, why: str) -> str:
@@ -107,11 +122,25 @@ class Recorder:
         return self.accepted | set(self.indeterminate)
 
 
+def answer_kind(response: httpx.Response) -> str:
+    """ "<status> json" for a JSON object body sent as application/json, else "<status>
+    <content type>": a fault test can require every answer to be JSON (no 500 text/plain)."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    if kind == "application/json":
+        try:
+            if isinstance(orjson.loads(response.content), dict):
+                return f"{response.status_code} json"
+        except orjson.JSONDecodeError:
+            kind = "application/json, not JSON"
+    return f"{response.status_code} {kind}"
+
+
 @dataclass
 class Load:
     """Enqueue at `rate` tasks/s, round-robin over `targets` (base URLs; change the list
     while it runs to stop sending to a replica), at most `max_in_flight` requests open.
-    Ids are `{prefix}-{n}`. Counts per target and outcome are in `counts`."""
+    Ids are `{prefix}-{n}`; `fields(eval_id)` (optional) adds to each body (say, a delay).
+    Counts per target and outcome are in `counts`; the target of each id in `target_of`."""
 
     recorder: Recorder
     targets: list[str]
@@ -119,7 +148,9 @@ class Load:
     prefix: str = "t"
     max_in_flight: int = 32
     timeout: float = 10.0
+    fields: Callable[[str], Mapping[str, Any]] | None = None
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    target_of: dict[str, str] = field(default_factory=dict)
     sent: int = 0
     _clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     _job: asyncio.Task[None] | None = None
@@ -161,8 +192,10 @@ class Load:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     async def _one(self, target: str, eval_id: str, slots: asyncio.Semaphore) -> None:
+        fields = {} if self.fields is None else self.fields(eval_id)
+        self.target_of[eval_id] = target
         try:
-            kind, _ = await self.recorder.enqueue(self._client(target), eval_id)
+            kind, _ = await self.recorder.enqueue(self._client(target), eval_id, **fields)
             self.counts[(target, kind)] += 1
         finally:
             slots.release()
@@ -492,7 +525,12 @@ async def _look(
 @dataclass(frozen=True)
 class Report:
     """accepted / completed / lost / duplicated / unexpected / recovered, and the checks
-    on Idempotency-Key and attempts. Build it with `analyse`."""
+    on Idempotency-Key and attempts. Build it with `analyse`.
+
+    A task dead-lettered because its stream entry was deleted (error "stream entry lost")
+    is not in `lost` but in `dead_lettered_lost`: when a fault destroys payloads, that is
+    the promised end of those tasks. `check` accepts it only for the tasks the test says
+    the fault destroyed (`destroyed`); anywhere else it is a loss like any other."""
 
     accepted: int
     completed: int
@@ -507,17 +545,25 @@ class Report:
     keyed: int  # executions that carried an Idempotency-Key
     bad_keys: Sequence[str]  # keys that are not "<eval_id>:<attempt>"
     uncounted: Mapping[str, tuple[int, int]]  # eval_id -> (record attempts, attempts run)
+    dead_lettered_lost: Mapping[str, str] = field(default_factory=dict)  # eval_id -> error
     max_duplicates: int | None = None  # the bound the last check used (for the summary)
+    destroyed: frozenset[str] = frozenset()  # what the last check was told the fault destroyed
 
     @property
     def extra_executions(self) -> int:
         """Executions beyond the first of each task."""
         return sum(n - 1 for n in self.duplicated.values())
 
-    def problems(self, max_duplicates: int = 0) -> list[str]:
+    def problems(self, max_duplicates: int = 0, destroyed: Iterable[str] = ()) -> list[str]:
         found = []
         if self.lost:
             found.append(f"{len(self.lost)} accepted task(s) never completed")
+        spared = set(self.dead_lettered_lost) - set(destroyed)
+        if spared:
+            found.append(
+                f"{len(spared)} task(s) dead-lettered as lost whose stream entries the fault "
+                "did not destroy"
+            )
         if self.unexpected:
             found.append(f"{len(self.unexpected)} execution(s) of tasks nobody enqueued")
         if self.extra_executions > max_duplicates:
@@ -531,11 +577,15 @@ class Report:
             found.append(f"{len(self.uncounted)} task(s) ran more attempts than they count")
         return found
 
-    def check(self, max_duplicates: int = 0) -> Report:
+    def check(self, max_duplicates: int = 0, destroyed: Iterable[str] = ()) -> Report:
         """Raise AssertionError (with the summary) on any problem; `max_duplicates` is how
-        many repeat executions the fault may cause (the tasks a killed process held)."""
-        bounded = dataclasses.replace(self, max_duplicates=max_duplicates)
-        problems = bounded.problems(max_duplicates)
+        many repeat executions the fault may cause (the tasks a killed process held);
+        `destroyed`, the tasks whose stream entries the fault deleted (they may end
+        dead-lettered as lost)."""
+        bounded = dataclasses.replace(
+            self, max_duplicates=max_duplicates, destroyed=frozenset(destroyed)
+        )
+        problems = bounded.problems(max_duplicates, bounded.destroyed)
         if problems:
             raise AssertionError("; ".join(problems) + "\n" + bounded.summary())
         return bounded
@@ -551,7 +601,15 @@ class Report:
             f"execution(s){bound}; repeated keys {self.repeated_keys}; Idempotency-Key on "
             f"{self.keyed} of {self.executions}",
         ]
+        if self.dead_lettered_lost or self.destroyed:
+            lines.insert(
+                2,
+                f"  dead-lettered as lost {len(self.dead_lettered_lost)} (stream entries the "
+                f"fault destroyed: {len(self.destroyed)})",
+            )
         lines += _listed("lost", [f"{i} ({s})" for i, s in sorted(self.lost.items())])
+        spared = sorted(set(self.dead_lettered_lost) - self.destroyed)
+        lines += _listed("dead-lettered as lost, entry not destroyed", spared)
         lines += _listed("unexpected", sorted(self.unexpected))
         lines += _listed("duplicated", [f"{i} x{n}" for i, n in sorted(self.duplicated.items())])
         lines += _listed("bad keys", sorted(self.bad_keys))
@@ -569,6 +627,7 @@ class Report:
             "indeterminate": self.indeterminate,
             "executions": self.executions,
             "lost": dict(self.lost),
+            "dead_lettered_lost": dict(self.dead_lettered_lost),
             "duplicated": dict(self.duplicated),
             "extra_executions": self.extra_executions,
             "max_duplicates": self.max_duplicates,
@@ -597,10 +656,16 @@ def analyse(
     runs: defaultdict[str, list[Execution]] = defaultdict(list)
     for execution in executions:
         runs[execution.eval_id].append(execution)
-    lost = {
-        eval_id: _fate(records.get(eval_id), eval_id in runs)
+    unfinished = {
+        eval_id: records.get(eval_id)
         for eval_id in recorder.accepted
         if not _completed(records.get(eval_id), eval_id in runs)
+    }
+    entry_lost = {i: _lost_entry(r) for i, r in unfinished.items() if _lost_entry(r)}
+    lost = {
+        eval_id: _fate(record, eval_id in runs)
+        for eval_id, record in unfinished.items()
+        if eval_id not in entry_lost
     }
     strangers = set(runs) - recorder.accepted
     recovered = sorted(strangers & set(recorder.indeterminate))
@@ -611,7 +676,7 @@ def analyse(
         seen.add(execution.identity)
     return Report(
         accepted=len(recorder.accepted),
-        completed=len(recorder.accepted) - len(lost),
+        completed=len(recorder.accepted) - len(unfinished),
         refused=len(recorder.refused),
         indeterminate=len(recorder.indeterminate),
         executions=len(executions),
@@ -625,11 +690,20 @@ def analyse(
             {e.key for e in executions if e.key is not None and e.key != f"{e.eval_id}:{e.attempt}"}
         ),
         uncounted=_uncounted(runs, records),
+        dead_lettered_lost=entry_lost,
     )
 
 
 def _completed(record: Mapping[str, Any] | None, ran: bool) -> bool:
     return ran and record is not None and record.get("status") == "completed"
+
+
+def _lost_entry(record: Mapping[str, Any] | None) -> str:
+    """The error of a task dead-lettered because its stream entry was deleted, else ""."""
+    if record is None or record.get("status") != "failed":
+        return ""
+    error = str(record.get("error") or "")
+    return error if error.startswith(LOST_ENTRY) else ""
 
 
 def _fate(record: Mapping[str, Any] | None, ran: bool) -> str:
