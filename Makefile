@@ -58,10 +58,10 @@ bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk 
 chaos: $(VENV)/.dev-deps  ## minutes of replica and Redis kills under load, then the total-queue report (bench/chaos.py; CHAOS_ARGS="--duration 60 ...")
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
-proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
+proto:  ## regenerate app/eas/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
 	$(PYTHON) -m venv /tmp/taskstream-protoc
 	/tmp/taskstream-protoc/bin/pip install -q 'grpcio-tools>=1.62,<1.63'
-	cd app/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
+	cd app/eas/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) $(UV_VENV) .mypy_cache .ruff_cache .pytest_cache

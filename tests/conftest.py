@@ -27,11 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.executors import ExecutorPool
-from app.http import create_app
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.queue import Queue
 from app.redis_server import RedisServer, find_binary, free_port
+from app.runtime.executors import ExecutorPool
 from app.settings import RetryPolicy, Settings
-from app.streams import Streams, connect
+from app.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,8 +93,8 @@ async def client(redis_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def streams(client: Any, settings: Settings) -> Streams:
-    return Streams(client, settings)
+def streams(client: Any, settings: Settings) -> Queue:
+    return Engine(client, settings).default
 
 
 async def wait_for(

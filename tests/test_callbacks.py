@@ -16,12 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import __version__, callbacks
-from app.callbacks import CallbackSender, Target
+from app import __version__
+from app.engine.callbacks import CallbackStream
+from app.engine.engine import Engine
+from app.engine.keys import CALLBACK_GROUP
 from app.models import TaskRequest
 from app.redis_server import free_port
+from app.runtime import callbacks
+from app.runtime.callbacks import CallbackSender, Target
 from app.settings import RetryPolicy, Settings
-from app.streams import CALLBACK_GROUP, CallbackStream, Streams
 from tests.conftest import Served, serve_asgi, wait_for
 from tests.test_wire import RawServer, ok
 
@@ -271,7 +274,7 @@ async def test_an_entry_held_by_a_dead_sender_is_taken_over(
 ):
     receiver = await make_receiver()
     settings = make_settings(lease_timeout=0.6)
-    streams = Streams(client, settings)
+    streams = Engine(client, settings).default
     await streams.ensure_groups()
     req = TaskRequest.parse({"eval_id": "orphan", "code": "x", "callback_url": receiver.url})
     await streams.enqueue(req)
@@ -289,7 +292,7 @@ async def test_an_entry_held_by_a_dead_sender_is_taken_over(
     assert (await client.xpending(streams.keys.callbacks, CALLBACK_GROUP))["pending"] == 0
 
 
-# --- one POST, against a raw loopback server (app/wire.py underneath) -------------------
+# --- one POST, against a raw loopback server (app/runtime/wire.py underneath) -------------------
 
 
 @pytest.fixture

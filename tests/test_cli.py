@@ -17,9 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
+from app.engine import admin
+from app.engine.engine import Engine
+from app.engine.queue import Queue
 from app.models import TaskRequest
 from app.settings import Settings
-from app.streams import Streams
 from tests.conftest import ROOT, wait_for
 from tests.test_main import dead_redis_url, one_line, run
 
@@ -50,11 +52,11 @@ async def start(*args: str, env: dict[str, str], stdin: bool = False) -> asyncio
     )
 
 
-async def add(streams: Streams, eval_id: str, **data: Any) -> None:
+async def add(streams: Queue, eval_id: str, **data: Any) -> None:
     await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **data}))
 
 
-async def dead_letter(streams: Streams, eval_id: str, error: str = "boom") -> None:
+async def dead_letter(streams: Queue, eval_id: str, error: str = "boom") -> None:
     """A task in the DLQ: enqueued, claimed, failed without retry."""
     await add(streams, eval_id)
     claimed = await streams.claim("test-worker", 1, 30)
@@ -64,7 +66,7 @@ async def dead_letter(streams: Streams, eval_id: str, error: str = "boom") -> No
 
 
 @pytest.fixture
-async def qstreams(streams: Streams) -> Streams:
+async def qstreams(streams: Queue) -> Queue:
     await streams.ensure_groups()
     return streams
 
@@ -72,7 +74,7 @@ async def qstreams(streams: Streams) -> Streams:
 # --- task ---------------------------------------------------------------------------
 
 
-async def test_task_json_prints_the_record(redis_url: str, queue: str, qstreams: Streams):
+async def test_task_json_prints_the_record(redis_url: str, queue: str, qstreams: Queue):
     await add(qstreams, "t1", priority="high")
     code, out, err = await arun("task", "t1", "--json", env=env_of(redis_url, queue))
     assert code == 0, err
@@ -83,7 +85,7 @@ async def test_task_json_prints_the_record(redis_url: str, queue: str, qstreams:
     assert record["position"] == 1
 
 
-async def test_task_text_has_one_line_per_field(redis_url: str, queue: str, qstreams: Streams):
+async def test_task_text_has_one_line_per_field(redis_url: str, queue: str, qstreams: Queue):
     await add(qstreams, "t1")
     code, out, err = await arun("task", "t1", env=env_of(redis_url, queue))
     assert code == 0, err
@@ -110,7 +112,7 @@ def test_task_with_an_invalid_id_exits_2(redis_url: str, queue: str):
 
 
 async def test_enqueue_prints_the_answer_and_stores_the_task(
-    redis_url: str, queue: str, qstreams: Streams
+    redis_url: str, queue: str, qstreams: Queue
 ):
     code, out, err = await arun(
         "enqueue",
@@ -129,7 +131,7 @@ async def test_enqueue_prints_the_answer_and_stores_the_task(
     assert claimed.tasks[0].payload["code"] == "print(6*7)"
 
 
-async def test_enqueue_with_delay_is_scheduled(redis_url: str, queue: str, qstreams: Streams):
+async def test_enqueue_with_delay_is_scheduled(redis_url: str, queue: str, qstreams: Queue):
     code, out, err = await arun("enqueue", "x", "--delay", "60", env=env_of(redis_url, queue))
     assert code == 0, err
     answer = orjson.loads(out)
@@ -137,7 +139,7 @@ async def test_enqueue_with_delay_is_scheduled(redis_url: str, queue: str, qstre
     assert (await qstreams.get(answer["eval_id"]))["status"] == "scheduled"
 
 
-async def test_enqueue_reads_code_from_stdin(redis_url: str, queue: str, qstreams: Streams):
+async def test_enqueue_reads_code_from_stdin(redis_url: str, queue: str, qstreams: Queue):
     code, out, err = await arun(
         "enqueue",
         "-",
@@ -179,7 +181,7 @@ def test_enqueue_invalid_task_exits_2_with_one_line(
     assert message in one_line(result.stderr)
 
 
-async def test_enqueue_duplicate_id_exits_1(redis_url: str, queue: str, qstreams: Streams):
+async def test_enqueue_duplicate_id_exits_1(redis_url: str, queue: str, qstreams: Queue):
     await add(qstreams, "dup")
     code, out, err = await arun("enqueue", "x", "--eval-id", "dup", env=env_of(redis_url, queue))
     assert code == 1
@@ -187,7 +189,7 @@ async def test_enqueue_duplicate_id_exits_1(redis_url: str, queue: str, qstreams
     assert out == ""
 
 
-async def claim_when_queued(streams: Streams, eval_id: str) -> Any:
+async def claim_when_queued(streams: Queue, eval_id: str) -> Any:
     async def claimed() -> Any:
         batch = await streams.claim("test-worker", 1, 30)
         return batch.tasks[0] if batch.tasks else None
@@ -198,7 +200,7 @@ async def claim_when_queued(streams: Streams, eval_id: str) -> Any:
 
 
 async def test_enqueue_wait_prints_the_completed_record_and_exits_0(
-    redis_url: str, queue: str, qstreams: Streams
+    redis_url: str, queue: str, qstreams: Queue
 ):
     proc = await start(
         "enqueue", "print(6*7)", "--eval-id", "w1", "--wait", "15", env=env_of(redis_url, queue)
@@ -214,7 +216,7 @@ async def test_enqueue_wait_prints_the_completed_record_and_exits_0(
 
 
 async def test_enqueue_wait_exits_1_when_the_task_failed(
-    redis_url: str, queue: str, qstreams: Streams
+    redis_url: str, queue: str, qstreams: Queue
 ):
     proc = await start(
         "enqueue", "x", "--eval-id", "w2", "--wait", "15", env=env_of(redis_url, queue)
@@ -228,7 +230,7 @@ async def test_enqueue_wait_exits_1_when_the_task_failed(
     assert record["error"] == "boom"
 
 
-async def test_enqueue_wait_gives_up_after_the_time(redis_url: str, queue: str, qstreams: Streams):
+async def test_enqueue_wait_gives_up_after_the_time(redis_url: str, queue: str, qstreams: Queue):
     started = time.monotonic()
     code, out, err = await arun(
         "enqueue", "x", "--eval-id", "w3", "--wait", "0.5", env=env_of(redis_url, queue)
@@ -242,7 +244,7 @@ async def test_enqueue_wait_gives_up_after_the_time(redis_url: str, queue: str, 
 # --- dlq ----------------------------------------------------------------------------
 
 
-async def test_dlq_list_json_newest_first(redis_url: str, queue: str, qstreams: Streams):
+async def test_dlq_list_json_newest_first(redis_url: str, queue: str, qstreams: Queue):
     await dead_letter(qstreams, "d1", "first")
     await dead_letter(qstreams, "d2", "second")
     code, out, err = await arun("dlq", "list", "--json", env=env_of(redis_url, queue))
@@ -258,7 +260,7 @@ async def test_dlq_list_json_newest_first(redis_url: str, queue: str, qstreams: 
     assert [t["eval_id"] for t in orjson.loads(out)["tasks"]] == ["d1"]
 
 
-async def test_dlq_list_text(redis_url: str, queue: str, qstreams: Streams):
+async def test_dlq_list_text(redis_url: str, queue: str, qstreams: Queue):
     await dead_letter(qstreams, "d1", "it\nbroke")
     code, out, err = await arun("dlq", "list", env=env_of(redis_url, queue))
     assert code == 0, err
@@ -268,19 +270,19 @@ async def test_dlq_list_text(redis_url: str, queue: str, qstreams: Streams):
     assert len(lines) == 2
 
 
-async def test_dlq_retry_queues_the_task_again(redis_url: str, queue: str, qstreams: Streams):
+async def test_dlq_retry_queues_the_task_again(redis_url: str, queue: str, qstreams: Queue):
     await dead_letter(qstreams, "d1")
     code, out, err = await arun("dlq", "retry", "d1", env=env_of(redis_url, queue))
     assert code == 0, err
     assert orjson.loads(out) == {"eval_id": "d1", "status": "queued"}
     assert (await qstreams.get("d1"))["status"] == "queued"
-    assert (await qstreams.dlq_list())["count"] == 0
+    assert (await admin.dlq_list(qstreams))["count"] == 0
     code, out, err = await arun("dlq", "retry", "d1", env=env_of(redis_url, queue))
     assert code == 1
     assert "not in the dead-letter queue" in one_line(err)
 
 
-async def test_dlq_purge_one_old_and_all(redis_url: str, queue: str, qstreams: Streams):
+async def test_dlq_purge_one_old_and_all(redis_url: str, queue: str, qstreams: Queue):
     for eval_id in ("d1", "d2", "d3"):
         await dead_letter(qstreams, eval_id)
     env = env_of(redis_url, queue)
@@ -293,7 +295,7 @@ async def test_dlq_purge_one_old_and_all(redis_url: str, queue: str, qstreams: S
     assert (code, orjson.loads(out)) == (0, {"removed": 0}), err
     code, out, err = await arun("dlq", "purge", env=env)
     assert (code, orjson.loads(out)) == (0, {"removed": 2}), err
-    assert (await qstreams.dlq_list())["count"] == 0
+    assert (await admin.dlq_list(qstreams))["count"] == 0
 
 
 @pytest.mark.parametrize(
@@ -357,7 +359,7 @@ def reports(text: str, queue: str) -> list[str]:
     return [line for line in text.splitlines() if line == f"queue {queue}"]
 
 
-async def test_info_interval_refreshes(redis_url: str, queue: str, qstreams: Streams):
+async def test_info_interval_refreshes(redis_url: str, queue: str, qstreams: Queue):
     await add(qstreams, "i1")
     started = time.monotonic()
     code, out, err = await arun(
@@ -372,7 +374,7 @@ async def test_info_interval_refreshes(redis_url: str, queue: str, qstreams: Str
 
 
 async def test_info_interval_json_prints_one_document_per_line(
-    redis_url: str, queue: str, qstreams: Streams
+    redis_url: str, queue: str, qstreams: Queue
 ):
     await add(qstreams, "i1")
     code, out, err = await arun(
@@ -444,12 +446,12 @@ def test_main_task_in_process(
     capsys: pytest.CaptureFixture[str],
 ):
     from app.__main__ import main
-    from app.streams import connect
+    from app.engine.client import connect
 
     async def setup() -> None:
         client = connect(redis_url)
         try:
-            streams = Streams(client, make_settings())
+            streams = Engine(client, make_settings()).default
             await streams.ensure_groups()
             await add(streams, "m1")
         finally:

@@ -22,12 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.consumers import ConsumerPool
-from app.executors import ExecutorPool
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.queue import Queue
 from app.models import TaskRequest
 from app.redis_server import free_port
+from app.runtime.consumers import ConsumerPool
+from app.runtime.executors import ExecutorPool
 from app.settings import RetryPolicy, Settings
-from app.streams import Streams, connect
 from tests.conftest import Served, Service, StubExecutor, serve_asgi, wait_for
 
 MakeService = Callable[..., Awaitable[Service]]
@@ -78,9 +80,7 @@ async def reaches(
     return found
 
 
-async def stored(
-    streams: Streams, eval_id: str, state: str, timeout: float = 10.0
-) -> dict[str, Any]:
+async def stored(streams: Queue, eval_id: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         view = await streams.get(eval_id)
         return view if view["status"] == state else None
@@ -89,7 +89,7 @@ async def stored(
     return found
 
 
-async def put(streams: Streams, eval_id: str, **fields: Any) -> None:
+async def put(streams: Queue, eval_id: str, **fields: Any) -> None:
     await streams.enqueue(TaskRequest.parse({"eval_id": eval_id, "code": "x", **fields}))
 
 
@@ -186,7 +186,7 @@ async def make_pool(
     async def make(consumer: str, urls: tuple[str, ...], **overrides: Any) -> ConsumerPool:
         settings = make_settings(**overrides)
         client = connect(redis_url)
-        streams = Streams(client, settings)
+        streams = Engine(client, settings).default
         await streams.ensure_groups()
         executors = ExecutorPool(urls, settings.health_interval)
         await executors.start()
@@ -417,7 +417,7 @@ async def test_a_late_lease_loss_of_an_old_attempt_spares_the_newer_one(
     aborted (it used to abort whatever ran under the eval_id, a third execution)."""
     worker = await make_worker(hold=lambda body: 1.0)
     pool = await make_pool("holder", (worker.url,))
-    await pool.streams.enqueue(TaskRequest.parse({"eval_id": "t", "code": "x"}))
+    await pool.queue.enqueue(TaskRequest.parse({"eval_id": "t", "code": "x"}))
     await wait_for(lambda: _true(pool.running.get("t")))
     newer = pool.running["t"].task
     older = dataclasses.replace(newer, attempt=newer.attempt - 1)
@@ -430,7 +430,7 @@ async def test_a_late_lease_loss_of_an_old_attempt_spares_the_newer_one(
 
 
 async def test_lapsed_lease_of_a_stopped_consumer_is_taken_over(
-    make_worker: MakeWorker, make_pool: MakePool, streams: Streams
+    make_worker: MakeWorker, make_pool: MakePool, streams: Queue
 ):
     """The other half of the lease: a holder that stops renewing (here: its loops die
     without a release, as when a process hangs) loses the task after the lease."""
@@ -541,7 +541,7 @@ async def test_cancel_terminate_sent_to_another_process_aborts_the_call(
 
 
 async def test_stop_lets_short_tasks_finish_and_releases_long_ones(
-    make_worker: MakeWorker, make_pool: MakePool, streams: Streams
+    make_worker: MakeWorker, make_pool: MakePool, streams: Queue
 ):
     def hold(body: dict[str, Any]) -> float:
         if body["eval_id"] == "long" and body["attempt"] == 1:
@@ -575,7 +575,7 @@ async def test_stop_lets_short_tasks_finish_and_releases_long_ones(
 
 
 async def test_stop_releases_to_an_idle_consumer_promptly(
-    make_worker: MakeWorker, make_pool: MakePool, streams: Streams
+    make_worker: MakeWorker, make_pool: MakePool, streams: Queue
 ):
     """A consumer already running and idle (the usual case: the other replicas) takes a
     released task over at once, not at its next idle poll."""
@@ -593,7 +593,7 @@ async def test_stop_releases_to_an_idle_consumer_promptly(
 
 
 async def test_work_added_right_after_an_empty_claim_wakes_the_idle_consumer(
-    streams: Streams,
+    streams: Queue,
 ):
     """The fetch loop's idle step, driven by hand in the order a race produces: claim finds
     nothing, a producer adds a task, then the consumer blocks for new work."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from app.streams import connect
+from app.engine.client import connect
 from tests.conftest import has_state, post, status_of, wait_for
 
 OK = {"status": "success", "output": "", "exit_code": 0}

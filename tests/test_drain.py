@@ -1,4 +1,4 @@
-"""The graceful stop (app/drain.py, `Server` in app/__main__.py): after SIGTERM /readyz
+"""The graceful stop (app/runtime/drain.py, `Server` in app/cli/serve.py): after SIGTERM /readyz
 answers 503 at once and /livez 200, the listener stays open SHUTDOWN_DELAY s and still
 answers (enqueues included), the task in flight completes, the process exits 0; a second
 signal exits at once. And the consumers' `cancel()` survives a swallowed cancellation,
@@ -16,9 +16,9 @@ import httpx
 import pytest
 from starlette.responses import JSONResponse, Response
 
-from app.consumers import cancel
-from app.drain import Drain
-from app.streams import Streams
+from app.engine.queue import Queue
+from app.runtime.aio import cancel
+from app.runtime.drain import Drain
 from tests.conftest import Process, StubExecutor, wait_for
 
 MakeExecutor = Callable[..., Awaitable[StubExecutor]]
@@ -75,7 +75,7 @@ async def test_sigterm_drains_then_exits_0(
     make_executor: MakeExecutor,
     redis_url: str,
     queue: str,
-    streams: Streams,
+    streams: Queue,
 ) -> None:
     executor, release = await holding(make_executor)
     process = spawn_service(service_env(redis_url, queue, executor, delay=1.0))

@@ -20,9 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.eas import Item, parse_duration
-from app.proto.eas_queue_pb2 import DataFrameListProto
+from app.eas.items import Item
+from app.eas.proto.eas_queue_pb2 import DataFrameListProto
+from app.redis_server import free_port
 from app.settings import RetryPolicy, Settings
+from app.web import params
 from tests.conftest import ROOT, Served, serve_asgi, wait_for
 
 AUTH = {"Authorization": "tok"}
@@ -616,7 +618,7 @@ def test_item_encoding_is_binary_safe_and_defaults_the_request_id():
     [("5s", 5.0), ("500ms", 0.5), ("1m", 60.0), ("2", 2.0), ("", 0.0), ("90s", 60.0)],
 )
 def test_parse_duration(text, seconds):
-    assert parse_duration(text) == seconds
+    assert params.duration(text) == seconds
 
 
 async def test_info_lists_eas_services(make_service, svc, redis_url, queue):
@@ -652,7 +654,7 @@ async def test_a_replica_forwards_services_first_used_elsewhere(make_service, ma
 
 
 async def test_arrivals_wake_only_matching_waits_and_follow_the_stream(client):
-    from app.streams import Arrivals
+    from app.engine.arrivals import Arrivals
 
     key = f"ts:{{arrivals-{time.monotonic_ns()}}}:stream"
     arrivals = Arrivals(client, [key], lambda fields: fields[b"n"])
@@ -669,3 +671,21 @@ async def test_arrivals_wake_only_matching_waits_and_follow_the_stream(client):
             assert not never.is_set()
     finally:
         await arrivals.close()
+
+
+async def test_an_answerless_failure_leaves_an_error_frame_in_the_sink(make_service, svc):
+    """No answer from the target (unreachable, retries spent): the sink item is an error
+    frame tagged with the request id and status 500, the error as its message."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    retry = RetryPolicy(0, 0.05, 2.0, 1.0, False)
+    service = await make_service(eas_tokens=("tok",), eas_targets={svc: dead}, network_retry=retry)
+    request_id = await put(service, svc)
+    document = await final_status(service, svc, request_id)
+    assert document["status"] == "FAILURE"
+    assert document["error_info"].startswith("target unreachable: ")
+    frames = await service.http.get(
+        f"/api/predict/{svc}/sink?requestId={request_id}&_auto_delete_=false", headers=PROTOBUF
+    )
+    [frame] = DataFrameListProto.FromString(frames.content).index
+    assert dict(frame.tags) == {"requestId": str(request_id), "status": "500"}
+    assert frame.data == b"" and frame.message == document["error_info"]

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.redis_server import free_port
 from app.settings import RetryPolicy
 from tests.conftest import Served, serve_asgi, wait_for
 
@@ -343,3 +344,17 @@ async def test_wrong_token_is_refused(start):
             await asyncio.to_thread(q.put, "abc")
         assert raised.value.code == 401
     assert (await attrs(eas.client(sink=True)))["stream.length"] == "0"
+
+
+async def test_an_answerless_failure_reaches_a_sink_watcher_as_an_error_frame(start, queue):
+    """A forward that fails for good with no answer from the target (it is unreachable)
+    leaves an error frame in the sink: no data, the error as its message, status 500."""
+    name = f"g.{queue[:12]}"
+    dead = f"http://127.0.0.1:{free_port()}"
+    retry = RetryPolicy(0, 0.05, 2.0, 1.0, False)
+    eas = await start(eas_targets={name: dead}, network_retry=retry)
+    [request_id] = await put_all(eas.client(), [b"x"])
+    [df] = await in_thread(take, eas.client(sink=True), 1, 1, True)
+    assert dict(df.tags) == {"requestId": request_id, "status": "500"}
+    assert df.data == b""
+    assert df.message.startswith("target unreachable: ")

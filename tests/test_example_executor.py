@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from app import example_executor
+from app.cli.serve import spawn_example
 from app.example_executor import Limits, Replays, create_app
 from app.redis_server import free_port
 from tests.conftest import ROOT, wait_for
@@ -425,12 +426,12 @@ def test_the_command_serves_the_protocol_over_http(children: list[subprocess.Pop
 
 
 def test_spawn_hands_over_a_bound_socket_and_stop_ends_the_child():
-    child = example_executor.spawn(0)
+    child = spawn_example(0)
     try:
         port = int(child.url.rsplit(":", 1)[1])
         assert httpx.get(f"{child.url}/health", timeout=5).json()["status"] == "ok"
         with pytest.raises(OSError):
-            example_executor.spawn(port)  # the port is taken: fails at once
+            spawn_example(port)  # the port is taken: fails at once
     finally:
         child.stop()
     assert child.process.returncode == 0

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from app.executors import ExecutorPool, classify
 from app.models import Outcome, Priority, Task
 from app.redis_server import free_port
+from app.runtime.executors import ExecutorPool, classify
 from app.settings import RetryPolicy
 from tests.conftest import StubExecutor, has_state, post, status_of, wait_for
 from tests.test_wire import RawServer, ok

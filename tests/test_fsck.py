@@ -22,13 +22,17 @@ import pytest
 import structlog
 from starlette.responses import JSONResponse, Response
 
-from app import fsck
-from app.eas import EasHub, Item
+from app.eas.hub import EasHub
+from app.eas.items import Item
+from app.engine import admin, audits, fsck, views
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.keys import GROUP, QueueKeys
+from app.engine.queue import Queue
 from app.errors import Conflict
 from app.models import Task, TaskRequest
 from app.redis_server import RedisServer, find_binary
 from app.settings import RetryPolicy, Settings
-from app.streams import GROUP, Keys, Streams, connect
 from tests.conftest import Service, StubExecutor, has_state, status_of, wait_for
 from tests.test_main import dead_redis_url, one_line, run
 
@@ -39,54 +43,54 @@ MakeExecutor = Callable[..., Awaitable[StubExecutor]]
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def raw(streams: Streams) -> Any:
+def raw(streams: Queue) -> Any:
     """The client for direct Redis commands (typed loosely: reply shapes vary by command)."""
     return streams.redis
 
 
-async def add(streams: Streams, eval_id: str, **data: Any) -> dict[str, Any]:
+async def add(streams: Queue, eval_id: str, **data: Any) -> dict[str, Any]:
     request = TaskRequest.parse({"eval_id": eval_id, "code": f"run {eval_id}", **data})
-    return await streams.for_queue(request.queue).enqueue(request)
+    return await streams.engine.queue(request.queue).enqueue(request)
 
 
-async def claim_one(streams: Streams, consumer: str = "dead", lease: float = 30) -> Task:
+async def claim_one(streams: Queue, consumer: str = "dead", lease: float = 30) -> Task:
     claimed = await streams.claim(consumer, 1, lease)
     assert len(claimed.tasks) == 1, claimed
     return claimed.tasks[0]
 
 
-async def entry_of(streams: Streams, eval_id: str) -> str:
+async def entry_of(streams: Queue, eval_id: str) -> str:
     entry = await raw(streams).hget(streams.keys.task(eval_id), "entry")
     assert entry is not None, eval_id
     return str(entry.decode())
 
 
-async def lapse(streams: Streams, eval_id: str) -> None:
+async def lapse(streams: Queue, eval_id: str) -> None:
     """Make a lease lapse now, as if its holder died a lease ago."""
     await raw(streams).zadd(streams.keys.leases, {eval_id: 0})
 
 
-async def dlq_errors(streams: Streams) -> dict[str, str]:
+async def dlq_errors(streams: Queue) -> dict[str, str]:
     entries = await raw(streams).xrange(streams.keys.dlq)
     return {f[b"id"].decode(): f[b"error"].decode() for _, f in entries}
 
 
-async def pending(streams: Streams, prio: str = "default") -> int:
+async def pending(streams: Queue, prio: str = "default") -> int:
     summary = await raw(streams).xpending(streams.keys.stream(prio), GROUP)
     return int(summary["pending"])
 
 
-async def no_background_audit(streams: Streams) -> None:
+async def no_background_audit(streams: Queue) -> None:
     """Hold the background audit's lock, so a service started here leaves the repairs to the
     path under test."""
-    await raw(streams).set(Keys(streams.settings.queue).fsck + "lock", "test", ex=120)
+    await raw(streams).set(QueueKeys.default(streams.settings.queue).fsck + "lock", "test", ex=120)
 
 
 # --- item 2: entries deleted under pending tasks -----------------------------------------------
 
 
 async def test_lapsed_lease_over_a_deleted_entry_dead_letters_the_task_once(
-    streams: Streams, make_executor: MakeExecutor, make_service: MakeService
+    streams: Queue, make_executor: MakeExecutor, make_service: MakeService
 ):
     await streams.ensure_groups()
     await no_background_audit(streams)
@@ -118,7 +122,7 @@ async def test_lapsed_lease_over_a_deleted_entry_dead_letters_the_task_once(
 
 
 async def test_lapsed_lease_over_an_acked_entry_requeues_the_task(
-    streams: Streams, make_executor: MakeExecutor, make_service: MakeService
+    streams: Queue, make_executor: MakeExecutor, make_service: MakeService
 ):
     """The entry is still there but left the pending list (XACK by hand): the payload is
     recoverable, so the task runs again instead of staying processing forever."""
@@ -134,11 +138,11 @@ async def test_lapsed_lease_over_an_acked_entry_requeues_the_task(
     assert call["code"] == "run acked" and call["metadata"] == {"k": "v"}
     assert await raw(streams).xlen(streams.keys.stream("default")) == 0
     assert await pending(streams) == 0
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"]["queued"] == 0 and counts["states"]["processing"] == 0
 
 
-async def test_a_live_holder_whose_entry_vanished_completes_normally(streams: Streams):
+async def test_a_live_holder_whose_entry_vanished_completes_normally(streams: Queue):
     await streams.ensure_groups()
     await add(streams, "live")
     task = await claim_one(streams, "holder", lease=30)
@@ -148,11 +152,11 @@ async def test_a_live_holder_whose_entry_vanished_completes_normally(streams: St
     record = await streams.get("live")
     assert record["status"] == "completed"
     assert await pending(streams) == 0
-    assert (await streams.counts())["totals"].get("lost") is None
+    assert (await views.counts(streams))["totals"].get("lost") is None
 
 
 async def test_a_live_holder_whose_entry_vanished_cannot_retry_without_a_payload(
-    streams: Streams,
+    streams: Queue,
 ):
     """A retry needs the payload, which lived only in the deleted entry: the failure
     dead-letters the task with the reason instead of scheduling an empty retry."""
@@ -168,7 +172,7 @@ async def test_a_live_holder_whose_entry_vanished_cannot_retry_without_a_payload
     assert record["error"].startswith("stream entry lost: ")
     assert "executor answered 503" in record["error"]
     assert (await dlq_errors(streams))["noretry"] == record["error"]
-    assert (await streams.counts())["totals"]["lost"] == 1
+    assert (await views.counts(streams))["totals"]["lost"] == 1
     assert [e["eval_id"] for e in logs if e["event"] == "task_lost"] == ["noretry"]
     # a permanent failure keeps the executor's error (it is not lost, it failed)
     await add(streams, "permanent")
@@ -179,7 +183,7 @@ async def test_a_live_holder_whose_entry_vanished_cannot_retry_without_a_payload
 
 
 async def test_lost_entries_of_pull_workers_are_dead_lettered_on_the_next_claim(
-    streams: Streams,
+    streams: Queue,
 ):
     """A pull worker's lease lapses like a consumer's; two lost tasks, one claim."""
     await streams.ensure_groups()
@@ -197,7 +201,7 @@ async def test_lost_entries_of_pull_workers_are_dead_lettered_on_the_next_claim(
     for eval_id in ("p1", "p2"):
         assert (await streams.get(eval_id))["status"] == "failed"
     assert await pending(streams, "high") == 0
-    assert (await streams.counts())["totals"]["lost"] == 2
+    assert (await views.counts(streams))["totals"]["lost"] == 2
 
 
 # --- item 3: fsck, one test per orphan class -----------------------------------------------------
@@ -260,12 +264,12 @@ async def runs_on(make_service: MakeService, executor: StubExecutor, *eval_ids: 
 
 
 @pytest.fixture
-async def qstreams(streams: Streams) -> Streams:
+async def qstreams(streams: Queue) -> Queue:
     await streams.ensure_groups()
     return streams
 
 
-async def test_a_clean_deployment_is_consistent(qstreams: Streams, run_fsck: Fsck):
+async def test_a_clean_deployment_is_consistent(qstreams: Queue, run_fsck: Fsck):
     streams = qstreams
     await add(streams, "q1", priority="high")
     await add(streams, "s1", delay=60)
@@ -283,7 +287,7 @@ async def test_a_clean_deployment_is_consistent(qstreams: Streams, run_fsck: Fsc
 
 
 async def test_queued_without_entry_is_dead_lettered_and_positions_stay_exact(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     for eval_id in ("a", "b", "c"):
@@ -297,8 +301,8 @@ async def test_queued_without_entry_is_dead_lettered_and_positions_stay_exact(
     assert (await streams.get("b"))["position"] == 1
     assert (await streams.get("c"))["position"] == 2
     with pytest.raises(Conflict, match="payload was lost"):  # nothing to re-drive
-        await streams.dlq_retry("a")
-    counts = await streams.counts()
+        await admin.dlq_retry(streams, "a")
+    counts = await views.counts(streams)
     assert counts["states"]["queued"] == 2 and counts["totals"]["lost"] == 1
     executor = await make_executor()
     await runs_on(make_service, executor, "b", "c")
@@ -306,7 +310,7 @@ async def test_queued_without_entry_is_dead_lettered_and_positions_stay_exact(
 
 
 async def test_xtrim_under_queued_and_processing_tasks(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     """A tool trims the stream to nothing: the queued tasks are lost (dead-lettered); the one
     in flight keeps its live holder, who completes it; new work gets exact positions."""
@@ -337,7 +341,7 @@ async def test_xtrim_under_queued_and_processing_tasks(
 
 
 async def test_processing_without_entry_and_lapsed_lease_is_dead_lettered(
-    qstreams: Streams, run_fsck: Fsck
+    qstreams: Queue, run_fsck: Fsck
 ):
     streams = qstreams
     await add(streams, "p1")
@@ -353,12 +357,12 @@ async def test_processing_without_entry_and_lapsed_lease_is_dead_lettered(
     record = await streams.get("p1")
     assert record["status"] == "failed" and record["error"].startswith("stream entry lost: ")
     assert await pending(streams) == 0  # Redis 6.2 keeps deleted ids pending: acked
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"]["processing"] == 0 and counts["totals"]["lost"] == 1
 
 
 async def test_processing_without_lease_is_requeued_and_completed(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     await add(streams, "nolease", metadata={"m": 1})
@@ -375,7 +379,7 @@ async def test_processing_without_lease_is_requeued_and_completed(
 
 
 async def test_processing_not_pending_is_requeued_once_its_lease_lapsed(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     await add(streams, "acked")
@@ -391,7 +395,7 @@ async def test_processing_not_pending_is_requeued_once_its_lease_lapsed(
 
 
 async def test_schedule_missing_is_rescheduled_and_runs(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     await add(streams, "later", delay=0.3)
@@ -414,7 +418,7 @@ async def test_schedule_missing_is_rescheduled_and_runs(
 
 
 async def test_deferred_stuck_is_relinked_then_released_by_its_parent(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     await add(streams, "parent")
@@ -427,9 +431,7 @@ async def test_deferred_stuck_is_relinked_then_released_by_its_parent(
     assert [c["eval_id"] for c in executor.calls] == ["parent", "child"]
 
 
-async def test_deferred_stuck_behind_a_failed_parent_is_cancelled(
-    qstreams: Streams, run_fsck: Fsck
-):
+async def test_deferred_stuck_behind_a_failed_parent_is_cancelled(qstreams: Queue, run_fsck: Fsck):
     """Its link was lost, then the parent failed: nothing would ever cancel it."""
     streams = qstreams
     await add(streams, "parent")
@@ -441,11 +443,11 @@ async def test_deferred_stuck_behind_a_failed_parent_is_cancelled(
     await found_then_repaired(run_fsck, [("deferred_stuck", "child")])
     record = await streams.get("child")
     assert (record["status"], record["error"]) == ("cancelled", "dependency parent failed")
-    assert (await streams.counts())["states"]["deferred"] == 0
+    assert (await views.counts(streams))["states"]["deferred"] == 0
 
 
 async def test_entry_orphan_of_a_deleted_record_is_dropped_and_counts_stay_exact(
-    qstreams: Streams, run_fsck: Fsck
+    qstreams: Queue, run_fsck: Fsck
 ):
     streams = qstreams
     for eval_id in ("x1", "x2", "x3"):
@@ -454,12 +456,12 @@ async def test_entry_orphan_of_a_deleted_record_is_dropped_and_counts_stay_exact
     await raw(streams).delete(streams.keys.task("x2"))  # an operator's DEL
     await found_then_repaired(run_fsck, [("entry_orphan", entry)])
     assert await raw(streams).xlen(streams.keys.stream("default")) == 2
-    assert (await streams.counts())["states"]["queued"] == 2
+    assert (await views.counts(streams))["states"]["queued"] == 2
     assert (await streams.get("x3"))["position"] == 2
 
 
 async def test_pel_orphan_and_lease_orphan_of_a_deleted_running_task(
-    qstreams: Streams, run_fsck: Fsck
+    qstreams: Queue, run_fsck: Fsck
 ):
     streams = qstreams
     await add(streams, "vanished")
@@ -469,11 +471,11 @@ async def test_pel_orphan_and_lease_orphan_of_a_deleted_running_task(
     await found_then_repaired(run_fsck, [("lease_orphan", "vanished"), ("pel_orphan", task.entry)])
     assert await pending(streams) == 0
     assert await raw(streams).zcard(streams.keys.leases) == 0
-    assert (await streams.counts())["states"]["processing"] == 0
+    assert (await views.counts(streams))["states"]["processing"] == 0
 
 
 async def test_entry_orphan_of_a_running_task_whose_record_was_deleted(
-    qstreams: Streams, run_fsck: Fsck
+    qstreams: Queue, run_fsck: Fsck
 ):
     streams = qstreams
     await add(streams, "gone")
@@ -484,7 +486,7 @@ async def test_entry_orphan_of_a_running_task_whose_record_was_deleted(
     assert await raw(streams).xlen(streams.keys.stream("default")) == 0
 
 
-async def test_schedule_orphan_is_removed(qstreams: Streams, run_fsck: Fsck):
+async def test_schedule_orphan_is_removed(qstreams: Queue, run_fsck: Fsck):
     streams = qstreams
     await add(streams, "done")
     task = await claim_one(streams, "w")
@@ -494,7 +496,7 @@ async def test_schedule_orphan_is_removed(qstreams: Streams, run_fsck: Fsck):
     assert await raw(streams).zcard(streams.keys.scheduled) == 0
 
 
-async def test_dlq_index_orphan_is_removed(qstreams: Streams, run_fsck: Fsck):
+async def test_dlq_index_orphan_is_removed(qstreams: Queue, run_fsck: Fsck):
     streams = qstreams
     await add(streams, "dead")
     task = await claim_one(streams, "w")
@@ -505,7 +507,7 @@ async def test_dlq_index_orphan_is_removed(qstreams: Streams, run_fsck: Fsck):
 
 
 async def test_dlq_unindexed_is_indexed_so_it_can_be_redriven(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     await add(streams, "dead")
@@ -520,7 +522,7 @@ async def test_dlq_unindexed_is_indexed_so_it_can_be_redriven(
     await wait_for(has_state(svc, "dead", "completed"))
 
 
-async def test_deps_orphan_is_removed(qstreams: Streams, run_fsck: Fsck):
+async def test_deps_orphan_is_removed(qstreams: Queue, run_fsck: Fsck):
     streams = qstreams
     await add(streams, "parent")
     await add(streams, "child", depends_on=["parent"])
@@ -530,7 +532,7 @@ async def test_deps_orphan_is_removed(qstreams: Streams, run_fsck: Fsck):
     assert members == {b"child"}
 
 
-async def test_counter_drift_is_recomputed(qstreams: Streams, run_fsck: Fsck):
+async def test_counter_drift_is_recomputed(qstreams: Queue, run_fsck: Fsck):
     """Records deleted and their entries trimmed by hand: nothing names them any more, but
     the counters still count them as queued; a bumped schedule counter too."""
     streams = qstreams
@@ -539,17 +541,17 @@ async def test_counter_drift_is_recomputed(qstreams: Streams, run_fsck: Fsck):
         await raw(streams).delete(streams.keys.task(eval_id))
     await raw(streams).xtrim(streams.keys.stream("low"), maxlen=0)
     await raw(streams).hincrby(streams.keys.counters, "retrying:high", 2)
-    assert (await streams.counts())["states"]["queued"] == 3
+    assert (await views.counts(streams))["states"]["queued"] == 3
     await found_then_repaired(
         run_fsck, [("counter_drift", "queued:low"), ("counter_drift", "retrying:high")]
     )
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"]["queued"] == 0 and counts["states"]["retrying"] == 0
     assert (await add(streams, "c4", priority="low"))["position"] == 1
 
 
 async def test_sparse_counter_drift_is_recomputed_from_the_sequence_numbers(
-    qstreams: Streams, run_fsck: Fsck
+    qstreams: Queue, run_fsck: Fsck
 ):
     streams = qstreams
     for i in range(6):
@@ -559,37 +561,37 @@ async def test_sparse_counter_drift_is_recomputed_from_the_sequence_numbers(
         await raw(streams).delete(streams.keys.task(eval_id))
         await raw(streams).xdel(streams.keys.stream("default"), entry)
     await found_then_repaired(run_fsck, [("counter_drift", "queued:default")])
-    assert (await streams.counts())["states"]["queued"] == 4
+    assert (await views.counts(streams))["states"]["queued"] == 4
     assert [(await streams.get(f"s{i}"))["position"] for i in (0, 2, 4, 5)] == [1, 2, 3, 4]
 
 
 # --- named queues and PAI-EAS services ---------------------------------------------------------
 
 
-async def test_orphans_of_a_named_queue_are_found_under_it(qstreams: Streams, run_fsck: Fsck):
+async def test_orphans_of_a_named_queue_are_found_under_it(qstreams: Queue, run_fsck: Fsck):
     streams = qstreams
-    gpu = streams.for_queue("gpu")
+    gpu = streams.engine.queue("gpu")
     await gpu.ensure_groups()
     await add(streams, "g1", queue="gpu")
     await raw(streams).xdel(gpu.keys.stream("default"), await entry_of(streams, "g1"))
     repaired = await found_then_repaired(run_fsck, [("queued_without_entry", "g1")])
     assert repaired["orphans"][0]["queue"] == "gpu"
     assert (await dlq_errors(gpu))["g1"].startswith("stream entry lost: ")
-    assert (await gpu.counts())["totals"]["lost"] == 1
+    assert (await views.counts(gpu))["totals"]["lost"] == 1
 
 
 @pytest.fixture
-async def hub(qstreams: Streams) -> EasHub:
-    return EasHub(qstreams.redis, qstreams.settings, qstreams.scripts, "test", forward=False)
+async def hub(qstreams: Queue) -> EasHub:
+    return EasHub(qstreams.engine, "test", forward=False)
 
 
 async def test_eas_item_whose_entry_was_deleted_leaves_its_index(
-    qstreams: Streams, queue: str, hub: EasHub, run_fsck: Fsck
+    qstreams: Queue, queue: str, hub: EasHub, run_fsck: Fsck
 ):
     service = await hub.register(f"a{queue[:12]}")  # PAI-EAS keys: not under the queue's tag
     await service.input.put(Item(0, b"first"))
     index = await service.input.put(Item(0, b"second"))
-    inp = service.input.streams
+    inp = service.input.queue
     entry = await entry_of(inp, str(index))
     await raw(inp).xdel(inp.keys.stream("default"), entry)
     repaired = await found_then_repaired(run_fsck, [("queued_without_entry", str(index))])
@@ -605,16 +607,14 @@ async def test_eas_item_whose_entry_was_deleted_leaves_its_index(
     assert "stream entry lost" in frame.message
 
 
-async def test_eas_index_and_rid_orphans(
-    qstreams: Streams, queue: str, hub: EasHub, run_fsck: Fsck
-):
+async def test_eas_index_and_rid_orphans(qstreams: Queue, queue: str, hub: EasHub, run_fsck: Fsck):
     """Service names are this test's own: PAI-EAS keys are not under the queue's tag."""
     service = await hub.register(f"b{queue[:12]}")
     index = await service.input.put(Item(0, b"body"))
-    inp, sink = service.input.streams, service.sink.streams
+    inp, sink = service.input.queue, service.sink.queue
     await raw(inp).zrem(inp.keys.index, str(index))
     await raw(inp).zadd(inp.keys.index, {"999": 999})
-    await raw(sink).hset(sink.keys.rid, "r-ghost", "77")
+    await raw(sink).hset(sink.keys.aliases, "r-ghost", "77")
     await found_then_repaired(
         run_fsck,
         [
@@ -624,15 +624,13 @@ async def test_eas_index_and_rid_orphans(
         ],
     )
     assert await raw(inp).zrange(inp.keys.index, 0, -1) == [str(index).encode()]
-    assert await raw(sink).hlen(sink.keys.rid) == 0
+    assert await raw(sink).hlen(sink.keys.aliases) == 0
 
 
 # --- the command line ------------------------------------------------------------------------
 
 
-async def test_command_line_text_output_and_exit_codes(
-    redis_url: str, queue: str, qstreams: Streams
-):
+async def test_command_line_text_output_and_exit_codes(redis_url: str, queue: str, qstreams: Queue):
     streams = qstreams
     await add(streams, "t1")
     await raw(streams).xdel(streams.keys.stream("default"), await entry_of(streams, "t1"))
@@ -666,7 +664,7 @@ def test_command_line_against_a_dead_redis_exits_1_with_one_line():
 
 
 async def test_background_audit_repairs_logs_and_reports_on_every_replica(
-    qstreams: Streams, queue: str, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, queue: str, make_executor: MakeExecutor, make_service: MakeService
 ):
     streams = qstreams
     await add(streams, "lost")
@@ -687,7 +685,7 @@ async def test_background_audit_repairs_logs_and_reports_on_every_replica(
     other = await make_service()  # another replica shows the same last audit
     last = (await other.http.get("/status")).json()["fsck"]
     assert last["by"] == "background" and last["repair"] and last["complete"]
-    assert last == orjson.loads(await raw(streams).get(Keys(queue).fsck + "last"))
+    assert last == orjson.loads(await raw(streams).get(QueueKeys.default(queue).fsck + "last"))
     text = (await other.http.get("/metrics")).text
     orphans = {"queue": queue, "class": "queued_without_entry"}
     assert sample(text, "taskstream_fsck_orphans_total", **orphans) == 1
@@ -715,22 +713,22 @@ async def test_background_audit_is_bounded_and_resumes(
     """Each run makes at most BACKGROUND_STEPS steps and the next resumes where it stopped;
     its own Redis, so SCAN walks only this test's keys."""
     monkeypatch.setattr(fsck, "BATCH", 2)
-    monkeypatch.setattr(fsck, "BACKGROUND_STEPS", 3)
+    monkeypatch.setattr(audits, "BACKGROUND_STEPS", 3)
     binary = find_binary(prefer=os.environ.get("TASKSTREAM_TEST_REDIS", "path"))
     server = RedisServer(tmp_path, appendonly=False, binary=binary, unix_socket=False)
     server.start()
     client = connect(server.url)
     try:
-        streams = Streams(client, make_settings(redis_url=server.url))
+        streams = Engine(client, make_settings(redis_url=server.url)).default
         await streams.ensure_groups()
         for i in range(8):
             await add(streams, f"b{i}")
         await raw(streams).zadd(streams.keys.scheduled, {"ghost": 1})  # found late in the walk
-        root = Keys(streams.settings.queue)
+        root = QueueKeys.default(streams.settings.queue)
         reports: list[fsck.Report] = []
         while not reports or not reports[-1].complete:
             await raw(streams).delete(root.fsck + "lock")  # the next interval
-            report = await fsck.background(streams)
+            report = await audits.background(streams.engine)
             assert report is not None and report.checked <= 3 * 2
             reports.append(report)
             assert len(reports) < 40
@@ -738,7 +736,7 @@ async def test_background_audit_is_bounded_and_resumes(
         assert [o.ref for r in reports for o in r.orphans] == ["ghost"]
         assert sum(r.checked for r in reports) == 8 + 8 + 1  # records, entries, the ghost
         assert not await raw(streams).exists(root.fsck + "cursor")
-        assert await fsck.background(streams) is None  # this interval's lock is held
+        assert await audits.background(streams.engine) is None  # this interval's lock is held
     finally:
         await client.aclose()
         server.stop()
@@ -748,7 +746,7 @@ async def test_background_audit_is_bounded_and_resumes(
 
 
 async def test_fsck_under_a_live_drain_finds_nothing(
-    qstreams: Streams, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
+    qstreams: Queue, run_fsck: Fsck, make_executor: MakeExecutor, make_service: MakeService
 ):
     """Enqueues, deliveries, retries, delays, dependants released and results written while
     audits run back to back: no audit may report anything."""
@@ -780,10 +778,10 @@ async def test_fsck_under_a_live_drain_finds_nothing(
 
     async def drained() -> bool:
         nonlocal audits
-        report = await fsck.Audit(streams, repair=False).run()
+        report = await fsck.Audit(streams.engine, repair=False).run()
         audits += 1
         assert report.orphans == [], report.orphans
-        counts = await streams.counts()
+        counts = await views.counts(streams)
         return bool(sum(counts["states"].values()) == 0)
 
     for start in range(0, len(tasks), 100):
@@ -793,4 +791,4 @@ async def test_fsck_under_a_live_drain_finds_nothing(
     assert audits >= 3
     code, report = await run_fsck()
     assert code == 0, report
-    assert (await streams.counts())["totals"]["completed"] == len(tasks)
+    assert (await views.counts(streams))["totals"]["completed"] == len(tasks)

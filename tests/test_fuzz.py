@@ -28,8 +28,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import openapi
 from app.redis_server import RedisServer, free_port
+from app.web import openapi
 from tests.conftest import ROOT
 
 API_KEY = "fuzz-key"
@@ -41,7 +41,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-# Streams and long-lived responses: /events is SSE; GET /tasks/next waits are bounded (<= 30 s)
+# Queue and long-lived responses: /events is SSE; GET /tasks/next waits are bounded (<= 30 s)
 # by the document but would still make the run slow, so they are left out too.
 SKIPPED = ("/events", "/tasks/next", "/docs", "/redoc", "/dashboard")
 

@@ -19,10 +19,11 @@ import httpx
 import orjson
 import pytest
 
+from app.engine import views
+from app.engine.queue import Queue
 from app.models import EVAL_ID_RE
 from app.redis_server import RedisServer, find_binary
 from app.settings import RetryPolicy
-from app.streams import Streams
 from tests.conftest import Service, StubExecutor, wait_for
 
 MakeService = Callable[..., Awaitable[Service]]
@@ -32,7 +33,7 @@ ISO_RE = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 # --- helpers ------------------------------------------------------------------------
 
 
-async def snapshot(client: Any, streams: Streams) -> dict[str, Any]:
+async def snapshot(client: Any, streams: Queue) -> dict[str, Any]:
     """Everything this queue holds in Redis: every key's content, plus the counts."""
     stored: dict[Any, Any] = {}
     async for key in client.scan_iter(match=f"{streams.keys.prefix}*", count=1000):
@@ -49,7 +50,7 @@ async def snapshot(client: Any, streams: Streams) -> dict[str, Any]:
             stored[key] = (kind, await client.get(key))
         else:
             stored[key] = (kind, None)
-    return {"keys": stored, "counts": await streams.counts()}
+    return {"keys": stored, "counts": await views.counts(streams)}
 
 
 def assert_error(response: httpx.Response, status: int) -> str:
@@ -90,7 +91,7 @@ async def assert_unknown(service: Service, *eval_ids: str) -> None:
 
 
 @pytest.fixture
-async def frozen(service: Service, client: Any, streams: Streams) -> Callable[[], Awaitable[None]]:
+async def frozen(service: Service, client: Any, streams: Queue) -> Callable[[], Awaitable[None]]:
     """Snapshot once `service` runs; calling the result asserts Redis still holds exactly that."""
     before = await snapshot(client, streams)
 
@@ -103,7 +104,7 @@ async def frozen(service: Service, client: Any, streams: Streams) -> Callable[[]
 # --- POST /tasks --------------------------------------------------------------------
 
 
-async def test_create_answers_201_with_the_task(service: Service, client: Any, streams: Streams):
+async def test_create_answers_201_with_the_task(service: Service, client: Any, streams: Queue):
     before = await snapshot(client, streams)
     response = await service.http.post(
         "/tasks", json={"eval_id": "t-1", "code": "print(1)", "priority": "high"}
@@ -151,7 +152,7 @@ async def test_create_accepts_each_priority_form(service: Service, given: Any, e
 
 
 async def test_create_duplicate_eval_id_is_409_and_keeps_the_original(
-    service: Service, client: Any, streams: Streams
+    service: Service, client: Any, streams: Queue
 ):
     await enqueue(service, eval_id="dup", code="original", priority="low")
     before = await snapshot(client, streams)
@@ -248,7 +249,7 @@ def exact_body(size: int, eval_id: str) -> bytes:
 
 
 async def test_body_over_the_limit_with_content_length_is_413(
-    make_service: MakeService, client: Any, streams: Streams
+    make_service: MakeService, client: Any, streams: Queue
 ):
     service = await make_service(max_body_bytes=1000)
     before = await snapshot(client, streams)
@@ -267,7 +268,7 @@ async def test_body_over_the_limit_with_content_length_is_413(
 
 
 async def test_body_over_the_limit_when_streamed_is_413(
-    make_service: MakeService, client: Any, streams: Streams
+    make_service: MakeService, client: Any, streams: Queue
 ):
     service = await make_service(max_body_bytes=1000)
     before = await snapshot(client, streams)
@@ -296,7 +297,7 @@ async def test_body_over_the_limit_when_streamed_is_413(
 
 
 async def test_body_limit_applies_to_batch_too(
-    make_service: MakeService, client: Any, streams: Streams
+    make_service: MakeService, client: Any, streams: Queue
 ):
     service = await make_service(max_body_bytes=200)
     before = await snapshot(client, streams)
@@ -381,7 +382,7 @@ async def test_batch_with_one_invalid_task_is_422_and_stores_nothing(
     await assert_unknown(service, *(f"ok-{i}" for i in range(5)))
 
 
-async def test_batch_answers_duplicates_per_task(service: Service, client: Any, streams: Streams):
+async def test_batch_answers_duplicates_per_task(service: Service, client: Any, streams: Queue):
     await enqueue(service, eval_id="known", code="original")
     tasks = [
         {"eval_id": "new-1", "code": "a"},
@@ -398,7 +399,7 @@ async def test_batch_answers_duplicates_per_task(service: Service, client: Any, 
         assert duplicate.get("code") == 409 or duplicate.get("status_code") == 409, duplicate
         assert isinstance(duplicate.get("error"), str)
         assert duplicate.get("status") != "queued"
-    assert (await streams.counts())["states"]["queued"] == 3
+    assert (await views.counts(streams))["states"]["queued"] == 3
     codes = {}
     for _ in range(3):
         task = await pull(service)
@@ -567,7 +568,7 @@ async def test_complete_unknown_is_404_and_creates_nothing(
     await assert_unknown(service, "ghost")
 
 
-async def test_complete_a_queued_task_is_409(service: Service, client: Any, streams: Streams):
+async def test_complete_a_queued_task_is_409(service: Service, client: Any, streams: Queue):
     await enqueue(service, eval_id="q1")
     before = await snapshot(client, streams)
     assert_error(await service.http.post("/tasks/q1/complete", json={"result": 1}), 409)
@@ -586,7 +587,7 @@ async def test_complete_with_the_delivery_token(service: Service):
 
 @pytest.mark.parametrize("stale", [{"attempt": 2}, {"lease": "1-1"}, {"attempt": 0}])
 async def test_complete_with_a_stale_token_is_409(
-    service: Service, client: Any, streams: Streams, stale: dict[str, Any]
+    service: Service, client: Any, streams: Queue, stale: dict[str, Any]
 ):
     await enqueue(service, eval_id="st")
     task = await pull(service)
@@ -627,7 +628,7 @@ async def test_a_redelivered_task_fences_off_the_first_worker(make_service: Make
     ],
 )
 async def test_complete_with_a_malformed_token_is_422(
-    service: Service, client: Any, streams: Streams, token: dict[str, Any]
+    service: Service, client: Any, streams: Queue, token: dict[str, Any]
 ):
     await enqueue(service, eval_id="mt")
     await pull(service)
@@ -646,7 +647,7 @@ async def test_write_with_a_bad_eval_id_is_422(
 
 
 @pytest.mark.parametrize("action", ["complete", "fail"])
-async def test_write_with_a_malformed_body(service: Service, client: Any, streams: Streams, action):
+async def test_write_with_a_malformed_body(service: Service, client: Any, streams: Queue, action):
     await enqueue(service, eval_id="mb")
     await pull(service)
     before = await snapshot(client, streams)
@@ -675,7 +676,7 @@ async def test_fail_with_retries_left_is_retrying(service: Service):
     assert (await service.http.get("/tasks/next")).status_code == 204  # backoff is 50 s
 
 
-async def test_fail_without_retry_is_failed(service: Service, streams: Streams):
+async def test_fail_without_retry_is_failed(service: Service, streams: Queue):
     await enqueue(service, eval_id="f2")
     await pull(service)
     response = await service.http.post("/tasks/f2/fail", json={"error": "bad", "retry": False})
@@ -684,7 +685,7 @@ async def test_fail_without_retry_is_failed(service: Service, streams: Streams):
     record = await get(service, "f2")
     assert (record["status"], record["error"]) == ("failed", "bad")
     assert record["completed_at"] is not None
-    assert (await streams.counts())["dlq"] == 1
+    assert (await views.counts(streams))["dlq"] == 1
     assert_error(await service.http.post("/tasks/f2/fail", json={"error": "x"}), 409)
     assert_error(await service.http.post("/tasks/f2/complete", json={"result": 1}), 409)
 
@@ -697,7 +698,7 @@ async def test_fail_with_no_retries_left_is_failed(service: Service):
 
 
 async def test_a_pull_worker_that_always_fails_runs_max_retries_plus_one_times(
-    make_service: MakeService, streams: Streams
+    make_service: MakeService, streams: Queue
 ):
     service = await make_service(retry=RetryPolicy(2, 0.1, 2.0, 1.0, False))
     await enqueue(service, eval_id="flaky")
@@ -712,7 +713,7 @@ async def test_a_pull_worker_that_always_fails_runs_max_retries_plus_one_times(
     assert statuses == ["retrying", "retrying", "failed"]
     record = await get(service, "flaky")
     assert (record["status"], record["attempts"], record["error"]) == ("failed", 3, "e3")
-    assert (await streams.counts())["dlq"] == 1
+    assert (await views.counts(streams))["dlq"] == 1
     assert (await service.http.get("/tasks/next", params={"wait": 0.3})).status_code == 204
 
 
@@ -722,14 +723,14 @@ async def test_fail_unknown_is_404(service: Service, frozen: Callable[[], Awaita
     await assert_unknown(service, "ghost")
 
 
-async def test_fail_a_queued_task_is_409(service: Service, client: Any, streams: Streams):
+async def test_fail_a_queued_task_is_409(service: Service, client: Any, streams: Queue):
     await enqueue(service, eval_id="fq")
     before = await snapshot(client, streams)
     assert_error(await service.http.post("/tasks/fq/fail", json={"error": "x"}), 409)
     assert await snapshot(client, streams) == before
 
 
-async def test_fail_with_a_stale_token_is_409(service: Service, client: Any, streams: Streams):
+async def test_fail_with_a_stale_token_is_409(service: Service, client: Any, streams: Queue):
     await enqueue(service, eval_id="fs")
     task = await pull(service)
     before = await snapshot(client, streams)
@@ -740,7 +741,7 @@ async def test_fail_with_a_stale_token_is_409(service: Service, client: Any, str
 
 @pytest.mark.parametrize("body", [{"error": 5}, {"error": "x", "retry": "no"}, {"retry": 1}])
 async def test_fail_with_invalid_fields_is_422(
-    service: Service, client: Any, streams: Streams, body: dict[str, Any]
+    service: Service, client: Any, streams: Queue, body: dict[str, Any]
 ):
     await enqueue(service, eval_id="fi")
     await pull(service)
@@ -755,20 +756,20 @@ CANCEL_PATHS = ["/tasks/{}/cancel", "/api/eval/{}/cancel"]
 
 
 @pytest.mark.parametrize("path", CANCEL_PATHS)
-async def test_cancel_a_queued_task(service: Service, streams: Streams, path: str):
+async def test_cancel_a_queued_task(service: Service, streams: Queue, path: str):
     await enqueue(service, eval_id="cq")
     response = await service.http.post(path.format("cq"))
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
     record = await get(service, "cq")
     assert record["status"] == "cancelled" and "position" not in record
-    assert (await streams.counts())["states"]["queued"] == 0
+    assert (await views.counts(streams))["states"]["queued"] == 0
     assert (await service.http.get("/tasks/next")).status_code == 204
     assert_error(await service.http.post(path.format("cq")), 409)
 
 
 @pytest.mark.parametrize("path", CANCEL_PATHS)
-async def test_cancel_scheduled_and_retrying_tasks(service: Service, streams: Streams, path: str):
+async def test_cancel_scheduled_and_retrying_tasks(service: Service, streams: Queue, path: str):
     await enqueue(service, eval_id="cs", delay=60)
     await enqueue(service, eval_id="cr")
     await pull(service)
@@ -778,13 +779,13 @@ async def test_cancel_scheduled_and_retrying_tasks(service: Service, streams: St
         response = await service.http.post(path.format(eval_id))
         assert response.status_code == 200, response.text
         assert (await get(service, eval_id))["status"] == "cancelled"
-    states = (await streams.counts())["states"]
+    states = (await views.counts(streams))["states"]
     assert states["scheduled"] == 0 and states["retrying"] == 0
 
 
 @pytest.mark.parametrize("path", CANCEL_PATHS)
 async def test_cancel_processing_needs_terminate(
-    service: Service, client: Any, streams: Streams, path: str
+    service: Service, client: Any, streams: Queue, path: str
 ):
     await enqueue(service, eval_id="cp")
     task = await pull(service)
@@ -797,7 +798,7 @@ async def test_cancel_processing_needs_terminate(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
     assert (await get(service, "cp"))["status"] == "cancelled"
-    assert (await streams.counts())["states"]["processing"] == 0
+    assert (await views.counts(streams))["states"]["processing"] == 0
     token = {"result": 1, "lease": task["lease"], "attempt": task["attempt"]}
     assert_error(await service.http.post("/tasks/cp/complete", json=token), 409)
     assert (await get(service, "cp"))["status"] == "cancelled"
@@ -805,7 +806,7 @@ async def test_cancel_processing_needs_terminate(
 
 @pytest.mark.parametrize("path", CANCEL_PATHS)
 async def test_cancel_a_finished_task_is_409(
-    service: Service, client: Any, streams: Streams, path: str
+    service: Service, client: Any, streams: Queue, path: str
 ):
     await enqueue(service, eval_id="done")
     await pull(service)
@@ -828,9 +829,7 @@ async def test_cancel_unknown_is_404(
 # --- DELETE /tasks ------------------------------------------------------------------
 
 
-async def test_clear_removes_every_task_and_new_tasks_still_flow(
-    service: Service, streams: Streams
-):
+async def test_clear_removes_every_task_and_new_tasks_still_flow(service: Service, streams: Queue):
     await enqueue(service, eval_id="x-queued-1")
     await enqueue(service, eval_id="x-queued-2", priority="low")
     await enqueue(service, eval_id="x-processing", priority="high")
@@ -842,7 +841,7 @@ async def test_clear_removes_every_task_and_new_tasks_still_flow(
     assert (await pull(service))["eval_id"] == "x-dead"
     await service.http.post("/tasks/x-done/complete", json={"result": 1})
     await service.http.post("/tasks/x-dead/fail", json={"error": "x", "retry": False})
-    assert (await streams.counts())["dlq"] == 1
+    assert (await views.counts(streams))["dlq"] == 1
 
     response = await service.http.delete("/tasks")
     assert response.status_code == 200, response.text
@@ -850,7 +849,7 @@ async def test_clear_removes_every_task_and_new_tasks_still_flow(
     await assert_unknown(
         service, "x-queued-1", "x-queued-2", "x-processing", "x-done", "x-dead", "x-scheduled"
     )
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert set(counts["states"].values()) == {0}
     assert counts["dlq"] == 0
     assert (await service.http.get("/tasks/next")).status_code == 204
@@ -949,7 +948,7 @@ async def test_status_lists_executors(
 
 
 async def test_api_key_guards_everything_but_the_probes(
-    make_service: MakeService, client: Any, streams: Streams
+    make_service: MakeService, client: Any, streams: Queue
 ):
     service = await make_service(api_keys=("k",))
     before = await snapshot(client, streams)
@@ -1132,7 +1131,7 @@ async def test_dlq_bad_input_and_unknown_ids(
 
 
 async def test_dlq_retry_after_the_record_expired_and_when_the_id_is_reused(
-    make_service: MakeService, client: Any, streams: Streams
+    make_service: MakeService, client: Any, streams: Queue
 ):
     service = await make_service(failure_ttl=1)
     await enqueue(service, eval_id="gone", code="print('kept')", priority="high")
@@ -1189,7 +1188,7 @@ BAD_QUERIES = [
 
 
 async def test_every_bad_query_parameter_is_422_and_changes_nothing(
-    service: Service, client: Any, streams: Streams
+    service: Service, client: Any, streams: Queue
 ):
     await enqueue(service, eval_id="q1")
     before = await snapshot(client, streams)
@@ -1222,8 +1221,8 @@ async def test_a_bug_answers_500_json_and_the_connection_stays_usable(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(Streams, "get", broken)
-    monkeypatch.setattr(Streams, "enqueue", broken)
+    monkeypatch.setattr(Queue, "get", broken)
+    monkeypatch.setattr(Queue, "enqueue", broken)
     for response in (
         await service.http.get("/tasks/anything"),
         await service.http.post("/tasks", json={"code": "x"}),  # the HotPath shortcut

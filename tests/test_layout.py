@@ -3,7 +3,7 @@ workload that touches each structure: what an operator reads there, redis-cli fi
 
 from __future__ import annotations
 
-from app.streams import connect
+from app.engine.client import connect
 from tests.conftest import ROOT
 
 # README name -> glob for SCAN ({q} = the queue, S = a PAI-EAS service)

@@ -114,7 +114,7 @@ async def test_dashboard_page_and_assets_are_served_locally(make_service):
 
 
 async def test_pause_stops_pull_workers_and_consumers_until_resume(make_service, executor):
-    from app.executors import ExecutorPool
+    from app.runtime.executors import ExecutorPool
 
     pool = ExecutorPool([executor.url], health_interval=0.2)
     service = await make_service(executors=pool)

@@ -13,10 +13,11 @@ import orjson
 import pytest
 
 from app.__main__ import main
+from app.engine.client import connect
+from app.engine.engine import Engine
 from app.models import TaskRequest
 from app.redis_server import free_port
 from app.settings import Settings
-from app.streams import Streams, connect
 from tests.conftest import ROOT
 
 
@@ -49,7 +50,7 @@ async def fill(redis_url: str, queue: str) -> None:
     """Enqueue 2 high, 1 default, 1 low, 1 scheduled low task on `queue`."""
     client = connect(redis_url)
     try:
-        streams = Streams(client, Settings(redis_url=redis_url, queue=queue))
+        streams = Engine(client, Settings(redis_url=redis_url, queue=queue)).default
         await streams.ensure_groups()
         tasks: list[tuple[str, dict[str, Any]]] = [
             ("h1", {"priority": "high"}),

@@ -176,7 +176,8 @@ async def test_retry_and_permanent_failure_are_counted(
 
 
 async def test_transitions_reported_over_http_are_counted(service: Service, queue: str):
-    """Pull workers, cancels and DLQ re-drives: the reply carries no priority, so `unknown`."""
+    """Pull workers, cancels and DLQ re-drives are counted where the engine makes them, with
+    the task's real priority (from the script's reply), never `unknown`."""
     await enqueue(service, eval_id="c1", priority="high")
     assert (await service.http.post("/tasks/c1/cancel")).status_code == 200
     for eval_id in ("p1", "p2", "p3"):
@@ -194,14 +195,18 @@ async def test_transitions_reported_over_http_are_counted(service: Service, queu
     assert (await service.http.post("/tasks/c1/cancel")).status_code == 409  # not counted
 
     m = await scrape(service)
-    unknown = {"queue": queue, "priority": "unknown"}
-    assert m.value("taskstream_tasks_enqueued_total", queue=queue, priority="high") == 1
-    assert m.value("taskstream_tasks_enqueued_total", queue=queue, priority="default") == 3
-    assert m.value("taskstream_tasks_cancelled_total", **unknown) == 1
-    assert m.value("taskstream_tasks_completed_total", **unknown) == 1
-    assert m.value("taskstream_tasks_failed_total", **unknown) == 1
-    assert m.value("taskstream_tasks_retried_total", **unknown) == 1
-    assert m.value("taskstream_tasks_redriven_total", **unknown) == 1
+    high, default = {"queue": queue, "priority": "high"}, {"queue": queue, "priority": "default"}
+    assert m.value("taskstream_tasks_enqueued_total", **high) == 1
+    assert m.value("taskstream_tasks_enqueued_total", **default) == 3
+    assert m.value("taskstream_tasks_cancelled_total", **high) == 1
+    assert m.value("taskstream_tasks_completed_total", **default) == 1
+    assert m.value("taskstream_tasks_failed_total", **default) == 1
+    assert m.value("taskstream_tasks_retried_total", **default) == 1
+    assert m.value("taskstream_tasks_redriven_total", **default) == 1
+    counters = [f"taskstream_tasks_{kind}_total" for kind in ("cancelled", "completed", "failed")]
+    for name in [*counters, "taskstream_tasks_retried_total", "taskstream_tasks_redriven_total"]:
+        assert m.value(name, priority="unknown") == 0, name
+        assert m.value(name) == 1, name  # each counted once, under its real priority
     # pull deliveries are not in-process executions
     assert m.value("taskstream_task_runtime_seconds_count") == 0
 

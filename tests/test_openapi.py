@@ -5,7 +5,8 @@ import re
 import yaml
 from starlette.routing import Route
 
-from app import http, openapi
+from app.web import app as http
+from app.web import openapi
 
 
 def test_spec_covers_every_route():

@@ -17,9 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.engine import admin
+from app.engine.client import consumer_name
+from app.engine.engine import Engine
+from app.engine.keys import GROUP
+from app.engine.queue import MAX_DEPENDANTS
 from app.models import TaskRequest
 from app.settings import RetryPolicy, Selection, Settings, SettingsError
-from app.streams import GROUP, MAX_DEPENDANTS, Streams, consumer_name
 from tests.conftest import has_state, post, serve_asgi, status_of, wait_for
 
 OK = {"status": "success", "output": "", "exit_code": 0}
@@ -800,7 +804,8 @@ async def test_by_id_transitions_are_counted_under_the_named_queue(service, queu
     assert 'taskstream_tasks_enqueued_total{priority="default",queue="gpu"} 3.0' in text
     for kind in ("completed", "failed", "cancelled"):
         lines = [line for line in text.splitlines() if line.startswith(f"taskstream_tasks_{kind}_")]
-        assert f'taskstream_tasks_{kind}_total{{priority="unknown",queue="gpu"}} 1.0' in lines
+        assert f'taskstream_tasks_{kind}_total{{priority="default",queue="gpu"}} 1.0' in lines
+        assert not [line for line in lines if 'priority="unknown"' in line]
         assert not [line for line in lines if f'queue="{queue}"' in line]
 
 
@@ -903,15 +908,15 @@ async def test_a_parent_with_too_many_dependants_refuses_more(service, client, q
 
 async def test_cleanup_of_the_default_queue_covers_named_queues(make_settings, client):
     settings = make_settings(dlq_max_age_days=0.0)
-    streams = Streams(client, settings)
-    gpu = streams.for_queue("gpu")
+    streams = Engine(client, settings).default
+    gpu = streams.engine.queue("gpu")
     await gpu.enqueue(TaskRequest.parse({"eval_id": "dead", "code": "x", "queue": "gpu"}))
     claimed = await gpu.claim("w", 1, 30)
     await gpu.fail("dead", "boom", retry=False, task=claimed.tasks[0])
-    assert (await gpu.dlq_list())["count"] == 1
-    done = await streams.cleanup()
+    assert (await admin.dlq_list(gpu))["count"] == 1
+    done = await admin.cleanup(streams.engine)
     assert done is not None and done["dlq_removed"] == 1
-    assert (await gpu.dlq_list())["count"] == 0
+    assert (await admin.dlq_list(gpu))["count"] == 0
 
 
 async def test_by_id_calls_take_a_queue_hint(service):

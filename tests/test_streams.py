@@ -1,6 +1,6 @@
 """Every queue operation (one Lua script each) against the real Redis server.
 
-Checked through the `Streams` API and, independently, with raw Redis commands, so a
+Checked through the `Queue` API and, independently, with raw Redis commands, so a
 script that answers right but leaves the wrong structures behind is caught too.
 """
 
@@ -15,11 +15,15 @@ from typing import Any
 import orjson
 import pytest
 
+from app.engine import admin, views
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.keys import GROUP
+from app.engine.queue import Queue
 from app.errors import Conflict, NotFound, Unavailable
 from app.models import Priority, Task, TaskRequest
 from app.redis_server import free_port
 from app.settings import RetryPolicy, Settings
-from app.streams import GROUP, Streams, connect
 from tests.conftest import wait_for
 
 FAST = RetryPolicy(3, 0.2, 2.0, 300.0, False)
@@ -32,7 +36,7 @@ def req(eval_id: str | None = None, **fields: Any) -> TaskRequest:
     return TaskRequest.parse(data)
 
 
-def raw(streams: Streams) -> Any:
+def raw(streams: Queue) -> Any:
     """The client for direct Redis commands (typed loosely: reply shapes vary by command)."""
     return streams.redis
 
@@ -42,18 +46,18 @@ async def server_ms(client: Any) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def claim_ids(streams: Streams, count: int = 10, consumer: str = "c1") -> list[str]:
+async def claim_ids(streams: Queue, count: int = 10, consumer: str = "c1") -> list[str]:
     claimed = await streams.claim(consumer, count, 30)
     return [t.eval_id for t in claimed.tasks]
 
 
-async def claim_one(streams: Streams, consumer: str = "c1", lease: float = 30) -> Task:
+async def claim_one(streams: Queue, consumer: str = "c1", lease: float = 30) -> Task:
     claimed = await streams.claim(consumer, 1, lease)
     assert len(claimed.tasks) == 1, claimed
     return claimed.tasks[0]
 
 
-async def wait_lease_lapsed(streams: Streams, eval_id: str) -> None:
+async def wait_lease_lapsed(streams: Queue, eval_id: str) -> None:
     async def lapsed() -> bool:
         deadline = await raw(streams).zscore(streams.keys.leases, eval_id)
         return deadline is not None and deadline < await server_ms(raw(streams))
@@ -61,11 +65,11 @@ async def wait_lease_lapsed(streams: Streams, eval_id: str) -> None:
     await wait_for(lapsed, timeout=5, interval=0.01)
 
 
-async def stream_lengths(streams: Streams) -> list[int]:
+async def stream_lengths(streams: Queue) -> list[int]:
     return [await raw(streams).xlen(key) for key in streams.keys.streams]
 
 
-async def pending(streams: Streams, priority: str = "default") -> int:
+async def pending(streams: Queue, priority: str = "default") -> int:
     summary = await raw(streams).xpending(streams.keys.stream(priority), GROUP)
     return int(summary["pending"])
 
@@ -123,9 +127,9 @@ async def subscriber(redis_url: str) -> AsyncIterator[Callable[[str], Any]]:
 
 
 @pytest.fixture
-def make_streams(client: Any, make_settings: Callable[..., Settings]) -> Callable[..., Streams]:
-    def make(**overrides: Any) -> Streams:
-        return Streams(client, make_settings(**overrides))
+def make_streams(client: Any, make_settings: Callable[..., Settings]) -> Callable[..., Queue]:
+    def make(**overrides: Any) -> Queue:
+        return Engine(client, make_settings(**overrides)).default
 
     return make
 
@@ -133,7 +137,7 @@ def make_streams(client: Any, make_settings: Callable[..., Settings]) -> Callabl
 # --- enqueue ------------------------------------------------------------------------
 
 
-async def test_enqueue_answers_queued_with_position(streams: Streams) -> None:
+async def test_enqueue_answers_queued_with_position(streams: Queue) -> None:
     answers = [await streams.enqueue(req(f"t{i}")) for i in range(3)]
     assert answers == [
         {"eval_id": f"t{i}", "status": "queued", "priority": "default", "position": i + 1}
@@ -149,7 +153,7 @@ async def test_enqueue_answers_queued_with_position(streams: Streams) -> None:
     assert await stream_lengths(streams) == [0, 3, 0]
 
 
-async def test_enqueue_stores_the_payload_in_the_stream(streams: Streams) -> None:
+async def test_enqueue_stores_the_payload_in_the_stream(streams: Queue) -> None:
     await streams.enqueue(req("p1", language="bash", metadata={"k": 1}, priority="low"))
     [(_, fields)] = await raw(streams).xrange(streams.keys.stream("low"))
     assert fields[b"id"] == b"p1"
@@ -163,7 +167,7 @@ async def test_enqueue_stores_the_payload_in_the_stream(streams: Streams) -> Non
     assert task.priority is Priority.LOW
 
 
-async def test_duplicate_eval_id_conflicts(streams: Streams) -> None:
+async def test_duplicate_eval_id_conflicts(streams: Queue) -> None:
     await streams.enqueue(req("dup"))
     with pytest.raises(Conflict, match="dup"):
         await streams.enqueue(req("dup", priority="high"))
@@ -179,7 +183,7 @@ async def test_duplicate_eval_id_conflicts(streams: Streams) -> None:
         await streams.enqueue(req("dup"))
 
 
-async def test_enqueue_scheduled_in_the_future(streams: Streams) -> None:
+async def test_enqueue_scheduled_in_the_future(streams: Queue) -> None:
     run_at = time.time() + 60
     answer = await streams.enqueue(req("s1", run_at=run_at, priority="high"))
     assert answer == {"eval_id": "s1", "status": "scheduled", "priority": "high"}
@@ -194,14 +198,14 @@ async def test_enqueue_scheduled_in_the_future(streams: Streams) -> None:
     claimed = await streams.claim("c1", 5, 30)
     assert claimed.tasks == []
     assert claimed.wake_in is not None and 58 < claimed.wake_in <= 60
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"]["scheduled"] == 1
     assert counts["by_priority"]["scheduled"]["high"] == 1
     # a queued task behind it is position 1: scheduled work does not count
     assert (await streams.enqueue(req("q1", priority="low")))["position"] == 1
 
 
-async def test_scheduled_task_is_delivered_once_due(streams: Streams) -> None:
+async def test_scheduled_task_is_delivered_once_due(streams: Queue) -> None:
     await streams.enqueue(req("soon", delay=0.2))
     await streams.enqueue(req("now"))
     assert await claim_ids(streams) == ["now"]
@@ -213,12 +217,12 @@ async def test_scheduled_task_is_delivered_once_due(streams: Streams) -> None:
     assert task.eval_id == "soon"
     assert task.attempt == 1
     assert task.payload == {"code": "print(1)"}
-    assert (await streams.counts())["states"]["scheduled"] == 0
+    assert (await views.counts(streams))["states"]["scheduled"] == 0
 
 
-async def test_enqueue_many(streams: Streams) -> None:
+async def test_enqueue_many(streams: Queue) -> None:
     await streams.enqueue(req("b0"))
-    answers = await streams.enqueue_many(
+    answers = await streams.engine.enqueue_many(
         [req("b1", priority="high"), req("b0"), req("b2", delay=30), req("b3")]
     )
     assert answers[0] == {"eval_id": "b1", "status": "queued", "priority": "high", "position": 1}
@@ -229,14 +233,14 @@ async def test_enqueue_many(streams: Streams) -> None:
     assert await claim_ids(streams) == ["b1", "b0", "b3"]
 
 
-async def test_enqueue_many_empty(streams: Streams) -> None:
-    assert await streams.enqueue_many([]) == []
+async def test_enqueue_many_empty(streams: Queue) -> None:
+    assert await streams.engine.enqueue_many([]) == []
 
 
 # --- positions ----------------------------------------------------------------------
 
 
-async def test_positions_in_strict_priority_order(streams: Streams) -> None:
+async def test_positions_in_strict_priority_order(streams: Queue) -> None:
     order = [("L1", "low"), ("D1", "default"), ("H1", "high"), ("L2", "low")]
     order += [("H2", "high"), ("D2", "default")]
     at_enqueue = [(await streams.enqueue(req(i, priority=p)))["position"] for i, p in order]
@@ -251,7 +255,7 @@ async def test_positions_in_strict_priority_order(streams: Streams) -> None:
     assert "position" not in await streams.get("H1")
 
 
-async def test_positions_after_cancelling_queued_tasks(streams: Streams) -> None:
+async def test_positions_after_cancelling_queued_tasks(streams: Queue) -> None:
     for i in range(1, 6):
         await streams.enqueue(req(f"d{i}"))
     await streams.enqueue(req("h1", priority="high"))
@@ -262,7 +266,7 @@ async def test_positions_after_cancelling_queued_tasks(streams: Streams) -> None
     assert (await streams.get("d1"))["position"] == 1
     assert (await streams.get("d5"))["position"] == 4
     assert (await streams.enqueue(req("d6")))["position"] == 5
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["by_priority"]["queued"] == {"high": 0, "default": 5, "low": 0}
     # delivery skips the holes and the positions stay exact as the head moves
     assert await claim_ids(streams, 2) == ["d1", "d3"]
@@ -270,18 +274,18 @@ async def test_positions_after_cancelling_queued_tasks(streams: Streams) -> None
     await streams.cancel("d5")  # a hole above the head
     assert (await streams.get("d6"))["position"] == 2
     assert (await streams.enqueue(req("d7")))["position"] == 3
-    assert (await streams.counts())["states"]["queued"] == 3
+    assert (await views.counts(streams))["states"]["queued"] == 3
     assert await claim_ids(streams) == ["d4", "d6", "d7"]
-    assert (await streams.counts())["states"]["queued"] == 0
+    assert (await views.counts(streams))["states"]["queued"] == 0
     assert (await streams.enqueue(req("d8")))["position"] == 1
 
 
-async def test_cancelling_the_newest_task_keeps_positions_exact(streams: Streams) -> None:
+async def test_cancelling_the_newest_task_keeps_positions_exact(streams: Queue) -> None:
     for i in range(1, 4):
         await streams.enqueue(req(f"n{i}"))
     await streams.cancel("n3")
     assert await claim_ids(streams) == ["n1", "n2"]
-    assert (await streams.counts())["states"]["queued"] == 0
+    assert (await views.counts(streams))["states"]["queued"] == 0
     assert (await streams.enqueue(req("n4")))["position"] == 1
     assert (await streams.get("n4"))["position"] == 1
 
@@ -289,7 +293,7 @@ async def test_cancelling_the_newest_task_keeps_positions_exact(streams: Streams
 # --- claim --------------------------------------------------------------------------
 
 
-async def test_claim_order_high_default_low_fifo(streams: Streams) -> None:
+async def test_claim_order_high_default_low_fifo(streams: Queue) -> None:
     order: list[tuple[str, Any]] = [("L1", "low"), ("D1", "default"), ("H1", "high")]
     order += [("L2", "low"), ("H2", "high"), ("D2", "default"), ("H3", True), ("D3", False)]
     for eval_id, priority in order:
@@ -302,7 +306,7 @@ async def test_claim_order_high_default_low_fifo(streams: Streams) -> None:
     assert claimed.wake_in is not None and 29 < claimed.wake_in <= 30
 
 
-async def test_claim_takes_only_count(streams: Streams) -> None:
+async def test_claim_takes_only_count(streams: Queue) -> None:
     for i in range(3):
         await streams.enqueue(req(f"d{i}"))
         await streams.enqueue(req(f"l{i}", priority="low"))
@@ -315,10 +319,10 @@ async def test_claim_takes_only_count(streams: Streams) -> None:
     assert await claim_ids(streams, 1) == ["h1"]
     assert await claim_ids(streams, 5) == ["l2"]
     assert await claim_ids(streams, 5) == []
-    assert (await streams.counts())["states"]["processing"] == 8
+    assert (await views.counts(streams))["states"]["processing"] == 8
 
 
-async def test_claim_marks_processing(streams: Streams) -> None:
+async def test_claim_marks_processing(streams: Queue) -> None:
     await streams.enqueue(req("p1"))
     before = await server_ms(raw(streams))
     task = await claim_one(streams, lease=10)
@@ -334,7 +338,7 @@ async def test_claim_marks_processing(streams: Streams) -> None:
     assert fields[b"worker"] == b"c1"
 
 
-async def test_consumer_group_and_consumer_visible_to_operators(streams: Streams) -> None:
+async def test_consumer_group_and_consumer_visible_to_operators(streams: Queue) -> None:
     await streams.enqueue(req("x1"))
     await streams.claim("host-a:123", 5, 30)
     key = streams.keys.stream("default")
@@ -348,11 +352,11 @@ async def test_consumer_group_and_consumer_visible_to_operators(streams: Streams
     assert entry["times_delivered"] == 1
     for other in (streams.keys.stream("high"), streams.keys.stream("low")):
         assert [g["name"] for g in await raw(streams).xinfo_groups(other)] == [GROUP.encode()]
-    merged = await streams.consumers()
+    merged = await views.consumers(streams)
     assert [(c["name"], c["pending"]) for c in merged] == [("host-a:123", 1)]
 
 
-async def test_claim_recreates_a_destroyed_group(streams: Streams) -> None:
+async def test_claim_recreates_a_destroyed_group(streams: Queue) -> None:
     await streams.ensure_groups()
     await streams.enqueue(req("g1"))
     await streams.enqueue(req("g2", priority="low"))
@@ -366,7 +370,7 @@ async def test_claim_recreates_a_destroyed_group(streams: Streams) -> None:
         assert [g["name"] for g in await raw(streams).xinfo_groups(key)] == [GROUP.encode()]
 
 
-async def test_claim_recreates_a_destroyed_group_with_a_lapsed_lease(streams: Streams) -> None:
+async def test_claim_recreates_a_destroyed_group_with_a_lapsed_lease(streams: Queue) -> None:
     await streams.ensure_groups()
     await streams.enqueue(req("held"))
     first = await claim_one(streams, "dead", lease=0.05)
@@ -378,7 +382,7 @@ async def test_claim_recreates_a_destroyed_group_with_a_lapsed_lease(streams: St
     assert [(t.eval_id, t.entry, t.attempt) for t in claimed.tasks] == [("held", first.entry, 2)]
 
 
-async def test_renew_survives_a_destroyed_group(streams: Streams) -> None:
+async def test_renew_survives_a_destroyed_group(streams: Queue) -> None:
     await streams.ensure_groups()
     await streams.enqueue(req("held"))
     task = await claim_one(streams, "c1", lease=30)
@@ -387,7 +391,7 @@ async def test_renew_survives_a_destroyed_group(streams: Streams) -> None:
     assert await streams.renew("c1", [task], 30) in ([], ["held"])
 
 
-async def test_claim_on_a_fresh_queue(streams: Streams) -> None:
+async def test_claim_on_a_fresh_queue(streams: Queue) -> None:
     claimed = await streams.claim("c1", 5, 30)
     assert claimed.tasks == []
     assert claimed.wake_in is None
@@ -399,7 +403,7 @@ async def test_claim_on_a_fresh_queue(streams: Streams) -> None:
 # --- fencing and leases -------------------------------------------------------------
 
 
-async def test_stale_tokens_are_refused(streams: Streams) -> None:
+async def test_stale_tokens_are_refused(streams: Queue) -> None:
     await streams.enqueue(req("f1"))
     task = await claim_one(streams)
     assert task.attempt == 1
@@ -416,7 +420,7 @@ async def test_stale_tokens_are_refused(streams: Streams) -> None:
     assert (await streams.get("f1"))["result"] == {"x": 1}
 
 
-async def test_an_older_delivery_cannot_settle_the_newer_one(streams: Streams) -> None:
+async def test_an_older_delivery_cannot_settle_the_newer_one(streams: Queue) -> None:
     await streams.enqueue(req("f2"))
     first = await claim_one(streams, "c1", lease=0.05)
     await wait_lease_lapsed(streams, "f2")
@@ -440,7 +444,7 @@ async def test_an_older_delivery_cannot_settle_the_newer_one(streams: Streams) -
     assert (await streams.get("f2"))["result"] == {"on_time": True}
 
 
-async def test_unfenced_calls_accepted_while_lease_is_live(streams: Streams) -> None:
+async def test_unfenced_calls_accepted_while_lease_is_live(streams: Queue) -> None:
     await streams.enqueue(req("u1"))
     await claim_one(streams)
     await streams.complete("u1", {"pull": "worker"})
@@ -452,7 +456,7 @@ async def test_unfenced_calls_accepted_while_lease_is_live(streams: Streams) -> 
         await streams.complete("u2", {})
 
 
-async def test_renew_extends_and_releases_leases(streams: Streams) -> None:
+async def test_renew_extends_and_releases_leases(streams: Queue) -> None:
     await streams.enqueue(req("r1"))
     await streams.enqueue(req("r2"))
     tasks = (await streams.claim("c1", 2, 0.3)).tasks
@@ -470,7 +474,7 @@ async def test_renew_extends_and_releases_leases(streams: Streams) -> None:
     assert await streams.renew("c1", tasks[1:], 20) == []
 
 
-async def test_renew_reports_finished_and_unknown_tasks(streams: Streams) -> None:
+async def test_renew_reports_finished_and_unknown_tasks(streams: Queue) -> None:
     await streams.enqueue(req("r3"))
     task = await claim_one(streams)
     await streams.complete("r3", {}, task)
@@ -478,7 +482,7 @@ async def test_renew_reports_finished_and_unknown_tasks(streams: Streams) -> Non
     assert await streams.renew("c1", [task, ghost], 20) == ["r3", "ghost"]
 
 
-async def test_expired_lease_is_reclaimed_by_another_consumer(streams: Streams) -> None:
+async def test_expired_lease_is_reclaimed_by_another_consumer(streams: Queue) -> None:
     await streams.enqueue(req("e1"))
     await streams.enqueue(req("e2"))
     first = await claim_one(streams, "dead", lease=0.05)
@@ -495,7 +499,7 @@ async def test_expired_lease_is_reclaimed_by_another_consumer(streams: Streams) 
 
 
 async def test_poison_guard_buries_a_task_whose_lease_keeps_lapsing(
-    make_streams: Callable[..., Streams], subscriber: Callable[[str], Any]
+    make_streams: Callable[..., Queue], subscriber: Callable[[str], Any]
 ) -> None:
     streams = make_streams(lease_max_lapses=1)
     failed = await subscriber("evaluation:failed")
@@ -520,7 +524,7 @@ async def test_poison_guard_buries_a_task_whose_lease_keeps_lapsing(
     message = await failed.message_for("poison")
     assert message["result"]["status"] == "failed"
     assert "lapsed" in message["result"]["output"]
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["dlq"] == 1
     assert counts["states"]["processing"] == 0
 
@@ -528,7 +532,7 @@ async def test_poison_guard_buries_a_task_whose_lease_keeps_lapsing(
 # --- complete -----------------------------------------------------------------------
 
 
-async def test_complete(streams: Streams, subscriber: Callable[[str], Any]) -> None:
+async def test_complete(streams: Queue, subscriber: Callable[[str], Any]) -> None:
     completed = await subscriber("evaluation:completed")
     await streams.enqueue(req("c1", priority="high"))
     task = await claim_one(streams)
@@ -544,14 +548,14 @@ async def test_complete(streams: Streams, subscriber: Callable[[str], Any]) -> N
     assert await pending(streams, "high") == 0
     assert await raw(streams).zscore(streams.keys.leases, "c1") is None
     assert await completed.message_for("c1") == {"eval_id": "c1", "result": result}
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["totals"]["completed"] == 1
     assert counts["states"]["processing"] == 0
     with pytest.raises(Conflict, match="completed"):
         await streams.complete("c1", result, task)
 
 
-async def test_complete_refusals(streams: Streams) -> None:
+async def test_complete_refusals(streams: Queue) -> None:
     with pytest.raises(NotFound):
         await streams.complete("nobody", {})
     await streams.enqueue(req("q1"))
@@ -562,7 +566,7 @@ async def test_complete_refusals(streams: Streams) -> None:
         await streams.complete("s1", {})
 
 
-async def test_complete_with_a_non_object_result(streams: Streams) -> None:
+async def test_complete_with_a_non_object_result(streams: Queue) -> None:
     await streams.enqueue(req("c2"))
     task = await claim_one(streams)
     await streams.complete("c2", "plain text", task)
@@ -577,7 +581,7 @@ def due_of(answer: dict[str, Any]) -> int:
     return round(moment.timestamp() * 1000)
 
 
-async def test_fail_with_retry_backs_off_then_requeues(streams: Streams) -> None:
+async def test_fail_with_retry_backs_off_then_requeues(streams: Queue) -> None:
     await streams.enqueue(req("r1"))
     task = await claim_one(streams)
     before = await server_ms(raw(streams))
@@ -591,7 +595,7 @@ async def test_fail_with_retry_backs_off_then_requeues(streams: Streams) -> None
     assert await raw(streams).zscore(streams.keys.scheduled, "r1") == due_of(answer)
     assert await stream_lengths(streams) == [0, 0, 0]
     assert await pending(streams) == 0
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["by_priority"]["retrying"]["default"] == 1
     assert counts["totals"]["retried"] == 1
 
@@ -603,14 +607,14 @@ async def test_fail_with_retry_backs_off_then_requeues(streams: Streams) -> None
     assert (again.eval_id, again.attempt) == ("r1", 2)
     assert again.entry != task.entry
     assert again.payload == {"code": "print(1)"}
-    assert (await streams.counts())["states"]["retrying"] == 0
+    assert (await views.counts(streams))["states"]["retrying"] == 0
     # retry 2 waits base * exp
     before = await server_ms(raw(streams))
     second = await streams.fail("r1", "boom again", task=again, policy=FAST)
     assert before + 400 <= due_of(second) <= await server_ms(raw(streams)) + 400
 
 
-async def test_retried_task_is_queued_at_its_priority(streams: Streams) -> None:
+async def test_retried_task_is_queued_at_its_priority(streams: Queue) -> None:
     await streams.enqueue(req("hi", priority="high"))
     task = await claim_one(streams)
     await streams.fail("hi", "x", task=task, policy=RetryPolicy(3, 0.01, 2, 1, False))
@@ -626,7 +630,7 @@ async def test_retried_task_is_queued_at_its_priority(streams: Streams) -> None:
     assert await claim_ids(streams) == ["hi", "d1"]
 
 
-async def test_fail_delay_is_capped_and_jittered(streams: Streams) -> None:
+async def test_fail_delay_is_capped_and_jittered(streams: Queue) -> None:
     for i, policy in enumerate(
         [RetryPolicy(3, 10.0, 2.0, 4.0, False), RetryPolicy(3, 10.0, 2.0, 300.0, True)]
     ):
@@ -642,7 +646,7 @@ async def test_fail_delay_is_capped_and_jittered(streams: Streams) -> None:
 
 
 async def test_fail_without_retry_goes_to_the_dlq(
-    streams: Streams, subscriber: Callable[[str], Any]
+    streams: Queue, subscriber: Callable[[str], Any]
 ) -> None:
     failed = await subscriber("evaluation:failed")
     await streams.enqueue(req("dead", priority="low", metadata={"u": "x"}))
@@ -669,13 +673,13 @@ async def test_fail_without_retry_goes_to_the_dlq(
         "eval_id": "dead",
         "result": {"status": "failed", "output": "SyntaxError", "exit_code": 1},
     }
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert (counts["dlq"], counts["totals"]["failed"]) == (1, 1)
     with pytest.raises(Conflict, match="failed"):
         await streams.fail("dead", "again", task=task)
 
 
-async def test_fail_refusals(streams: Streams) -> None:
+async def test_fail_refusals(streams: Queue) -> None:
     with pytest.raises(NotFound):
         await streams.fail("nobody", "x")
     await streams.enqueue(req("q1"))
@@ -683,7 +687,7 @@ async def test_fail_refusals(streams: Streams) -> None:
         await streams.fail("q1", "x")
 
 
-async def test_max_retries_from_the_policy(streams: Streams) -> None:
+async def test_max_retries_from_the_policy(streams: Queue) -> None:
     policy = RetryPolicy(2, 0.01, 1.0, 1.0, False)
     await streams.enqueue(req("m1"))
     statuses = []
@@ -700,7 +704,7 @@ async def test_max_retries_from_the_policy(streams: Streams) -> None:
     assert dead[b"attempts"] == b"3"
 
 
-async def test_max_retries_per_task_overrides_the_policy(streams: Streams) -> None:
+async def test_max_retries_per_task_overrides_the_policy(streams: Queue) -> None:
     await streams.enqueue(req("none", max_retries=0))
     task = await claim_one(streams)
     answer = await streams.fail("none", "x", task=task, policy=RetryPolicy(5, 0.01, 1, 1, False))
@@ -719,7 +723,7 @@ async def test_max_retries_per_task_overrides_the_policy(streams: Streams) -> No
     assert (await streams.fail("one", "x", task=task, policy=policy))["status"] == "failed"
 
 
-async def test_default_policy_comes_from_settings(make_streams: Callable[..., Streams]) -> None:
+async def test_default_policy_comes_from_settings(make_streams: Callable[..., Queue]) -> None:
     streams = make_streams(retry=RetryPolicy(0, 0.01, 1.0, 1.0, False))
     await streams.enqueue(req("d1"))
     task = await claim_one(streams)
@@ -729,7 +733,7 @@ async def test_default_policy_comes_from_settings(make_streams: Callable[..., St
 # --- cancel -------------------------------------------------------------------------
 
 
-async def test_cancel_queued(streams: Streams) -> None:
+async def test_cancel_queued(streams: Queue) -> None:
     await streams.enqueue(req("c1"))
     assert await streams.cancel("c1") == {
         "eval_id": "c1",
@@ -743,10 +747,10 @@ async def test_cancel_queued(streams: Streams) -> None:
     ttl = await raw(streams).ttl(streams.keys.task("c1"))
     assert 0 < ttl <= streams.settings.result_ttl
     assert await claim_ids(streams) == []
-    assert (await streams.counts())["totals"]["cancelled"] == 1
+    assert (await views.counts(streams))["totals"]["cancelled"] == 1
 
 
-async def test_cancel_scheduled_and_retrying(streams: Streams) -> None:
+async def test_cancel_scheduled_and_retrying(streams: Queue) -> None:
     await streams.enqueue(req("s1", delay=0.3))
     await streams.cancel("s1")
     assert await raw(streams).zscore(streams.keys.scheduled, "s1") is None
@@ -756,7 +760,7 @@ async def test_cancel_scheduled_and_retrying(streams: Streams) -> None:
     assert (await streams.get("r1"))["status"] == "retrying"
     await streams.cancel("r1")
     assert await raw(streams).zcard(streams.keys.scheduled) == 0
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"]["scheduled"] == 0
     assert counts["states"]["retrying"] == 0
     assert counts["totals"]["cancelled"] == 2
@@ -773,7 +777,7 @@ async def test_cancel_scheduled_and_retrying(streams: Streams) -> None:
 
 
 async def test_cancel_processing_needs_terminate(
-    streams: Streams, subscriber: Callable[[str], Any]
+    streams: Queue, subscriber: Callable[[str], Any]
 ) -> None:
     await streams.enqueue(req("p1"))
     task = await claim_one(streams)
@@ -794,7 +798,7 @@ async def test_cancel_processing_needs_terminate(
     assert await streams.renew("c1", [task], 30) == ["p1"]
 
 
-async def test_cancel_finished_or_unknown(streams: Streams) -> None:
+async def test_cancel_finished_or_unknown(streams: Queue) -> None:
     await streams.enqueue(req("f1"))
     task = await claim_one(streams)
     await streams.complete("f1", {}, task)
@@ -817,7 +821,7 @@ async def test_cancel_finished_or_unknown(streams: Streams) -> None:
 # --- counts, events, get ------------------------------------------------------------
 
 
-async def test_counts_per_state_and_priority(streams: Streams) -> None:
+async def test_counts_per_state_and_priority(streams: Queue) -> None:
     for eval_id, priority in [("p-h", "high"), ("p-d", "default")]:
         await streams.enqueue(req(eval_id, priority=priority))
     running = (await streams.claim("c1", 2, 30)).tasks
@@ -828,7 +832,7 @@ async def test_counts_per_state_and_priority(streams: Streams) -> None:
     await streams.fail("p-d", "x", task=running[1], policy=RetryPolicy(3, 60, 2, 60, False))
     await streams.enqueue(req("gone"))
     await streams.cancel("gone")
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["by_priority"] == {
         "queued": {"high": 2, "default": 0, "low": 1},
         "processing": {"high": 1, "default": 0, "low": 0},
@@ -848,13 +852,13 @@ async def test_counts_per_state_and_priority(streams: Streams) -> None:
     assert counts["totals"]["retried"] == 1
     assert counts["totals"]["cancelled"] == 1
     await streams.fail("p-h", "x", task=running[0], retry=False)
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"]["processing"] == 0
     assert counts["dlq"] == 1
 
 
-async def test_counts_on_an_empty_queue(streams: Streams) -> None:
-    counts = await streams.counts()
+async def test_counts_on_an_empty_queue(streams: Queue) -> None:
+    counts = await views.counts(streams)
     assert counts["states"] == {
         "queued": 0,
         "processing": 0,
@@ -866,7 +870,7 @@ async def test_counts_on_an_empty_queue(streams: Streams) -> None:
     assert counts["totals"] == {}
 
 
-async def test_events_stream_records_each_state_change(streams: Streams) -> None:
+async def test_events_stream_records_each_state_change(streams: Queue) -> None:
     await streams.enqueue(req("ev"))
     task = await claim_one(streams)
     await streams.fail("ev", "x", task=task, policy=RetryPolicy(3, 0.01, 1, 1, False))
@@ -894,7 +898,7 @@ async def test_events_stream_records_each_state_change(streams: Streams) -> None
     ]
 
 
-async def test_events_stream_is_capped(make_streams: Callable[..., Streams]) -> None:
+async def test_events_stream_is_capped(make_streams: Callable[..., Queue]) -> None:
     streams = make_streams(events_maxlen=10)
     for i in range(300):
         await streams.enqueue(req(f"e{i}"))
@@ -902,7 +906,7 @@ async def test_events_stream_is_capped(make_streams: Callable[..., Streams]) -> 
     assert 10 <= await raw(streams).xlen(streams.keys.events) < 300
 
 
-async def test_get_unknown(streams: Streams) -> None:
+async def test_get_unknown(streams: Queue) -> None:
     with pytest.raises(NotFound):
         await streams.get("nothing")
 
@@ -910,7 +914,7 @@ async def test_get_unknown(streams: Streams) -> None:
 # --- clear --------------------------------------------------------------------------
 
 
-async def test_clear_removes_everything_and_groups_still_work(streams: Streams) -> None:
+async def test_clear_removes_everything_and_groups_still_work(streams: Queue) -> None:
     await streams.enqueue(req("done"))
     await streams.enqueue(req("dead"))
     await streams.enqueue(req("running"))
@@ -921,7 +925,7 @@ async def test_clear_removes_everything_and_groups_still_work(streams: Streams) 
     await streams.enqueue(req("later", delay=60))
     await streams.enqueue(req("cancelled"))
     await streams.cancel("cancelled")
-    removed = await streams.clear()
+    removed = await admin.clear(streams.engine)
     assert removed == 6
     for eval_id in ("done", "dead", "running", "queued", "later", "cancelled"):
         with pytest.raises(NotFound):
@@ -934,7 +938,7 @@ async def test_clear_removes_everything_and_groups_still_work(streams: Streams) 
     for key in streams.keys.streams:
         groups = await raw(streams).xinfo_groups(key)
         assert [(g["name"], g["pending"]) for g in groups] == [(GROUP.encode(), 0)]
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["states"] == {
         "queued": 0,
         "processing": 0,
@@ -951,28 +955,28 @@ async def test_clear_removes_everything_and_groups_still_work(streams: Streams) 
     assert (await streams.enqueue(req("done")))["status"] == "queued"
 
 
-async def test_clear_an_empty_queue(streams: Streams) -> None:
-    assert await streams.clear() == 0
-    assert await streams.clear() == 0
+async def test_clear_an_empty_queue(streams: Queue) -> None:
+    assert await admin.clear(streams.engine) == 0
+    assert await admin.clear(streams.engine) == 0
 
 
 async def test_clear_leaves_other_queues_alone(
-    client: Any, streams: Streams, make_settings: Callable[..., Settings]
+    client: Any, streams: Queue, make_settings: Callable[..., Settings]
 ) -> None:
-    other = Streams(client, make_settings(), queue=f"{streams.keys.queue}-other")
+    other = Engine(client, make_settings(queue=f"{streams.keys.queue}-other")).default
     await other.enqueue(req("mine"))
     await streams.enqueue(req("mine"))
     try:
-        assert await streams.clear() == 1
+        assert await admin.clear(streams.engine) == 1
         assert (await other.get("mine"))["status"] == "queued"
     finally:
-        await other.clear()
+        await admin.clear(other.engine)
 
 
 # --- promote, wait_for_work ---------------------------------------------------------
 
 
-async def test_promote(streams: Streams) -> None:
+async def test_promote(streams: Queue) -> None:
     assert await streams.promote() is None
     await streams.enqueue(req("p-soon", delay=0.1, priority="low"))
     await streams.enqueue(req("p-later", delay=60))
@@ -987,13 +991,13 @@ async def test_promote(streams: Streams) -> None:
     wait = await streams.promote()
     assert wait is not None and 59 < wait <= 60
     assert (await streams.get("p-soon"))["position"] == 1
-    counts = await streams.counts()
+    counts = await views.counts(streams)
     assert counts["by_priority"]["scheduled"] == {"high": 0, "default": 1, "low": 0}
     assert counts["by_priority"]["queued"]["low"] == 1
     assert await claim_ids(streams) == ["p-soon"]
 
 
-async def test_wait_for_work(streams: Streams) -> None:
+async def test_wait_for_work(streams: Queue) -> None:
     await streams.ensure_groups()
     idle = await streams.claim("c1", 1, 30)
     assert idle.tasks == [] and len(idle.tails) == 3
@@ -1011,7 +1015,7 @@ async def test_wait_for_work(streams: Streams) -> None:
     assert loop.time() - started < 1
 
 
-async def test_wait_for_work_sees_an_entry_added_right_after_the_claim(streams: Streams) -> None:
+async def test_wait_for_work_sees_an_entry_added_right_after_the_claim(streams: Queue) -> None:
     """The tails come from the claim itself: nothing added after it can be missed."""
     await streams.ensure_groups()
     idle = await streams.claim("c1", 1, 30)
@@ -1024,17 +1028,17 @@ async def test_wait_for_work_sees_an_entry_added_right_after_the_claim(streams: 
 # --- dead-letter queue --------------------------------------------------------------
 
 
-async def bury(streams: Streams, eval_id: str, **fields: Any) -> None:
+async def bury(streams: Queue, eval_id: str, **fields: Any) -> None:
     await streams.enqueue(req(eval_id, **fields))
     claimed = await streams.claim("c1", 10, 30)
     [task] = [t for t in claimed.tasks if t.eval_id == eval_id]
     await streams.fail(eval_id, f"error of {eval_id}", retry=False, task=task)
 
 
-async def test_dlq_list(streams: Streams) -> None:
+async def test_dlq_list(streams: Queue) -> None:
     await bury(streams, "a1", priority="high", metadata={"m": 1})
     await bury(streams, "a2")
-    listing = await streams.dlq_list()
+    listing = await admin.dlq_list(streams)
     assert listing["count"] == 2
     assert [t["eval_id"] for t in listing["tasks"]] == ["a2", "a1"]
     first = listing["tasks"][1]
@@ -1044,60 +1048,60 @@ async def test_dlq_list(streams: Streams) -> None:
     assert first["task"]["code"] == "print(1)"
     assert first["task"]["priority"] == "high"
     assert first["task"]["metadata"] == {"m": 1}
-    page = await streams.dlq_list(limit=1, offset=1)
+    page = await admin.dlq_list(streams, limit=1, offset=1)
     assert page["count"] == 2
     assert [t["eval_id"] for t in page["tasks"]] == ["a1"]
 
 
-async def test_dlq_retry(streams: Streams) -> None:
+async def test_dlq_retry(streams: Queue) -> None:
     await bury(streams, "again", priority="low")
-    assert await streams.dlq_retry("again") == {"eval_id": "again", "status": "queued"}
+    assert await admin.dlq_retry(streams, "again") == {"eval_id": "again", "status": "queued"}
     record = await streams.get("again")
     assert (record["status"], record["attempts"], record["position"]) == ("queued", 0, 1)
-    assert (await streams.dlq_list())["count"] == 0
+    assert (await admin.dlq_list(streams))["count"] == 0
     task = await claim_one(streams)
     assert (task.eval_id, task.attempt, task.priority) == ("again", 1, Priority.LOW)
     assert task.payload == {"code": "print(1)"}
     with pytest.raises(NotFound):
-        await streams.dlq_retry("again")
+        await admin.dlq_retry(streams, "again")
     with pytest.raises(NotFound):
-        await streams.dlq_retry("never")
+        await admin.dlq_retry(streams, "never")
     # buried a second time: one DLQ entry, not two
     await streams.fail("again", "twice", retry=False, task=task)
-    assert (await streams.dlq_list())["count"] == 1
+    assert (await admin.dlq_list(streams))["count"] == 1
 
 
-async def test_dlq_retry_refused_while_a_live_task_uses_the_id(streams: Streams) -> None:
+async def test_dlq_retry_refused_while_a_live_task_uses_the_id(streams: Queue) -> None:
     await bury(streams, "reused")
     await raw(streams).delete(streams.keys.task("reused"))
     await streams.enqueue(req("reused", priority="high"))
     with pytest.raises(Conflict, match="queued"):
-        await streams.dlq_retry("reused")
-    assert (await streams.dlq_list())["count"] == 1
+        await admin.dlq_retry(streams, "reused")
+    assert (await admin.dlq_list(streams))["count"] == 1
     assert (await streams.get("reused"))["priority"] == "high"
 
 
-async def test_dlq_retry_after_the_record_expired(streams: Streams) -> None:
+async def test_dlq_retry_after_the_record_expired(streams: Queue) -> None:
     await bury(streams, "expired")
     await raw(streams).delete(streams.keys.task("expired"))
-    await streams.dlq_retry("expired")
+    await admin.dlq_retry(streams, "expired")
     assert (await streams.get("expired"))["status"] == "queued"
 
 
-async def test_dlq_purge(streams: Streams) -> None:
+async def test_dlq_purge(streams: Queue) -> None:
     for name in ("x1", "x2", "x3"):
         await bury(streams, name)
-    assert await streams.dlq_purge(eval_id="x2") == 1
-    assert await streams.dlq_purge(eval_id="x2") == 0
-    assert [t["eval_id"] for t in (await streams.dlq_list())["tasks"]] == ["x3", "x1"]
-    assert await streams.dlq_purge(older_than=3600) == 0
-    assert await streams.dlq_purge() == 2
-    assert (await streams.dlq_list())["count"] == 0
+    assert await admin.dlq_purge(streams, eval_id="x2") == 1
+    assert await admin.dlq_purge(streams, eval_id="x2") == 0
+    assert [t["eval_id"] for t in (await admin.dlq_list(streams))["tasks"]] == ["x3", "x1"]
+    assert await admin.dlq_purge(streams, older_than=3600) == 0
+    assert await admin.dlq_purge(streams) == 2
+    assert (await admin.dlq_list(streams))["count"] == 0
     with pytest.raises(NotFound):
-        await streams.dlq_retry("x1")
+        await admin.dlq_retry(streams, "x1")
 
 
-async def test_dlq_purge_older_than(streams: Streams) -> None:
+async def test_dlq_purge_older_than(streams: Queue) -> None:
     await bury(streams, "old")
     buried_old = await server_ms(raw(streams))
 
@@ -1108,60 +1112,60 @@ async def test_dlq_purge_older_than(streams: Streams) -> None:
     await bury(streams, "new")
     now = await server_ms(raw(streams))
     # older than a moment 100 ms after "old" was buried (and > 100 ms before "new")
-    assert await streams.dlq_purge(older_than=(now - buried_old - 100) / 1000) == 1
-    assert [t["eval_id"] for t in (await streams.dlq_list())["tasks"]] == ["new"]
+    assert await admin.dlq_purge(streams, older_than=(now - buried_old - 100) / 1000) == 1
+    assert [t["eval_id"] for t in (await admin.dlq_list(streams))["tasks"]] == ["new"]
 
     async def after_new() -> bool:
         return await server_ms(raw(streams)) > now + 2
 
     await wait_for(after_new)
-    assert await streams.dlq_purge(older_than=0) == 1
+    assert await admin.dlq_purge(streams, older_than=0) == 1
 
 
 # --- Redis unavailable --------------------------------------------------------------
 
 
 @pytest.fixture
-async def dead_streams(settings: Settings) -> AsyncIterator[Streams]:
+async def dead_streams(settings: Settings) -> AsyncIterator[Queue]:
     client = connect(f"redis://127.0.0.1:{free_port()}/0")
-    yield Streams(client, settings)
+    yield Engine(client, settings).default
     await client.aclose()
 
 
-async def test_unreachable_redis_is_unavailable(dead_streams: Streams) -> None:
+async def test_unreachable_redis_is_unavailable(dead_streams: Queue) -> None:
     task = Task("t", "1-0", 1, Priority.DEFAULT, {})
     calls = [
         dead_streams.enqueue(req("x")),
-        dead_streams.enqueue_many([req("y")]),
+        dead_streams.engine.enqueue_many([req("y")]),
         dead_streams.claim("c1", 1, 30),
         dead_streams.complete("t", {}, task),
         dead_streams.fail("t", "x", task=task),
         dead_streams.renew("c1", [task], 30),
         dead_streams.cancel("t"),
         dead_streams.get("t"),
-        dead_streams.counts(),
-        dead_streams.clear(),
-        dead_streams.ping(),
+        views.counts(dead_streams),
+        admin.clear(dead_streams.engine),
+        dead_streams.engine.ping(),
         dead_streams.ensure_groups(),
         dead_streams.promote(),
-        dead_streams.dlq_list(),
-        dead_streams.dlq_retry("t"),
-        dead_streams.dlq_purge(),
+        admin.dlq_list(dead_streams),
+        admin.dlq_retry(dead_streams, "t"),
+        admin.dlq_purge(dead_streams),
     ]
     for call in calls:
         with pytest.raises(Unavailable, match="redis unavailable"):
             await call
 
 
-async def test_scripts_reload_after_script_flush(streams: Streams) -> None:
+async def test_scripts_reload_after_script_flush(streams: Queue) -> None:
     await streams.enqueue(req("before"))
     await raw(streams).script_flush()
     await streams.enqueue(req("single"))
-    answers = await streams.enqueue_many([req("batch1"), req("batch2")])
+    answers = await streams.engine.enqueue_many([req("batch1"), req("batch2")])
     assert [a["position"] for a in answers] == [3, 4]
     await raw(streams).script_flush()
     assert await claim_ids(streams) == ["before", "single", "batch1", "batch2"]
 
 
-async def test_ping(streams: Streams) -> None:
-    assert await streams.ping() is True
+async def test_ping(streams: Queue) -> None:
+    assert await streams.engine.ping() is True

@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from app.redis_server import free_port
-from app.wire import ConnectFailed, Origin, WireError
+from app.runtime.wire import ConnectFailed, Origin, WireError
 
 Reply = Callable[[bytes], Awaitable[bytes | None]]
 

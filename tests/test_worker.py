@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse, Response
 
+from app.engine import views
+from app.engine.queue import Queue
 from app.models import TaskRequest
-from app.streams import Streams
 from tests.conftest import StubExecutor, wait_for
 from tests.test_cli import arun, start
 from tests.test_main import dead_redis_url
@@ -23,9 +24,9 @@ def worker_env(redis_url: str, queue: str, **extra: str) -> dict[str, str]:
     return {"REDIS_URL": redis_url, "QUEUE_NAME": queue, "LOG_FORMAT": "json", **extra}
 
 
-async def add(streams: Streams, eval_id: str, **data: Any) -> None:
+async def add(streams: Queue, eval_id: str, **data: Any) -> None:
     task = TaskRequest.parse({"eval_id": eval_id, "code": "x", **data})
-    await streams.for_queue(task.queue).enqueue(task)
+    await streams.engine.queue(task.queue).enqueue(task)
 
 
 def stopped_line(stderr_and_out: str) -> dict[str, Any]:
@@ -47,7 +48,7 @@ async def test_burst_exits_0_on_an_empty_queue(
 
 
 async def test_burst_drains_the_queue_then_exits_0(
-    redis_url: str, queue: str, streams: Streams, executor: StubExecutor
+    redis_url: str, queue: str, streams: Queue, executor: StubExecutor
 ) -> None:
     await streams.ensure_groups()
     for i in range(20):
@@ -66,7 +67,7 @@ async def test_burst_drains_the_queue_then_exits_0(
 async def test_burst_waits_out_retries(
     redis_url: str,
     queue: str,
-    streams: Streams,
+    streams: Queue,
     make_executor: Callable[..., Awaitable[StubExecutor]],
 ) -> None:
     answers = [503, 503]
@@ -90,13 +91,13 @@ async def test_burst_waits_out_retries(
 async def test_burst_consumes_only_the_selected_queue(
     redis_url: str,
     queue: str,
-    streams: Streams,
+    streams: Queue,
     make_executor: Callable[..., Awaitable[StubExecutor]],
 ) -> None:
     gpu, cpu = await make_executor(), await make_executor()
     await streams.ensure_groups()
     for name in ("gpu", "cpu"):
-        await streams.for_queue(name).ensure_groups()
+        await streams.engine.queue(name).ensure_groups()
         for i in range(3):
             await add(streams, f"{name}{i}", queue=name)
     env = worker_env(
@@ -109,9 +110,9 @@ async def test_burst_consumes_only_the_selected_queue(
     assert code == 0, err
     assert sorted(c["eval_id"] for c in cpu.calls) == ["cpu0", "cpu1", "cpu2"]
     assert gpu.calls == []
-    counts = await streams.for_queue("gpu").counts()
+    counts = await views.counts(streams.engine.queue("gpu"))
     assert counts["states"]["queued"] == 3
-    consumers = await streams.for_queue("gpu").consumers()
+    consumers = await views.consumers(streams.engine.queue("gpu"))
     assert consumers == []  # never read from the gpu streams
     # --consume overrides CONSUME
     code, _, err = await arun("worker", "--burst", "--consume", "gpu", env=env)
@@ -120,7 +121,7 @@ async def test_burst_consumes_only_the_selected_queue(
 
 
 async def test_burst_delivers_callbacks_before_it_exits(
-    redis_url: str, queue: str, streams: Streams, executor: StubExecutor
+    redis_url: str, queue: str, streams: Queue, executor: StubExecutor
 ) -> None:
     async def answer(request: bytes) -> bytes:
         return ok()
@@ -142,7 +143,7 @@ async def test_burst_delivers_callbacks_before_it_exits(
 
 
 async def test_worker_without_burst_runs_until_sigterm(
-    redis_url: str, queue: str, streams: Streams, executor: StubExecutor
+    redis_url: str, queue: str, streams: Queue, executor: StubExecutor
 ) -> None:
     await streams.ensure_groups()
     proc = await start("worker", env=worker_env(redis_url, queue, EXECUTOR_URLS=executor.url))
@@ -166,7 +167,7 @@ async def test_worker_without_burst_runs_until_sigterm(
 async def test_burst_worker_stops_gracefully_on_sigterm(
     redis_url: str,
     queue: str,
-    streams: Streams,
+    streams: Queue,
     make_executor: Callable[..., Awaitable[StubExecutor]],
 ) -> None:
     started, release = asyncio.Event(), asyncio.Event()
