@@ -31,10 +31,11 @@ $(VENV)/.dev-deps: uv.lock pyproject.toml | $(UV_BIN)
 run: $(VENV)/.run-deps  ## create .venv, install, start the service and the example executor (embedded Redis when REDIS_URL is unset)
 	$(BIN)/python -m app serve --example-executor
 
-lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy
+lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy, the wings' import rules (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 browser:  ## Debian's chromium for the dashboard test (installed with apt-get when missing)
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \

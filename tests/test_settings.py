@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime.aio import backoff_delay
 from app.settings import RetryPolicy, Settings, SettingsError
 
 
@@ -241,29 +240,6 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
-
-
-def test_retry_policy_delay_without_jitter() -> None:
-    policy = RetryPolicy(3, 5.0, 2.0, 300.0, jitter=False)
-    assert [backoff_delay(policy, n) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
-    assert backoff_delay(policy, 20) == 300.0
-
-
-def test_backoff_delay_follows_the_interval_list_as_fail_lua_does() -> None:
-    """The Python twin of fail.lua: an interval list replaces the formula, its last value
-    repeats, and jitter keeps half of it."""
-    policy = RetryPolicy(3, 5.0, 2.0, 300.0, jitter=False, intervals=(1.0, 7.0))
-    assert [backoff_delay(policy, n) for n in (1, 2, 3, 9)] == [1.0, 7.0, 7.0, 7.0]
-    jittered = RetryPolicy(3, 5.0, 2.0, 300.0, jitter=True, intervals=(8.0,))
-    assert backoff_delay(jittered, 1, rand=lambda: 0.0) == 4.0
-
-
-def test_retry_policy_equal_jitter_bounds() -> None:
-    policy = RetryPolicy(3, 4.0, 2.0, 300.0, jitter=True)
-    assert backoff_delay(policy, 2, rand=lambda: 0.0) == 4.0
-    assert backoff_delay(policy, 2, rand=lambda: 0.999999) == pytest.approx(8.0, abs=1e-4)
-    for _ in range(100):
-        assert 4.0 <= backoff_delay(policy, 2) <= 8.0
 
 
 def test_from_env_does_not_read_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

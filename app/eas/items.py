@@ -66,9 +66,10 @@ def frame_list(items: Sequence[Item]) -> DataFrameListProto:
     return answer
 
 
-def frames_json(items: Sequence[Item]) -> bytes:
+def frames_document(items: Sequence[Item]) -> dict[str, Any]:
     """The proto3 JSON form of DataFrameListProto (data base64, index a string)."""
-    return orjson.dumps(json_format.MessageToDict(frame_list(items)))
+    document: dict[str, Any] = json_format.MessageToDict(frame_list(items))
+    return document
 
 
 def entry_item(fields: dict[bytes, bytes]) -> Item:

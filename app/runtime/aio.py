@@ -7,7 +7,8 @@ worker against a signal, a WebSocket delivery against its hang-up.
 
 `backoff_delay` is the Python twin of fail.lua's formula (retry n waits
 min(max, base * exp^(n-1)), or the policy's interval list, with jitter keeping half), for
-what never passes through Lua: callback retries. Task retries are computed in Lua only.
+what never passes through Lua: callback retries and Redis reconnects (`Backoff`). Task
+retries are computed in Lua only.
 
 Imports: settings (and structlog).
 """
@@ -15,6 +16,7 @@ Imports: settings (and structlog).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,18 +31,23 @@ log = structlog.get_logger()
 
 @dataclass
 class Backoff:
-    """Capped exponential wait for reconnecting to Redis."""
+    """Capped exponential wait for reconnecting to Redis: `first`, doubling, at most `cap`
+    (`backoff_delay` without jitter); `reset` once Redis answers again."""
 
     first: float = 0.05
     cap: float = 5.0
-    current: float = field(init=False, default=0.0)
+    attempt: int = field(init=False, default=0)
 
     def reset(self) -> None:
-        self.current = 0.0
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        policy = RetryPolicy(0, self.first, 2.0, self.cap, jitter=False)
+        return backoff_delay(policy, self.attempt)
 
     async def sleep(self) -> None:
-        self.current = min(self.cap, self.current * 2 or self.first)
-        await asyncio.sleep(self.current)
+        await asyncio.sleep(self.next_delay())
 
 
 @dataclass
@@ -72,7 +79,11 @@ def backoff_delay(
     if policy.intervals:
         raw = policy.intervals[min(retry, len(policy.intervals)) - 1]
     else:
-        raw = min(policy.max_delay, policy.base_delay * policy.exponential_base ** (retry - 1))
+        try:
+            grown = policy.base_delay * policy.exponential_base ** (retry - 1)
+        except OverflowError:  # Lua's numbers reach inf there: the cap wins, as here
+            grown = math.inf
+        raw = min(policy.max_delay, grown)
     if not policy.jitter:
         return raw
     # "equal jitter": keeps at least half the delay, so backoff still grows.

@@ -38,7 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.eas.forward import REQUEST_ID_HEADER
 from app.eas.hub import EasHub
-from app.eas.items import MAX_LENGTH, Item, frame_list, frames_json
+from app.eas.items import MAX_LENGTH, Item, frame_list, frames_document
 from app.eas.store import EasQueue
 from app.eas.watch import Watch
 from app.errors import BadRequest, Invalid, NotFound, TaskstreamError
@@ -136,7 +136,7 @@ async def get(request: Request, hub: EasHub, queue: EasQueue) -> Response:
         return Response(first.data, media_type=first.content_type or None, headers=headers)
     if PROTOBUF in request.headers.get("accept", ""):
         return Response(frame_list(items).SerializeToString(), media_type=PROTOBUF)
-    return Response(frames_json(items), media_type="application/json")
+    return JSON(frames_document(items))
 
 
 async def sink_status(request: Request, queue: EasQueue) -> Response:

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of every route, and the offline /docs and /redoc pages.
 
 The Swagger UI 5 and ReDoc assets come inlined from the `offapi` package: the pages load
-nothing from other hosts. Every status a route can answer is declared (tests/test_fuzz.py
+nothing from other hosts. Every status a route can answer is declared (tests/web/test_fuzz.py
 runs schemathesis over the document against a live service): 401 on every route behind
 API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
 The building blocks (schemas, parameters, errors) are in web/openapi_schemas.py.

@@ -59,7 +59,8 @@ end
 -- zset of the items still in the queue (score = the item's number) and an aliases hash
 -- (`rid`: alias -> number). Their task hashes name them: `ix` (the index zset), `rid` (the
 -- item's alias, if any), and for an item that is answered into another queue, `sink` (that
--- reply queue's key prefix). Keys derived from a prefix share its hash tag. An item whose
+-- reply queue's key prefix; the field keeps the name of the numbered queues' first user,
+-- PAI-EAS, so tasks stored before the engine knew no PAI-EAS stay readable). Keys derived from a prefix share its hash tag. An item whose
 -- record carries `error` and whose payload is empty is the answer of a task that failed
 -- without one (see answer_numbered).
 local function numbered_append(prefix, prio, payload, alias, reply, maxlen, err)

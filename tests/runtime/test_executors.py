@@ -15,7 +15,7 @@ from app.redis_server import free_port
 from app.runtime.executors import ExecutorPool, classify
 from app.settings import RetryPolicy
 from tests.conftest import StubExecutor, has_state, post, status_of, wait_for
-from tests.test_wire import RawServer, ok
+from tests.runtime.test_wire import RawServer, ok
 
 MakeExecutor = Callable[..., Awaitable[StubExecutor]]
 MakePool = Callable[..., Awaitable[ExecutorPool]]

@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response
 from app.engine import views
 from app.engine.queue import Queue
 from app.models import TaskRequest
+from tests.cli.test_commands import arun, start
+from tests.cli.test_main import dead_redis_url
 from tests.conftest import StubExecutor, wait_for
-from tests.test_cli import arun, start
-from tests.test_main import dead_redis_url
-from tests.test_wire import RawServer, ok
+from tests.runtime.test_wire import RawServer, ok
 
 
 def worker_env(redis_url: str, queue: str, **extra: str) -> dict[str, str]:

@@ -22,8 +22,8 @@ from app.engine.engine import Engine
 from app.engine.queue import Queue
 from app.models import TaskRequest
 from app.settings import Settings
+from tests.cli.test_main import dead_redis_url, one_line, run
 from tests.conftest import ROOT, wait_for
-from tests.test_main import dead_redis_url, one_line, run
 
 
 def env_of(redis_url: str, queue: str) -> dict[str, str]:

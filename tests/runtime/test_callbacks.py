@@ -26,7 +26,7 @@ from app.runtime import callbacks
 from app.runtime.callbacks import CallbackSender, Target
 from app.settings import RetryPolicy, Settings
 from tests.conftest import Served, serve_asgi, wait_for
-from tests.test_wire import RawServer, ok
+from tests.runtime.test_wire import RawServer, ok
 
 TINY = RetryPolicy(3, 0.05, 1.0, 1.0, False)
 

@@ -1,4 +1,6 @@
-"""Every queue operation (one Lua script each) against the real Redis server.
+"""A queue's transitions (engine/queue.py), one Lua script each, against the real Redis
+server: enqueue, positions, claim, fencing and leases, complete, fail, cancel, get,
+promote, waiting for work.
 
 Checked through the `Queue` API and, independently, with raw Redis commands, so a
 script that answers right but leaves the wrong structures behind is caught too.
@@ -15,46 +17,17 @@ from typing import Any
 import orjson
 import pytest
 
-from app.engine import admin, views
+from app.engine import views
 from app.engine.client import connect
-from app.engine.engine import Engine
 from app.engine.keys import GROUP
 from app.engine.queue import Queue
-from app.errors import Conflict, NotFound, Unavailable
-from app.models import Priority, Task, TaskRequest
-from app.redis_server import free_port
-from app.settings import RetryPolicy, Settings
+from app.errors import Conflict, NotFound
+from app.models import Priority, Task
+from app.settings import RetryPolicy
 from tests.conftest import wait_for
+from tests.engine.conftest import claim_ids, claim_one, raw, req, server_ms, stream_lengths
 
 FAST = RetryPolicy(3, 0.2, 2.0, 300.0, False)
-
-
-def req(eval_id: str | None = None, **fields: Any) -> TaskRequest:
-    data: dict[str, Any] = {"code": "print(1)", **fields}
-    if eval_id is not None:
-        data["eval_id"] = eval_id
-    return TaskRequest.parse(data)
-
-
-def raw(streams: Queue) -> Any:
-    """The client for direct Redis commands (typed loosely: reply shapes vary by command)."""
-    return streams.redis
-
-
-async def server_ms(client: Any) -> int:
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def claim_ids(streams: Queue, count: int = 10, consumer: str = "c1") -> list[str]:
-    claimed = await streams.claim(consumer, count, 30)
-    return [t.eval_id for t in claimed.tasks]
-
-
-async def claim_one(streams: Queue, consumer: str = "c1", lease: float = 30) -> Task:
-    claimed = await streams.claim(consumer, 1, lease)
-    assert len(claimed.tasks) == 1, claimed
-    return claimed.tasks[0]
 
 
 async def wait_lease_lapsed(streams: Queue, eval_id: str) -> None:
@@ -63,10 +36,6 @@ async def wait_lease_lapsed(streams: Queue, eval_id: str) -> None:
         return deadline is not None and deadline < await server_ms(raw(streams))
 
     await wait_for(lapsed, timeout=5, interval=0.01)
-
-
-async def stream_lengths(streams: Queue) -> list[int]:
-    return [await raw(streams).xlen(key) for key in streams.keys.streams]
 
 
 async def pending(streams: Queue, priority: str = "default") -> int:
@@ -124,14 +93,6 @@ async def subscriber(redis_url: str) -> AsyncIterator[Callable[[str], Any]]:
         await sub.pubsub.aclose()
     for client in clients:
         await client.aclose()
-
-
-@pytest.fixture
-def make_streams(client: Any, make_settings: Callable[..., Settings]) -> Callable[..., Queue]:
-    def make(**overrides: Any) -> Queue:
-        return Engine(client, make_settings(**overrides)).default
-
-    return make
 
 
 # --- enqueue ------------------------------------------------------------------------
@@ -818,159 +779,9 @@ async def test_cancel_finished_or_unknown(streams: Queue) -> None:
         await streams.cancel("ghost")
 
 
-# --- counts, events, get ------------------------------------------------------------
-
-
-async def test_counts_per_state_and_priority(streams: Queue) -> None:
-    for eval_id, priority in [("p-h", "high"), ("p-d", "default")]:
-        await streams.enqueue(req(eval_id, priority=priority))
-    running = (await streams.claim("c1", 2, 30)).tasks
-    for eval_id, priority in [("q-h1", "high"), ("q-h2", "high"), ("q-l", "low")]:
-        await streams.enqueue(req(eval_id, priority=priority))
-    await streams.enqueue(req("s-l", priority="low", delay=60))
-    await streams.enqueue(req("s-d", delay=60))
-    await streams.fail("p-d", "x", task=running[1], policy=RetryPolicy(3, 60, 2, 60, False))
-    await streams.enqueue(req("gone"))
-    await streams.cancel("gone")
-    counts = await views.counts(streams)
-    assert counts["by_priority"] == {
-        "queued": {"high": 2, "default": 0, "low": 1},
-        "processing": {"high": 1, "default": 0, "low": 0},
-        "scheduled": {"high": 0, "default": 1, "low": 1},
-        "retrying": {"high": 0, "default": 1, "low": 0},
-        "deferred": {"high": 0, "default": 0, "low": 0},
-    }
-    assert counts["states"] == {
-        "queued": 3,
-        "processing": 1,
-        "scheduled": 2,
-        "retrying": 1,
-        "deferred": 0,
-    }
-    assert counts["dlq"] == 0
-    assert counts["totals"]["enqueued"] == 8
-    assert counts["totals"]["retried"] == 1
-    assert counts["totals"]["cancelled"] == 1
-    await streams.fail("p-h", "x", task=running[0], retry=False)
-    counts = await views.counts(streams)
-    assert counts["states"]["processing"] == 0
-    assert counts["dlq"] == 1
-
-
-async def test_counts_on_an_empty_queue(streams: Queue) -> None:
-    counts = await views.counts(streams)
-    assert counts["states"] == {
-        "queued": 0,
-        "processing": 0,
-        "scheduled": 0,
-        "retrying": 0,
-        "deferred": 0,
-    }
-    assert counts["dlq"] == 0
-    assert counts["totals"] == {}
-
-
-async def test_events_stream_records_each_state_change(streams: Queue) -> None:
-    await streams.enqueue(req("ev"))
-    task = await claim_one(streams)
-    await streams.fail("ev", "x", task=task, policy=RetryPolicy(3, 0.01, 1, 1, False))
-
-    async def delivered() -> list[Task]:
-        return (await streams.claim("c1", 1, 30)).tasks
-
-    [task] = await wait_for(delivered, timeout=5)
-    await streams.complete("ev", {}, task)
-    await streams.enqueue(req("ev2", delay=60))
-    await streams.cancel("ev2")
-    events = [
-        (f[b"id"].decode(), f[b"state"].decode(), f[b"attempt"].decode())
-        for _, f in await raw(streams).xrange(streams.keys.events)
-    ]
-    assert events == [
-        ("ev", "queued", ""),
-        ("ev", "processing", "1"),
-        ("ev", "retrying", "1"),
-        ("ev", "queued", ""),
-        ("ev", "processing", "2"),
-        ("ev", "completed", "2"),
-        ("ev2", "scheduled", ""),
-        ("ev2", "cancelled", "0"),
-    ]
-
-
-async def test_events_stream_is_capped(make_streams: Callable[..., Queue]) -> None:
-    streams = make_streams(events_maxlen=10)
-    for i in range(300):
-        await streams.enqueue(req(f"e{i}"))
-    # MAXLEN ~ trims whole nodes: far fewer than 300 remain, at least 10
-    assert 10 <= await raw(streams).xlen(streams.keys.events) < 300
-
-
 async def test_get_unknown(streams: Queue) -> None:
     with pytest.raises(NotFound):
         await streams.get("nothing")
-
-
-# --- clear --------------------------------------------------------------------------
-
-
-async def test_clear_removes_everything_and_groups_still_work(streams: Queue) -> None:
-    await streams.enqueue(req("done"))
-    await streams.enqueue(req("dead"))
-    await streams.enqueue(req("running"))
-    done, dead, _ = (await streams.claim("c1", 3, 30)).tasks
-    await streams.complete("done", {}, done)
-    await streams.fail("dead", "x", retry=False, task=dead)
-    await streams.enqueue(req("queued", priority="high"))
-    await streams.enqueue(req("later", delay=60))
-    await streams.enqueue(req("cancelled"))
-    await streams.cancel("cancelled")
-    removed = await admin.clear(streams.engine)
-    assert removed == 6
-    for eval_id in ("done", "dead", "running", "queued", "later", "cancelled"):
-        with pytest.raises(NotFound):
-            await streams.get(eval_id)
-    left = [k.decode() async for k in raw(streams).scan_iter(match=f"{streams.keys.prefix}*")]
-    # history stays: the events stream and its per-minute counts
-    kept = [k for k in left if not k.startswith(f"{streams.keys.events}:m:")]
-    assert sorted(kept) == sorted([*streams.keys.streams, streams.keys.events])
-    assert await stream_lengths(streams) == [0, 0, 0]
-    for key in streams.keys.streams:
-        groups = await raw(streams).xinfo_groups(key)
-        assert [(g["name"], g["pending"]) for g in groups] == [(GROUP.encode(), 0)]
-    counts = await views.counts(streams)
-    assert counts["states"] == {
-        "queued": 0,
-        "processing": 0,
-        "scheduled": 0,
-        "retrying": 0,
-        "deferred": 0,
-    }
-    assert counts["dlq"] == 0
-    # the stale holder of "running" is refused, and the queue works as new
-    assert (await streams.enqueue(req("fresh")))["position"] == 1
-    claimed = await streams.claim("c1", 5, 30)
-    assert claimed.recreated is False
-    assert [t.eval_id for t in claimed.tasks] == ["fresh"]
-    assert (await streams.enqueue(req("done")))["status"] == "queued"
-
-
-async def test_clear_an_empty_queue(streams: Queue) -> None:
-    assert await admin.clear(streams.engine) == 0
-    assert await admin.clear(streams.engine) == 0
-
-
-async def test_clear_leaves_other_queues_alone(
-    client: Any, streams: Queue, make_settings: Callable[..., Settings]
-) -> None:
-    other = Engine(client, make_settings(queue=f"{streams.keys.queue}-other")).default
-    await other.enqueue(req("mine"))
-    await streams.enqueue(req("mine"))
-    try:
-        assert await admin.clear(streams.engine) == 1
-        assert (await other.get("mine"))["status"] == "queued"
-    finally:
-        await admin.clear(other.engine)
 
 
 # --- promote, wait_for_work ---------------------------------------------------------
@@ -1023,149 +834,3 @@ async def test_wait_for_work_sees_an_entry_added_right_after_the_claim(streams: 
     started = asyncio.get_running_loop().time()
     await streams.wait_for_work(3, idle.tails)
     assert asyncio.get_running_loop().time() - started < 0.5
-
-
-# --- dead-letter queue --------------------------------------------------------------
-
-
-async def bury(streams: Queue, eval_id: str, **fields: Any) -> None:
-    await streams.enqueue(req(eval_id, **fields))
-    claimed = await streams.claim("c1", 10, 30)
-    [task] = [t for t in claimed.tasks if t.eval_id == eval_id]
-    await streams.fail(eval_id, f"error of {eval_id}", retry=False, task=task)
-
-
-async def test_dlq_list(streams: Queue) -> None:
-    await bury(streams, "a1", priority="high", metadata={"m": 1})
-    await bury(streams, "a2")
-    listing = await admin.dlq_list(streams)
-    assert listing["count"] == 2
-    assert [t["eval_id"] for t in listing["tasks"]] == ["a2", "a1"]
-    first = listing["tasks"][1]
-    assert first["error"] == "error of a1"
-    assert first["attempts"] == 1
-    assert first["failed_at"] is not None
-    assert first["task"]["code"] == "print(1)"
-    assert first["task"]["priority"] == "high"
-    assert first["task"]["metadata"] == {"m": 1}
-    page = await admin.dlq_list(streams, limit=1, offset=1)
-    assert page["count"] == 2
-    assert [t["eval_id"] for t in page["tasks"]] == ["a1"]
-
-
-async def test_dlq_retry(streams: Queue) -> None:
-    await bury(streams, "again", priority="low")
-    assert await admin.dlq_retry(streams, "again") == {"eval_id": "again", "status": "queued"}
-    record = await streams.get("again")
-    assert (record["status"], record["attempts"], record["position"]) == ("queued", 0, 1)
-    assert (await admin.dlq_list(streams))["count"] == 0
-    task = await claim_one(streams)
-    assert (task.eval_id, task.attempt, task.priority) == ("again", 1, Priority.LOW)
-    assert task.payload == {"code": "print(1)"}
-    with pytest.raises(NotFound):
-        await admin.dlq_retry(streams, "again")
-    with pytest.raises(NotFound):
-        await admin.dlq_retry(streams, "never")
-    # buried a second time: one DLQ entry, not two
-    await streams.fail("again", "twice", retry=False, task=task)
-    assert (await admin.dlq_list(streams))["count"] == 1
-
-
-async def test_dlq_retry_refused_while_a_live_task_uses_the_id(streams: Queue) -> None:
-    await bury(streams, "reused")
-    await raw(streams).delete(streams.keys.task("reused"))
-    await streams.enqueue(req("reused", priority="high"))
-    with pytest.raises(Conflict, match="queued"):
-        await admin.dlq_retry(streams, "reused")
-    assert (await admin.dlq_list(streams))["count"] == 1
-    assert (await streams.get("reused"))["priority"] == "high"
-
-
-async def test_dlq_retry_after_the_record_expired(streams: Queue) -> None:
-    await bury(streams, "expired")
-    await raw(streams).delete(streams.keys.task("expired"))
-    await admin.dlq_retry(streams, "expired")
-    assert (await streams.get("expired"))["status"] == "queued"
-
-
-async def test_dlq_purge(streams: Queue) -> None:
-    for name in ("x1", "x2", "x3"):
-        await bury(streams, name)
-    assert await admin.dlq_purge(streams, eval_id="x2") == 1
-    assert await admin.dlq_purge(streams, eval_id="x2") == 0
-    assert [t["eval_id"] for t in (await admin.dlq_list(streams))["tasks"]] == ["x3", "x1"]
-    assert await admin.dlq_purge(streams, older_than=3600) == 0
-    assert await admin.dlq_purge(streams) == 2
-    assert (await admin.dlq_list(streams))["count"] == 0
-    with pytest.raises(NotFound):
-        await admin.dlq_retry(streams, "x1")
-
-
-async def test_dlq_purge_older_than(streams: Queue) -> None:
-    await bury(streams, "old")
-    buried_old = await server_ms(raw(streams))
-
-    async def later() -> bool:
-        return await server_ms(raw(streams)) > buried_old + 200
-
-    await wait_for(later)
-    await bury(streams, "new")
-    now = await server_ms(raw(streams))
-    # older than a moment 100 ms after "old" was buried (and > 100 ms before "new")
-    assert await admin.dlq_purge(streams, older_than=(now - buried_old - 100) / 1000) == 1
-    assert [t["eval_id"] for t in (await admin.dlq_list(streams))["tasks"]] == ["new"]
-
-    async def after_new() -> bool:
-        return await server_ms(raw(streams)) > now + 2
-
-    await wait_for(after_new)
-    assert await admin.dlq_purge(streams, older_than=0) == 1
-
-
-# --- Redis unavailable --------------------------------------------------------------
-
-
-@pytest.fixture
-async def dead_streams(settings: Settings) -> AsyncIterator[Queue]:
-    client = connect(f"redis://127.0.0.1:{free_port()}/0")
-    yield Engine(client, settings).default
-    await client.aclose()
-
-
-async def test_unreachable_redis_is_unavailable(dead_streams: Queue) -> None:
-    task = Task("t", "1-0", 1, Priority.DEFAULT, {})
-    calls = [
-        dead_streams.enqueue(req("x")),
-        dead_streams.engine.enqueue_many([req("y")]),
-        dead_streams.claim("c1", 1, 30),
-        dead_streams.complete("t", {}, task),
-        dead_streams.fail("t", "x", task=task),
-        dead_streams.renew("c1", [task], 30),
-        dead_streams.cancel("t"),
-        dead_streams.get("t"),
-        views.counts(dead_streams),
-        admin.clear(dead_streams.engine),
-        dead_streams.engine.ping(),
-        dead_streams.ensure_groups(),
-        dead_streams.promote(),
-        admin.dlq_list(dead_streams),
-        admin.dlq_retry(dead_streams, "t"),
-        admin.dlq_purge(dead_streams),
-    ]
-    for call in calls:
-        with pytest.raises(Unavailable, match="redis unavailable"):
-            await call
-
-
-async def test_scripts_reload_after_script_flush(streams: Queue) -> None:
-    await streams.enqueue(req("before"))
-    await raw(streams).script_flush()
-    await streams.enqueue(req("single"))
-    answers = await streams.engine.enqueue_many([req("batch1"), req("batch2")])
-    assert [a["position"] for a in answers] == [3, 4]
-    await raw(streams).script_flush()
-    assert await claim_ids(streams) == ["before", "single", "batch1", "batch2"]
-
-
-async def test_ping(streams: Queue) -> None:
-    assert await streams.engine.ping() is True

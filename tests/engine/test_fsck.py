@@ -33,8 +33,8 @@ from app.errors import Conflict
 from app.models import Task, TaskRequest
 from app.redis_server import RedisServer, find_binary
 from app.settings import RetryPolicy, Settings
+from tests.cli.test_main import dead_redis_url, one_line, run
 from tests.conftest import Service, StubExecutor, has_state, status_of, wait_for
-from tests.test_main import dead_redis_url, one_line, run
 
 MakeService = Callable[..., Awaitable[Service]]
 MakeExecutor = Callable[..., Awaitable[StubExecutor]]
