@@ -12,7 +12,7 @@ engine's Lua library.
 The services of the deployment are kept in the engine's registry `eas:services`, so every
 replica finds those first used on another.
 
-Imports: engine (public names), eas.items, models, errors, settings.
+Imports: engine (public names), eas.items, models, settings.
 """
 
 from __future__ import annotations

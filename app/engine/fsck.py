@@ -15,7 +15,7 @@ the listing is never taken for an orphan and a repair never races a live transit
 Two callers: `python -m app fsck [--repair] [--json]` (a whole audit), and the runtime's
 hourly housekeeping (`audits.background`); audits.py keeps their summaries in Redis.
 
-Imports: client, keys, engine, models, errors (and redis).
+Imports: client, keys, engine, models.
 """
 
 from __future__ import annotations

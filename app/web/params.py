@@ -6,8 +6,8 @@ A parameter that is absent or empty takes its default. The error is `Invalid` (4
 PAI-EAS routes pass `BadRequest` (400), as the real PAI-EAS queue service answers (their
 own parameters, `_timeout_`, `_index_`, `_indexes_`, are 400 always).
 
-Imports: engine (typing), eas (its queues, for `resolve_queue`), models, errors, settings
-(and starlette for typing).
+Imports: engine (typing), eas.items (MAX_LENGTH), models, errors, settings; `resolve_queue`
+finds PAI-EAS queues through the lifespan state's hub.
 """
 
 from __future__ import annotations
