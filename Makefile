@@ -31,10 +31,11 @@ $(VENV)/.dev-deps: uv.lock pyproject.toml | $(UV_BIN)
 run: $(VENV)/.run-deps  ## create .venv, install, start the service and the example executor (embedded Redis when REDIS_URL is unset)
 	$(BIN)/python -m app serve --example-executor
 
-lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy
+lint: $(VENV)/.dev-deps  ## ruff lint + format check, mypy, the wings' import rules (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 browser:  ## Debian's chromium for the dashboard test (installed with apt-get when missing)
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
@@ -58,10 +59,10 @@ bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk 
 chaos: $(VENV)/.dev-deps  ## minutes of replica and Redis kills under load, then the total-queue report (bench/chaos.py; CHAOS_ARGS="--duration 60 ...")
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
-proto:  ## regenerate app/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
+proto:  ## regenerate app/eas/proto/*_pb2.py from the .proto (protoc of protobuf 4.25: its code runs on 3.20 to 7.x)
 	$(PYTHON) -m venv /tmp/taskstream-protoc
 	/tmp/taskstream-protoc/bin/pip install -q 'grpcio-tools>=1.62,<1.63'
-	cd app/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
+	cd app/eas/proto && /tmp/taskstream-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. eas_queue.proto
 
 # The container (docs/container.md). Both need a container engine and root (or the docker
 # group); where no engine runs they install Debian's docker.io and start dockerd, as root.

@@ -1,4 +1,4 @@
-"""Domain errors. No HTTP and no Redis here; `http.py` maps each class to a status.
+"""Domain errors. No HTTP and no Redis here; `web/responses.py` maps each class to a status.
 
     TaskstreamError
      ├── Invalid           bad input (422, or 400 for malformed JSON)

@@ -33,7 +33,9 @@ broke, not a new attempt, so it is answered with the first run's answer (header
 first run is still going waits for it. `Replays` keeps the last `EXAMPLE_REPLAY_ENTRIES`
 answers for `EXAMPLE_REPLAY_SECONDS` each (memory: at most that many outputs of 64 KiB).
 
-Imports: settings (SettingsError), logs, and starlette/uvicorn.
+`taskstream serve --example-executor` starts it as a child process (cli/serve.py).
+
+Imports: settings (SettingsError, the environment), logs, and starlette/uvicorn.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.logs import configure
-from app.settings import LOG_FORMATS, SettingsError
+from app.settings import LOG_FORMATS, SettingsError, environ
 
 log = structlog.get_logger()
 
@@ -143,7 +144,7 @@ def _lower_limit(kind: int, value: int) -> None:
     resource.setrlimit(kind, (value, value))
 
 
-def _die_with_parent(sig: int) -> None:
+def die_with_parent(sig: int) -> None:
     """PR_SET_PDEATHSIG, as app/redis_server.py does: `sig` when the parent dies."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -157,7 +158,7 @@ def _limit_child(limits: Limits) -> None:
     _lower_limit(resource.RLIMIT_FSIZE, FILE_LIMIT)
     _lower_limit(resource.RLIMIT_NPROC, PROCESS_LIMIT)
     _lower_limit(resource.RLIMIT_CORE, 0)
-    _die_with_parent(signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
 
 
 class _Run(asyncio.SubprocessProtocol):
@@ -215,7 +216,7 @@ async def run_python(code: str, limits: Limits) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env={"PATH": os.environ.get("PATH", os.defpath)},
+            env={"PATH": environ().get("PATH", os.defpath)},
             start_new_session=True,  # setsid: its own process group, killed as a whole
             preexec_fn=functools.partial(_limit_child, limits),
         )
@@ -440,9 +441,11 @@ def main(
     port: int,
     allow_remote: bool = False,
     fd: int | None = None,
-    env: Mapping[str, str] = os.environ,
+    env: Mapping[str, str] | None = None,
 ) -> int:
-    """`taskstream example-executor`; `fd` is a listening socket from `spawn` (hidden)."""
+    """`taskstream example-executor`; `fd` is a listening socket from `spawn_example` in
+    cli/serve.py (hidden); `env`: the process environment by default."""
+    env = environ() if env is None else env
     sock = socket.socket(fileno=fd) if fd is not None else None
     if sock is not None:
         host = str(sock.getsockname()[0])
@@ -479,67 +482,3 @@ def main(
     server = Server(config)
     server.run(sockets=[sock] if sock is not None else None)
     return 0 if server.started else 1
-
-
-# --- as a child of `taskstream serve --example-executor` ----------------------------------
-
-
-@dataclass
-class Child:
-    """The example executor as a child process of the service."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def spawn(port: int, timeout: float = 15.0) -> Child:
-    """Start `python -m app example-executor` on 127.0.0.1:`port` (0: a free port) and wait
-    until it answers /health. The socket is bound here and handed over, so a port in use
-    fails at once (OSError) and the URL is known before the child runs. The child gets
-    PR_SET_PDEATHSIG and a session of its own: a Ctrl-C reaches the service only, which
-    stops the executor after its own graceful shutdown."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((DEFAULT_HOST, port))
-        sock.listen(128)
-        url = f"http://{DEFAULT_HOST}:{sock.getsockname()[1]}"
-        fd = sock.fileno()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "example-executor", "--fd", str(fd)],
-            pass_fds=(fd,),
-            start_new_session=True,
-            preexec_fn=functools.partial(_die_with_parent, signal.SIGTERM),
-        )
-    child = Child(process, url)
-    try:
-        _wait_healthy(child, timeout)
-    except BaseException:
-        child.stop()
-        raise
-    return child
-
-
-def _wait_healthy(child: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if child.process.poll() is not None:
-            raise RuntimeError(f"example executor exited with status {child.process.returncode}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{child.url}/health", timeout=1) as answer,
-        ):
-            if answer.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"example executor did not answer /health within {timeout:g}s")
-        time.sleep(0.05)

@@ -228,7 +228,7 @@ class TaskRequest:
     depends_on: tuple[str, ...] = ()  # parents that must complete first
     allow_failure: bool = False  # run once every parent finished, whatever its outcome
     queue: str | None = None  # a named queue; None = the default queue
-    callback_url: str | None = None  # POSTed the outcome once terminal (app/callbacks.py)
+    callback_url: str | None = None  # POSTed the outcome once terminal (runtime/callbacks.py)
     delay: float | None = None  # seconds after the Redis server's clock at enqueue
 
     @classmethod
@@ -288,7 +288,7 @@ class Task:
     @property
     def idempotency_key(self) -> str:
         """`Idempotency-Key` of this attempt's executor request: `<eval_id>:<attempt>`. Only
-        the same request re-sent within the attempt (app/wire.py) repeats it."""
+        the same request re-sent within the attempt (runtime/wire.py) repeats it."""
         return f"{self.eval_id}:{self.attempt}"
 
     def executor_body(self) -> dict[str, Any]:

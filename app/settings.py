@@ -1,12 +1,14 @@
 """Configuration: the one place that reads the environment.
 
 `Settings.from_env(environ)` validates every variable and raises `SettingsError`
-with a one-line message naming the variable. Imports: stdlib only.
+with a one-line message naming the variable. `environ()` is the process environment, for
+the command line (and the example executor): nothing else reads `os.environ`.
+Imports: stdlib only.
 """
 
 from __future__ import annotations
 
-import random
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,13 +32,19 @@ QUEUE_SPLIT_RE = re.compile(r";\s*(?=(?!weight\s*=)[A-Za-z0-9._-]+\s*=)")
 ALLOWED_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.:_-]*[a-z0-9])?$")
 
 
+def environ() -> Mapping[str, str]:
+    """The process environment (the one read of `os.environ`)."""
+    return os.environ
+
+
 class SettingsError(ValueError):
     """A bad environment value; the message names the variable."""
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff: retry n waits min(max, base * exp^(n-1)), then jitter."""
+    """Exponential backoff: retry n waits min(max, base * exp^(n-1)), then jitter. The
+    formula is fail.lua's (task retries) and `runtime.aio.backoff_delay`'s (callbacks)."""
 
     max_retries: int
     base_delay: float
@@ -44,14 +52,6 @@ class RetryPolicy:
     max_delay: float
     jitter: bool = True
     intervals: tuple[float, ...] = ()  # RQ-style list: retry n waits intervals[min(n, len)-1]
-
-    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait before retry number `retry` (1-based)."""
-        raw = min(self.max_delay, self.base_delay * self.exponential_base ** (retry - 1))
-        if not self.jitter:
-            return raw
-        # "equal jitter": keeps at least half the delay, so backoff still grows.
-        return raw / 2 + rand() * raw / 2
 
 
 @dataclass(frozen=True)

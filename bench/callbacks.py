@@ -5,7 +5,7 @@ backlog of N callbacks (default 5,000) to a loopback receiver, and its CPU per c
 redis-server (AOF off, free loopback port) and the stub executor (`bench/stub.py`, whose
 `POST /` answers 200 `{}`) in a separate process as the receiver, so the receiver's CPU is
 not the sender's. It enqueues N tasks with a `callback_url` and completes them through
-`Streams` directly (as a pull worker would; the terminal script appends each callback), then
+`Queue` directly (as a pull worker would; the terminal script appends each callback), then
 starts one `CallbackSender` on uvloop (as the service runs) and times it from start until
 it has finished all N entries: callbacks/s (wall) and the sender process's CPU
 (`time.process_time`) per callback. Repeated `--runs` times (default 3) on fresh backlogs;
@@ -29,14 +29,17 @@ from typing import Any, cast
 
 import uvloop
 
-from app import callbacks
-from app.callbacks import CallbackSender
+from app.engine.callbacks import CallbackStream
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.queue import Queue
 from app.logs import configure
-from app.metrics import Metrics
 from app.models import TaskRequest
 from app.redis_server import RedisServer, free_port
+from app.runtime import callbacks
+from app.runtime.callbacks import CallbackSender
+from app.runtime.metrics import Metrics
 from app.settings import Settings
-from app.streams import CallbackStream, Streams, connect
 
 BATCH = 500
 
@@ -71,28 +74,30 @@ def start_receiver(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def prepare(streams: Streams, n: int, url: str, run: int) -> None:
+async def prepare(streams: Queue, n: int, url: str, run: int) -> None:
     """N tasks with `url` as callback_url, enqueued, claimed and completed."""
     for start in range(0, n, BATCH):
         reqs = [
             TaskRequest.parse({"eval_id": f"r{run}-{i}", "code": "x", "callback_url": url})
             for i in range(start, min(n, start + BATCH))
         ]
-        await streams.enqueue_many(reqs)
+        await streams.engine.enqueue_many(reqs)
         claimed = await streams.claim("bench", len(reqs), 600)
         assert len(claimed.tasks) == len(reqs), len(claimed.tasks)
         result = {"status": "success", "output": "42\n", "exit_code": 0}
         await asyncio.gather(*(streams.complete(t.eval_id, result, t) for t in claimed.tasks))
 
 
-async def one_run(streams: Streams, n: int, url: str, run: int) -> dict[str, Any]:
+async def one_run(streams: Queue, n: int, url: str, run: int) -> dict[str, Any]:
     await prepare(streams, n, url, run)
     stream = CallbackStream(streams.redis, streams.keys, streams.scripts)
     await stream.ensure_group()
     backlog = await streams.redis.xlen(stream.key)
     assert backlog == n, backlog
     counted = Counted(n)
-    sender = CallbackSender(stream, streams.settings, f"bench:{run}", stats=cast(Metrics, counted))
+    sender = CallbackSender(
+        stream, streams.settings, f"bench:{run}", metrics=cast(Metrics, counted)
+    )
     cpu, wall = time.process_time(), time.perf_counter()
     sender.start()
     try:
@@ -116,7 +121,7 @@ async def main(n: int, runs: int) -> None:
         client = connect(server.url)
         settings = Settings(redis_url=server.url, queue="cbbench")
         try:
-            streams = Streams(client, settings)
+            streams = Engine(client, settings).default
             await streams.ensure_groups()
             print(
                 f"{n:,} callbacks per run, 1 CallbackSender "

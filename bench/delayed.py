@@ -5,7 +5,7 @@ Retry drain: `drain_n` tasks pre-queued as in the plain drain, every third one f
 200 after that; the service runs with RETRY_BASE_DELAY small and RETRY_JITTER off, so each
 flagged task goes fail.lua -> `scheduled` zset -> promotion -> stream -> second execution.
 
-Scheduled: `scheduled_n` tasks written with `Streams.enqueue_many` (the service's
+Scheduled: `scheduled_n` tasks written with `Queue.enqueue_many` (the service's
 enqueue.lua), all with the same `run_at`. First with the due time an hour ahead and
 nothing running: Redis memory per scheduled task. Then twice more, due a few seconds
 ahead, with one and then two service processes (no executors, so a promoted task stays
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from app.engine.keys import QueueKeys
 from app.models import Priority
-from app.streams import Keys
 from bench.procs import Child, CpuMeter
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ async def scheduled(bench: Bench) -> dict[str, Any]:
 
 
 async def _memory(bench: Bench, n: int) -> dict[str, Any]:
-    keys, client = Keys(QUEUE), bench.client
+    keys, client = QueueKeys.default(QUEUE), bench.client
     await bench.flush()
     before = await client.info("memory")
     task = {"code": bench.code, "run_at": time.time() + 3600}
@@ -218,7 +218,7 @@ def _text(value: Any) -> str:
 
 
 async def _counters(bench: Bench) -> dict[str, int]:
-    raw = await bench.client.hgetall(Keys(QUEUE).counters)
+    raw = await bench.client.hgetall(QueueKeys.default(QUEUE).counters)
     return {_text(k): int(v) for k, v in raw.items()}
 
 
@@ -233,7 +233,7 @@ async def _wait_promoted(
     bench: Bench, n: int, due: float, services: list[Child]
 ) -> tuple[float, float]:
     """Poll the counters until no task is `scheduled`; (first promotion, all) epoch times."""
-    keys = Keys(QUEUE)
+    keys = QueueKeys.default(QUEUE)
     deadline = due + max(60.0, n / 500)
     first = 0.0
     while True:
@@ -253,7 +253,7 @@ async def _wait_promoted(
 
 async def _check(bench: Bench, n: int, base: str) -> dict[str, Any]:
     """Each task queued exactly once: stream length, sequence, zset and GET /status agree."""
-    keys, client = Keys(QUEUE), bench.client
+    keys, client = QueueKeys.default(QUEUE), bench.client
     stream_length = await client.xlen(keys.stream(Priority.DEFAULT))
     counters = await _counters(bench)
     async with aiohttp.ClientSession() as session, session.get(f"{base}/status") as resp:

@@ -37,8 +37,8 @@ from typing import Any
 import orjson
 import uvloop
 
-from app.proto.eas_queue_pb2 import DataFrameListProto, DataFrameProto
-from app.wire import Origin
+from app.eas.proto.eas_queue_pb2 import DataFrameListProto, DataFrameProto
+from app.runtime.wire import Origin
 from bench.loadgen import percentile
 from bench.stub import PREDICT_ANSWER
 

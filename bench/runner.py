@@ -28,10 +28,12 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.keys import QueueKeys
 from app.models import Priority, Task, TaskRequest
 from app.redis_server import RedisServer
 from app.settings import Settings
-from app.streams import Keys, Streams, connect
 from bench import delayed, eas, machine, profile, report, wrk
 from bench.loadgen import percentile
 from bench.procs import Child, Children, CpuMeter, free_port, service_env, wait_http, wait_quiet
@@ -169,7 +171,7 @@ class Bench:
         await self.client.flushall()
 
     async def counter(self, name: str) -> int:
-        value = await self.client.hget(Keys(QUEUE).counters, name)
+        value = await self.client.hget(QueueKeys.default(QUEUE).counters, name)
         return int(value or 0)
 
     # --- load generators ---------------------------------------------------------
@@ -418,11 +420,11 @@ class Bench:
     async def fill_direct(
         self, n: int, task: dict[str, Any] | None = None
     ) -> tuple[list[str], array[int], dict[str, Any]]:
-        """n tasks through Streams.enqueue_many (the service's enqueue.lua), 2 pipelines;
+        """n tasks through Queue.enqueue_many (the service's enqueue.lua), 2 pipelines;
         each is `task` (default: just the sample code) with a generated eval_id."""
         settings = Settings(redis_url=self.redis.url, queue=QUEUE)
         client = connect(self.redis.url)
-        streams = Streams(client, settings)
+        streams = Engine(client, settings).default
         size = self.plan.fill_pipeline
         chunks = list(range(0, n, size))
         ids: list[list[str]] = [[] for _ in chunks]
@@ -437,7 +439,7 @@ class Bench:
                 index = queue.get_nowait()
                 count = min(size, n - chunks[index])
                 reqs = [TaskRequest.parse(payload) for _ in range(count)]
-                answers = await streams.enqueue_many(reqs)
+                answers = await streams.engine.enqueue_many(reqs)
                 ids[index] = [r.eval_id for r in reqs]
                 positions[index] = [int(a.get("position", 0)) for a in answers]
 
@@ -457,7 +459,7 @@ class Bench:
         before = await self.client.info("memory")
         ids, positions, fill = await self.fill_direct(plan.fill_n)
         after = await self.client.info("memory")
-        queued = await self.client.xlen(Keys(QUEUE).stream(Priority.DEFAULT))
+        queued = await self.client.xlen(QueueKeys.default(QUEUE).stream(Priority.DEFAULT))
         delta = int(after["used_memory"]) - int(before["used_memory"])
         memory = {
             "tasks": plan.fill_n,
@@ -487,7 +489,7 @@ class Bench:
         await self.flush()
 
     async def _memory_breakdown(self, ids: list[str]) -> dict[str, Any]:
-        keys = Keys(QUEUE)
+        keys = QueueKeys.default(QUEUE)
         sample = random.sample(ids, min(200, len(ids)))
         sizes = [await self.client.memory_usage(keys.task(i)) or 0 for i in sample]
         stream = await self.client.memory_usage(keys.stream(Priority.DEFAULT), samples=0) or 0

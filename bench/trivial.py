@@ -3,7 +3,7 @@
     python -m bench.trivial --port 8090
 
 `POST /tasks` reads the body and answers 201 `{}`; `GET /readyz` answers 200 `{}`. The
-uvicorn.Config mirrors app/__main__.py (uvloop, httptools, log_config=None,
+uvicorn.Config mirrors app/cli/serve.py (uvloop, httptools, log_config=None,
 access_log=False, lifespan on), so the gap between this and `POST /tasks` on the service
 is the service's own work (validation, Redis round trip, middleware, rendering).
 """

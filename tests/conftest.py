@@ -27,11 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.executors import ExecutorPool
-from app.http import create_app
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.queue import Queue
 from app.redis_server import RedisServer, find_binary, free_port
+from app.runtime.executors import ExecutorPool
 from app.settings import RetryPolicy, Settings
-from app.streams import Streams, connect
+from app.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,8 +93,8 @@ async def client(redis_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def streams(client: Any, settings: Settings) -> Streams:
-    return Streams(client, settings)
+def streams(client: Any, settings: Settings) -> Queue:
+    return Engine(client, settings).default
 
 
 async def wait_for(
@@ -303,6 +305,19 @@ def _wait_http(process: Process, path: str, timeout: float = 20.0) -> None:
     raise TimeoutError(f"service not ready:\n{process.output()}")
 
 
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the process exited"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
 # --- HTTP helpers of the service tests --------------------------------------------------
 
 
@@ -329,3 +344,61 @@ def has_state(svc: Any, eval_id: str, state: str) -> Callable[[], Awaitable[bool
         return bool((await status_of(svc, eval_id))["status"] == state)
 
     return check
+
+
+# --- PAI-EAS targets (tests/eas/, tests/web/test_eas.py) --------------------------------
+
+
+Answer = Callable[[bytes, int], Awaitable[Response]]
+
+
+@dataclass
+class Target:
+    """A real loopback target whose answers a test scripts per call (n = 1, 2, ...)."""
+
+    answer: Answer | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    served: Served | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.served is not None
+        return self.served.url
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        self.calls.append(
+            {
+                "path": request.url.path,
+                "raw_path": request.scope["raw_path"],
+                "body": body,
+                "content_type": request.headers.get("content-type"),
+                "request_id": request.headers.get("x-eas-queueservice-request-id"),
+            }
+        )
+        if self.answer is not None:
+            return await self.answer(body, len(self.calls))
+        return Response(b"echo:" + body, media_type="application/octet-stream")
+
+
+@pytest.fixture
+async def make_target():
+    started: list[Target] = []
+
+    async def make(answer: Answer | None = None) -> Target:
+        target = Target(answer)
+        app = Starlette(routes=[Route("/{path:path}", target.handle, methods=["POST"])])
+        target.served = await serve_asgi(app)
+        started.append(target)
+        return target
+
+    yield make
+    for target in started:
+        assert target.served is not None
+        target.served.server.force_exit = True  # do not wait for answers a test left hanging
+        await target.served.stop()
+
+
+@pytest.fixture
+def svc(queue: str) -> str:
+    return f"grp.{queue[:12]}"

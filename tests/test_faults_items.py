@@ -35,8 +35,9 @@ import httpx
 import orjson
 import pytest
 
+from app.engine.client import connect
 from app.redis_server import RedisServer, free_port
-from app.streams import connect
+from tests.cli.test_main import run
 from tests.conftest import ROOT, Process, wait_for
 from tests.faultrig import (
     CONCURRENCY,
@@ -50,7 +51,6 @@ from tests.faultrig import (
     Spawn,
 )
 from tests.test_clock import base_env, clock_offset, faketime
-from tests.test_main import run
 from tests.test_refusals import assert_refused, out_of_memory
 from tests.totalqueue import Execution, Reply
 

@@ -4,7 +4,7 @@ reads there, redis-cli finds."""
 
 from __future__ import annotations
 
-from app.streams import connect
+from app.engine.client import connect
 from tests.conftest import ROOT
 
 # name in docs/operations.md -> glob for SCAN ({q} = the queue, S = a PAI-EAS service)

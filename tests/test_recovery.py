@@ -21,8 +21,8 @@ import orjson
 import pytest
 from starlette.responses import JSONResponse, Response
 
+from app.engine.queue import Queue
 from app.redis_server import RedisServer, find_binary
-from app.streams import Streams
 from tests.conftest import Process, StubExecutor, wait_for
 
 MakeExecutor = Callable[..., Awaitable[StubExecutor]]
@@ -303,7 +303,7 @@ async def test_sigterm_lets_the_task_in_flight_finish(
     spawn_service: Spawn,
     redis_url: str,
     queue: str,
-    streams: Streams,
+    streams: Queue,
 ):
     async def handler(body: dict[str, Any]) -> Response:
         await asyncio.sleep(1.0)  # the simulated work

@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 from redis.exceptions import OutOfMemoryError
 
+from app.engine import admin as engine_admin
+from app.engine import views
+from app.engine.client import connect, redis_failure
+from app.engine.engine import Engine
 from app.errors import Unavailable, WritesRefused
 from app.models import TaskRequest
 from app.redis_server import RedisServer, find_binary
-from app.streams import Streams, connect, redis_failure
 from tests.conftest import ROOT, Service, wait_for
 
 CAUSES = {
@@ -273,12 +276,12 @@ async def test_write_refusals_are_classified_inside_scripts_and_pipelines(
 ) -> None:
     """The engine's own view: a script's refusal (6.2 wraps it in "Error running script"),
     a pipeline's and a plain command's all become WritesRefused naming the cause."""
-    streams = Streams(admin, settings)
+    streams = Engine(admin, settings).default
     async with no_replicas(admin):
         for attempt in (
-            lambda: streams.set_paused(True),  # a MULTI pipeline
+            lambda: engine_admin.set_paused(streams, True),  # a MULTI pipeline
             lambda: streams.enqueue(TaskRequest.parse({"code": "x"})),  # a script
-            streams.health,  # the probe in a pipeline
+            lambda: views.health(streams),  # the probe in a pipeline
         ):
             with pytest.raises(WritesRefused, match="not enough replicas"):
                 await attempt()

@@ -8,10 +8,13 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from app.consumers import ConsumerPool
-from app.executors import ExecutorPool
+from app.engine import views
+from app.engine.client import connect
+from app.engine.engine import Engine
+from app.engine.queue import Queue
+from app.runtime.consumers import ConsumerPool
+from app.runtime.executors import ExecutorPool
 from app.settings import RetryPolicy
-from app.streams import Streams, connect
 from tests.conftest import wait_for
 
 FAST = RetryPolicy(3, 0.2, 2.0, 10.0, False)
@@ -222,17 +225,17 @@ async def test_two_promoters_move_each_retry_once(redis_url, make_settings):
     settings = make_settings()
     clients = [connect(redis_url), connect(redis_url)]
     try:
-        a, b = (Streams(c, settings) for c in clients)
+        a, b = (Engine(c, settings).default for c in clients)
         await a.ensure_groups()
         from app.models import TaskRequest
 
         reqs = [
             TaskRequest.parse({"eval_id": f"r{i}", "code": "x", "delay": 0.2}) for i in range(300)
         ]
-        await a.enqueue_many(reqs)
+        await a.engine.enqueue_many(reqs)
         await asyncio.sleep(0.25)
         await asyncio.gather(*(s.promote() for s in (a, b, a, b)))
-        counts = await a.counts()
+        counts = await views.counts(a)
         assert counts["states"]["queued"] == 300 and counts["states"]["scheduled"] == 0
         total = await a.redis.xlen(a.keys.stream("default"))
         assert total == 300  # no task pushed twice
@@ -255,21 +258,21 @@ async def test_restart_keeps_retrying_and_scheduled_tasks(make_settings, make_ex
         executor_urls=(executor.url,), retry=RetryPolicy(3, 0.8, 1.0, 1.0, False)
     )
     first = await _pool(settings, redis_url, "one")
-    await first.streams.enqueue(_req("retry"))
-    await first.streams.enqueue(_req("sched", delay=0.8))
-    await wait_for(lambda: _state(first.streams, "retry", "retrying"))
+    await first.queue.enqueue(_req("retry"))
+    await first.queue.enqueue(_req("sched", delay=0.8))
+    await wait_for(lambda: _state(first.queue, "retry", "retrying"))
     await first.stop(1.0)
     await first.executors.close()
     second = await _pool(settings, redis_url, "two")
     try:
-        await wait_for(lambda: _state(second.streams, "retry", "completed"))
-        await wait_for(lambda: _state(second.streams, "sched", "completed"))
+        await wait_for(lambda: _state(second.queue, "retry", "completed"))
+        await wait_for(lambda: _state(second.queue, "sched", "completed"))
         assert runs == {"retry": 2, "sched": 1}
     finally:
         await second.stop(1.0)
         await second.executors.close()
-        await second.streams.redis.aclose()
-        await first.streams.redis.aclose()
+        await second.queue.redis.aclose()
+        await first.queue.redis.aclose()
 
 
 def _req(eval_id: str, **extra: Any) -> Any:
@@ -279,7 +282,7 @@ def _req(eval_id: str, **extra: Any) -> Any:
 
 
 async def _pool(settings: Any, redis_url: str, name: str) -> ConsumerPool:
-    streams = Streams(connect(redis_url), settings)
+    streams = Engine(connect(redis_url), settings).default
     executors = ExecutorPool(settings.executor_urls, settings.health_interval)
     await executors.start()
     pool = ConsumerPool(streams, executors, settings, f"test:{name}")
@@ -287,7 +290,7 @@ async def _pool(settings: Any, redis_url: str, name: str) -> ConsumerPool:
     return pool
 
 
-async def _state(streams: Streams, eval_id: str, state: str) -> bool:
+async def _state(streams: Queue, eval_id: str, state: str) -> bool:
     return bool((await streams.get(eval_id))["status"] == state)
 
 

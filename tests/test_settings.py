@@ -242,20 +242,6 @@ def test_settings_are_frozen() -> None:
         s.port = 1  # type: ignore[misc]
 
 
-def test_retry_policy_delay_without_jitter() -> None:
-    policy = RetryPolicy(3, 5.0, 2.0, 300.0, jitter=False)
-    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
-    assert policy.delay(20) == 300.0
-
-
-def test_retry_policy_equal_jitter_bounds() -> None:
-    policy = RetryPolicy(3, 4.0, 2.0, 300.0, jitter=True)
-    assert policy.delay(2, rand=lambda: 0.0) == 4.0
-    assert policy.delay(2, rand=lambda: 0.999999) == pytest.approx(8.0, abs=1e-4)
-    for _ in range(100):
-        assert 4.0 <= policy.delay(2) <= 8.0
-
-
 def test_from_env_does_not_read_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "not-a-port")
     assert Settings.from_env({}).port == 8081

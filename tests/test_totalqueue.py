@@ -18,7 +18,7 @@ import pytest
 
 from app.redis_server import free_port
 from tests.conftest import ROOT, Service, wait_for
-from tests.test_wire import RawServer
+from tests.runtime.test_wire import RawServer
 from tests.totalqueue import (
     Execution,
     Load,

@@ -1,0 +1,1 @@
+"""Generated protobuf messages of PAI-EAS data frames (`make proto`). Imports: protobuf."""

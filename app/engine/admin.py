@@ -1,0 +1,152 @@
+"""Operator actions on queues: clear, the dead-letter queue, pause, hourly housekeeping.
+
+`clear` and `cleanup` act on the deployment's legacy queues (the default queue and every
+named queue used): their task records are shared, so no queue of them can be cleared
+alone. Finished records are reachable from no structure; they are found by SCAN (an admin
+operation, never on a hot path) and unlinked in batches.
+
+Imports: client, keys, queue, engine, records, models, errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.engine.client import Redis, consumer_name, text, translate_errors
+from app.engine.engine import Engine
+from app.engine.keys import GROUP
+from app.engine.queue import Queue
+from app.engine.records import render_dead
+from app.errors import Conflict, NotFound
+from app.models import State
+
+PURGE_BATCH = 500  # dead letters per dlq_purge.lua call
+UNLINK_BATCH = 500
+
+
+async def _used(engine: Engine) -> list[Queue]:
+    """The default queue and every named queue a task ever used (the registry)."""
+    return [engine.default, *(engine.queue(name) for name in await engine.named_queues())]
+
+
+@translate_errors
+async def clear(engine: Engine) -> int:
+    """Remove every task, queue entry and DLQ entry of every legacy queue, their callbacks
+    and the dependants sets; the number of task records removed."""
+    removed = 0
+    for queue in await _used(engine):
+        k = queue.keys
+        keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
+        removed += int(await queue.scripts.run("clear", keys, [GROUP, k.task_prefix]))
+    k = engine.keys
+    await engine.client.xtrim(k.callbacks, maxlen=0)  # callbacks of cleared tasks: dropped
+    removed += await _unlink_matching(engine.client, f"{k.task_prefix}*")
+    await _unlink_matching(engine.client, f"{k.deps_prefix}*")  # not counted: not tasks
+    return removed
+
+
+async def _unlink_matching(client: Redis, pattern: str) -> int:
+    removed, batch = 0, []
+    async for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= UNLINK_BATCH:
+            removed += await client.unlink(*batch)
+            batch = []
+    if batch:
+        removed += await client.unlink(*batch)
+    return removed
+
+
+@translate_errors
+async def set_paused(queue: Queue, paused: bool) -> None:
+    """Pause: claims hand out nothing (in-process consumers and `GET /tasks/next`),
+    running tasks finish. Resume wakes idle consumers everywhere at once."""
+    if paused:
+        await queue.redis.set(queue.keys.paused, "1")
+    else:
+        pipe = queue.redis.pipeline(transaction=True)
+        pipe.delete(queue.keys.paused)
+        pipe.publish(queue.keys.schedule_channel, "release")
+        await pipe.execute()
+
+
+# --- the dead-letter queue ------------------------------------------------------------------
+
+
+@translate_errors
+async def dlq_list(queue: Queue, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """Dead letters, newest first."""
+    pipe = queue.redis.pipeline(transaction=False)
+    pipe.xlen(queue.keys.dlq)
+    pipe.xrevrange(queue.keys.dlq, "+", "-", count=offset + limit)
+    count, entries = await pipe.execute()
+    return {"count": int(count), "tasks": [render_dead(e) for e in entries[offset:]]}
+
+
+@translate_errors
+async def dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
+    """Queue a dead letter again with a fresh attempt count."""
+    k = queue.keys
+    keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams]
+    argv = [eval_id, queue.settings.events_maxlen, k.q]
+    reply = await queue.scripts.run("dlq_retry", keys, argv)
+    if text(reply[0]) == "missing":
+        raise NotFound(f"not in the dead-letter queue: {eval_id}")
+    if text(reply[0]) == "state":
+        raise Conflict(f"a live task uses this eval_id ({text(reply[1])})")
+    if text(reply[0]) == "lost":
+        raise Conflict("its payload was lost with its stream entry: nothing to run again")
+    queue.observer.redriven(k.queue, text(reply[1]))
+    return {"eval_id": eval_id, "status": State.QUEUED.value}
+
+
+@translate_errors
+async def dlq_purge(
+    queue: Queue, older_than: float | None = None, eval_id: str | None = None
+) -> int:
+    """Remove dead letters: one, those older than `older_than` seconds, or all."""
+    k = queue.keys
+    if eval_id is not None:
+        return int(await queue.scripts.run("dlq_purge", [k.dlq, k.dlq_index], ["one", eval_id, 1]))
+    mode, cutoff = "all", "0"
+    if older_than is not None:
+        now_s, now_us = await queue.redis.time()
+        cutoff_ms = int(now_s) * 1000 + int(now_us) // 1000 - int(older_than * 1000)
+        if cutoff_ms <= 0:  # before the epoch: nothing is that old (and no stream id is)
+            return 0
+        cutoff, mode = str(cutoff_ms), "before"
+    removed = 0
+    while True:
+        argv = [mode, cutoff, PURGE_BATCH]
+        batch = int(await queue.scripts.run("dlq_purge", [k.dlq, k.dlq_index], argv))
+        removed += batch
+        if batch < PURGE_BATCH:
+            return removed
+
+
+# --- housekeeping ---------------------------------------------------------------------------
+
+
+async def cleanup(engine: Engine, more: Sequence[Queue] = ()) -> dict[str, int] | None:
+    """Hourly housekeeping of every legacy queue and of `more` (queues of a wing above):
+    dead letters older than DLQ_MAX_AGE_DAYS purged, events streams trimmed. Each queue has
+    a lock, so one process per interval does each; None when this one did none."""
+    done: dict[str, int] | None = None
+    for queue in [*await _used(engine), *more]:
+        found = await cleanup_queue(queue)
+        if found is not None:
+            done = {k: (done or {}).get(k, 0) + v for k, v in found.items()}
+    return done
+
+
+@translate_errors
+async def cleanup_queue(queue: Queue) -> dict[str, int] | None:
+    """The housekeeping of one queue, when this process takes its lock (else None)."""
+    s, k = queue.settings, queue.keys
+    lock_ms = max(1, int(s.cleanup_interval * 900))  # expires a little before the next run
+    if not await queue.redis.set(k.cleanup_lock, consumer_name(), nx=True, px=lock_ms):
+        return None
+    removed = await dlq_purge(queue, older_than=s.dlq_max_age_days * 86400)
+    trimmed = await queue.redis.xtrim(k.events, maxlen=s.events_maxlen, approximate=True)
+    return {"dlq_removed": removed, "events_trimmed": int(trimmed)}

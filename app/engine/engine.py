@@ -1,0 +1,142 @@
+"""The engine of one deployment: client, scripts, settings and observer, and its queues.
+
+`Engine.queue(name)` is the registry of legacy queues: the default queue (no name, or
+QUEUE_NAME) and named queues, each `Queue` built once per name and shared by every caller
+in the process. Other queues (numbered ones, for a wing above) are made with
+`Engine.queue_at(keys)`. `Registry` is a set of names kept in Redis under the deployment's
+tag, for whoever needs to find what other replicas started.
+
+Imports: client, keys, queue, observer, scripts, models, errors, settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from app.engine.client import Redis, connect, text, translate_errors
+from app.engine.keys import QueueKeys
+from app.engine.observer import NoObserver, Observer
+from app.engine.queue import Decode, Queue, enqueued
+from app.engine.scripts import Scripts
+from app.errors import Conflict, Invalid
+from app.models import TaskRequest
+from app.settings import Settings
+
+
+class Engine:
+    """See the module docstring. `close()` closes the client."""
+
+    def __init__(
+        self,
+        client: Redis,
+        settings: Settings,
+        observer: Observer | None = None,
+        scripts: Scripts | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.observer: Observer = observer or NoObserver()
+        self.scripts = scripts or Scripts(client)
+        self.keys = QueueKeys.default(settings.queue)  # the default queue's (and the tag's)
+        self._queues: dict[str, Queue] = {}
+        self.default = self.queue()
+
+    @classmethod
+    def connect(cls, url: str, settings: Settings, observer: Observer | None = None) -> Engine:
+        """An engine on a new client of `url`."""
+        return cls(connect(url), settings, observer)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def queue(self, name: str | None = None) -> Queue:
+        """The legacy queue `name` (None or QUEUE_NAME: the default queue), built once."""
+        name = name or self.settings.queue
+        found = self._queues.get(name)
+        if found is None:
+            if name == self.settings.queue:
+                keys = self.keys
+            else:
+                keys = QueueKeys.named(self.settings.queue, name)
+            found = self._queues[name] = Queue(self, keys)
+        return found
+
+    def queue_at(self, keys: QueueKeys, decode: Decode | None = None) -> Queue:
+        """A queue of other keys (a numbered queue of a wing above), on this engine."""
+        return Queue(self, keys, decode)
+
+    async def known_queue(self, name: str | None) -> Queue | None:
+        """The default queue (no name, or QUEUE_NAME) or a named queue this deployment
+        knows; None for any other name, so a typo creates nothing."""
+        if not name or name == self.settings.queue or await self.knows(name):
+            return self.queue(name)
+        return None
+
+    @translate_errors
+    async def knows(self, name: str) -> bool:
+        """A named queue of this deployment: in QUEUE_EXECUTORS, seen by this process, or in
+        the registry (one SISMEMBER the first time)."""
+        if name in self.settings.queue_executors or name in self._queues:
+            return True
+        return bool(await self.client.sismember(self.keys.registry, name))
+
+    @translate_errors
+    async def named_queues(self) -> list[str]:
+        """Named legacy queues ever used (SMEMBERS of the registry), sorted."""
+        return sorted(text(n) for n in await self.client.smembers(self.keys.registry))
+
+    async def legacy_queues(self) -> list[Queue]:
+        """The default queue, then every named queue (QUEUE_EXECUTORS, or ever used)."""
+        names = {*self.settings.queue_executors, *await self.named_queues()}
+        return [self.default, *(self.queue(n) for n in sorted(names - {self.settings.queue}))]
+
+    @translate_errors
+    async def enqueue_many(self, reqs: Sequence[TaskRequest]) -> list[dict[str, Any]]:
+        """Store several tasks (each in its queue) in one round trip; each is atomic on its
+        own, and a refused one is answered `{eval_id, error, code}` in its place."""
+        queues = [self.queue(req.queue) for req in reqs]
+        # Issued together, the calls share one pipelined write (see Scripts).
+        replies = await asyncio.gather(
+            *(
+                self.scripts.run("enqueue", *q.enqueue_args(r))
+                for q, r in zip(queues, reqs, strict=True)
+            )
+        )
+        answers: list[dict[str, Any]] = []
+        for queue, req, reply in zip(queues, reqs, replies, strict=True):
+            try:
+                answers.append(enqueued(req, reply))
+            except Conflict as exc:
+                answers.append({"eval_id": req.eval_id, "error": str(exc), "code": 409})
+                continue
+            except Invalid as exc:
+                answers.append({"eval_id": req.eval_id, "error": str(exc), "code": 422})
+                continue
+            self.observer.enqueued(queue.keys.queue, req.priority.value)
+        return answers
+
+    def registry(self, name: str) -> Registry:
+        """The set `name` of the deployment (a key under its tag)."""
+        return Registry(self.client, self.keys.shared(name))
+
+    @translate_errors
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+
+class Registry:
+    """A set of names in Redis (SADD / SMEMBERS / SISMEMBER)."""
+
+    def __init__(self, client: Redis, key: str) -> None:
+        self.client = client
+        self.key = key
+
+    @translate_errors
+    async def add(self, name: str) -> None:
+        await self.client.sadd(self.key, name)
+
+    @translate_errors
+    async def members(self) -> list[str]:
+        return sorted(text(raw) for raw in await self.client.smembers(self.key))

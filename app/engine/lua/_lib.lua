@@ -1,0 +1,288 @@
+-- Helpers prepended by engine/scripts.py to every script (each script keeps one SHA).
+-- Time is always Redis server time, in milliseconds: leases and schedules never
+-- depend on the clocks of the service processes.
+local PRIOS = {'high', 'default', 'low'}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function to_map(flat)
+  local map = {}
+  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
+  return map
+end
+
+-- Every state change goes to the capped events stream; all but `processing` are also
+-- counted per minute (`<events>:m:<epoch minute>`, kept 2 h) for the dashboard's
+-- throughput and failure-rate plots.
+local function event(k_events, maxlen, id, state, attempt)
+  local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
+    'id', id, 'state', state, 'attempt', attempt or '')
+  if state ~= 'processing' then
+    local k_minute = k_events .. ':m:' .. math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
+    if redis.call('HINCRBY', k_minute, state, 1) == 1 then redis.call('EXPIRE', k_minute, 7200) end
+  end
+end
+
+-- Queued entries of one priority level: enqueued (seq) minus delivered (head)
+-- minus cancelled while queued (holes above head). O(log n).
+local function queued_in(k_counters, k_holes, prio)
+  local seq = tonumber(redis.call('HGET', k_counters, 'seq:' .. prio) or '0')
+  local head = tonumber(redis.call('HGET', k_counters, 'head:' .. prio) or '0')
+  return seq - head - redis.call('ZCOUNT', k_holes, '(' .. head, '+inf')
+end
+
+-- The fields of a live stream entry, nil when it is gone (XRANGE on one id is O(log n)).
+local function entry_fields(k_stream, entry)
+  local found = redis.call('XRANGE', k_stream, entry, entry)
+  if #found == 0 then return nil end
+  return to_map(found[1][2])
+end
+
+-- The payload of a live stream entry ('' when it is gone).
+local function entry_payload(k_stream, entry)
+  local fields = entry_fields(k_stream, entry)
+  return fields and fields['payload'] or ''
+end
+
+-- Append a task to its priority stream: it becomes `queued` with the next sequence number.
+local function push(k_task, k_stream, k_counters, id, prio, payload)
+  local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
+  local entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload)
+  redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
+  return seq
+end
+
+-- Numbered queues (engine/keys.py) keep, besides the structures of every queue, an `index`
+-- zset of the items still in the queue (score = the item's number) and an aliases hash
+-- (`rid`: alias -> number). Their task hashes name them: `ix` (the index zset), `rid` (the
+-- item's alias, if any), and for an item that is answered into another queue, `sink` (that
+-- reply queue's key prefix; the field keeps the name of the numbered queues' first user,
+-- PAI-EAS, so tasks stored before the engine knew no PAI-EAS stay readable). Keys derived from a prefix share its hash tag. An item whose
+-- record carries `error` and whose payload is empty is the answer of a task that failed
+-- without one (see answer_numbered).
+local function numbered_append(prefix, prio, payload, alias, reply, maxlen, err)
+  local k_counters, k_index = prefix .. 'counters', prefix .. 'index'
+  local n = redis.call('HINCRBY', k_counters, 'index', 1)
+  local id = tostring(n)
+  local k_task = prefix .. 'task:' .. id
+  redis.call('HSET', k_task, 'created', now_ms(), 'attempts', 0, 'ix', k_index)
+  if reply ~= '' then redis.call('HSET', k_task, 'sink', reply) end
+  if alias ~= '' then
+    redis.call('HSET', prefix .. 'rid', alias, id)
+    redis.call('HSET', k_task, 'rid', alias)
+  end
+  if err then redis.call('HSET', k_task, 'error', err) end
+  redis.call('HINCRBY', k_counters, 'total:enqueued', 1)
+  push(k_task, prefix .. 'stream:' .. prio, k_counters, id, prio, payload)
+  redis.call('ZADD', k_index, n, id)
+  event(prefix .. 'events', maxlen, id, 'queued')
+  return n
+end
+
+-- A finished item of a numbered queue leaves its index (and its alias); one with a reply
+-- queue leaves its answer there, as a new item aliased by its own number: `answer`, or,
+-- failing (`err`) without one, an empty item whose record carries the error.
+local function answer_numbered(k_task, id, answer, maxlen, err)
+  local rec = redis.call('HMGET', k_task, 'ix', 'sink', 'rid')
+  if rec[1] then redis.call('ZREM', rec[1], id) end
+  if rec[3] then redis.call('HDEL', string.sub(rec[1], 1, -6) .. 'rid', rec[3]) end
+  if not rec[2] then return end
+  if answer and answer ~= '' then
+    numbered_append(rec[2], 'default', answer, id, '', maxlen)
+  elseif err then
+    numbered_append(rec[2], 'default', '', id, '', maxlen, err)
+  end
+end
+
+
+-- Keys shared by the legacy API's queues live under one base prefix (`ts:{QUEUE_NAME}:`):
+-- task records (`<base>task:<id>`), and what issue 6 adds beside them. A task key minus
+-- `task:<id>` is that base.
+local function base_of(k_task, id)
+  return string.sub(k_task, 1, #k_task - #id - 5)
+end
+
+-- The key prefix of a named queue (a task hash's `q` field; nil or '' = the default queue,
+-- whose keys sit right under the base).
+local function queue_prefix(base, q)
+  if not q or q == '' then return base end
+  return base .. 'q:' .. q .. ':'
+end
+
+-- By-id calls (status, complete, fail, cancel) are sent with the keys of the queue the
+-- caller assumed; a task of another legacy queue answers {'queue', its queue} and the caller
+-- re-sends with that queue's keys. One HGET for the task's queue name (`q`, absent for the
+-- default queue); nil when the keys are right or the task is unknown.
+local function wrong_queue(k_task, expected)
+  local q = redis.call('HGET', k_task, 'q') or ''
+  if q == (expected or '') then return nil end
+  if q == '' and redis.call('EXISTS', k_task) == 0 then return nil end
+  return {'queue', q}
+end
+
+-- Result callbacks of a task that reached a terminal state (issue 6, item 2): one
+-- self-contained entry on `<base>callbacks` (group `senders`, runtime/callbacks.py delivers it
+-- and removes it). Not capped: an entry leaves only once delivered or given up on.
+-- `url` is the task's callback_url ('' when only STORAGE_SERVICE_URL applies).
+local function notify_callback(k_task, id, state, now, maxlen)
+  local rec = redis.call('HMGET', k_task, 'cb', 'q', 'result', 'error', 'attempts', 'finished')
+  local kind, body = 'error', rec[4] or state
+  if state == 'completed' then kind, body = 'result', rec[3] or 'null' end
+  local fields = {'id', id, 'status', state, kind, body, 'attempts', rec[5] or '0',
+    'finished', rec[6] or now, 'url', rec[1] or ''}
+  if rec[2] and rec[2] ~= '' then fields[#fields + 1], fields[#fields + 2] = 'queue', rec[2] end
+  redis.call('XADD', base_of(k_task, id) .. 'callbacks', '*', unpack(fields))
+end
+
+-- Put a task in a queue's schedule (zset `k_sched`) at `due` ms. Promoters sleep until the
+-- earliest due time, so only an earlier one is announced on the queue's `channel`.
+local function schedule(k_sched, channel, id, due)
+  local first = redis.call('ZRANGE', k_sched, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', k_sched, due, id)
+  if not first[2] or due < tonumber(first[2]) then redis.call('PUBLISH', channel, due) end
+end
+
+-- A deferred task whose last parent finished: queued at its priority, or scheduled when
+-- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
+-- allow, payload, run_at, attempts.
+local function release_child(k_child, cid, qp, rec, now, maxlen)
+  local prio, payload, run_at = rec[2], rec[5], tonumber(rec[6] or '0')
+  redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
+  redis.call('HDEL', k_child, 'waiting')
+  if run_at > now then
+    redis.call('HSET', k_child, 'state', 'scheduled')
+    schedule(qp .. 'scheduled', qp .. 'schedule', cid, run_at)
+    redis.call('HINCRBY', qp .. 'counters', 'scheduled:' .. prio, 1)
+    event(qp .. 'events', maxlen, cid, 'scheduled')
+    return
+  end
+  push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload)
+  redis.call('HDEL', k_child, 'payload', 'run_at')
+  event(qp .. 'events', maxlen, cid, 'queued')
+end
+
+-- A deferred task that is cancelled leaves the `deps:` sets of all its parents, so a later
+-- task reusing its eval_id (after its record expired) is never released by them.
+local function leave_parents(k_child, cid)
+  local base = base_of(k_child, cid)
+  local deps = redis.call('HGET', k_child, 'deps')
+  if not deps then return end
+  for _, parent in ipairs(cjson.decode(deps)) do
+    redis.call('SREM', base .. 'deps:' .. parent, cid)
+  end
+end
+
+-- A deferred task whose parent `pid` ended `state` (failed / cancelled): cancelled, with
+-- the reason in `error`; it keeps the parent's record TTL.
+local function cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl)
+  redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. rec[2], -1)
+  leave_parents(k_child, cid)
+  redis.call('HSET', k_child, 'state', 'cancelled', 'finished', now,
+    'error', 'dependency ' .. pid .. ' ' .. state)
+  redis.call('HDEL', k_child, 'payload', 'run_at', 'waiting')
+  redis.call('EXPIRE', k_child, ttl)
+  redis.call('HINCRBY', qp .. 'counters', 'total:cancelled', 1)
+  event(qp .. 'events', maxlen, cid, 'cancelled', rec[7])
+end
+
+-- Children of a finished parent (issue 6, item 1): released, or cancelled; those that
+-- became terminal here are appended to `todo` as {k_task, id, state}. The parent's
+-- `deps:<id>` set names them, so no scan: one SMEMBERS, then O(1) work per child. A child
+-- no longer `deferred` (cancelled meanwhile) is skipped.
+local function release_children(k_task, id, state, now, maxlen, ttl, todo)
+  local base = base_of(k_task, id)
+  local k_deps = base .. 'deps:' .. id
+  local kids = redis.call('SMEMBERS', k_deps)
+  redis.call('DEL', k_deps)
+  redis.call('HDEL', k_task, 'kids')
+  for _, cid in ipairs(kids) do
+    local k_child = base .. 'task:' .. cid
+    local rec = redis.call('HMGET', k_child, 'state', 'prio', 'q', 'allow', 'payload', 'run_at',
+      'attempts')
+    if rec[1] == 'deferred' then
+      local qp = queue_prefix(base, rec[3])
+      if state ~= 'completed' and rec[4] ~= '1' then
+        cancel_child(k_child, cid, qp, rec, id, state, now, maxlen, ttl)
+        todo[#todo + 1] = {k_child, cid, 'cancelled'}
+      elseif redis.call('HINCRBY', k_child, 'waiting', -1) <= 0 then
+        release_child(k_child, cid, qp, rec, now, maxlen)
+      end
+    end
+  end
+end
+
+-- Every terminal state (completed, failed, cancelled) of a legacy task passes here, after
+-- its record was updated (`ttl`: the expiry it got): the one place where finishing a task
+-- has consequences beyond it. Iterative, so a cascade through dependants needs no recursion.
+-- Tasks without callbacks or dependants cost one HMGET.
+local function finished(k_task, id, state, now, maxlen, ttl)
+  local todo = {{k_task, id, state}}
+  local i = 1
+  while i <= #todo do
+    local k, tid, st = todo[i][1], todo[i][2], todo[i][3]
+    local marks = redis.call('HMGET', k, 'cb', 'kids')
+    if marks[1] then notify_callback(k, tid, st, now, maxlen) end
+    if marks[2] then release_children(k, tid, st, now, maxlen, ttl, todo) end
+    i = i + 1
+  end
+end
+
+
+-- Put a task into the dead-letter queue: terminal `failed`, record kept FAILURE_TTL.
+-- The DLQ index (eval_id -> DLQ entry id) makes retry and delete by eval_id O(1).
+local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id, prio, payload,
+                    err, detail, attempts, now, ttl, result_json, answer)
+  local old = redis.call('HGET', k_dlq_index, id)
+  if old then redis.call('XDEL', k_dlq, old) end
+  local dead = {'id', id, 'prio', prio, 'error', err, 'detail', detail, 'attempts', attempts,
+    'failed_at', now, 'payload', payload}
+  -- the callback mark travels with the dead letter, so a re-drive keeps it even after
+  -- the record expired (FAILURE_TTL is shorter than DLQ_MAX_AGE_DAYS)
+  local cb = redis.call('HGET', k_task, 'cb')
+  if cb then dead[#dead + 1], dead[#dead + 2] = 'cb', cb end
+  local dlq_id = redis.call('XADD', k_dlq, '*', unpack(dead))
+  redis.call('HSET', k_dlq_index, id, dlq_id)
+  redis.call('HSET', k_task, 'state', 'failed', 'error', err, 'finished', now, 'dlq', dlq_id)
+  redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')
+  redis.call('EXPIRE', k_task, ttl)
+  redis.call('HINCRBY', k_counters, 'total:failed', 1)
+  redis.call('PUBLISH', 'evaluation:failed',
+    '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. result_json .. '}')
+  answer_numbered(k_task, id, answer, maxlen, err)
+  event(k_events, maxlen, id, 'failed', attempts)
+  finished(k_task, id, 'failed', now, maxlen, ttl)
+end
+
+
+-- Issue 11: a task whose stream entry vanished under it (an operator's XDEL or XTRIM, a
+-- MAXLEN trim, a replica that lost the tail). While queued or processing its payload lived
+-- only in that entry, so it cannot run again: it is dead-lettered with the reason and
+-- counted (`total:lost`). `q`: the queue's keys {dlq, dlq index, events, counters};
+-- `last`: the error of the attempt that ended, if any. Returns the reason, which the
+-- scripts hand back so Python logs one line per task.
+local function lose(k_task, id, prio, entry, state, q, maxlen, now, ttl, attempts, last)
+  local err = 'stream entry lost: ' .. (entry or '?') .. ' (' .. (prio or '?') ..
+    ') was deleted while the task was ' .. state .. ', and its payload lived only there'
+  if last and last ~= '' then err = err .. '; last error: ' .. last end
+  redis.call('HINCRBY', q[4], 'total:lost', 1)
+  bury(k_task, q[1], q[2], q[3], q[4], maxlen, id, prio or 'default', '', err, '',
+    attempts or '0', now, ttl, cjson.encode({status = 'failed', output = err, exit_code = cjson.null}))
+  return err
+end
+
+-- Issue 11: a processing task that no holder can settle and no claim can take over (its
+-- lease is gone, or its entry left the group's pending list) while its entry still holds
+-- the payload: queued again under a new entry at the back of its priority. A holder still
+-- running it is fenced off (the entry changed). The old entry was delivered (its sequence
+-- number is at or below `head`), so no hole is needed.
+local function requeue(k_task, k_stream, k_counters, k_leases, k_events, group, id, prio, entry,
+                       payload, maxlen)
+  redis.call('XACK', k_stream, group, entry)
+  redis.call('XDEL', k_stream, entry)
+  redis.call('ZREM', k_leases, id)
+  push(k_task, k_stream, k_counters, id, prio, payload)
+  event(k_events, maxlen, id, 'queued')
+end

@@ -1,0 +1,48 @@
+-- Cancel a task: queued (entry deleted, its sequence number recorded as a hole so
+-- positions stay exact), scheduled / retrying (removed from the schedule), or processing
+-- when terminate is set (entry acked and deleted, holders told on the cancel channel), or
+-- deferred (it leaves its parents' `deps:` sets). Its own dependants are cancelled
+-- through finished().
+-- KEYS: 1 task hash, 2 stream:high, 3 stream:default, 4 stream:low, 5 holes:high,
+--       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters
+-- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
+--       6 cancel channel, 7 the queue assumed ('' = default)
+-- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
+-- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
+-- events, schedule; `deps:<id>`; the callbacks stream).
+-- Returns {'cancelled', previous state, priority} | {'missing'} | {'state', state}
+local id = ARGV[1]
+local STREAM = {high = KEYS[2], default = KEYS[3], low = KEYS[4]}
+local HOLES = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
+local misrouted = wrong_queue(KEYS[1], ARGV[7])
+if misrouted then return misrouted end
+local rec = redis.call('HMGET', KEYS[1], 'state', 'prio', 'entry', 'seq', 'attempts')
+local state, prio, entry = rec[1], rec[2], rec[3]
+if not state then return {'missing'} end
+if state == 'queued' then
+  redis.call('XDEL', STREAM[prio], entry)
+  redis.call('ZADD', HOLES[prio], rec[4], id)
+elseif state == 'scheduled' or state == 'retrying' then
+  redis.call('ZREM', KEYS[8], id)
+  redis.call('HINCRBY', KEYS[11], state .. ':' .. prio, -1)
+elseif state == 'deferred' then
+  redis.call('HINCRBY', KEYS[11], 'deferred:' .. prio, -1)
+  redis.call('HDEL', KEYS[1], 'waiting')
+  leave_parents(KEYS[1], id)
+elseif state == 'processing' and ARGV[2] == '1' then
+  redis.call('XACK', STREAM[prio], ARGV[3], entry)
+  redis.call('XDEL', STREAM[prio], entry)
+  redis.call('ZREM', KEYS[9], id)
+  redis.call('PUBLISH', ARGV[6], id)
+else
+  return {'state', state}
+end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now)
+redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('HINCRBY', KEYS[11], 'total:cancelled', 1)
+answer_numbered(KEYS[1], id, nil, ARGV[4])
+event(KEYS[10], ARGV[4], id, 'cancelled', rec[5])
+finished(KEYS[1], id, 'cancelled', now, ARGV[4], ARGV[5])
+return {'cancelled', state, prio}

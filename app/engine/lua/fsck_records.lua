@@ -1,0 +1,120 @@
+-- fsck (issue 11): check a batch of task records of one queue against the queue's
+-- structures, atomically; with repair, fix each record that would otherwise stay stuck.
+-- Classes: queued_without_entry, processing_without_entry, processing_without_lease,
+--   processing_not_pending, schedule_missing, deferred_stuck, eas_index_missing
+--   (README, *fsck*, says what each means and what the repair does).
+-- KEYS: 1-3 stream:high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq, 8 dlq index,
+--       9-11 holes:high/default/low, 12 events, then one task hash per eval_id below
+-- ARGV: 1 repair ('1'/'0'), 2 group, 3 the queue assumed ('' = the default queue),
+--       4 events maxlen, 5 failure ttl s, 6 result ttl s, 7 schedule channel,
+--       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[12 + i])
+-- Also touched, derived in Lua from the task key's base (same hash tag): the `deps:<parent>`
+-- sets and parents' records of deferred tasks, a numbered queue item's index zset (its `ix`), and
+-- what finished() touches when a task is dead-lettered or cancelled here (_lib.lua).
+-- Returns {findings (see _fsck.lua), {{eval_id, queue}...} of records that belong to
+--          another legacy queue (the caller re-sends them with that queue's keys)}
+local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
+local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
+local QK = {KEYS[7], KEYS[8], KEYS[12], KEYS[4]}  -- dlq, dlq index, events, counters
+local group, maxlen, failure_ttl = ARGV[2], ARGV[4], ARGV[5]
+local now = now_ms()
+local misrouted = {}
+local LOST = 'dead-lettered as lost (the payload lived only in the entry)'
+local HOLDER = 'none while its lease is live: its holder may still settle it'
+
+local function gone(prio, entry)
+  return 'stream entry ' .. (entry or '(none)') .. ' of ' .. (prio or '?') .. ' is gone'
+end
+
+local function check_queued(k_task, id, rec)
+  local prio, entry = rec[2], rec[3]
+  if entry and STREAM[prio] and entry_fields(STREAM[prio], entry) then return end
+  if REPAIR then
+    -- its sequence number still counts as queued: a hole keeps positions and counts exact
+    local head = tonumber(redis.call('HGET', KEYS[4], 'head:' .. (prio or '')) or '0')
+    if HOLES[prio] and tonumber(rec[7] or '0') > head then
+      redis.call('ZADD', HOLES[prio], rec[7], entry or id)
+    end
+    lose(k_task, id, prio, entry, 'queued', QK, maxlen, now, failure_ttl, rec[4])
+  end
+  report(id, 'queued_without_entry', gone(prio, entry), LOST, 1)
+end
+
+local function check_processing(k_task, id, rec)
+  local prio, entry = rec[2], rec[3]
+  local k_stream = STREAM[prio] or KEYS[2]
+  local fields = entry and entry_fields(k_stream, entry)
+  local deadline = redis.call('ZSCORE', KEYS[5], id)
+  local live = deadline and tonumber(deadline) >= now
+  if not fields then
+    if live and entry then
+      return report(id, 'processing_without_entry', gone(prio, entry), HOLDER, 0)
+    end
+    if REPAIR then
+      if entry then redis.call('XACK', k_stream, group, entry) end
+      redis.call('ZREM', KEYS[5], id)
+      lose(k_task, id, prio, entry, 'processing', QK, maxlen, now, failure_ttl, rec[4])
+    end
+    return report(id, 'processing_without_entry', gone(prio, entry), LOST, 1)
+  end
+  if not deadline then
+    if REPAIR then
+      requeue(k_task, k_stream, KEYS[4], KEYS[5], KEYS[12], group, id, prio, entry,
+        fields['payload'] or '', maxlen)
+    end
+    return report(id, 'processing_without_lease',
+      'no lease: nobody can settle it and no claim takes it over', 're-queued', 1)
+  end
+  if is_pending(k_stream, group, entry) == false then
+    local detail = 'entry ' .. entry .. ' is not in the pending list of group ' .. group
+    if live then return report(id, 'processing_not_pending', detail, HOLDER, 0) end
+    if REPAIR then
+      requeue(k_task, k_stream, KEYS[4], KEYS[5], KEYS[12], group, id, prio, entry,
+        fields['payload'] or '', maxlen)
+    end
+    report(id, 'processing_not_pending', detail, 're-queued', 1)
+  end
+end
+
+local function check_scheduled(id, rec)
+  if redis.call('ZSCORE', KEYS[6], id) then return end
+  local due = tonumber(rec[6] or '0')
+  if due == 0 then due = now end
+  if REPAIR then schedule(KEYS[6], ARGV[7], id, due) end
+  report(id, 'schedule_missing', rec[1] .. ' but not in the schedule (due at ' .. due .. ' ms)',
+    're-scheduled at its due time', 1)
+end
+
+-- An item of a numbered queue still in its queue must be in the queue's index zset (index reads,
+-- `_attrs_` and truncation look only there).
+local function check_index(k_task, id, ix)
+  local state = redis.call('HGET', k_task, 'state')
+  if not state or TERMINAL[state] or redis.call('ZSCORE', ix, id) then return end
+  if REPAIR then redis.call('ZADD', ix, tonumber(id) or 0, id) end
+  report(id, 'eas_index_missing', state .. ' but not in the index ' .. ix, 'indexed', 1)
+end
+
+local function check(k_task, id)
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'attempts', 'q', 'run_at',
+    'seq', 'ix')
+  if not rec[1] then return end  -- expired or settled and gone since it was listed
+  if (rec[5] or '') ~= ARGV[3] then
+    misrouted[#misrouted + 1] = {id, rec[5] or ''}
+    return
+  end
+  local state = rec[1]
+  if state == 'queued' then
+    check_queued(k_task, id, rec)
+  elseif state == 'processing' then
+    check_processing(k_task, id, rec)
+  elseif state == 'scheduled' or state == 'retrying' then
+    check_scheduled(id, rec)
+  elseif state == 'deferred' then
+    local detail, action = settle_deferred(k_task, id, now, maxlen, ARGV[6])
+    if detail then report(id, 'deferred_stuck', detail, action, 1) end
+  end
+  if rec[8] then check_index(k_task, id, rec[8]) end
+end
+
+for i = 13, #KEYS do check(KEYS[i], ARGV[i - 5]) end
+return {findings, misrouted}

@@ -1,0 +1,369 @@
+"""The transitions of one queue: enqueue, claim, complete, fail, renew, cancel, promote.
+
+A `Queue` is its keys plus the engine it runs on (client, scripts, settings, observer);
+every multi-key change is one Lua script from `engine/lua/`. By-id calls (get, complete,
+fail, cancel) are sent with this queue's keys as a hint: a task of another legacy queue
+answers `{'queue', name}` (`wrong_queue` in _lib.lua) and `_by_id` re-sends the call once,
+to that queue, so callers need not know a task's queue. Transitions are reported to the
+engine's observer with the task's real priority, from the script's reply.
+
+Imports: client, keys, records, models, errors, settings (and structlog, orjson); the
+engine module only for typing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from redis.exceptions import RedisError
+
+from app.engine.client import (
+    MAX_BLOCK_SLICE,
+    create_groups,
+    redis_failure,
+    text,
+    translate_errors,
+)
+from app.engine.keys import GROUP, QueueKeys
+from app.engine.records import render_record
+from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
+from app.settings import RetryPolicy
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
+
+log = structlog.get_logger()
+
+PROMOTE_LIMIT = 200
+MAX_DEPENDANTS = 10000  # deferred children per parent (enqueue.lua): its release is one script
+REFUSALS = {
+    "missing": "no such task",
+    "state": "task is {state}, not processing",
+    "stale": "stale delivery: the task was handed to another worker",
+    "expired": "lease expired: the task will be delivered again",
+}
+Decode = Callable[[bytes], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    tasks: list[Task]
+    wake_in: float | None  # seconds until the next scheduled task or lease expiry
+    recreated: bool  # a consumer group was missing (Redis restarted empty, or cleared)
+    tails: list[bytes] = field(default_factory=list)  # stream tails to block on when idle
+
+
+def json_payload(payload: bytes) -> dict[str, Any]:
+    """The payload decoder of legacy queues: the task's JSON document."""
+    return orjson.loads(payload) if payload else {}
+
+
+def start_arg(req: TaskRequest) -> str:
+    """enqueue.lua's run time: '0' now, '+<ms>' a delay after the Redis server's clock,
+    '<ms>' an absolute epoch time given by the client. Never this process's clock."""
+    if req.delay:
+        return f"+{math.ceil(req.delay * 1000)}"
+    return str(int(req.run_at * 1000)) if req.run_at else "0"
+
+
+def enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
+    """The answer to an enqueue from enqueue.lua's reply; Conflict or Invalid if refused."""
+    state = text(reply[0])
+    if state == "duplicate":
+        raise Conflict(f"eval_id already exists: {req.eval_id}")
+    if state == "unknown":
+        raise Invalid(f"unknown parent(s): {', '.join(text(p) for p in reply[1])}")
+    if state == "crowded":
+        raise Invalid(
+            f"parent {text(reply[1])} already has {MAX_DEPENDANTS} deferred dependants "
+            "(chain wider fan-outs through intermediate tasks)"
+        )
+    answer: dict[str, Any] = {
+        "eval_id": req.eval_id,
+        "status": state,
+        "priority": req.priority.value,
+    }
+    if state == State.QUEUED:
+        answer["position"] = int(reply[1])
+    elif state == State.CANCELLED:
+        answer["error"] = text(reply[1])
+    return answer
+
+
+def refusal(reply: Sequence[Any]) -> Exception:
+    """NotFound or Conflict from a fenced script's refusal (see _fence.lua)."""
+    kind = text(reply[0])
+    state = text(reply[1]) if len(reply) > 1 else ""
+    if kind == "missing":
+        return NotFound(REFUSALS["missing"])
+    return Conflict(REFUSALS[kind].format(state=state))
+
+
+def _fence_args(task: Task | None) -> list[Any]:
+    return [task.entry, task.attempt] if task else ["", ""]
+
+
+class Queue:
+    """The operations of one queue (see the module docstring)."""
+
+    def __init__(self, engine: Engine, keys: QueueKeys, decode: Decode | None = None) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.decode = decode or json_payload
+        self.redis = engine.client
+        self.scripts = engine.scripts
+        self.settings = engine.settings
+        self.observer = engine.observer
+
+    # --- producers -----------------------------------------------------------------
+
+    def enqueue_args(self, req: TaskRequest) -> tuple[list[str], list[Any]]:
+        """enqueue.lua's KEYS and ARGV for `req` in this queue."""
+        k, s = self.keys, self.settings
+        keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
+        argv: list[Any] = [req.eval_id, req.priority.value, req.encoded_payload(), start_arg(req)]
+        argv += [s.events_maxlen, k.schedule_channel, k.q]
+        # the callback mark: '' none (no field at all), else '+' and the task's callback_url
+        marked = req.callback_url is not None or s.storage_service_url
+        argv.append("+" + (req.callback_url or "") if marked else "")
+        if req.depends_on:
+            allow = "1" if req.allow_failure else "0"
+            argv += [allow, s.result_ttl, *req.depends_on]
+        return [*keys, *k.holes, k.registry], argv
+
+    @translate_errors
+    async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
+        """Store one task; 409 (Conflict) when its eval_id is already known."""
+        answer = enqueued(req, await self.scripts.run("enqueue", *self.enqueue_args(req)))
+        self.observer.enqueued(self.keys.queue, req.priority.value)
+        return answer
+
+    # --- consumers -----------------------------------------------------------------
+
+    @translate_errors
+    async def claim(
+        self, consumer: str, count: int, lease: float, priorities: Iterable[str] = ()
+    ) -> Claimed:
+        """Take up to `count` tasks (due ones promoted, lapsed leases first), leased `lease` s,
+        of `priorities` only when given (CONSUME)."""
+        k, s = self.keys, self.settings
+        keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
+        keys += [k.dlq_index, k.paused]
+        argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
+        argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
+        argv.append(",".join(priorities))
+        items, wake_ms, recreated, tails, lost = await self.scripts.run("claim", keys, argv)
+        for eval_id, reason in lost:
+            self._log_lost(eval_id, reason)
+        tasks = [
+            Task(
+                eval_id=text(eval_id),
+                entry=text(entry),
+                attempt=int(attempt),
+                priority=Priority(text(prio)),
+                payload=self.decode(payload),
+                waited_ms=int(waited),
+            )
+            for eval_id, entry, attempt, prio, payload, waited in items
+        ]
+        wake_in = None if int(wake_ms) < 0 else int(wake_ms) / 1000
+        return Claimed(tasks, wake_in, bool(recreated), list(tails))
+
+    @translate_errors
+    async def wait_for_work(
+        self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
+    ) -> None:
+        """Block (XREAD) until an entry is added after `tails` (from `claim`), or `timeout`;
+        only on the streams of `priorities` when given."""
+        last: dict[Any, Any] = dict(zip(self.keys.streams, tails, strict=True))
+        if tails and (taken := set(priorities)):
+            last = {
+                key: tail
+                for prio, key, tail in zip(PRIORITY_ORDER, self.keys.streams, tails, strict=True)
+                if prio in taken
+            }
+        deadline = time.monotonic() + timeout
+        while tails and (remaining := deadline - time.monotonic()) > 0:
+            # Blocks are cut into slices shorter than the socket timeout, so one client
+            # serves both: a hung Redis still fails fast, and long-polls still work.
+            block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
+            if await self.redis.xread(last, block=block_ms, count=1):
+                return
+
+    def _log_lost(self, eval_id: Any, reason: Any) -> None:
+        """One line per task dead-lettered because its stream entry was deleted (issue 11);
+        the script that buried it names it once, so this is logged once."""
+        log.error("task_lost", queue=self.keys.queue, eval_id=text(eval_id), reason=text(reason))
+
+    async def _by_id(self, send: Callable[[Queue], Awaitable[Any]]) -> tuple[Queue, Any]:
+        """Run a by-id script with this queue's keys; when the task belongs to another
+        legacy queue (the reply `{'queue', name}`), once more with that queue's."""
+        reply = await send(self)
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"queue":
+            other = self.engine.queue(text(reply[1]) or None)
+            return other, await send(other)
+        return self, reply
+
+    @translate_errors
+    async def complete(
+        self, eval_id: str, result: Any, task: Task | None = None, answer: bytes = b""
+    ) -> str:
+        """Record success; fenced by the delivery token when `task` is given. `answer`: what
+        the task's reply queue gets (a numbered queue's item). Returns the task's queue."""
+        payload = orjson.dumps(result)
+
+        def send(q: Queue) -> Awaitable[Any]:
+            k, s = q.keys, q.settings
+            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
+            argv = [eval_id, *_fence_args(task), payload, s.result_ttl, GROUP, s.events_maxlen]
+            return q.scripts.run("complete", keys, [*argv, answer, k.q])
+
+        queue, reply = await self._by_id(send)
+        if text(reply[0]) != "ok":
+            raise refusal(reply)
+        self.observer.settled(queue.keys.queue, text(reply[1]), "completed")
+        return queue.keys.queue
+
+    @translate_errors
+    async def fail(
+        self,
+        eval_id: str,
+        error: str,
+        *,
+        retry: bool = True,
+        policy: RetryPolicy | None = None,
+        task: Task | None = None,
+        detail: Any = None,
+        exit_code: int | None = None,
+        answer: bytes = b"",
+    ) -> dict[str, Any]:
+        """Record a failed attempt: `retrying` with backoff, or `failed` into the DLQ."""
+        policy = policy or self.settings.retry
+        published = orjson.dumps({"status": "failed", "output": error, "exit_code": exit_code})
+        argv: list[Any] = [eval_id, *_fence_args(task), error, "1" if retry else "0"]
+        argv += [policy.max_retries, policy.base_delay * 1000, policy.exponential_base]
+        argv += [policy.max_delay * 1000, random.random() if policy.jitter else -1]
+        argv += [self.settings.failure_ttl, GROUP, self.settings.events_maxlen, published]
+        argv.append(orjson.dumps(detail) if detail is not None else "")
+        intervals = ",".join(str(int(i * 1000)) for i in policy.intervals)
+
+        def send(q: Queue) -> Awaitable[Any]:
+            k = q.keys
+            keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq]
+            keys += [*k.streams, k.dlq_index]
+            return q.scripts.run("fail", keys, [*argv, k.schedule_channel, answer, intervals, k.q])
+
+        queue, reply = await self._by_id(send)
+        return queue._failed(eval_id, reply)
+
+    def _failed(self, eval_id: str, reply: Sequence[Any]) -> dict[str, Any]:
+        state = text(reply[0])
+        if state == State.RETRYING:
+            self.observer.settled(self.keys.queue, text(reply[1]), state)
+            retry_at = iso_ms(reply[2])
+            return {
+                "eval_id": eval_id,
+                "status": state,
+                "retry_at": retry_at,
+                "queue": self.keys.queue,
+            }
+        if state == State.FAILED:
+            if len(reply) == 4:  # {'failed', prio, 'lost', reason}: no payload to retry with
+                self._log_lost(eval_id, reply[3])
+            self.observer.settled(self.keys.queue, text(reply[1]), state)
+            return {"eval_id": eval_id, "status": state, "queue": self.keys.queue}
+        raise refusal(reply)
+
+    @translate_errors
+    async def renew(self, consumer: str, tasks: Iterable[Task], lease: float) -> list[str]:
+        """Extend the leases of running tasks; returns the eval_ids this consumer lost."""
+        k = self.keys
+        argv: list[Any] = [GROUP, consumer, int(lease * 1000), k.task_prefix, k.schedule_channel]
+        for task in tasks:
+            argv += [task.eval_id, task.entry, task.attempt]
+        if len(argv) == 5:
+            return []
+        lost = await self.scripts.run("renew", [*k.streams, k.leases], argv)
+        return [text(x) for x in lost]
+
+    # --- by id, for operators -----------------------------------------------------------
+
+    @translate_errors
+    async def cancel(self, eval_id: str, terminate: bool = False) -> dict[str, Any]:
+        """Cancel a waiting task, or a running one when `terminate` is set."""
+        s = self.settings
+        argv: list[Any] = [eval_id, "1" if terminate else "0", GROUP, s.events_maxlen, s.result_ttl]
+
+        def send(q: Queue) -> Awaitable[Any]:
+            k = q.keys
+            keys = [k.task(eval_id), *k.streams, *k.holes, k.scheduled, k.leases, k.events]
+            return q.scripts.run("cancel", [*keys, k.counters], [*argv, k.cancel_channel, k.q])
+
+        queue, reply = await self._by_id(send)
+        if text(reply[0]) != State.CANCELLED:
+            if text(reply[0]) == "state":
+                raise Conflict(f"task is {text(reply[1])}; cannot cancel")
+            raise refusal(reply)
+        self.observer.settled(queue.keys.queue, text(reply[2]), "cancelled")
+        return {"eval_id": eval_id, "status": State.CANCELLED.value, "queue": queue.keys.queue}
+
+    @translate_errors
+    async def get(self, eval_id: str) -> dict[str, Any]:
+        """The task's record and, when queued, its position; NotFound when unknown."""
+
+        def send(q: Queue) -> Awaitable[Any]:
+            k = q.keys
+            return q.scripts.run("status", [k.task(eval_id), k.counters, *k.holes], [k.q])
+
+        queue, reply = await self._by_id(send)
+        if not reply:
+            raise NotFound(f"no such task: {eval_id}")
+        flat, position = reply
+        rec = dict(zip(flat[::2], flat[1::2], strict=True))
+        return render_record(eval_id, rec, int(position), queue.keys.queue)
+
+    # --- the schedule, groups, notifications --------------------------------------------
+
+    @translate_errors
+    async def promote(self) -> float | None:
+        """Queue the scheduled/retrying tasks that are due; seconds until the next one."""
+        k = self.keys
+        keys = [k.scheduled, k.counters, k.events, *k.streams]
+        argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, self.settings.events_maxlen]
+        moved, wait_ms = await self.scripts.run("promote", keys, argv)
+        if int(moved) >= PROMOTE_LIMIT:
+            return 0.0
+        return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+    async def ensure_groups(self) -> None:
+        """Create the priority streams and their consumer group if missing."""
+        await create_groups(self.redis, self.keys.streams, GROUP)
+
+    async def notifications(self) -> AsyncIterator[tuple[str, str]]:
+        """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms or "release")
+        for new due times and released leases, from any process (pub/sub: at-most-once, so
+        consumers also re-check on their own)."""
+        kinds = {self.keys.cancel_channel: "cancel", self.keys.schedule_channel: "schedule"}
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*kinds)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    yield kinds[text(message["channel"])], text(message["data"])
+        except (RedisError, OSError) as exc:
+            # Subscribing and reading need no write: anything here is the connection's fault.
+            failure = redis_failure(exc) or Unavailable(f"redis pub/sub: {exc}")
+            raise failure from exc
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()

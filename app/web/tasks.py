@@ -1,0 +1,160 @@
+"""The legacy task API: `/tasks` (create, batch, pull, get, complete, fail, cancel, clear).
+
+Handlers parse (bodies with models, query parameters with params), call one engine
+operation (or the runtime's `pull`), and answer `JSON`. The engine counts the transitions.
+
+Imports: engine, runtime (pull), web.params, web.responses, models, errors, settings (and
+starlette).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.engine import admin
+from app.engine.engine import Engine
+from app.errors import Invalid
+from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
+from app.runtime.pull import pull
+from app.settings import Settings
+from app.web import params
+from app.web.responses import JSON
+
+MAX_WAIT = 30.0
+MAX_BATCH = 1000
+
+
+async def json_body(request: Request) -> Any:
+    return parse_json(await request.body())
+
+
+def eval_id_of(request: Request) -> str:
+    return check_eval_id(request.path_params["eval_id"])
+
+
+def json_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise Invalid("body must be a JSON object")
+    return data
+
+
+async def _hangup(request: Request) -> None:
+    """Returns when the client disconnects (a GET has no body to read first)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _delivery(eval_id: str, body: dict[str, Any]) -> Task | None:
+    """A pull worker may send back its delivery token (`lease` + `attempt`) for fencing."""
+    lease, attempt = body.get("lease"), body.get("attempt")
+    if lease is None and attempt is None:
+        return None
+    if not isinstance(lease, str) or isinstance(attempt, bool) or not isinstance(attempt, int):
+        raise Invalid("lease must be a string and attempt an integer, given together")
+    return Task(eval_id, lease, attempt, Priority.DEFAULT)
+
+
+def check_callback(req: TaskRequest, settings: Settings) -> None:
+    """A callback_url must name a host CALLBACK_ALLOWED_HOSTS allows (when it is set)."""
+    if req.callback_url is not None:
+        host = callback_host(req.callback_url)
+        if not settings.callback_host_allowed(host):
+            raise Invalid(f"callback_url host {host!r} is not in CALLBACK_ALLOWED_HOSTS")
+
+
+async def enqueue(engine: Engine, body: bytes) -> dict[str, Any]:
+    """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
+    req = TaskRequest.parse(parse_json(body))
+    check_callback(req, engine.settings)
+    return await engine.queue(req.queue).enqueue(req)
+
+
+async def create_task(request: Request) -> Response:
+    return JSON(await enqueue(request.state.engine, await request.body()), status_code=201)
+
+
+async def create_batch(request: Request) -> Response:
+    body = json_object(await json_body(request))
+    items = body.get("tasks")
+    if not isinstance(items, list) or not items:
+        raise Invalid("tasks must be a non-empty list")
+    if len(items) > MAX_BATCH:
+        raise Invalid(f"at most {MAX_BATCH} tasks per batch")
+    reqs = []
+    for index, item in enumerate(items):
+        try:
+            reqs.append(TaskRequest.parse(item))
+            check_callback(reqs[-1], request.state.settings)
+        except Invalid as exc:
+            raise Invalid(f"tasks[{index}]: {exc}") from exc
+    answers = await request.state.engine.enqueue_many(reqs)
+    return JSON({"tasks": answers}, status_code=201)
+
+
+async def next_task(request: Request) -> Response:
+    wait = params.number(request.query_params, "wait", 0.0, 0.0, MAX_WAIT)
+    settings: Settings = request.state.settings
+    gone = _hangup(request) if wait > 0 else None
+    queue = await params.resolve_queue(request.state, request.query_params.get("queue"))
+    task = await pull(queue, request.state.consumer, wait, settings.task_timeout, gone)
+    if task is None:
+        return Response(status_code=204)
+    return JSON({**task.view(), "queue": queue.keys.queue})
+
+
+async def _hinted(request: Request) -> Any:
+    """The queue `?queue=` hints at for a by-id call (see `params.resolve_queue`)."""
+    return await params.resolve_queue(request.state, request.query_params.get("queue"), hint=True)
+
+
+async def get_task(request: Request) -> Response:
+    return JSON(await (await _hinted(request)).get(eval_id_of(request)))
+
+
+async def complete_task(request: Request) -> Response:
+    eval_id = eval_id_of(request)
+    body = json_object(await json_body(request))
+    queue = await _hinted(request)
+    name = await queue.complete(eval_id, body.get("result"), _delivery(eval_id, body))
+    return JSON({"eval_id": eval_id, "status": "completed", "queue": name})
+
+
+async def fail_task(request: Request) -> Response:
+    eval_id = eval_id_of(request)
+    body = json_object(await json_body(request))
+    error = body.get("error", "failed")
+    retry = body.get("retry", True)
+    if not isinstance(error, str) or not isinstance(retry, bool):
+        raise Invalid("error must be a string and retry a boolean")
+    detail = {"traceback": body["traceback"]} if body.get("traceback") else None
+    queue = await _hinted(request)
+    task = _delivery(eval_id, body)
+    return JSON(await queue.fail(eval_id, error, retry=retry, task=task, detail=detail))
+
+
+async def cancel_task(request: Request) -> Response:
+    eval_id = eval_id_of(request)
+    queue = await _hinted(request)
+    return JSON(await queue.cancel(eval_id, params.flag(request.query_params, "terminate")))
+
+
+async def clear_tasks(request: Request) -> Response:
+    return JSON({"cleared": await admin.clear(request.state.engine)})
+
+
+ROUTES = [
+    # Served by HotPath in the running app; listed so the route table is complete.
+    Route("/tasks", create_task, methods=["POST"]),
+    Route("/tasks", clear_tasks, methods=["DELETE"]),
+    Route("/tasks/batch", create_batch, methods=["POST"]),
+    Route("/tasks/next", next_task, methods=["GET"]),
+    Route("/tasks/{eval_id}", get_task, methods=["GET"]),
+    Route("/tasks/{eval_id}/complete", complete_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
+]
