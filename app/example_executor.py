@@ -7,7 +7,7 @@ only unless `--allow-remote` is given, and in `compose.yaml` it runs in a contai
 own as a non-root user. Use a real isolation layer (gVisor, Firecracker, nsjail, a
 throw-away VM) for untrusted code.
 
-Protocol (README, *Executor protocol*): `POST /execute` with `{"eval_id", "code",
+Protocol (docs/api.md, *Executor protocol*): `POST /execute` with `{"eval_id", "code",
 "language", "attempt", "metadata"}` runs `code` with `python -I -` (the code on stdin) in
 a fresh temporary directory, with an environment of `PATH` only, in a process group of its
 own, under `setrlimit` limits (CPU seconds, address space, file size, processes, no core

@@ -326,7 +326,7 @@ def _machine(server: RedisServer) -> dict[str, Any]:
 
 
 def summary(results: Mapping[str, Any]) -> list[str]:
-    """The figures of a run, as printed and as the README quotes them."""
+    """The figures of a run, as printed and as docs/operations.md quotes them."""
     plan, faults, m = results["plan"], results["faults"], results["machine"]
     kinds: dict[str, list[Mapping[str, Any]]] = {}
     for fault in faults:

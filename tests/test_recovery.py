@@ -222,7 +222,7 @@ async def test_sigkilled_service_task_is_delivered_again_after_the_lease(
 # --- embedded Redis ---------------------------------------------------------------------
 
 
-# A graceful stop on SIGTERM exits 0, as the README promises.
+# A graceful stop on SIGTERM exits 0, as docs/operations.md promises.
 GRACEFUL = (0,)
 
 PLAN = [("a", "default"), ("b", "high"), ("c", "low"), ("d", "default")]

@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="taskstream",
         description="taskstream: a durable task queue on Redis Streams. Configuration comes "
-        "from environment variables (README, Configuration).",
+        "from environment variables (docs/operations.md, Configuration).",
         epilog=EPILOG,
     )
     root.add_argument("--version", action="version", version=f"taskstream {__version__}")
@@ -81,7 +81,8 @@ def _serve_parser(commands: Any) -> None:
         "serve",
         help="run the HTTP API and the in-process consumers",
         description="Run the HTTP API and the in-process consumers (configured by environment "
-        "variables, see README). Without REDIS_URL an embedded redis-server is started.",
+        "variables, see docs/operations.md). Without REDIS_URL an embedded redis-server is "
+        "started.",
     )
     serve.add_argument(
         "--consume",
@@ -198,7 +199,7 @@ def _fsck_parser(commands: Any) -> None:
         description="Check task records, stream entries, the consumer group's pending entries, "
         "leases, schedules, the DLQ and its index, dependency sets and counters of every queue "
         "and PAI-EAS service, live (safe while the service runs). One line per orphan, with "
-        "its class (README, fsck).",
+        "its class (docs/operations.md, fsck).",
         epilog="exit status: 0 consistent; 1 orphans found (also with --repair: run again to "
         "confirm) or Redis unreachable; 2 bad arguments or configuration.",
     )

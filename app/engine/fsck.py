@@ -35,7 +35,7 @@ BATCH = 200  # candidates per listing (the COUNT) and per script call
 LEASE_INDEX_LIMIT = 10_000  # leases read at once to judge pending entries whose entry is gone
 COUNTER_LIMIT = 10_000  # items a counter check may read in one script
 
-# The orphan classes: what each means. The repair of each is in the README (*fsck*) and in
+# The orphan classes: what each means. The repair of each is in docs/operations.md (*fsck*) and in
 # the `action` every finding carries.
 CLASSES: dict[str, str] = {
     "queued_without_entry": "queued task whose stream entry is gone",

@@ -2,7 +2,8 @@
 
 Executor calls go through `wire.Origin` (keep-alive HTTP/1.1 on httptools), one per
 executor: the drain path's cost is the HTTP call, and that client spends ~25 µs of CPU
-per request where aiohttp spends ~195 µs and httpx ~6.7 ms (figures in README, `bench/`).
+per request where aiohttp spends ~195 µs and httpx ~6.7 ms (figures in docs/operations.md,
+*Dependencies, and why*, and `bench/`).
 What one call sends and how its answer becomes an `Outcome` is the pool's call strategy
 (`ExecutorCall`): `ProtocolCall`, the executor protocol (`POST /execute`, `classify`), by
 default; a wing above brings its own (PAI-EAS forwards to a target URL). Every protocol

@@ -1,6 +1,6 @@
 """Prometheus metrics: process counters and histograms, gauges read from Redis at scrape time.
 
-Two kinds of numbers, which aggregate differently across replicas (see README, *Metrics*):
+Two kinds of numbers, which aggregate differently across replicas (docs/operations.md, *Metrics*):
 
 - **process** metrics count what this process did: transitions it made (its engine's, by
   whichever caller: HTTP handlers, its in-process consumers), executor call durations,

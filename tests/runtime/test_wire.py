@@ -152,7 +152,7 @@ async def test_idle_connection_closed_by_server_is_replaced_transparently(serve)
     origin = Origin(raw.url)
     await origin.request("GET", "/health")
     # The server hung up on the reused connection without a byte of answer: the request
-    # goes out once more on a new connection (at-least-once, as the README says).
+    # goes out once more on a new connection (at-least-once, as docs/operations.md says).
     answer = await origin.request("POST", "/execute", b"{}")
     assert answer.status == 200 and raw.connections == 2
     origin.close()

@@ -2,7 +2,7 @@
 -- structures, atomically; with repair, fix each record that would otherwise stay stuck.
 -- Classes: queued_without_entry, processing_without_entry, processing_without_lease,
 --   processing_not_pending, schedule_missing, deferred_stuck, eas_index_missing
---   (README, *fsck*, says what each means and what the repair does).
+--   (docs/operations.md, *fsck*, says what each means and what the repair does).
 -- KEYS: 1-3 stream:high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq, 8 dlq index,
 --       9-11 holes:high/default/low, 12 events, then one task hash per eval_id below
 -- ARGV: 1 repair ('1'/'0'), 2 group, 3 the queue assumed ('' = the default queue),
