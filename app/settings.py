@@ -337,10 +337,10 @@ def _tracing(r: _Reader) -> Tracing:
         endpoint = endpoint.rstrip("/") + "/v1/traces"
     protocol = _otlp(r, "PROTOCOL") or "http/protobuf"
     if protocol != "http/protobuf":
-        raise SettingsError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf: {protocol!r}")
+        raise SettingsError(f"{_otlp_name(r, 'PROTOCOL')}: only http/protobuf: {protocol!r}")
     compression = _otlp(r, "COMPRESSION") or "none"
     if compression not in ("gzip", "none"):
-        raise SettingsError(f"OTEL_EXPORTER_OTLP_COMPRESSION: gzip or none: {compression!r}")
+        raise SettingsError(f"{_otlp_name(r, 'COMPRESSION')}: gzip or none: {compression!r}")
     resource = dict(_pairs(r, "OTEL_RESOURCE_ATTRIBUTES"))
     resource["service.name"] = r.raw("OTEL_SERVICE_NAME") or resource.get("service.name", "")
     resource["service.name"] = resource["service.name"] or "taskstream"
