@@ -102,7 +102,9 @@ async def create_task(request: Request) -> Response:
     return JSON(answer, status_code=201)
 
 
-def _batch_items(body: dict[str, Any], settings: Settings) -> list[tuple[TaskRequest, Any]]:
+def _batch_items(
+    body: dict[str, Any], settings: Settings
+) -> list[tuple[TaskRequest, tracing.TraceContext | None]]:
     """Each task of a batch, validated, with its own trace context (None: the request's)."""
     items = body.get("tasks")
     if not isinstance(items, list) or not items:
