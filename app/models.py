@@ -26,6 +26,7 @@ MAX_INTERVALS = 100
 MAX_PARENTS = 100  # depends_on: parents per task
 RESERVED_IDS = frozenset({"next", "batch"})  # GET /tasks/next, POST /tasks/batch
 MAX_URL_LENGTH = 2048
+TRACE_FIELDS = ("traceparent", "tracestate")  # kept in a payload (runtime/tracing.py)
 
 
 class State(StrEnum):
@@ -302,8 +303,9 @@ class Task:
         }
 
     def view(self) -> dict[str, Any]:
-        """What a pull worker gets from `GET /tasks/next`."""
-        return {
+        """What a pull worker gets from `GET /tasks/next` (with the W3C trace context kept
+        with the task, runtime/tracing.py, so the worker can continue the trace)."""
+        view = {
             **self.executor_body(),
             "status": State.PROCESSING.value,
             "priority": self.priority.value,
@@ -311,6 +313,10 @@ class Task:
             "max_retries": self.max_retries,
             "lease": self.entry,
         }
+        for name in TRACE_FIELDS:
+            if name in self.payload:
+                view[name] = self.payload[name]
+        return view
 
 
 def iso_ms(value: bytes | str | None) -> str | None:

@@ -152,6 +152,7 @@ class StubExecutor:
     """A real HTTP executor on loopback whose answers a test scripts per call."""
 
     calls: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of each call, names lower-case
     healthy: bool = True
     handler: Handler | None = None
     served: Served | None = None
@@ -164,6 +165,7 @@ class StubExecutor:
     async def _execute(self, request: Request) -> Response:
         body = await request.json()
         self.calls.append(body)
+        self.headers.append(dict(request.headers))
         if self.handler is not None:
             return await self.handler(body)
         return JSONResponse({"status": "success", "output": "42\n", "exit_code": 0})
@@ -374,6 +376,8 @@ class Target:
                 "body": body,
                 "content_type": request.headers.get("content-type"),
                 "request_id": request.headers.get("x-eas-queueservice-request-id"),
+                "traceparent": request.headers.get("traceparent"),
+                "tracestate": request.headers.get("tracestate"),
             }
         )
         if self.answer is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import RetryPolicy, Settings, SettingsError
+from app.settings import RetryPolicy, Settings, SettingsError, Tracing
 
 
 def test_defaults_match_the_contract() -> None:
@@ -292,3 +292,86 @@ def test_callback_settings() -> None:
 def test_bad_callback_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+# --- tracing (OTEL_*; docs/tracing.md) ---------------------------------------------------
+
+
+def test_tracing_is_off_without_an_otlp_endpoint() -> None:
+    assert not Settings.from_env({}).tracing.on
+    assert Settings.from_env({}).tracing == Tracing()
+    off = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    assert Settings.from_env(off).tracing.on
+    assert not Settings.from_env({**off, "OTEL_SDK_DISABLED": "true"}).tracing.on
+    assert not Settings.from_env({**off, "OTEL_TRACES_EXPORTER": "none"}).tracing.on
+
+
+def test_the_otel_variables_are_read_here() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318/",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=a%2Cb, x=1",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=ignored",
+        "OTEL_SERVICE_NAME": "queue-eu",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "10",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5",
+        "OTEL_BSP_EXPORT_TIMEOUT": "1000",
+        "OTEL_TASKSTREAM_PROCESS_PARENT": "child",
+    }
+    assert Settings.from_env(env).tracing == Tracing(
+        endpoint="https://c:4318/v1/traces",
+        headers=(("api-key", "a,b"), ("x", "1")),
+        timeout=2.5,
+        compression="gzip",
+        tls=("/ca.pem", None, None),
+        resource=(("deployment.environment", "prod"), ("service.name", "queue-eu")),
+        sampler="parentbased_traceidratio",
+        ratio=0.25,
+        batch=(100, 10, 5, 1000),
+        process_parent="child",
+    )
+
+
+def test_the_traces_variables_win_over_the_general_ones() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://general:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/custom/path",
+        "OTEL_EXPORTER_OTLP_HEADERS": "a=1",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "b=2",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3000",
+    }
+    tracing = Settings.from_env(env).tracing
+    assert tracing.endpoint == "http://traces:4318/custom/path"  # used as it is
+    assert (tracing.headers, tracing.timeout) == ((("b", "2"),), 3.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTEL_TASKSTREAM_PROCESS_PARENT", "sibling"),
+        ("OTEL_TRACES_EXPORTER", "jaeger"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/v1/traces"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "br"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "=x"),
+        ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_SDK_DISABLED", "perhaps"),
+    ],
+)
+def test_bad_otel_values_name_the_variable(name: str, value: str) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", name: value}
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert str(info.value).startswith(f"{name}:"), str(info.value)

@@ -4,9 +4,11 @@ The forwarding consumer pool of a service is an ordinary runtime `ConsumerPool` 
 input queue, whose executor pool has one "executor", the target URL, and `ForwardCall` as
 its call strategy. Targets have no health protocol: the pool is unchecked, and a target
 that is down shows as network errors, retried under the network policy. A target's answer
-(2xx or not) is the sink item, given to the engine as the task's `answer`.
+(2xx or not) is the sink item, given to the engine as the task's `answer`. Every forward
+carries the item's W3C trace context (`traceparent`, `tracestate`; the process span's when
+spans are exported), as executor requests do.
 
-Imports: runtime (executors, wire), eas.items, models.
+Imports: runtime (executors, wire, tracing), eas.items, models.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from app.eas.items import Item, task_item
 from app.models import Outcome, Task
 from app.runtime.executors import Execution, Executor
+from app.runtime.tracing import headers_of
 from app.runtime.wire import ConnectFailed, WireError
 
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
@@ -52,7 +55,7 @@ class ForwardCall:
 
     async def __call__(self, executor: Executor, task: Task, timeout: float) -> Execution:
         item = task_item(task)
-        headers = {REQUEST_ID_HEADER: task.eval_id}
+        headers = {REQUEST_ID_HEADER: task.eval_id, **headers_of(task.payload)}
         content_type = item.content_type or "application/octet-stream"
         try:
             async with asyncio.timeout(timeout):

@@ -5,8 +5,8 @@ process has seen, with a forwarding consumer pool per service that has a target 
 slots and executor pool: a hung target blocks only its service). It finds services first
 used on other replicas (and after a restart) in the registry, every DISCOVERY_INTERVAL.
 
-Imports: engine (public names), runtime (consumers, executors, aio, metrics for typing),
-eas.store, eas.forward, errors, settings (and structlog).
+Imports: engine (public names), runtime (consumers, executors, aio; metrics and otel for
+typing), eas.store, eas.forward, errors, settings (and structlog).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from app.runtime.executors import ExecutorPool
 
 if TYPE_CHECKING:
     from app.runtime.metrics import Metrics
+    from app.runtime.otel import Otel
 
 log = structlog.get_logger()
 
@@ -57,10 +58,12 @@ class EasHub:
         consumer: str,
         *,
         metrics: Metrics | None = None,
+        tracer: Otel | None = None,
         forward: bool = True,
     ) -> None:
         store.load_scripts(engine)
         self.engine = engine
+        self.tracer = tracer
         self.settings = engine.settings
         self.consumer = consumer
         self.metrics = metrics
@@ -125,7 +128,12 @@ class EasHub:
         )
         settings = dataclasses.replace(self.settings, concurrency=self.settings.eas_concurrency)
         service.pool = ConsumerPool(
-            service.input.queue, executors, settings, self.consumer, metrics=self.metrics
+            service.input.queue,
+            executors,
+            settings,
+            self.consumer,
+            metrics=self.metrics,
+            tracer=self.tracer,
         )
         job = asyncio.get_running_loop().create_task(self._run_pool(service.pool))
         self._jobs.add(job)

@@ -1,10 +1,12 @@
 """PAI-EAS items: one data frame, its stored form, and its protobuf and JSON renderings.
 
-Items are stored as one header line of JSON (content type, tags, message), a newline, and
-the body bytes unchanged. An item's PAI-EAS index is its number in its queue (the engine's
-numbered queues), and its request id, unless tagged otherwise, is that index.
+Items are stored as one header line of JSON (content type, tags, message, and the W3C
+trace context of the request that put it: `tp`, `ts`), a newline, and the body bytes
+unchanged. An item's PAI-EAS index is its number in its queue (the engine's numbered
+queues), and its request id, unless tagged otherwise, is that index. The trace context is
+never shown to PAI-EAS clients; it is sent with the item's forward (eas/forward.py).
 
-Imports: models, eas.proto (and orjson, protobuf).
+Imports: models, runtime.tracing, eas.proto (and orjson, protobuf).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from google.protobuf import json_format
 
 from app.eas.proto.eas_queue_pb2 import DataFrameListProto, DataFrameProto
 from app.models import Task
+from app.runtime.tracing import TRACEPARENT, TRACESTATE, TraceContext
 
 MAX_LENGTH = 1000  # items per read (and per window, per commit)
 
@@ -31,6 +34,7 @@ class Item:
     tags: dict[str, str] = field(default_factory=dict)
     content_type: str = ""
     message: str = ""
+    trace: TraceContext | None = None
 
     def encode(self) -> bytes:
         """Stored form: header JSON, newline, body (orjson never writes a raw newline)."""
@@ -39,6 +43,10 @@ class Item:
             header["ct"] = self.content_type
         if self.message:
             header["msg"] = self.message
+        if self.trace is not None:
+            header["tp"] = self.trace.traceparent
+            if self.trace.tracestate:
+                header["ts"] = self.trace.tracestate
         return orjson.dumps(header) + b"\n" + self.data
 
     @classmethod
@@ -50,7 +58,9 @@ class Item:
             header = {}
         tags = {str(k): str(v) for k, v in (header.get("tags") or {}).items()}
         tags.setdefault("requestId", str(index))  # an item's request id is its index
-        return cls(index, data, tags, str(header.get("ct", "")), str(header.get("msg", "")))
+        trace = TraceContext(header["tp"], header.get("ts", "")) if header.get("tp") else None
+        content_type, message = str(header.get("ct", "")), str(header.get("msg", ""))
+        return cls(index, data, tags, content_type, message, trace)
 
     def proto(self, index_only: bool = False) -> DataFrameProto:
         frame = DataFrameProto(index=self.index, message=self.message)
@@ -78,8 +88,17 @@ def entry_item(fields: dict[bytes, bytes]) -> Item:
 
 
 def stored_payload(payload: bytes) -> dict[str, Any]:
-    """The engine's payload decoder for PAI-EAS queues: keep the stored bytes as they are."""
-    return {"stored": payload}
+    """The engine's payload decoder for PAI-EAS queues: keep the stored bytes as they are,
+    with the item's trace context beside them, where a claimed task keeps it."""
+    head = payload[: payload.find(b"\n")]
+    if b'"tp"' not in head:
+        return {"stored": payload}
+    try:
+        header = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return {"stored": payload}
+    trace = {TRACEPARENT: header.get("tp"), TRACESTATE: header.get("ts")}
+    return {"stored": payload, **{k: v for k, v in trace.items() if isinstance(v, str)}}
 
 
 def task_item(task: Task) -> Item:

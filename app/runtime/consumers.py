@@ -6,10 +6,12 @@ leases of all running tasks about every LEASE_TIMEOUT / 3; one listener aborts t
 cancelled with `terminate=true` on whichever process runs them; one promoter moves due
 scheduled and retrying tasks into their streams (every process runs one; the script
 moves each task once). The engine counts the transitions (its observer); this module
-observes queue waits and executor call durations into the `Metrics` it is handed.
+observes queue waits and executor call durations into the `Metrics` it is handed. With a
+tracer (runtime/otel.py, span export on), each attempt runs inside a `process` span; the
+choice is made once, when the pool is built, so the untraced path has no tracing code.
 
-Imports: engine, runtime.aio, runtime.executors, runtime.metrics (typing), models, errors,
-settings.
+Imports: engine, runtime.aio, runtime.executors, runtime.metrics and runtime.otel (typing),
+models, errors, settings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from app.engine.queue import Claimed, Queue
     from app.runtime.executors import Execution
     from app.runtime.metrics import Metrics
+    from app.runtime.otel import Otel
     from app.settings import Settings
 
 log = structlog.get_logger()
@@ -60,9 +64,11 @@ class ConsumerPool:
         priorities: frozenset[str] = frozenset(),
         *,
         metrics: Metrics | None = None,
+        tracer: Otel | None = None,
     ) -> None:
         self.queue = queue
         self.metrics = metrics
+        self.tracer = tracer
         self.executors = executors
         self.settings = settings
         self.consumer = consumer
@@ -78,6 +84,10 @@ class ConsumerPool:
         self._fetcher: asyncio.Task[None] | None = None
         self.redis_watch = RedisWatch()
         self._log_attempts = settings.log_level in ("DEBUG", "INFO")
+        # one attempt, decided once: with tracing off no tracing code runs
+        self._attempt: Callable[[Task], Awaitable[None]] = (
+            self._attempt_plain if tracer is None else self._attempt_traced
+        )
 
     @property
     def free_slots(self) -> int:
@@ -170,7 +180,7 @@ class ConsumerPool:
         with structlog.contextvars.bound_contextvars(eval_id=task.eval_id, attempt=task.attempt):
             await self._attempt(task)
 
-    async def _attempt(self, task: Task) -> None:
+    async def _attempt_plain(self, task: Task) -> None:
         """Execute once and settle; one `task_attempt` log line when INFO is on."""
         if self.metrics is not None:
             self.metrics.observe_wait(self.queue.keys.queue, task.waited_ms)
@@ -180,6 +190,29 @@ class ConsumerPool:
         if self.metrics is not None:
             self.metrics.observe_runtime(self.queue.keys.queue, time.perf_counter() - started)
         status = await self._settle(task, execution)
+        self._log_attempt(execution, status, started)
+
+    async def _attempt_traced(self, task: Task) -> None:
+        """`_attempt_plain` inside a process span: the executor request carries the span's
+        context, and the settle is a span of its own under it."""
+        assert self.tracer is not None
+        if self.metrics is not None:
+            self.metrics.observe_wait(self.queue.keys.queue, task.waited_ms)
+        await self.executors.available.wait()
+        started = time.perf_counter()
+        with self.tracer.process(self.queue.keys.queue, self.consumer, task) as attempt:
+            timeout = task.timeout or self.settings.task_timeout
+            execution = await self.executors.execute(attempt.carrying(task), timeout)
+            if self.metrics is not None:
+                self.metrics.observe_runtime(self.queue.keys.queue, time.perf_counter() - started)
+            attempt.executed(execution)
+            with attempt.settle() as settling:
+                status = await self._settle(task, execution)
+                settling.done(status)
+        self._log_attempt(execution, status, started)
+
+    @staticmethod
+    def _log_attempt(execution: Execution, status: str, started: float) -> None:
         log.info(
             "task_attempt",
             outcome=execution.outcome.value,
@@ -310,6 +343,7 @@ class Workers:
         executors: ExecutorPool | None = None,
         *,
         metrics: Metrics | None = None,
+        tracer: Otel | None = None,
         runnable_only: bool = False,
     ) -> None:
         settings = self.settings = engine.settings
@@ -326,7 +360,7 @@ class Workers:
                 continue
             queue = engine.queue(name)
             self.pools[name] = ConsumerPool(
-                queue, pool, settings, consumer, priorities, metrics=metrics
+                queue, pool, settings, consumer, priorities, metrics=metrics, tracer=tracer
             )
         # /status and /metrics show the default queue's pool, consumed or not.
         self.default = self.pools.get(settings.queue) or ConsumerPool(

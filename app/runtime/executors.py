@@ -7,9 +7,10 @@ per request where aiohttp spends ~195 µs and httpx ~6.7 ms (figures in docs/ope
 What one call sends and how its answer becomes an `Outcome` is the pool's call strategy
 (`ExecutorCall`): `ProtocolCall`, the executor protocol (`POST /execute`, `classify`), by
 default; a wing above brings its own (PAI-EAS forwards to a target URL). Every protocol
-call carries `Idempotency-Key: <eval_id>:<attempt>` (see `IDEMPOTENCY_HEADER`).
+call carries `Idempotency-Key: <eval_id>:<attempt>` (see `IDEMPOTENCY_HEADER`) and the
+task's W3C `traceparent` (and `tracestate`), see runtime/tracing.py.
 
-Imports: models, wire (and stdlib).
+Imports: models, wire, tracing (and stdlib).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import orjson
 import structlog
 
 from app.models import Outcome, Task
+from app.runtime.tracing import headers_of
 from app.runtime.wire import ConnectFailed, Origin, WireError
 
 log = structlog.get_logger()
@@ -130,7 +132,7 @@ class ProtocolCall:
 
     async def __call__(self, executor: Executor, task: Task, timeout: float) -> Execution:
         body = orjson.dumps(task.executor_body())
-        headers = {IDEMPOTENCY_HEADER: task.idempotency_key}
+        headers = {IDEMPOTENCY_HEADER: task.idempotency_key, **headers_of(task.payload)}
         try:
             async with asyncio.timeout(timeout):
                 answer = await executor.origin.request("POST", "/execute", body, headers=headers)

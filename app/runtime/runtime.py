@@ -11,8 +11,12 @@ A component (the PAI-EAS hub) is attached before `start`: it starts after the co
 stops with them, and tells what it adds to the metrics (its queues and pools) and to the
 housekeeping and audit (its queues, its numbered-queue audit targets).
 
+The runtime also owns the process's tracer (runtime/tracing.py `start`: None unless the
+settings turn span export on), handed to its consumers and read by the composition root.
+
 Imports: engine, runtime.consumers, runtime.callbacks, runtime.metrics, runtime.aio,
-runtime.executors, errors, settings (and structlog).
+runtime.executors, runtime.tracing, runtime.otel (typing), errors, settings (and
+structlog).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -36,7 +40,11 @@ from app.runtime.callbacks import CallbackSender
 from app.runtime.consumers import ConsumerPool, Workers
 from app.runtime.executors import ExecutorPool
 from app.runtime.metrics import Metrics
+from app.runtime.tracing import start as start_tracing
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.runtime.otel import Otel
 
 log = structlog.get_logger()
 
@@ -57,7 +65,8 @@ class Component(Protocol):
 
 class Runtime:
     """See the module docstring. `runnable_only`: consume only queues with executors here
-    (a worker; a serving process also serves pull workers)."""
+    (a worker; a serving process also serves pull workers). `tracer`: instead of the one
+    the settings ask for (tests hand in one with an in-memory exporter)."""
 
     def __init__(
         self,
@@ -66,9 +75,11 @@ class Runtime:
         executors: ExecutorPool | None = None,
         *,
         runnable_only: bool = False,
+        tracer: Otel | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.tracer = tracer or start_tracing(settings)
         self.engine = Engine.connect(redis_url, settings, observer=self.metrics)
         self.consumer = consumer_name()
         self.workers = Workers(
@@ -76,6 +87,7 @@ class Runtime:
             self.consumer,
             executors,
             metrics=self.metrics,
+            tracer=self.tracer,
             runnable_only=runnable_only,
         )
         self.components: list[Component] = []
@@ -120,11 +132,14 @@ class Runtime:
         await asyncio.gather(*stops, self.workers.stop(grace))
 
     async def stop(self, grace: float) -> None:
-        """`stop_consuming`, then the callback sender, then the client."""
+        """`stop_consuming`, then the callback sender, then the client; the tracer exports
+        what spans are left."""
         await self.stop_consuming(grace)
         if self.sender is not None:
             await self.sender.stop(grace)  # after the consumers' last outcomes
         await self.engine.close()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
 
     # --- what components add ------------------------------------------------------------
 

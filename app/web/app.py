@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.applications import Starlette
@@ -32,6 +32,9 @@ from app.settings import Settings
 from app.web import eas, live, openapi, operator, tasks
 from app.web.middleware import Guard, HotPath
 from app.web.responses import HANDLERS
+
+if TYPE_CHECKING:
+    from app.runtime.otel import Otel
 
 log = structlog.get_logger()
 
@@ -69,9 +72,11 @@ def create_app(
     redis_url: str | None = None,
     executors: ExecutorPool | None = None,
     drain: Drain | None = None,
+    tracer: Otel | None = None,
 ) -> Starlette:
     """Build the app; the lifespan starts the runtime (see the module docstring).
-    `drain`: the server's (see runtime/drain.py); a fresh one that never begins by default."""
+    `drain`: the server's (see runtime/drain.py); a fresh one that never begins by default.
+    `tracer`: instead of the one the settings ask for (see `Runtime`)."""
     drain = drain or Drain()
 
     @contextlib.asynccontextmanager
@@ -79,8 +84,10 @@ def create_app(
         url = redis_url or settings.redis_url
         if not url:
             raise RuntimeError("no Redis URL: set REDIS_URL or let the CLI embed one")
-        runtime = Runtime(settings, url, executors)
-        hub = EasHub(runtime.engine, runtime.consumer, metrics=runtime.metrics)
+        runtime = Runtime(settings, url, executors, tracer=tracer)
+        hub = EasHub(
+            runtime.engine, runtime.consumer, metrics=runtime.metrics, tracer=runtime.tracer
+        )
         runtime.attach(hub)
         with contextlib.suppress(Unavailable):  # pull workers claim from it
             await runtime.engine.default.ensure_groups()
@@ -105,6 +112,7 @@ def create_app(
                 "engine": runtime.engine,
                 "consumer": runtime.consumer,
                 "eas": hub,
+                "tracer": runtime.tracer,
                 "event_arrivals": event_arrivals,
                 "drain": drain,
             }

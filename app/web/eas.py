@@ -11,14 +11,14 @@ segment before it is checked, so an encoded `/` cannot move a request to another
 and every other path under `/api/predict` is answered 404/422 by `Unrouted` instead of
 the router's trailing-slash redirect.
 
-Imports: eas, runtime.aio, web.auth, web.params, web.responses, errors, models (and
-starlette).
+Imports: eas, runtime.aio, runtime.tracing (runtime.otel for typing), web.auth,
+web.params, web.responses, errors, models (and starlette).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import structlog
@@ -43,10 +43,14 @@ from app.eas.store import EasQueue
 from app.eas.watch import Watch
 from app.errors import BadRequest, Invalid, NotFound, TaskstreamError
 from app.models import Priority
+from app.runtime import tracing
 from app.runtime.aio import first_completed, won
 from app.web import params
 from app.web.auth import check_eas_token
 from app.web.responses import JSON, error_of
+
+if TYPE_CHECKING:
+    from app.runtime.otel import Otel
 
 log = structlog.get_logger()
 
@@ -101,9 +105,24 @@ async def put(request: Request, hub: EasHub, queue: EasQueue) -> Response:
     body = await request.body()
     item = Item(0, body, tags, request.headers.get("content-type", ""))
     await hub.register(queue.service)
-    index = await queue.put(item, priority or Priority.DEFAULT)
+    index = await _put(request, queue, item, priority or Priority.DEFAULT)
     hub.notify(queue)
     return Response(str(index), media_type="text/plain", headers={REQUEST_ID_HEADER: str(index)})
+
+
+async def _put(request: Request, queue: EasQueue, item: Item, priority: Priority) -> int:
+    """Put `item` with the request's trace context (else a new trace); with a tracer, inside
+    a `send` span whose context the item keeps."""
+    context = tracing.from_headers(request.scope["headers"])
+    tracer: Otel | None = request.state.tracer
+    if tracer is None:
+        item.trace = context or tracing.new_context()
+        return await queue.put(item, priority)
+    with tracer.send(queue.name, context, priority=priority.value) as sending:
+        item.trace = sending.context
+        index = await queue.put(item, priority)
+        sending.identify(str(index))
+    return index
 
 
 async def get(request: Request, hub: EasHub, queue: EasQueue) -> Response:

@@ -75,7 +75,11 @@ class HotPath:
             await self.app(scope, receive, send)
             return
         try:
-            answer = JSON(await enqueue(scope["state"]["engine"], await _body(receive)), 201)
+            state = scope["state"]
+            body = await _body(receive)
+            answer = JSON(
+                await enqueue(state["engine"], state["tracer"], body, scope["headers"]), 201
+            )
         except TaskstreamError as exc:
             answer = error_of(exc)
         await answer(scope, receive, send)

@@ -32,6 +32,7 @@ from app.web.openapi_schemas import (
     TASK_ID,
     TASK_IN,
     TASK_OUT,
+    TRACE_HEADERS,
     error_responses,
     json_content,
     operation,
@@ -55,6 +56,7 @@ def paths() -> dict[str, dict[str, Any]]:
                 "Enqueue a task",
                 {201: json_content(ENQUEUED), **error_responses(*GUARDED, *BODY, 409)},
                 TASK_IN,
+                TRACE_HEADERS,
             ),
             "delete": operation(
                 "Clear every task, queue and the DLQ",
@@ -66,6 +68,7 @@ def paths() -> dict[str, dict[str, Any]]:
                 "Enqueue several tasks (atomic per task)",
                 {201: json_content(OBJECT), **error_responses(*GUARDED, *BODY)},
                 {"type": "object", "properties": {"tasks": {"type": "array", "items": TASK_IN}}},
+                TRACE_HEADERS,
             )
         },
         "/tasks/next": {
@@ -340,6 +343,7 @@ def eas_paths(sink: bool) -> dict[str, Any]:
         SERVICE,
         AUTH,
         query_param("tag", "string", "any parameter not starting with _ is a tag"),
+        *TRACE_HEADERS,
     ]
     if not sink:
         put_params.append(query_param("_priority_", "boolean", "queue ahead of normal requests"))

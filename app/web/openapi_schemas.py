@@ -91,6 +91,12 @@ TASK_IN: dict[str, Any] = {
             "at-least-once. http/https with a host; a host outside CALLBACK_ALLOWED_HOSTS "
             "(when set) is refused with 422",
         },
+        "traceparent": {
+            "type": "string",
+            "description": "this task's W3C trace context, instead of the request's "
+            "`traceparent` header (a batch item's own, say); an invalid one is ignored",
+        },
+        "tracestate": {"type": "string", "description": "goes with this task's traceparent"},
     },
     "example": {"code": "print(6*7)", "priority": "high", "metadata": {"user": "ana"}},
 }
@@ -161,6 +167,8 @@ DELIVERY: dict[str, Any] = {
         "priority": {"type": "string"},
         "timeout": {"type": ["number", "null"]},
         "lease": {"type": "string", "description": "send back with complete/fail to fence"},
+        "traceparent": {"type": "string", "description": "the W3C trace context kept with it"},
+        "tracestate": {"type": "string"},
     },
 }
 OBJECT = {"type": "object"}
@@ -185,6 +193,19 @@ def operation(
     if params:
         op["parameters"] = params
     return op
+
+
+# W3C trace context of an enqueue (docs/tracing.md): kept with the task, sent to executors.
+TRACE_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "traceparent",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "W3C trace context kept with the task and sent with every executor "
+        "request or forward; absent or invalid: a new trace (never an error)",
+    },
+    {"name": "tracestate", "in": "header", "schema": {"type": "string"}},
+]
 
 
 def query_param(name: str, kind: str, description: str, **bounds: float | str) -> dict[str, Any]:

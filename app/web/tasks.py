@@ -2,14 +2,18 @@
 
 Handlers parse (bodies with models, query parameters with params), call one engine
 operation (or the runtime's `pull`), and answer `JSON`. The engine counts the transitions.
+Enqueues keep a W3C trace context with each task (runtime/tracing.py): the task's own
+`traceparent` field, else the request's header, else a new trace; with a tracer, the
+context of the `send` span made around the enqueue.
 
-Imports: engine, runtime (pull), web.params, web.responses, models, errors, settings (and
-starlette).
+Imports: engine, runtime (pull, tracing; otel for typing), web.params, web.responses,
+models, errors, settings (and starlette).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,10 +23,16 @@ from app.engine import admin
 from app.engine.engine import Engine
 from app.errors import Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
+from app.runtime import tracing
 from app.runtime.pull import pull
 from app.settings import Settings
 from app.web import params
 from app.web.responses import JSON
+
+if TYPE_CHECKING:
+    from app.runtime.otel import Otel
+
+Headers = Iterable[tuple[bytes, bytes]]  # an ASGI scope's raw headers
 
 MAX_WAIT = 30.0
 MAX_BATCH = 1000
@@ -66,32 +76,68 @@ def check_callback(req: TaskRequest, settings: Settings) -> None:
             raise Invalid(f"callback_url host {host!r} is not in CALLBACK_ALLOWED_HOSTS")
 
 
-async def enqueue(engine: Engine, body: bytes) -> dict[str, Any]:
+async def enqueue(
+    engine: Engine, tracer: Otel | None, body: bytes, headers: Headers
+) -> dict[str, Any]:
     """POST /tasks, shared by the Starlette route and the `HotPath` shortcut."""
-    req = TaskRequest.parse(parse_json(body))
+    data = parse_json(body)
+    req = TaskRequest.parse(data)
     check_callback(req, engine.settings)
-    return await engine.queue(req.queue).enqueue(req)
+    queue = engine.queue(req.queue)
+    context = tracing.from_fields(data) or tracing.from_headers(headers)
+    if tracer is None:
+        req.payload.update((context or tracing.new_context()).fields())
+        return await queue.enqueue(req)
+    name = queue.keys.queue
+    with tracer.send(name, context, req.eval_id, req.priority.value) as sending:
+        req.payload.update(sending.context.fields())
+        return await queue.enqueue(req)
 
 
 async def create_task(request: Request) -> Response:
-    return JSON(await enqueue(request.state.engine, await request.body()), status_code=201)
+    state = request.state
+    answer = await enqueue(
+        state.engine, state.tracer, await request.body(), request.scope["headers"]
+    )
+    return JSON(answer, status_code=201)
 
 
-async def create_batch(request: Request) -> Response:
-    body = json_object(await json_body(request))
+def _batch_items(
+    body: dict[str, Any], settings: Settings
+) -> list[tuple[TaskRequest, tracing.TraceContext | None]]:
+    """Each task of a batch, validated, with its own trace context (None: the request's)."""
     items = body.get("tasks")
     if not isinstance(items, list) or not items:
         raise Invalid("tasks must be a non-empty list")
     if len(items) > MAX_BATCH:
         raise Invalid(f"at most {MAX_BATCH} tasks per batch")
-    reqs = []
+    parsed = []
     for index, item in enumerate(items):
         try:
-            reqs.append(TaskRequest.parse(item))
-            check_callback(reqs[-1], request.state.settings)
+            req = TaskRequest.parse(item)
+            check_callback(req, settings)
         except Invalid as exc:
             raise Invalid(f"tasks[{index}]: {exc}") from exc
-    answers = await request.state.engine.enqueue_many(reqs)
+        parsed.append((req, tracing.from_fields(item)))
+    return parsed
+
+
+async def create_batch(request: Request) -> Response:
+    engine: Engine = request.state.engine
+    tracer: Otel | None = request.state.tracer
+    items = _batch_items(json_object(await json_body(request)), engine.settings)
+    context = tracing.from_headers(request.scope["headers"])
+    reqs = [req for req, _ in items]
+    if tracer is None:
+        for req, own in items:
+            req.payload.update((own or context or tracing.new_context()).fields())
+        return JSON({"tasks": await engine.enqueue_many(reqs)}, status_code=201)
+    queues = [engine.queue(req.queue).keys.queue for req in reqs]
+    with tracer.batch(context, queues) as batch:
+        for (req, own), queue in zip(items, queues, strict=True):
+            req.payload.update(batch.create(queue, req.eval_id, own).fields())
+        answers = await engine.enqueue_many(reqs)
+        batch.refused(sum("error" in answer for answer in answers))
     return JSON({"tasks": answers}, status_code=201)
 
 
