@@ -9,7 +9,9 @@ spans of the messaging semantic conventions (docs/tracing.md):
   `create {queue}` (PRODUCER) per task. The context stored with the task is that span's.
 - `process {queue}` (CONSUMER) per attempt, around the executor call and the settle; it
   LINKS to the stored context (a new trace per attempt), or is its child when
-  OTEL_TASKSTREAM_PROCESS_PARENT=child. The executor request carries its context.
+  OTEL_TASKSTREAM_PROCESS_PARENT=child. The executor request stays in the producer's
+  trace either way (the contract): the stored context when linked, the process span's as
+  a child.
 - `complete|retry|dead_letter {queue}` (CLIENT, operation type `settle`), the outcome's
   write, a child of the process span.
 
@@ -278,8 +280,13 @@ class Attempt:
         self.attributes = attributes
 
     def carrying(self, task: Task) -> Task:
-        """`task` as the executor call sends it: with this span's context, so the executor's
-        own spans nest under the process span."""
+        """`task` as the executor call sends it. The contract wants the executor in the
+        producer's trace: linked (the default), the process span is a trace of its own, so
+        the executor gets the task's stored context (the producer's trace, under its
+        `send` span) unchanged; as a child, the process span is in that trace, and the
+        executor's own spans nest under it."""
+        if self.otel.link:
+            return task
         payload = dict(task.payload)
         payload.pop(TRACESTATE, None)
         payload.update(trace_context(self.span).fields())

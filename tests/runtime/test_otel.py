@@ -133,11 +133,13 @@ async def test_send_process_complete_spans_and_the_executors_parent(traced, make
     assert process.attributes["http.response.status_code"] == 200
     assert process.status.status_code is StatusCode.UNSET
 
-    # the executor's request: the process span is its parent (its spans nest under it)
+    # the executor's request stays in the producer's trace (the contract), under the send
+    # span: the linked process span is a trace of its own
     sent = context_of(executor.headers[0]["traceparent"])
-    assert int(sent.trace_id, 16) == process.context.trace_id
-    assert int(sent.span_id, 16) == process.context.span_id
-    assert "tracestate" not in executor.headers[0]  # a new trace has no vendor state yet
+    assert int(sent.trace_id, 16) == send.context.trace_id == TRACE_ID
+    assert int(sent.span_id, 16) == send.context.span_id
+    assert process.context.trace_id != TRACE_ID
+    assert executor.headers[0]["tracestate"] == "congo=1"
 
     # settle: a CLIENT child of the process span, named by what it did
     assert complete.name == f"complete {queue}" and complete.kind is SpanKind.CLIENT
@@ -200,8 +202,9 @@ async def test_a_retried_task_settles_retry_then_complete(traced, make_executor,
     assert first.context.trace_id != second.context.trace_id
     for attempt in (first, second):
         assert [link.context.span_id for link in attempt.links] == [send.context.span_id]
-    sent = [context_of(h["traceparent"]) for h in executor.headers]
-    assert [int(c.span_id, 16) for c in sent] == [first.context.span_id, second.context.span_id]
+    sent = [context_of(h["traceparent"]) for h in executor.headers]  # the producer's trace
+    assert [int(c.span_id, 16) for c in sent] == [send.context.span_id, send.context.span_id]
+    assert {c.trace_id for c in sent} == {TP[3:35]}
 
 
 async def test_retries_spent_settle_as_dead_letter(traced, make_executor, queue):
@@ -273,7 +276,7 @@ async def test_a_batch_is_one_send_with_a_create_span_per_task(traced, make_exec
         assert parent is not None and parent.span_id == creates[eval_id].context.span_id
 
 
-async def test_a_pai_eas_forward_carries_the_process_span(traced, make_target, svc):
+async def test_a_pai_eas_forward_stays_in_the_producers_trace(traced, make_target, svc):
     target = await make_target()
     one = await traced(eas_tokens=("tok",), eas_targets={svc: target.url}, retry=FAST_RETRY)
     index = await put(one.service, svc, b"hi", traceparent=TP)
@@ -286,7 +289,7 @@ async def test_a_pai_eas_forward_carries_the_process_span(traced, make_target, s
     assert process.attributes["messaging.message.id"] == str(index)
     assert [link.context.span_id for link in process.links] == [send.context.span_id]
     sent = context_of(target.calls[0]["traceparent"])
-    assert int(sent.span_id, 16) == process.context.span_id
+    assert (sent.trace_id, int(sent.span_id, 16)) == (TP[3:35], send.context.span_id)
     assert complete.parent.span_id == process.context.span_id
 
 
