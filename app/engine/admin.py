@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.engine.client import Redis, consumer_name, text, translate_errors
+from app.engine.client import Redis, consumer_name, scan_page, text, translate_errors
 from app.engine.engine import Engine
 from app.engine.keys import GROUP
 from app.engine.queue import Queue
@@ -47,15 +47,14 @@ async def clear(engine: Engine) -> int:
 
 
 async def _unlink_matching(client: Redis, pattern: str) -> int:
-    removed, batch = 0, []
-    async for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= UNLINK_BATCH:
-            removed += await client.unlink(*batch)
-            batch = []
-    if batch:
-        removed += await client.unlink(*batch)
-    return removed
+    """UNLINK the keys matching `pattern`, found by SCAN on every primary."""
+    removed, cursor = 0, "0"
+    while True:
+        cursor, keys = await scan_page(client, cursor, pattern, UNLINK_BATCH)
+        if keys:
+            removed += await client.unlink(*keys)
+        if cursor == "0":
+            return removed
 
 
 @translate_errors

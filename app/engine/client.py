@@ -22,11 +22,12 @@ Imports: errors, settings (and redis). Nothing above the engine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar
 
@@ -218,15 +219,35 @@ async def scan_page(client: Redis, cursor: str, match: str, count: int) -> tuple
     return ("0" if i + 1 >= len(nodes) else f"{i + 1}:0"), list(keys)
 
 
-async def scan_keys(client: Redis, match: str, count: int = 1000) -> list[bytes]:
-    """Every key matching `match`, on every primary (admin paths only)."""
-    found: list[bytes] = []
-    cursor = "0"
-    while True:
-        cursor, keys = await scan_page(client, cursor, match, count)
-        found += keys
-        if cursor == "0":
-            return found
+async def subscribed(
+    client: Redis, channels: Sequence[str], sharded: bool
+) -> AsyncIterator[tuple[str, str]]:
+    """(channel, message) of `channels`, as they come (pub/sub: at-most-once). `sharded`:
+    SSUBSCRIBE on the primary owning their slot (they share a hash tag; a cluster whose
+    scripts SPUBLISH), which redis-py's cluster pub/sub moves when the slot does; else
+    SUBSCRIBE (on a cluster, PUBLISH reaches every node). Any failure raises
+    `Unavailable`: the caller subscribes again (after a failover, on the new primary)."""
+    await ready(client)
+    pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        if sharded:
+            await pubsub.ssubscribe(*channels)
+            receive = functools.partial(pubsub.get_sharded_message, timeout=1.0)
+        else:
+            await pubsub.subscribe(*channels)
+            receive = functools.partial(pubsub.get_message, timeout=1.0)
+        while True:
+            message = await receive()
+            if message is not None and text(message["type"]) in ("message", "smessage"):
+                yield text(message["channel"]), text(message["data"])
+    except (RedisError, OSError) as exc:
+        # Subscribing and reading need no write: anything here is the connection's fault.
+        failure = redis_failure(exc) or Unavailable(f"redis pub/sub: {exc}")
+        request_refresh(client)
+        raise failure from exc
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.aclose()
 
 
 @dataclass(frozen=True)
@@ -326,3 +347,29 @@ async def create_groups(client: Redis, streams: Sequence[str], group: str) -> No
     for reply in await pipe.execute(raise_on_error=False):
         if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
             raise reply
+
+
+async def fsync_problem(url: str) -> str | None:
+    """Why DURABILITY=fsync cannot be kept on `url`'s servers (no WAITAOF: Redis < 7.2;
+    appendonly off), or None; None too when Redis does not answer now (the writes will
+    tell). For the command line's check at start."""
+    client = connect(url)
+    try:
+        features = await server_features(client)
+        if not features.waitaof:
+            version = ".".join(str(p) for p in features.version)
+            return (
+                f"needs WAITAOF (Redis >= 7.2, or Valkey); this server is {version}: "
+                "leave REDIS_URL unset (the embedded Redis then fsyncs every write) or use "
+                "DURABILITY=replica"
+            )
+        for node in primaries(client):
+            kwargs = {} if node is None else {"target_nodes": node}
+            await client.execute_command("WAITAOF", 1, 0, 100, **kwargs)
+    except ResponseError as exc:
+        return f"the server refuses WAITAOF: {exc}"
+    except (RedisError, OSError):
+        return None
+    finally:
+        await client.aclose()
+    return None
