@@ -113,9 +113,7 @@ class SentinelSet:
 
     def _watching(self, sentinel: RedisServer) -> bool:
         state: Any = direct(sentinel).sentinel_master(MASTER)
-        return (
-            int(state["num-other-sentinels"]) == 2 and int(state["num-slaves"]) == self.replicas
-        )
+        return int(state["num-other-sentinels"]) == 2 and int(state["num-slaves"]) == self.replicas
 
     def primary(self) -> RedisServer:
         """The server the sentinels name as primary now."""
@@ -170,7 +168,6 @@ def bus_free_port() -> int:
             continue
         return port
     raise RuntimeError("no free port pair for a cluster node")
-
 
 
 @dataclass
@@ -288,9 +285,7 @@ class Cluster:
         node.start()
         self.wait_healthy()
 
-    def migrate(
-        self, slot: int, to: RedisServer, between: Callable[[], None] | None = None
-    ) -> int:
+    def migrate(self, slot: int, to: RedisServer, between: Callable[[], None] | None = None) -> int:
         """Move `slot` to the master `to` while it is in use: IMPORTING on `to`, MIGRATING
         on its owner, MIGRATE of its keys in batches, then SETSLOT NODE on both (and the
         others). `between` runs after the keys moved and before ownership does (clients

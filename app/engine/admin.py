@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.engine.client import Redis, consumer_name, scan_page, text, translate_errors
+from app.engine.client import (
+    Redis,
+    consumer_name,
+    is_cluster,
+    publish,
+    scan_page,
+    text,
+    translate_errors,
+)
 from app.engine.engine import Engine
 from app.engine.keys import GROUP
 from app.engine.queue import Queue
@@ -61,12 +69,17 @@ async def _unlink_matching(client: Redis, pattern: str) -> int:
 async def set_paused(queue: Queue, paused: bool) -> None:
     """Pause: claims hand out nothing (in-process consumers and `GET /tasks/next`),
     running tasks finish. Resume wakes idle consumers everywhere at once."""
+    k = queue.keys
     if paused:
-        await queue.redis.set(queue.keys.paused, "1")
+        await queue.redis.set(k.paused, "1")
+    elif is_cluster(queue.redis):  # a cluster pipeline takes no PUBLISH: two round trips
+        await queue.scripts.prepare()
+        await queue.redis.delete(k.paused)
+        await publish(queue.redis, k.schedule_channel, "release", queue.scripts.sharded_pubsub)
     else:
         pipe = queue.redis.pipeline(transaction=True)
-        pipe.delete(queue.keys.paused)
-        pipe.publish(queue.keys.schedule_channel, "release")
+        pipe.delete(k.paused)
+        pipe.publish(k.schedule_channel, "release")
         await pipe.execute()
 
 

@@ -250,6 +250,14 @@ async def subscribed(
             await pubsub.aclose()
 
 
+async def publish(client: Redis, channel: str, message: str, sharded: bool) -> None:
+    """PUBLISH, or SPUBLISH (routed to the primary owning the channel's slot)."""
+    if sharded and isinstance(client, RedisCluster):
+        await client.execute_command("SPUBLISH", channel, message)
+    else:
+        await client.publish(channel, message)
+
+
 @dataclass(frozen=True)
 class Features:
     """What the server (every primary of a cluster) offers that the engine may use."""

@@ -402,15 +402,15 @@ class Scripts:
         manager = client.nodes_manager
         if not exc.host:  # a node that announces no address: the one that answered
             exc.host = node.host
-        if isinstance(exc, AskError):
-            self.redirects["ask"] += 1
-            host, port = manager.remap_host_port(exc.host, exc.port)
-            call.asking = manager.get_node(host=host, port=port) or ClusterNode(
-                host, port, "primary", **manager.connection_kwargs
-            )
-        else:
+        if isinstance(exc, MovedError):  # (a subclass of AskError in redis-py)
             self.redirects["moved"] += 1
             await manager.move_slot(exc)
+            return
+        self.redirects["ask"] += 1
+        host, port = manager.remap_host_port(exc.host, exc.port)
+        call.asking = manager.get_node(host=host, port=port) or ClusterNode(
+            host, port, "primary", **manager.connection_kwargs
+        )
 
     async def _confirmed(self, conn: Any, held: list[tuple[_Call, Any]]) -> None:
         """Read the durability check's answer, then settle the calls it covers."""
