@@ -18,6 +18,7 @@ Valkey 9). Imports: app.redis_server (and redis).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -60,7 +61,8 @@ def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"{what} not within {timeout}s (last error: {last!r})")
 
 
-def direct(server: RedisServer) -> redis.Redis:
+def direct(server: RedisServer) -> Any:
+    """A plain synchronous client of one server (typed loosely: raw commands)."""
     return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
 
 
@@ -89,9 +91,9 @@ class SentinelSet:
         for i in range(3):
             self._sentinel(i, primary.port)
         for server in self.servers[1:]:
-            until(lambda s=server: _linked(s), 10, "replica in sync")
+            until(functools.partial(_linked, server), 10, "replica in sync")
         for sentinel in self.sentinels:  # each knows the others and the replicas
-            until(lambda s=sentinel: self._watching(s), 15, "sentinels discovered")
+            until(functools.partial(self._watching, sentinel), 15, "sentinels discovered")
         return self
 
     def _server(self, i: int, extra: tuple[str, ...]) -> RedisServer:
@@ -150,7 +152,7 @@ class SentinelServer(RedisServer):
 
 def _linked(server: RedisServer) -> bool:
     info: Any = direct(server).info("replication")
-    return info.get("master_link_status") == "up"
+    return bool(info.get("master_link_status") == "up")
 
 
 # --- Cluster -------------------------------------------------------------------------
@@ -199,7 +201,7 @@ class Cluster:
         for node in self.nodes[1:]:
             direct(node).execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
         for node in self.nodes:
-            until(lambda n=node: self._knows_all(n), 15, "cluster nodes met")
+            until(functools.partial(self._knows_all, node), 15, "cluster nodes met")
         for i, node in enumerate(self.nodes[self.masters :]):
             master = self.nodes[i % self.masters]
             direct(node).execute_command("CLUSTER", "REPLICATE", self.ids[master.port])
@@ -250,7 +252,7 @@ class Cluster:
         (shape,) = views
         return all(replicas >= 1 for _, _, replicas in shape) and self._replicas_linked()
 
-    def _shape(self, client: redis.Redis) -> list[tuple[int, int, int]]:
+    def _shape(self, client: Any) -> list[tuple[int, int, int]]:
         slots: Any = client.execute_command("CLUSTER", "SLOTS")
         return [(int(s[2][1]), int(s[0]), len(s) - 3) for s in slots]
 
