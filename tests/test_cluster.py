@@ -23,12 +23,13 @@ import httpx
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from app.engine.client import connect
+from app.engine.client import connect, server_features, subscribed
 from app.engine.engine import Engine
 from app.engine.scripts import Scripts
 from app.models import TaskRequest
 from app.settings import Settings
 from tests import test_semantics
+from tests.conftest import wait_for
 from tests.eas import test_forward, test_store
 from tests.engine import conftest, test_admin, test_fsck, test_named_queues
 from tests.faultrig import Rig, Rigs, Spawn
@@ -230,3 +231,32 @@ async def _redirects(rig: Rig) -> dict[str, int]:
                     kind = line.split('"')[1]
                     found[kind] += int(float(line.rsplit(" ", 1)[1]))
     return found
+
+
+async def test_sharded_subscribers_hear_spublish_on_the_owning_primary(
+    cluster: Cluster, queue: str
+):
+    """The subscriber the scripts will use once they SPUBLISH (Redis >= 7): SSUBSCRIBE on
+    the primary owning the channel's slot. On 6.2 the runner keeps PUBLISH."""
+    client = connect(cluster.url)
+    try:
+        features = await server_features(client)
+        scripts = Scripts(client)
+        await scripts.prepare()
+        assert scripts.publish == ("SPUBLISH" if features.sharded_pubsub else "PUBLISH")
+        assert not scripts.sharded_pubsub  # no script calls QUEUE_PUBLISH yet (part B)
+        if not features.sharded_pubsub:
+            return
+        channel = f"ts:{{{queue}}}:cancel"
+        heard = subscribed(client, [channel], sharded=True)
+        first = asyncio.ensure_future(anext(heard))
+
+        async def delivered() -> bool:  # published until the subscription is in place
+            await client.execute_command("SPUBLISH", channel, "t1")
+            return first.done()
+
+        await wait_for(delivered, timeout=5, interval=0.05)
+        assert first.result() == (channel, "t1")
+        await heard.aclose()
+    finally:
+        await client.aclose()
