@@ -27,7 +27,7 @@ import functools
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar
 
@@ -221,7 +221,7 @@ async def scan_page(client: Redis, cursor: str, match: str, count: int) -> tuple
 
 async def subscribed(
     client: Redis, channels: Sequence[str], sharded: bool
-) -> AsyncIterator[tuple[str, str]]:
+) -> AsyncGenerator[tuple[str, str], None]:
     """(channel, message) of `channels`, as they come (pub/sub: at-most-once). `sharded`:
     SSUBSCRIBE on the primary owning their slot (they share a hash tag; a cluster whose
     scripts SPUBLISH), which redis-py's cluster pub/sub moves when the slot does; else
