@@ -245,7 +245,7 @@ class Scripts:
             self._confirm = _resp(("WAIT", 1, CONFIRM_TIMEOUT_MS))
         elif self.durability == "fsync":
             # Without WAITAOF (Redis < 7.2) `taskstream serve` refuses to start (see
-            # durability_problem); an engine made so all the same answers 503 to every
+            # client.fsync_problem); an engine made so all the same answers 503 to every
             # write a client waits for (the server's error reply says why).
             self._confirm = _resp(("WAITAOF", 1, 0, CONFIRM_TIMEOUT_MS))
 
