@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import RedisTarget, RetryPolicy, Settings, SettingsError
+from app.redis_target import RedisTarget
+from app.settings import RetryPolicy, Settings, SettingsError
 
 
 def test_defaults_match_the_contract() -> None:

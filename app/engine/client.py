@@ -1,6 +1,6 @@
 """The engine's Redis client: the one factory, and the one translation of its errors.
 
-`connect(url)` builds the client of REDIS_URL's topology (settings.RedisTarget): one
+`connect(url)` builds the client of REDIS_URL's topology (redis_target.RedisTarget): one
 server (`redis://`, `rediss://`, `unix://`); the primary a set of sentinels names
 (`redis+sentinel://`: redis-py's SentinelConnectionPool asks the sentinels on every new
 connection, and turns READONLY from a demoted primary into a reconnect); or a Redis
@@ -17,7 +17,7 @@ runner, `server_features`.
 write becomes `errors.Unavailable` (HTTP 503) here, and nowhere else; `translate_errors`
 applies it to a coroutine function.
 
-Imports: errors, settings (and redis). Nothing above the engine.
+Imports: errors, redis_target (and redis). Nothing above the engine.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from redis.exceptions import (
 )
 
 from app.errors import Unavailable, WritesRefused
-from app.settings import RedisTarget
+from app.redis_target import RedisTarget
 
 P = ParamSpec("P")
 R = TypeVar("R")
