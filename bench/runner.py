@@ -26,9 +26,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 
-from app.engine.client import connect
+from app.engine.client import Redis, connect
 from app.engine.engine import Engine
 from app.engine.keys import QueueKeys
 from app.models import Priority, Task, TaskRequest
@@ -103,7 +102,7 @@ class Bench:
     tmp: Path
     children: Children
     redis: RedisServer
-    client: aioredis.Redis
+    client: Redis
     results: dict[str, Any] = field(default_factory=dict)
     stub: Child | None = None
     stub_url: str = ""
@@ -668,7 +667,7 @@ async def amain(plan: Plan) -> dict[str, Any]:
     if server.port == 6379:  # never the default port, whatever free_port returned
         server.port = free_port()
     started = time.time()
-    client: aioredis.Redis | None = None
+    client: Redis | None = None
     ok = False
     try:
         server.start()

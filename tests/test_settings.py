@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from app.redis_target import RedisTarget
 from app.settings import RetryPolicy, Settings, SettingsError, Tracing
 
 
@@ -101,6 +102,59 @@ def test_every_variable_is_parsed() -> None:
 )
 def test_redis_url_schemes(url: str) -> None:
     assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+sentinel://s1:26379,s2,[::1]:26380/mymaster/3",
+            RedisTarget(
+                "sentinel",
+                "redis+sentinel://s1:26379,s2,[::1]:26380/mymaster/3",
+                (("s1", 26379), ("s2", 26379), ("::1", 26380)),
+                "mymaster",
+                3,
+            ),
+        ),
+        (
+            "rediss+sentinel://app:p%40ss@s1/primary?sentinel_password=sp",
+            RedisTarget(
+                "sentinel",
+                "rediss+sentinel://app:p%40ss@s1/primary?sentinel_password=sp",
+                (("s1", 26379),),
+                "primary",
+                0,
+                "app",
+                "p@ss",
+                True,
+                {"sentinel_password": "sp"},
+            ),
+        ),
+        (
+            "redis+cluster://:pw@n1:7000,n2:7001",
+            RedisTarget(
+                "cluster",
+                "redis+cluster://:pw@n1:7000,n2:7001",
+                (("n1", 7000), ("n2", 7001)),
+                password="pw",
+            ),
+        ),
+        (
+            "rediss+cluster://n1",
+            RedisTarget("cluster", "rediss+cluster://n1", (("n1", 6379),), tls=True),
+        ),
+    ],
+)
+def test_redis_url_topologies(url: str, expected: RedisTarget) -> None:
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+    assert RedisTarget.parse(url) == expected
+
+
+@pytest.mark.parametrize("value", ["async", "replica", "fsync", "REPLICA"])
+def test_durability(value: str) -> None:
+    assert Settings.from_env({"DURABILITY": value}).durability == value.lower()
+    assert Settings.from_env({}).durability == "async"
 
 
 def test_api_key_and_queue_api_key_are_both_accepted() -> None:
@@ -202,6 +256,15 @@ def test_log_levels_case_insensitive(level: str) -> None:
         ("REDIS_URL", "redis://localhost:99999"),
         ("REDIS_URL", "redis://"),
         ("REDIS_URL", "redis://:6379"),
+        ("REDIS_URL", "redis+sentinel://h1:26379,h2:26379"),  # no master name
+        ("REDIS_URL", "redis+sentinel://h1:26379/mymaster/zero"),
+        ("REDIS_URL", "redis+sentinel://h1:port/mymaster"),
+        ("REDIS_URL", "redis+sentinel://h1:26379/mymaster?bogus=1"),
+        ("REDIS_URL", "redis+cluster://h1:7000/mymaster"),
+        ("REDIS_URL", "redis+cluster://"),
+        ("REDIS_URL", "redis+cluster://h1:99999"),
+        ("REDIS_URL", "redis+kluster://h1:7000"),
+        ("DURABILITY", "always"),
         ("EXECUTOR_URLS", "executor:8083"),
         ("EXECUTOR_URLS", "http://ok:1,ftp://bad"),
         ("EXECUTOR_URLS", "http://ok:1;weight=0"),

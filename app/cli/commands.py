@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from app.eas.hub import EasHub
 from app.engine import admin, audits, fsck, views
 from app.engine.engine import Engine
 from app.engine.queue import Queue
+from app.engine.scripts import answering
 from app.errors import Invalid, NotFound, TaskstreamError
 from app.models import TERMINAL, State, TaskRequest, check_eval_id
 from app.redis_server import RedisServer
@@ -46,9 +48,12 @@ Command = Callable[[Engine, argparse.Namespace], Awaitable[int]]
 
 
 async def _with_engine(settings: Settings, args: argparse.Namespace, command: Command) -> int:
+    if not settings.redis_url:  # the embedded Redis fsyncs every write under fsync
+        settings = dataclasses.replace(settings, server_fsyncs=settings.durability == "fsync")
     engine = Engine.connect(_redis_url(settings), settings)
     try:
-        return await command(engine, args)
+        with answering():  # what a command writes is answered to its user (DURABILITY)
+            return await command(engine, args)
     finally:
         await engine.close()
 

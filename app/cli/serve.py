@@ -33,6 +33,7 @@ import uvicorn
 
 from app import example_executor
 from app.cli.args import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from app.engine.client import fsync_problem
 from app.errors import TaskstreamError
 from app.logs import configure
 from app.redis_server import RedisServer
@@ -92,9 +93,28 @@ class Server(uvicorn.Server):
 
 
 def embedded_redis(settings: Settings) -> RedisServer:
-    server = RedisServer(settings.data_dir)
+    server = RedisServer(settings.data_dir, appendfsync=_appendfsync(settings))
     server.start()
     return server
+
+
+def _appendfsync(settings: Settings) -> str:
+    """DURABILITY=fsync on the embedded Redis: every write on disk before its reply."""
+    return "always" if settings.durability == "fsync" else "everysec"
+
+
+def embedded_durability(settings: Settings) -> Settings:
+    """The settings of a process on the embedded Redis (REDIS_URL unset): under
+    DURABILITY=fsync it fsyncs every write itself, so no WAITAOF is needed."""
+    return dataclasses.replace(settings, server_fsyncs=settings.durability == "fsync")
+
+
+def durability_refused(settings: Settings, url: str) -> str | None:
+    """One line when DURABILITY=fsync cannot be kept on REDIS_URL's servers (exit 2)."""
+    if settings.durability != "fsync" or settings.server_fsyncs:
+        return None
+    problem = asyncio.run(fsync_problem(url))
+    return None if problem is None else f"DURABILITY=fsync: {problem}"
 
 
 def start_example_executor(settings: Settings, port: int) -> Child | None:
@@ -124,6 +144,11 @@ def serve(settings: Settings, example_port: int | None = None) -> int:
                 return EXIT_FAILURE
             if child is not None:
                 settings = dataclasses.replace(settings, executor_urls=(child.url,))
+        if settings.redis_url and (refused := durability_refused(settings, settings.redis_url)):
+            print(f"taskstream: {refused}", file=sys.stderr)
+            return EXIT_USAGE
+        if not settings.redis_url:
+            settings = embedded_durability(settings)
         embedded = None if settings.redis_url else embedded_redis(settings)
         return _run_server(settings, settings.redis_url or (embedded.url if embedded else None))
     finally:
@@ -176,8 +201,12 @@ def run_worker(settings: Settings, burst: bool) -> int:
     configure(settings.log_level, settings.log_format)
     embedded = None
     url = settings.redis_url
+    if url and (refused := durability_refused(settings, url)):
+        print(f"taskstream: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     if not url:
-        server = RedisServer(settings.data_dir)
+        settings = embedded_durability(settings)
+        server = RedisServer(settings.data_dir, appendfsync=_appendfsync(settings))
         if not _answers(server.socket_path):  # no service runs there: start our own
             embedded = server
             embedded.start()

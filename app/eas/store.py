@@ -51,7 +51,8 @@ FINAL = frozenset({"SUCCESS", "FAILURE"})
 
 def load_scripts(engine: Engine) -> None:
     """Make this wing's scripts runnable by the engine's runner (after `_eas.lua`)."""
-    engine.scripts.load("app.eas", SCRIPTS, ("_eas.lua",))
+    confirmed = ("eas_put", "eas_remove")  # answered to clients (DURABILITY)
+    engine.scripts.load("app.eas", SCRIPTS, ("_eas.lua",), confirmed)
 
 
 def service_keys(service: str, sink: bool) -> QueueKeys:

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.engine.client import Redis, consumer_name, text, translate_errors
+from app.engine.client import (
+    Redis,
+    consumer_name,
+    is_cluster,
+    publish,
+    scan_page,
+    text,
+    translate_errors,
+)
 from app.engine.engine import Engine
 from app.engine.keys import GROUP
 from app.engine.queue import Queue
@@ -47,27 +55,31 @@ async def clear(engine: Engine) -> int:
 
 
 async def _unlink_matching(client: Redis, pattern: str) -> int:
-    removed, batch = 0, []
-    async for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= UNLINK_BATCH:
-            removed += await client.unlink(*batch)
-            batch = []
-    if batch:
-        removed += await client.unlink(*batch)
-    return removed
+    """UNLINK the keys matching `pattern`, found by SCAN on every primary."""
+    removed, cursor = 0, "0"
+    while True:
+        cursor, keys = await scan_page(client, cursor, pattern, UNLINK_BATCH)
+        if keys:
+            removed += await client.unlink(*keys)
+        if cursor == "0":
+            return removed
 
 
 @translate_errors
 async def set_paused(queue: Queue, paused: bool) -> None:
     """Pause: claims hand out nothing (in-process consumers and `GET /tasks/next`),
     running tasks finish. Resume wakes idle consumers everywhere at once."""
+    k = queue.keys
     if paused:
-        await queue.redis.set(queue.keys.paused, "1")
+        await queue.redis.set(k.paused, "1")
+    elif is_cluster(queue.redis):  # a cluster pipeline takes no PUBLISH: two round trips
+        await queue.scripts.prepare()
+        await queue.redis.delete(k.paused)
+        await publish(queue.redis, k.schedule_channel, "release", queue.scripts.sharded_pubsub)
     else:
         pipe = queue.redis.pipeline(transaction=True)
-        pipe.delete(queue.keys.paused)
-        pipe.publish(queue.keys.schedule_channel, "release")
+        pipe.delete(k.paused)
+        pipe.publish(k.schedule_channel, "release")
         await pipe.execute()
 
 

@@ -38,7 +38,7 @@ class Engine:
         self.client = client
         self.settings = settings
         self.observer: Observer = observer or NoObserver()
-        self.scripts = scripts or Scripts(client)
+        self.scripts = scripts or Scripts(client, settings.durability, settings.server_fsyncs)
         self.keys = QueueKeys.default(settings.queue)  # the default queue's (and the tag's)
         self._queues: dict[str, Queue] = {}
         self.default = self.queue()

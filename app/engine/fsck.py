@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.client import is_missing_group, text, translate_errors
+from app.engine.client import is_missing_group, scan_page, text, translate_errors
 from app.engine.engine import Engine
 from app.engine.keys import GROUP, QueueKeys
 from app.models import PRIORITY_ORDER, Priority, iso_ms
@@ -264,8 +264,9 @@ class Audit:
 
     def _scan(self, pattern: str) -> Fetch:
         async def fetch(cursor: str) -> tuple[list[str], str | None]:
-            following, keys = await self.redis.scan(int(cursor), match=pattern, count=BATCH)
-            return [text(k) for k in keys], None if int(following) == 0 else str(following)
+            # every primary of a cluster, one after the other (the cursor says which)
+            following, keys = await scan_page(self.redis, cursor, pattern, BATCH)
+            return [text(k) for k in keys], None if following == "0" else following
 
         return fetch
 

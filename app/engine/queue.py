@@ -13,7 +13,6 @@ engine module only for typing.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -23,18 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from redis.exceptions import RedisError
 
 from app.engine.client import (
     MAX_BLOCK_SLICE,
     create_groups,
-    redis_failure,
+    subscribed,
     text,
     translate_errors,
 )
 from app.engine.keys import GROUP, QueueKeys
 from app.engine.records import render_record
-from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.errors import Conflict, Invalid, NotFound
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
 from app.settings import RetryPolicy
 
@@ -351,19 +349,9 @@ class Queue:
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms or "release")
         for new due times and released leases, from any process (pub/sub: at-most-once, so
-        consumers also re-check on their own)."""
+        consumers also re-check on their own). Sharded pub/sub when the scripts publish so
+        (a cluster of Redis >= 7, see engine/scripts.py); `Unavailable` on any failure."""
         kinds = {self.keys.cancel_channel: "cancel", self.keys.schedule_channel: "schedule"}
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(*kinds)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None:
-                    yield kinds[text(message["channel"])], text(message["data"])
-        except (RedisError, OSError) as exc:
-            # Subscribing and reading need no write: anything here is the connection's fault.
-            failure = redis_failure(exc) or Unavailable(f"redis pub/sub: {exc}")
-            raise failure from exc
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+        await self.scripts.prepare()
+        async for channel, data in subscribed(self.redis, list(kinds), self.scripts.sharded_pubsub):
+            yield kinds[channel], data

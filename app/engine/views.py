@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-
 from app.engine.client import Redis, consumer_name, raise_translated, text, translate_errors
 from app.engine.engine import Engine
 from app.engine.keys import GROUP, QueueKeys
@@ -63,7 +61,7 @@ async def counts_of(
     """`counts` of several queues in two round trips, however many queues. With `probe` (a
     key name), one tiny write rides along in the first: a Redis that refuses writes raises
     `WritesRefused` although every read works."""
-    pipe: Pipeline = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
     for k in queues:
         pipe.hgetall(k.counters)
         pipe.xlen(k.dlq)
@@ -97,7 +95,7 @@ async def counts_of(
 async def consumers_of(client: Redis, queues: Sequence[QueueKeys]) -> list[list[dict[str, Any]]]:
     """XINFO CONSUMERS of every priority stream of several queues in one round trip, merged
     per queue by consumer name."""
-    pipe: Pipeline = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
     for k in queues:
         for key in k.streams:
             pipe.xinfo_consumers(key, GROUP)

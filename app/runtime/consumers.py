@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from app.engine.scripts import answering
 from app.errors import Conflict, NotFound, Unavailable
 from app.models import PRIORITY_ORDER, Outcome, Task
 from app.runtime.aio import Backoff, RedisWatch, cancel, first_completed, won
@@ -95,13 +96,14 @@ class ConsumerPool:
 
     def start(self) -> None:
         """Start claiming (when executors are configured), renewing and listening for cancels."""
-        if self.executors.executors:
-            self._fetcher = asyncio.create_task(self._fetch_loop(), name="consumer-fetch")
-        self._loops = [
-            asyncio.create_task(self._renew_loop(), name="consumer-renew"),
-            asyncio.create_task(self._listen(), name="consumer-listen"),
-            asyncio.create_task(self._promote_loop(), name="consumer-promote"),
-        ]
+        with answering(False):  # its settles are answered to no client (engine/scripts.py)
+            if self.executors.executors:
+                self._fetcher = asyncio.create_task(self._fetch_loop(), name="consumer-fetch")
+            self._loops = [
+                asyncio.create_task(self._renew_loop(), name="consumer-renew"),
+                asyncio.create_task(self._listen(), name="consumer-listen"),
+                asyncio.create_task(self._promote_loop(), name="consumer-promote"),
+            ]
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running tasks `grace` s; abort and release the rest."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -320,7 +320,21 @@ def audit_families(audit: audits.Totals | None) -> Iterator[Metric]:
 
 def process_families(runtime: Runtime) -> Iterator[Metric]:
     yield in_flight_family(runtime.pools())
+    yield redirects_family(runtime.engine.scripts.redirects)
     yield from executor_families(runtime.workers.default.executors)
+
+
+def redirects_family(redirects: Mapping[str, int]) -> Metric:
+    """What the script runner followed instead of failing (engine/scripts.py)."""
+    family = CounterMetricFamily(
+        "taskstream_redis_redirects",
+        "Script calls sent again by this process: MOVED, ASK, TRYAGAIN (Redis Cluster), "
+        "NOSCRIPT (a restarted, flushed or promoted server)",
+        labels=("kind",),
+    )
+    for kind in ("moved", "ask", "tryagain", "noscript"):
+        family.add_metric([kind], redirects.get(kind, 0))
+    return family
 
 
 def in_flight_family(pools: Sequence[ConsumerPool]) -> Metric:

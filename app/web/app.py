@@ -30,7 +30,7 @@ from app.runtime.executors import ExecutorPool
 from app.runtime.runtime import Runtime
 from app.settings import Settings
 from app.web import eas, live, openapi, operator, tasks
-from app.web.middleware import Guard, HotPath
+from app.web.middleware import Answering, Guard, HotPath
 from app.web.responses import HANDLERS
 
 if TYPE_CHECKING:
@@ -125,4 +125,5 @@ def create_app(
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
     app.add_middleware(HotPath)
     app.add_middleware(Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes)
+    app.add_middleware(Answering)  # outermost: HotPath's enqueues are answered too
     return app

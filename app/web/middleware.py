@@ -1,21 +1,41 @@
-"""Pure ASGI middleware (no per-request task or body buffering): `Guard` and `HotPath`.
+"""Pure ASGI middleware (no per-request task or body buffering): `Answering`, `Guard` and
+`HotPath`.
+
+`Answering` marks what a request does as answered to its client, so under
+DURABILITY=replica|fsync the engine confirms its writes before the answer
+(engine/scripts.py, `answering`); the lifespan (consumers, the callback sender) is not.
 
 `Guard` checks the API key (web/auth.py) and MAX_BODY_BYTES before any handler runs;
 `HotPath` answers `POST /tasks`, the busiest route, straight on ASGI: Starlette's routing
 and request objects were a quarter of its CPU in the profile. Same handler, same errors,
 the same `JSON` answer.
 
-Imports: web.auth, web.responses, web.tasks, errors (and starlette).
+Imports: web.auth, web.responses, web.tasks, engine.scripts, errors (and starlette).
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.engine.scripts import answering
 from app.errors import BadRequest, PayloadTooLarge, TaskstreamError
 from app.web.auth import api_key_ok, needs_api_key
 from app.web.responses import JSON, error_of, error_response
 from app.web.tasks import enqueue
+
+
+class Answering:
+    """Requests' writes are answered to a client (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        with answering():
+            await self.app(scope, receive, send)
 
 
 class Guard:

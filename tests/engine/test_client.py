@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from app.engine import admin, views
-from app.engine.client import connect
+from app.engine.client import SentinelRedis, connect
 from app.engine.engine import Engine
 from app.engine.queue import Queue
 from app.errors import Unavailable
@@ -51,3 +52,33 @@ async def test_unreachable_redis_is_unavailable(dead_streams: Queue) -> None:
     for call in calls:
         with pytest.raises(Unavailable, match="redis unavailable"):
             await call
+
+
+# --- topologies -------------------------------------------------------------------------
+
+
+async def test_the_url_chooses_the_topology_client() -> None:
+    """Nothing is connected until used: the clients only say where they will go."""
+    sentinel = connect("redis+sentinel://127.0.0.1:1,127.0.0.1:2/prime/2?sentinel_password=s")
+    assert isinstance(sentinel, SentinelRedis) and sentinel.sentinels is not None
+    assert [c.connection_pool.connection_kwargs["port"] for c in sentinel.sentinels.sentinels] == [
+        1,
+        2,
+    ]
+    kwargs = sentinel.connection_pool.connection_kwargs
+    assert (kwargs["db"], kwargs["protocol"], kwargs["socket_timeout"]) == (2, 2, 3.0)
+    await sentinel.aclose()
+    cluster = connect("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001")
+    assert isinstance(cluster, RedisCluster)
+    assert sorted(n.port for n in cluster.startup_nodes) == [7000, 7001]
+    await cluster.aclose()
+
+
+async def test_a_sentinel_set_nobody_answers_is_unavailable(settings: Settings) -> None:
+    url = f"redis+sentinel://127.0.0.1:{free_port()}/nobody"
+    engine = Engine.connect(url, settings)
+    try:
+        with pytest.raises(Unavailable):
+            await engine.default.enqueue(req("x"))
+    finally:
+        await engine.close()

@@ -1,0 +1,262 @@
+"""taskstream on a Redis Cluster (`REDIS_URL=redis+cluster://…`): three primaries with a
+replica each (tests/topologies.py), started once per module (per xdist worker).
+
+- The core of the functional suite, run again on the cluster: the tests below are
+  imported from their own modules, and `redis_url` here points every fixture
+  (make_service, make_settings, client) at the cluster: enqueue and batches, strict
+  priority, retries and backoff, the DLQ, cancel (terminate: pub/sub), scheduled tasks,
+  named queues, pause, callbacks, PAI-EAS, pull workers and long polls (blocking reads),
+  clear and fsck (SCAN on every primary). Dependencies across queues are issue 13 part B's.
+- Faults under load, each ending with the total-queue report (tests/totalqueue.py, the rig
+  of tests/faultrig.py): a primary killed with SIGKILL (its replica takes over), and the
+  slot of a live queue migrated to another primary while tasks flow (MOVED and ASK
+  followed by the script runner, counted on /metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import httpx
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from app.engine.client import connect, server_features, subscribed
+from app.engine.engine import Engine
+from app.engine.scripts import Scripts
+from app.models import TaskRequest
+from app.settings import Settings
+from tests import test_semantics
+from tests.conftest import wait_for
+from tests.eas import test_forward, test_store
+from tests.engine import conftest, test_admin, test_fsck, test_named_queues
+from tests.faultrig import Rig, Rigs, Spawn
+from tests.runtime import test_callbacks, test_consumers
+from tests.topologies import Cluster
+from tests.web import test_tasks
+
+# The core of the functional suite (see the module docstring), and the fixtures it needs.
+test_target_500_then_200_is_retry_then_success = (
+    test_forward.test_target_500_then_200_is_retry_then_success
+)
+test_long_poll_read_returns_when_an_item_arrives = (
+    test_store.test_long_poll_read_returns_when_an_item_arrives
+)
+make_streams = conftest.make_streams
+test_clear_removes_everything_and_groups_still_work = (
+    test_admin.test_clear_removes_everything_and_groups_still_work
+)
+qstreams = test_fsck.qstreams
+run_fsck = test_fsck.run_fsck
+test_a_clean_deployment_is_consistent = test_fsck.test_a_clean_deployment_is_consistent
+test_by_id_operations_find_the_named_queue = (
+    test_named_queues.test_by_id_operations_find_the_named_queue
+)
+test_clear_empties_named_queues_too = test_named_queues.test_clear_empties_named_queues_too
+test_named_queues_run_on_their_own_executors = (
+    test_named_queues.test_named_queues_run_on_their_own_executors
+)
+test_pause_and_resume_a_named_queue = test_named_queues.test_pause_and_resume_a_named_queue
+make_receiver = test_callbacks.make_receiver
+test_failed_and_cancelled_tasks_call_back = test_callbacks.test_failed_and_cancelled_tasks_call_back
+make_worker = test_consumers.make_worker
+test_cancel_terminate_sent_to_another_process_aborts_the_call = (
+    test_consumers.test_cancel_terminate_sent_to_another_process_aborts_the_call
+)
+test_backoff_gaps_without_jitter = test_semantics.test_backoff_gaps_without_jitter
+test_cancel_scheduled_and_retrying_never_run = (
+    test_semantics.test_cancel_scheduled_and_retrying_never_run
+)
+test_dlq_list_redrive_and_purge = test_semantics.test_dlq_list_redrive_and_purge
+test_pull_order_is_strict_priority_then_fifo = (
+    test_semantics.test_pull_order_is_strict_priority_then_fifo
+)
+test_scheduled_task_never_runs_early = test_semantics.test_scheduled_task_never_runs_early
+test_batch_answers_one_entry_per_task = test_tasks.test_batch_answers_one_entry_per_task
+test_complete_a_pulled_task = test_tasks.test_complete_a_pulled_task
+test_fail_with_retries_left_is_retrying = test_tasks.test_fail_with_retries_left_is_retrying
+test_next_long_poll_returns_a_task_enqueued_while_waiting = (
+    test_tasks.test_next_long_poll_returns_a_task_enqueued_while_waiting
+)
+test_position_counts_across_priorities_with_1_as_next = (
+    test_tasks.test_position_counts_across_priorities_with_1_as_next
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    topology = Cluster(tmp_path_factory.mktemp("cluster")).start()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def redis_url(cluster: Cluster) -> str:
+    """Every fixture of tests/conftest.py on the cluster (see the module docstring)."""
+    return cluster.url
+
+
+@pytest.fixture
+def svc(queue: str) -> str:
+    return f"svc-{queue[:8]}"
+
+
+@pytest.fixture
+async def make_rig(
+    spawn_service: Spawn, queue: str
+) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
+    rigs = Rigs(spawn_service, queue)
+    yield rigs.make
+    await rigs.close()
+
+
+# --- the client and the runner on the cluster ----------------------------------------------
+
+
+async def test_the_url_gives_a_cluster_client_that_routes_by_slot(cluster: Cluster, queue: str):
+    """Queues of different tags land on different primaries; one pipelined batch of
+    enqueues across them answers every one."""
+    client = connect(cluster.url)
+    try:
+        assert isinstance(client, RedisCluster)
+        names = [f"{queue}-{i}" for i in range(12)]
+        owners = {cluster.owner(cluster.slot_of(f"{{{n}}}")).port for n in names}
+        assert len(owners) == 3  # twelve tags over three primaries: all of them used
+        shared = Scripts(client)  # one runner: the twelve calls are one turn's batch
+        engines = [Engine(client, Settings(queue=n), scripts=shared) for n in names]
+        answers = await asyncio.gather(
+            *(e.default.enqueue(TaskRequest.parse({"code": "x"})) for e in engines)
+        )
+        assert [a["position"] for a in answers] == [1] * 12
+        assert shared.redirects["moved"] == 0 and shared.redirects["ask"] == 0
+    finally:
+        await client.aclose()
+
+
+async def test_noscript_on_a_primary_loads_the_script_there_only(cluster: Cluster, queue: str):
+    engine = Engine.connect(cluster.url, Settings(redis_url=cluster.url, queue=queue))
+    try:
+        await engine.default.enqueue(TaskRequest.parse({"eval_id": "a", "code": "x"}))
+        owner = cluster.owner(cluster.slot_of(f"{{{queue}}}"))
+        raw = connect(f"redis://127.0.0.1:{owner.port}")
+        await raw.script_flush()
+        await raw.aclose()
+        before = engine.scripts.redirects["noscript"]
+        await engine.default.enqueue(TaskRequest.parse({"eval_id": "b", "code": "x"}))
+        assert engine.scripts.redirects["noscript"] == before + 1
+        assert (await engine.default.get("b"))["position"] == 2
+    finally:
+        await engine.close()
+
+
+# --- faults under load ----------------------------------------------------------------------
+
+
+async def test_a_primary_killed_under_load_is_replaced_by_its_replica(
+    make_rig: Callable[..., Awaitable[Rig]], cluster: Cluster, queue: str
+):
+    """SIGKILL to the primary holding the queue's slot while two replicas enqueue and
+    drain through it: its replica is promoted (cluster-node-timeout 1 s), the service
+    follows (slot map refreshed after the connection errors), and the total-queue report
+    counts what async replication lost (reported, not bounded: DURABILITY=async)."""
+    rig = await make_rig(cluster.url)
+    victim = cluster.owner(cluster.slot_of(f"{{{queue}}}"))
+    await rig.more("accepted", 20)
+    killed = time.monotonic()
+    cluster.kill(victim)
+    try:
+        await rig.more("indeterminate", 1, timeout=10)
+        await rig.more("accepted", 20, timeout=30)
+        recovered = time.monotonic() - killed
+        report = await rig.report()
+    finally:
+        cluster.restart(victim)  # whole again for the module's next tests
+    print(f"\ncluster primary SIGKILL: serving again after {recovered:.1f} s\n{report.summary()}")
+    assert not report.unexpected and not report.bad_keys and not report.uncounted
+    assert len(report.lost) <= 5, report.summary()  # async replication's window: a few
+
+
+async def test_a_slot_migrated_while_tasks_flow_loses_nothing(
+    make_rig: Callable[..., Awaitable[Rig]], cluster: Cluster, queue: str
+):
+    """The queue's slot moves to another primary under load (IMPORTING / MIGRATING,
+    MIGRATE of its keys, a pause with the keys moved and ownership not yet, then SETSLOT
+    NODE): the runner follows ASK (during) and MOVED (after), nothing accepted is lost,
+    nothing runs twice."""
+    rig = await make_rig(cluster.url)
+    slot = cluster.slot_of(f"{{{queue}}}")
+    source = cluster.owner(slot)
+    target = next(n for n in cluster.masters_now() if n is not source)
+    await rig.more("accepted", 20)
+    moved = cluster.migrate(slot, target, between=lambda: time.sleep(0.3))
+    await rig.more("accepted", 20, timeout=20)
+    assert cluster.owner(slot) is target and moved > 5
+    report = (await rig.report()).check(max_duplicates=0)
+    redirects = await _redirects(rig)
+    print(f"\nslot migration: {moved} keys moved; redirects {redirects}\n{report.summary()}")
+    # MOVED after the move is mostly met first by the replicas' redis-py commands (their
+    # blocking reads), which patch the slot map the runner shares: see the next test.
+    assert redirects["ask"] >= 1
+
+
+async def test_moved_is_followed_to_the_new_owner(cluster: Cluster, queue: str):
+    """A runner whose slot map still names the old owner meets MOVED once, patches the
+    map, and the call runs on the new owner (once: the reply is the second position)."""
+    engine = Engine.connect(cluster.url, Settings(redis_url=cluster.url, queue=queue))
+    try:
+        await engine.default.enqueue(TaskRequest.parse({"eval_id": "a", "code": "x"}))
+        slot = cluster.slot_of(f"{{{queue}}}")
+        target = next(n for n in cluster.masters_now() if n is not cluster.owner(slot))
+        cluster.migrate(slot, target)
+        answer = await engine.default.enqueue(TaskRequest.parse({"eval_id": "b", "code": "x"}))
+        assert answer["position"] == 2
+        assert engine.scripts.redirects["moved"] == 1, engine.scripts.redirects
+        assert cluster.owner(slot) is target
+    finally:
+        await engine.close()
+
+
+async def _redirects(rig: Rig) -> dict[str, int]:
+    """taskstream_redis_redirects_total of every replica, summed per kind."""
+    found = {"moved": 0, "ask": 0, "tryagain": 0, "noscript": 0}
+    async with httpx.AsyncClient(timeout=5) as http:
+        for url in rig.urls:
+            text = (await http.get(url + "/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("taskstream_redis_redirects_total{"):
+                    kind = line.split('"')[1]
+                    found[kind] += int(float(line.rsplit(" ", 1)[1]))
+    return found
+
+
+async def test_sharded_subscribers_hear_spublish_on_the_owning_primary(
+    cluster: Cluster, queue: str
+):
+    """The subscriber the scripts will use once they SPUBLISH (Redis >= 7): SSUBSCRIBE on
+    the primary owning the channel's slot. On 6.2 the runner keeps PUBLISH."""
+    client = connect(cluster.url)
+    try:
+        features = await server_features(client)
+        scripts = Scripts(client)
+        await scripts.prepare()
+        assert scripts.publish == ("SPUBLISH" if features.sharded_pubsub else "PUBLISH")
+        assert not scripts.sharded_pubsub  # no script calls QUEUE_PUBLISH yet (part B)
+        if not features.sharded_pubsub:
+            return
+        channel = f"ts:{{{queue}}}:cancel"
+        heard = subscribed(client, [channel], sharded=True)
+        first = asyncio.ensure_future(anext(heard))
+
+        async def delivered() -> bool:  # published until the subscription is in place
+            await client.execute_command("SPUBLISH", channel, "t1")
+            return first.done()
+
+        await wait_for(delivered, timeout=5, interval=0.05)
+        assert first.result() == (channel, "t1")
+        await heard.aclose()
+    finally:
+        await client.aclose()
