@@ -66,6 +66,7 @@ CORE = (
     "dlq_retry",
     "dlq_purge",
     "callback_done",
+    "progress",  # engine/progress.py
 )
 AUDIT = (
     "fsck_records",

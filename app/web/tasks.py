@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin
+from app.engine import admin, progress
 from app.engine.engine import Engine
 from app.errors import Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
 from app.runtime import tracing
+from app.runtime.consumers import progress_url
 from app.runtime.pull import pull
 from app.settings import Settings
 from app.web import params
@@ -149,6 +150,7 @@ async def next_task(request: Request) -> Response:
     task = await pull(queue, request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
+    task.progress_url = progress_url(settings.base_url, task.eval_id, queue.keys.q)
     return JSON({**task.view(), "queue": queue.keys.queue})
 
 
@@ -182,6 +184,13 @@ async def fail_task(request: Request) -> Response:
     return JSON(await queue.fail(eval_id, error, retry=retry, task=task, detail=detail))
 
 
+async def report_progress(request: Request) -> Response:
+    """A running task's progress (engine/progress.py), fenced like complete."""
+    eval_id = eval_id_of(request)
+    sent = progress.Report.parse(await json_body(request))
+    return JSON(await progress.report(await _hinted(request), eval_id, sent))
+
+
 async def cancel_task(request: Request) -> Response:
     eval_id = eval_id_of(request)
     queue = await _hinted(request)
@@ -201,6 +210,7 @@ ROUTES = [
     Route("/tasks/{eval_id}", get_task, methods=["GET"]),
     Route("/tasks/{eval_id}/complete", complete_task, methods=["POST"]),
     Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/progress", report_progress, methods=["POST"]),
     Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
     Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
 ]
