@@ -67,6 +67,7 @@ CORE = (
     "dlq_purge",
     "callback_done",
     "progress",  # engine/progress.py
+    "listing",  # engine/listing.py
 )
 AUDIT = (
     "fsck_records",

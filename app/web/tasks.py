@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin, progress
+from app.engine import admin, listing, progress
 from app.engine.engine import Engine
 from app.errors import Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
@@ -154,6 +154,17 @@ async def next_task(request: Request) -> Response:
     return JSON({**task.view(), "queue": queue.keys.queue})
 
 
+async def list_tasks(request: Request) -> Response:
+    """One page of the tasks in a state (engine/listing.py)."""
+    query = request.query_params
+    limit = params.integer(query, "limit", 50, 1, listing.MAX_LIMIT)
+    page = listing.Page.parse(
+        query.get("state"), limit, query.get("tenant"), query.get("q"), query.get("cursor")
+    )
+    queue = await params.resolve_queue(request.state, query.get("queue"))
+    return JSON(await listing.list_tasks(queue, page))
+
+
 async def _hinted(request: Request) -> Any:
     """The queue `?queue=` hints at for a by-id call (see `params.resolve_queue`)."""
     return await params.resolve_queue(request.state, request.query_params.get("queue"), hint=True)
@@ -205,6 +216,7 @@ ROUTES = [
     # Served by HotPath in the running app; listed so the route table is complete.
     Route("/tasks", create_task, methods=["POST"]),
     Route("/tasks", clear_tasks, methods=["DELETE"]),
+    Route("/tasks", list_tasks, methods=["GET"]),
     Route("/tasks/batch", create_batch, methods=["POST"]),
     Route("/tasks/next", next_task, methods=["GET"]),
     Route("/tasks/{eval_id}", get_task, methods=["GET"]),
