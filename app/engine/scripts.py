@@ -68,6 +68,7 @@ CORE = (
     "callback_done",
     "progress",  # engine/progress.py
     "listing",  # engine/listing.py
+    "pace",  # engine/pace.py
 )
 AUDIT = (
     "fsck_records",

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin, listing, progress
+from app.engine import admin, listing, pace, progress
 from app.engine.engine import Engine
 from app.errors import Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
@@ -162,7 +162,9 @@ async def list_tasks(request: Request) -> Response:
         query.get("state"), limit, query.get("tenant"), query.get("q"), query.get("cursor")
     )
     queue = await params.resolve_queue(request.state, query.get("queue"))
-    return JSON(await listing.list_tasks(queue, page))
+    answer = await listing.list_tasks(queue, page)
+    await pace.add_etas(queue, answer["tasks"])  # queued ones (engine/pace.py)
+    return JSON(answer)
 
 
 async def _hinted(request: Request) -> Any:
@@ -171,7 +173,10 @@ async def _hinted(request: Request) -> Any:
 
 
 async def get_task(request: Request) -> Response:
-    return JSON(await (await _hinted(request)).get(eval_id_of(request)))
+    record = await (await _hinted(request)).get(eval_id_of(request))
+    if "position" in record:  # queued: its ETA, once its queue has a pace
+        await pace.add_etas(request.state.engine.queue(record["queue"]), [record])
+    return JSON(record)
 
 
 async def complete_task(request: Request) -> Response:
