@@ -172,8 +172,8 @@ def _render(queue: Queue, page: Page, item: list[Any], now: int) -> dict[str, An
         started = int(rec.get(b"started", now))
         view["elapsed_ms"] = max(0, now - started)
     elif page.mode == "zset":
-        key = "due_at" if page.state != State.DEFERRED else "created_at"
-        view[key] = iso_ms(text(extra).split(".")[0])
+        if page.state != State.DEFERRED:  # (a deferred task's score is its created_at)
+            view["due_at"] = iso_ms(text(extra).split(".")[0])
         if b"waiting" in rec:
             view["waiting_on"] = int(rec[b"waiting"])
     metadata = _metadata(payload or rec.get(b"payload"))
