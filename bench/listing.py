@@ -64,7 +64,7 @@ async def fill(streams: Queue, n: int) -> None:
 
 async def finished(streams: Queue, n: int) -> None:
     await streams.engine.enqueue_many([task(f"f{i:05}") for i in range(n)])
-    for i in range(n):
+    for _ in range(n):
         claimed = await streams.claim("bench", 1, 60)
         await streams.complete(claimed.tasks[0].eval_id, {"ok": True}, claimed.tasks[0])
 
