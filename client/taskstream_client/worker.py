@@ -14,9 +14,11 @@ seconds (`POST /tasks/{id}/renew`). When a renewal is refused (the task was canc
 is set, an async function is cancelled, and its outcome is not reported.
 
 SIGTERM or SIGINT stops it gracefully: no slot takes a new task (a long-poll under way is
-abandoned, and the service hands back a task claimed in that instant at once), the tasks
-running finish and are reported, then `run()` returns. A second signal has its default
-effect (SIGINT raises KeyboardInterrupt, SIGTERM ends the process).
+abandoned: the service notices the closed connection and hands back a task it claimed in
+that instant), the tasks running finish and are reported, then `run()` returns. A task
+whose answer was already on its way when the connection closed is lost to this worker
+and delivered again once its lease (TASK_TIMEOUT) lapses, as after a crash. A second
+signal has its default effect (SIGINT raises KeyboardInterrupt, SIGTERM ends the process).
 
 Plain functions run in a thread pool of `concurrency` threads, async functions on the
 event loop. Imports: async_client, errors, models, calls (and stdlib).
@@ -126,6 +128,7 @@ class Worker:
         self.concurrency = concurrency
         self.poll = min(max(poll, 0.0), MAX_POLL)
         self.counts: Counter[str] = Counter()  # completed, failed, retried, lost
+        self.polling = 0  # slots in a long-poll now
         self._given = client
         self._base_url, self._api_key = base_url, api_key
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +153,9 @@ class Worker:
         client = self._given or AsyncClient(self._base_url, api_key=self._api_key)
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="taskstream-job")
         signals = self._install_signals() if handle_signals else []
+        log.info(
+            "worker started: %d slot(s) on %s", self.concurrency, self.queue or "the default queue"
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.concurrency):
@@ -165,7 +171,15 @@ class Worker:
         """Take no new task; return from `serve` once the running ones are reported.
         Safe from any thread and from signal handlers."""
         self._stop_asked = True
-        if self._loop is not None and self._stopping is not None:
+        if self._loop is None or self._stopping is None:
+            return
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            here = False
+        if here:
+            self._stopping.set()
+        else:
             self._loop.call_soon_threadsafe(self._stopping.set)
 
     def _install_signals(self) -> list[signal.Signals]:
@@ -207,14 +221,18 @@ class Worker:
         assert self._stopping is not None
         poll = asyncio.ensure_future(client.next(self.poll, queue=self.queue))
         stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if poll.done():
-            return poll.result()
-        poll.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TaskstreamError):
-            await poll
-        return None
+        self.polling += 1
+        try:
+            await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if poll.done():
+                return poll.result()
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TaskstreamError):
+                await poll
+            return None
+        finally:
+            self.polling -= 1
 
     async def _pause(self, seconds: float) -> None:
         assert self._stopping is not None
