@@ -5,6 +5,7 @@ decoder, the encoding of task options."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -43,7 +44,9 @@ def test_wait_reads_events_not_the_record_in_a_loop(live, make_api, sync_api, fl
 
     def work():
         delivery = sync_api.next(wait=5)
-        threading.Event().wait(1.0)  # the waiter is following the stream by now
+        deadline = time.monotonic() + 10
+        while counts.get("/tasks/e1", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the waiter follows the stream (record read after it)
         for i in range(20):
             sync_api.cancel(f"other-{i}")
         return sync_api.complete(delivery, "done")
@@ -94,13 +97,15 @@ def test_wait_falls_back_to_reading_the_record(no_events, make_api, sync_api, fl
 
     def work():
         delivery = sync_api.next(wait=5)
-        threading.Event().wait(0.5)
+        deadline = time.monotonic() + 10
+        while counts.get("/events", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the waiter has fallen back: 404, pause, record, 404, ...
         return sync_api.complete(delivery, 5)
 
     in_thread(work)
-    assert api.wait("f1", timeout=10).result == 5
-    assert counts["/events"] >= 2 and counts["/tasks/f1"] >= 3  # 50 ms, 100, 200, ...
-    assert counts["/tasks/f1"] < 15  # growing pauses, not a tight loop
+    assert api.wait("f1", timeout=15).result == 5
+    assert counts["/events"] >= 3 and counts["/tasks/f1"] >= 4
+    assert counts["/tasks/f1"] <= counts["/events"] + 2  # one read per pause: 50 ms, 100, ...
 
 
 def test_sse_decoder():

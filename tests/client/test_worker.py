@@ -121,12 +121,12 @@ async def test_a_result_that_is_not_json_is_a_failure(aapi, start_worker):
 
 
 async def test_the_lease_is_kept_while_a_function_outlasts_it(make_live):
-    # The lease of a pulled task is TASK_TIMEOUT (here 1 s); the function takes 3.5 s.
-    service = make_live(task_timeout=1.0, lease_timeout=1.0)
+    # The lease of a pulled task is TASK_TIMEOUT (here 1.5 s); the function takes 4 s.
+    service = make_live(task_timeout=1.5, lease_timeout=1.5)
     async with AsyncClient(service.url) as aapi:
         await aapi.enqueue("x", eval_id="unkept")
-        unkept = await aapi.next()  # a delivery nobody renews lapses: attempt 2 after 1 s
-        assert unkept is not None and unkept.lease_timeout == 1.0
+        unkept = await aapi.next()  # a delivery nobody renews lapses: attempt 2 after 1.5 s
+        assert unkept is not None and unkept.lease_timeout == 1.5
         again = await aapi.next(wait=5)
         assert again is not None and (again.eval_id, again.attempt) == ("unkept", 2)
         await aapi.complete(again, None)
@@ -135,14 +135,14 @@ async def test_the_lease_is_kept_while_a_function_outlasts_it(make_live):
 
         def slow(job: Job) -> str:
             started.set()
-            time.sleep(3.5)
+            time.sleep(4)
             return "kept"
 
         await aapi.enqueue("x", eval_id="kept")
         worker = Worker(slow, client=aapi, poll=1)
         serving = asyncio.ensure_future(worker.serve(handle_signals=False))
         await asyncio.to_thread(started.wait, 5)
-        assert await aapi.next(wait=2.5) is None  # the worker's lease holds past 1 s
+        assert await aapi.next(wait=3) is None  # the worker's lease holds past 1.5 s
         assert await aapi.result("kept", timeout=10) == "kept"
         record = await aapi.get("kept")
         assert record.attempts == 1 and worker.counts == {"completed": 1}
@@ -151,7 +151,7 @@ async def test_the_lease_is_kept_while_a_function_outlasts_it(make_live):
 
 
 async def test_a_cancel_with_terminate_reaches_the_function(make_live):
-    service = make_live(task_timeout=0.6)  # renewals every 0.2 s
+    service = make_live(task_timeout=1.5)  # renewals every 0.5 s
     async with AsyncClient(service.url) as aapi:
         started, stopped = asyncio.Event(), asyncio.Event()
 
