@@ -168,3 +168,13 @@ async def test_a_progress_report_is_an_event_with_its_progress(service):
     assert event["event"] == "progress"
     assert event["data"]["eval_id"] == "pg-live" and event["data"]["progress"] == 33.5
     assert event["data"]["attempt"] == 1
+
+
+async def test_a_stream_without_an_id_starts_when_its_headers_are_sent(service):
+    # What the Python client's wait relies on: once the headers are in, no later change
+    # is missed (the start is not read later, when the first event is due).
+    async with service.http.stream("GET", "/events") as stream:
+        assert stream.status_code == 200
+        await enqueue(service, "after-headers")
+        (event,) = await Events(stream).next(1)
+    assert event["data"]["eval_id"] == "after-headers"
