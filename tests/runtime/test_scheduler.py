@@ -7,8 +7,8 @@ Short `every` intervals (1 s) keep these to seconds; waits poll the Redis clock.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
