@@ -69,6 +69,13 @@ async def fired_ticks(store: ScheduleStore, name: str, ticks: range) -> list[int
     return found
 
 
+async def due_tick(store: ScheduleStore, name: str = "s") -> int:
+    """The schedule's next tick in the due set (it must be there)."""
+    score = await store.engine.client.zscore(store.keys.due, name)
+    assert score is not None
+    return int(score)
+
+
 async def clock_past(store: ScheduleStore, tick: int) -> None:
     """Wait until the Redis clock is past `tick`."""
 
@@ -88,7 +95,7 @@ async def test_a_turn_fires_the_due_tick_and_advances(store: ScheduleStore, make
     tick = int(shown["last_eval_id"].split(":")[1])
     assert tick >= first and scheduler.fired_here == 1
     assert (await store.engine.default.get(f"s:{tick}"))["status"] == "queued"
-    assert int(await store.engine.client.zscore(store.keys.due, "s")) == tick + 1
+    assert await due_tick(store) == tick + 1
 
 
 async def _fired(scheduler: Scheduler, store: ScheduleStore) -> dict[str, Any] | None:
@@ -126,7 +133,7 @@ async def test_a_replica_dead_between_enqueue_and_advance(store: ScheduleStore, 
     shown = await store.get("s")
     assert shown["last_eval_id"] == f"s:{tick}"
     assert shown["next_run_at"] is not None and shown["paused"] is False
-    assert await store.engine.client.zscore(store.keys.due, "s") > tick
+    assert await due_tick(store) > tick
 
 
 async def test_missed_ticks_fire_once_for_the_latest(store: ScheduleStore, make_scheduler):
@@ -139,8 +146,7 @@ async def test_missed_ticks_fire_once_for_the_latest(store: ScheduleStore, make_
     fired = await fired_ticks(store, "s", range(first, now + 1))
     assert len(fired) == 1 and fired[0] >= first + 3
     assert scheduler.fired_here == 1
-    next_tick = await store.engine.client.zscore(store.keys.due, "s")
-    assert next_tick > fired[0]
+    assert await due_tick(store) > fired[0]
 
 
 async def test_a_paused_schedule_does_not_fire(store: ScheduleStore, make_scheduler):
