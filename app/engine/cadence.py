@@ -9,8 +9,8 @@ Ticks are whole epoch seconds (a schedule's task is `<name>:<tick>`). Two kinds:
   repeats runs once, at its first occurrence. Jobs with `*` in the minute or hour field
   follow real time: every real minute or hour, none skipped or doubled.
 - `every` N seconds: the multiples of N since the Unix epoch (every 60 fires at :00 of
-  each minute, every 3600 at the top of each UTC hour), as BullMQ's `every` does; the
-  zone does not matter.
+  each minute, every 3600 at the top of each UTC hour), as BullMQ aligned its repeatable
+  jobs; the zone does not matter.
 
 `next_after(t)` is the first tick after `t`; `latest(due, now)` the last tick from `due` up
 to `now`, the one a schedule fires when it finds several ticks missed. Both take the time
