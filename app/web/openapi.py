@@ -116,6 +116,18 @@ def paths() -> dict[str, dict[str, Any]]:
                 [TASK_ID, HINT_QUEUE],
             )
         },
+        "/tasks/{eval_id}/renew": {
+            "post": operation(
+                "Keep a pulled task's lease (TASK_TIMEOUT s from now again)",
+                {200: json_content(OBJECT), **error_responses(*GUARDED, *BODY, 404, 409)},
+                {
+                    "type": "object",
+                    "required": ["lease", "attempt"],
+                    "properties": {"lease": {"type": "string"}, "attempt": {"type": "integer"}},
+                },
+                [TASK_ID, HINT_QUEUE],
+            )
+        },
         "/tasks/{eval_id}/cancel": {"post": cancel},
         "/api/eval/{eval_id}/cancel": {"post": cancel},
         "/dlq": {

@@ -167,6 +167,10 @@ DELIVERY: dict[str, Any] = {
         "priority": {"type": "string"},
         "timeout": {"type": ["number", "null"]},
         "lease": {"type": "string", "description": "send back with complete/fail to fence"},
+        "lease_timeout": {
+            "type": "number",
+            "description": "seconds the lease lasts unless renewed (TASK_TIMEOUT)",
+        },
         "traceparent": {"type": "string", "description": "the W3C trace context kept with it"},
         "tracestate": {"type": "string"},
     },
