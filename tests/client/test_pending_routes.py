@@ -15,7 +15,7 @@ from taskstream_client import AsyncClient, Conflict, Job, NotFound, State, Worke
 from tests.client.conftest import in_thread
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.skip(reason="server routes land with issue 15")
+pending = pytest.mark.skip(reason="server routes land with issue 15")
 
 
 def test_schedules(api):
@@ -55,6 +55,7 @@ def test_a_schedule_fires_tasks_named_after_its_tick(api):
     assert delivery.eval_id.split(":")[1].isdigit()
 
 
+@pending
 def test_progress(api):
     api.enqueue("x", eval_id="pg")
     delivery = api.next()
@@ -69,6 +70,7 @@ def test_progress(api):
         api.progress(delivery, 100)
 
 
+@pending
 async def test_a_worker_job_reports_progress(live):
     async with AsyncClient(live.url) as client:
         reported = asyncio.Event()
@@ -93,6 +95,7 @@ async def test_a_worker_job_reports_progress(live):
         await asyncio.wait_for(serving, 10)
 
 
+@pending
 def test_list_tasks_pages_by_cursor(api):
     for n in range(5):
         api.enqueue("x", eval_id=f"l{n}", metadata={"owner": "ada" if n % 2 else "bob"})
@@ -104,6 +107,7 @@ def test_list_tasks_pages_by_cursor(api):
     assert [r.eval_id for r in api.list_tasks("queued", q="l4").tasks] == ["l4"]
 
 
+@pending
 def test_deduplication_answers_the_surviving_task(api):
     first = api.enqueue("x", dedup_key="report-42")
     again = api.enqueue("y", dedup_key="report-42", dedup="active")
@@ -112,6 +116,7 @@ def test_deduplication_answers_the_surviving_task(api):
     assert answers[0].deduplicated and answers[0].eval_id == first.eval_id
 
 
+@pending
 def test_tenant_and_expiry(api):
     api.enqueue("x", eval_id="tn", tenant="acme")
     assert api.get("tn").tenant == "acme"
