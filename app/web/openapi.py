@@ -5,8 +5,8 @@ nothing from other hosts. Every status a route can answer is declared (tests/web
 runs schemathesis over the document against a live service): 401 on every route behind
 API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
 The building blocks (schemas, parameters, errors) are in web/openapi_schemas.py.
-Imports: web.openapi_schemas (and offapi, yaml; web/app.py checks the spec covers its
-routes).
+Imports: web.openapi_schemas, web.openapi_schedules (and offapi, yaml; web/app.py checks
+the spec covers its routes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 from offapi import OpenAPITemplate
 
 from app import __version__
+from app.web.openapi_schedules import schedule_paths
 from app.web.openapi_schemas import (
     BODY,
     DELIVERY,
@@ -277,6 +278,7 @@ def paths() -> dict[str, dict[str, Any]]:
         },
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
+        **schedule_paths(),
     }
 
 

@@ -65,7 +65,8 @@ def jsonable(value: Any) -> Any:
     """Python values as the API takes them: seconds for a timedelta, epoch seconds for a
     datetime (a naive one is local time, as `datetime.timestamp` reads it)."""
     if isinstance(value, timedelta):
-        return value.total_seconds()
+        seconds = value.total_seconds()
+        return int(seconds) if seconds.is_integer() else seconds  # `every` takes whole seconds
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, Enum):

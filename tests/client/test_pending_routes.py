@@ -57,6 +57,7 @@ def test_a_schedule_fires_tasks_named_after_its_tick(api):
     assert delivery.eval_id.split(":")[1].isdigit()
 
 
+@pending
 def test_progress(api):
     api.enqueue("x", eval_id="pg")
     delivery = api.next()
@@ -71,6 +72,7 @@ def test_progress(api):
         api.progress(delivery, 100)
 
 
+@pending
 async def test_a_worker_job_reports_progress(live):
     async with AsyncClient(live.url) as client:
         reported = asyncio.Event()
@@ -95,6 +97,7 @@ async def test_a_worker_job_reports_progress(live):
         await asyncio.wait_for(serving, 10)
 
 
+@pending
 def test_list_tasks_pages_by_cursor(api):
     for n in range(5):
         api.enqueue("x", eval_id=f"l{n}", metadata={"owner": "ada" if n % 2 else "bob"})
