@@ -26,9 +26,11 @@ from app.web.openapi_schemas import (
     ERROR,
     GUARDED,
     HINT_QUEUE,
+    HISTORY,
     IN_QUEUE,
     OBJECT,
     QUEUE,
+    SERVICE_QUEUE,
     TASK_ID,
     TASK_IN,
     TASK_OUT,
@@ -236,10 +238,31 @@ def paths() -> dict[str, dict[str, Any]]:
                 "State changes per minute (the dashboard's plots)",
                 {200: json_content(OBJECT), **error_responses(*GUARDED, 404, 422)},
                 params=[
-                    query_param("minutes", "integer", "1-120, default 60", minimum=1, maximum=120),
                     query_param(
-                        "queue", "string", "default: the legacy queue; or `svc`, `svc/sink`"
+                        "minutes", "integer", "1-2880, default 60", minimum=1, maximum=2880
                     ),
+                    SERVICE_QUEUE,
+                ],
+            )
+        },
+        "/stats/history": {
+            "get": operation(
+                "History: state changes per minute (kept 48 h) or per hour (kept 90 days), "
+                "oldest first; each point {at, completed, failed, retrying, ...}",
+                {200: json_content(HISTORY), **error_responses(*GUARDED, 404, 422)},
+                params=[
+                    query_param(
+                        "resolution", "string", "minute (default) or hour", enum=["minute", "hour"]
+                    ),
+                    query_param(
+                        "points",
+                        "integer",
+                        "how many minutes (1-2880, default 60) or hours (1-2160, default 48) "
+                        "back from now, the current one included",
+                        minimum=1,
+                        maximum=2880,
+                    ),
+                    SERVICE_QUEUE,
                 ],
             )
         },

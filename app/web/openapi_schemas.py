@@ -208,7 +208,7 @@ TRACE_HEADERS: list[dict[str, Any]] = [
 ]
 
 
-def query_param(name: str, kind: str, description: str, **bounds: float | str) -> dict[str, Any]:
+def query_param(name: str, kind: str, description: str, **bounds: object) -> dict[str, Any]:
     """A query parameter; `bounds` (minimum, maximum, pattern, …) as the parsers check them."""
     schema: dict[str, Any] = {"type": kind, **bounds}
     return {"name": name, "in": "query", "schema": schema, "description": description}
@@ -233,3 +233,35 @@ def error_responses(*codes: int) -> dict[int, dict[str, Any]]:
 # The errors every guarded route that reads Redis can answer.
 GUARDED = (401, 503)
 BODY = (400, 413, 422)  # a JSON body read
+
+
+# /stats and /stats/history read PAI-EAS queues too.
+SERVICE_QUEUE = query_param(
+    "queue", "string", "default: the legacy queue; a named queue; or `svc`, `svc/sink`"
+)
+HISTORY: dict[str, Any] = {
+    "type": "object",
+    "required": ["queue", "resolution", "step", "points"],
+    "properties": {
+        "queue": {"type": "string"},
+        "resolution": {"enum": ["minute", "hour"]},
+        "step": {"type": "integer", "description": "seconds per point: 60 or 3600"},
+        "points": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "completed", "failed", "retrying"],
+                "additionalProperties": {"type": "integer"},
+                "description": "`at`: epoch s of the point's start; then state changes by new "
+                "state (completed, failed, retrying = retries scheduled, queued, cancelled, "
+                "scheduled, deferred, expired, ...)",
+            },
+        },
+    },
+    "example": {
+        "queue": "taskstream",
+        "resolution": "hour",
+        "step": 3600,
+        "points": [{"at": 1767225600, "completed": 5120, "failed": 3, "retrying": 12}],
+    },
+}
