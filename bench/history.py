@@ -99,7 +99,7 @@ async def one_round(url: str, hours: bool, n: int) -> dict[str, float]:
         await raw.hset(history.minute_key(queue, minute), mapping=busy)
     await client.set(history.rolled_key(queue), hour - 1)  # the steady state: one hour to roll
     await client.config_resetstat()
-    assert await history.rollup(queue) == 1
+    assert await history.rollup(queue) == 1  # the busy hour
     found["rollup_us"] = await evalsha_us(client)
     await client.config_resetstat()
     for _ in range(100):

@@ -90,9 +90,10 @@ async def _minutes(queue: Queue, minutes: range) -> list[dict[str, int]]:
 
 
 async def _hours(queue: Queue, first: int, last: int) -> list[dict[str, int]]:
-    """Rolled hours from their hash, the others (after the marker) from their minutes."""
+    """Rolled hours from their hash; the others (after the marker, within the minutes'
+    48 h) summed from their minutes: at most 49 × 60 small reads, one round trip."""
     rolled = await queue.redis.get(rolled_key(queue))
-    done = int(rolled) if rolled is not None else -1
+    done = max(int(rolled) if rolled is not None else -1, last - MINUTE_TTL // 3600 - 1)
     pipe = queue.redis.pipeline(transaction=False)
     for hour in range(first, last + 1):
         if hour <= done:
@@ -126,7 +127,8 @@ def _summed(rows: Any) -> dict[str, int]:
 @translate_errors
 async def rollup(queue: Queue) -> int:
     """Roll up every finished hour not rolled yet whose minutes are still kept; the number
-    of hours rolled. Run by the housekeeping under the queue's cleanup lock."""
+    of those hours that had state changes. Run by the housekeeping under the queue's
+    cleanup lock."""
     now = await _now_s(queue)
     current = now // 3600
     rolled = await queue.redis.get(rolled_key(queue))
@@ -134,14 +136,14 @@ async def rollup(queue: Queue) -> int:
     if rolled is not None:
         start = max(start, int(rolled) + 1)
     hours = range(start, current)
-    await _all([_roll(queue, hour) for hour in hours])
-    return len(hours)
+    changes = await _all([_roll(queue, hour) for hour in hours])
+    return sum(1 for n in changes if n)
 
 
-async def _roll(queue: Queue, hour: int) -> None:
+async def _roll(queue: Queue, hour: int) -> int:
     minutes = [minute_key(queue, m) for m in range(hour * 60, hour * 60 + 60)]
     keys = [hour_key(queue, hour), rolled_key(queue), *minutes]
-    await queue.scripts.run("rollup", keys, [hour, HOUR_TTL])
+    return int(await queue.scripts.run("rollup", keys, [hour, HOUR_TTL]))
 
 
 # --- the oldest waiting task -----------------------------------------------------------------

@@ -5,8 +5,8 @@ nothing from other hosts. Every status a route can answer is declared (tests/web
 runs schemathesis over the document against a live service): 401 on every route behind
 API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
 The building blocks (schemas, parameters, errors) are in web/openapi_schemas.py.
-Imports: web.openapi_schemas (and offapi, yaml; web/app.py checks the spec covers its
-routes).
+Imports: web.openapi_schemas, web.openapi_pages (and offapi, yaml; web/app.py checks the spec
+covers its routes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 from offapi import OpenAPITemplate
 
 from app import __version__
+from app.web import openapi_pages
 from app.web.openapi_schemas import (
     BODY,
     DELIVERY,
@@ -26,7 +27,6 @@ from app.web.openapi_schemas import (
     ERROR,
     GUARDED,
     HINT_QUEUE,
-    HISTORY,
     IN_QUEUE,
     OBJECT,
     QUEUE,
@@ -245,30 +245,10 @@ def paths() -> dict[str, dict[str, Any]]:
                 ],
             )
         },
-        "/stats/history": {
-            "get": operation(
-                "History: state changes per minute (kept 48 h) or per hour (kept 90 days), "
-                "oldest first; each point {at, completed, failed, retrying, ...}",
-                {200: json_content(HISTORY), **error_responses(*GUARDED, 404, 422)},
-                params=[
-                    query_param(
-                        "resolution", "string", "minute (default) or hour", enum=["minute", "hour"]
-                    ),
-                    query_param(
-                        "points",
-                        "integer",
-                        "how many minutes (1-2880, default 60) or hours (1-2160, default 48) "
-                        "back from now, the current one included",
-                        minimum=1,
-                        maximum=2880,
-                    ),
-                    SERVICE_QUEUE,
-                ],
-            )
-        },
         "/dashboard": {
             "get": operation("Live dashboard (HTML, no build step)", {200: {"description": "HTML"}})
         },
+        **openapi_pages.paths(),
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
     }

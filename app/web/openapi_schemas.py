@@ -239,29 +239,3 @@ BODY = (400, 413, 422)  # a JSON body read
 SERVICE_QUEUE = query_param(
     "queue", "string", "default: the legacy queue; a named queue; or `svc`, `svc/sink`"
 )
-HISTORY: dict[str, Any] = {
-    "type": "object",
-    "required": ["queue", "resolution", "step", "points"],
-    "properties": {
-        "queue": {"type": "string"},
-        "resolution": {"enum": ["minute", "hour"]},
-        "step": {"type": "integer", "description": "seconds per point: 60 or 3600"},
-        "points": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["at", "completed", "failed", "retrying"],
-                "additionalProperties": {"type": "integer"},
-                "description": "`at`: epoch s of the point's start; then state changes by new "
-                "state (completed, failed, retrying = retries scheduled, queued, cancelled, "
-                "scheduled, deferred, expired, ...)",
-            },
-        },
-    },
-    "example": {
-        "queue": "taskstream",
-        "resolution": "hour",
-        "step": 3600,
-        "points": [{"at": 1767225600, "completed": 5120, "failed": 3, "retrying": 12}],
-    },
-}

@@ -121,7 +121,7 @@ async def test_hours_are_rolled_up_once_and_read_the_same_before_and_after(
     assert before[2] == {"at": (hour - 1) * 3600, "completed": 12, "failed": 0, "retrying": 18}
     assert before[1]["completed"] == before[3]["completed"] == 0
 
-    assert await history.rollup(streams) == 48  # the hours whose minutes are still kept
+    assert await history.rollup(streams) == 2  # the hours with changes, of the 48 kept
     assert await history.rollup(streams) == 0  # each once
     client = raw(streams)
     assert await client.hgetall(history.hour_key(streams, hour - 3)) == {
@@ -148,7 +148,7 @@ async def test_the_housekeeping_rolls_up(streams: Queue) -> None:
     hour = await current_hour(streams)
     await fill_minutes(streams, hour - 2, {"completed": 1})
     done = await admin.cleanup_queue(streams)
-    assert done is not None and done["hours_rolled"] == 48
+    assert done is not None and done["hours_rolled"] == 1
     assert await raw(streams).hget(history.hour_key(streams, hour - 2), "completed") == b"6"
 
 
@@ -158,3 +158,16 @@ async def test_a_task_lifecycle_shows_in_the_current_hour(streams: Queue) -> Non
     await streams.complete(task.eval_id, None, task)
     points = await history.series(streams, "hour", 1)
     assert points[0]["completed"] == 1 and points[0]["queued"] == 1
+
+
+async def test_hours_older_than_the_minutes_are_read_from_their_hash_only(streams: Queue):
+    """Past 48 h only hour hashes count (a minute hash there would be a stray), so a 90-day
+    series reads at most 49 hours of minutes."""
+    hour = await current_hour(streams)
+    await fill_minutes(streams, hour - 60, {"completed": 1})
+    await raw(streams).hset(history.hour_key(streams, hour - 70), "failed", 4)
+    points = await history.series(streams, "hour", history.MAX_HOURS)
+    assert len(points) == history.MAX_HOURS
+    by_hour = {p["at"] // 3600: p for p in points}
+    assert by_hour[hour - 60]["completed"] == 0
+    assert by_hour[hour - 70]["failed"] == 4

@@ -1,20 +1,24 @@
 """Helpers of the web tests: Redis snapshots ("bad input changes nothing"), error
-bodies, and a few API calls.
+bodies, a few API calls, and a page of headless Chromium for the dashboard's tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import ViewportSize, async_playwright
 
 from app.engine import views
 from app.engine.queue import Queue
 from tests.conftest import Service
 
 MakeService = Callable[..., Awaitable[Service]]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+VIEWPORT: ViewportSize = {"width": 1280, "height": 900}  # the dashboard tests' browser window
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -86,3 +90,16 @@ async def frozen(service: Service, client: Any, streams: Queue) -> Callable[[], 
         assert await snapshot(client, streams) == before
 
     return unchanged
+
+
+@pytest.fixture
+async def page():
+    """A page of Debian's headless Chromium (driven by Playwright), VIEWPORT-sized."""
+    assert CHROMIUM, "Debian's chromium is needed (make test installs it)"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        context = await browser.new_context(viewport=VIEWPORT)
+        yield await context.new_page()
+        await browser.close()
