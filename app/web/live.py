@@ -52,7 +52,8 @@ def _start(request: Request) -> str:
 
 
 def render(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> ServerSentEvent:
-    """One SSE event: `event` is the new state, `data` the change as JSON."""
+    """One SSE event: `event` is the new state, `data` the change as JSON; a progress
+    report is `event: progress` with its `progress` (0-100)."""
     state = fields.get(b"state", b"").decode()
     attempt = fields.get(b"attempt", b"").decode()
     data = {
@@ -62,6 +63,8 @@ def render(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> ServerSen
         "queue": queue,
         "at": int(entry_id.split(b"-")[0]),
     }
+    if b"progress" in fields:  # a progress report (engine/progress.py): no state change
+        data["progress"] = orjson.loads(fields[b"progress"])
     return ServerSentEvent(data=orjson.dumps(data).decode(), event=state, id=entry_id.decode())
 
 

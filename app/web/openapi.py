@@ -28,12 +28,15 @@ from app.web.openapi_schemas import (
     GUARDED,
     HINT_QUEUE,
     IN_QUEUE,
+    LIST_PARAMS,
     OBJECT,
+    PROGRESS_IN,
     QUEUE,
     SERVICE_QUEUE,
     TASK_ID,
     TASK_IN,
     TASK_OUT,
+    TASK_PAGE,
     TRACE_HEADERS,
     error_responses,
     json_content,
@@ -63,6 +66,12 @@ def paths() -> dict[str, dict[str, Any]]:
             "delete": operation(
                 "Clear every task, queue and the DLQ",
                 {200: json_content(OBJECT), **error_responses(*GUARDED)},
+            ),
+            "get": operation(
+                "List the tasks in a state, a page at a time (docs/api.md: each state's "
+                "order and page cost)",
+                {200: json_content(TASK_PAGE), **error_responses(*GUARDED, 404, 422)},
+                params=LIST_PARAMS,
             ),
         },
         "/tasks/batch": {
@@ -114,6 +123,14 @@ def paths() -> dict[str, dict[str, Any]]:
                         "traceback": {"type": "string"},
                     },
                 },
+                [TASK_ID, HINT_QUEUE],
+            )
+        },
+        "/tasks/{eval_id}/progress": {
+            "post": operation(
+                "Report the progress of a running task (fenced like complete)",
+                {200: json_content(OBJECT), **error_responses(*GUARDED, *BODY, 404, 409)},
+                PROGRESS_IN,
                 [TASK_ID, HINT_QUEUE],
             )
         },

@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin
+from app.engine import admin, listing, pace, progress
 from app.engine.engine import Engine
 from app.errors import Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
 from app.runtime import tracing
+from app.runtime.consumers import progress_url
 from app.runtime.pull import pull
 from app.settings import Settings
 from app.web import params
@@ -149,7 +150,21 @@ async def next_task(request: Request) -> Response:
     task = await pull(queue, request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
+    task.progress_url = progress_url(settings.base_url, task.eval_id, queue.keys.q)
     return JSON({**task.view(), "queue": queue.keys.queue})
+
+
+async def list_tasks(request: Request) -> Response:
+    """One page of the tasks in a state (engine/listing.py)."""
+    query = request.query_params
+    limit = params.integer(query, "limit", 50, 1, listing.MAX_LIMIT)
+    page = listing.Page.parse(
+        query.get("state"), limit, query.get("tenant"), query.get("q"), query.get("cursor")
+    )
+    queue = await params.resolve_queue(request.state, query.get("queue"))
+    answer = await listing.list_tasks(queue, page)
+    await pace.add_etas(queue, answer["tasks"])  # queued ones (engine/pace.py)
+    return JSON(answer)
 
 
 async def _hinted(request: Request) -> Any:
@@ -158,7 +173,10 @@ async def _hinted(request: Request) -> Any:
 
 
 async def get_task(request: Request) -> Response:
-    return JSON(await (await _hinted(request)).get(eval_id_of(request)))
+    record = await (await _hinted(request)).get(eval_id_of(request))
+    if "position" in record:  # queued: its ETA, once its queue has a pace
+        await pace.add_etas(request.state.engine.queue(record["queue"]), [record])
+    return JSON(record)
 
 
 async def complete_task(request: Request) -> Response:
@@ -182,6 +200,13 @@ async def fail_task(request: Request) -> Response:
     return JSON(await queue.fail(eval_id, error, retry=retry, task=task, detail=detail))
 
 
+async def report_progress(request: Request) -> Response:
+    """A running task's progress (engine/progress.py), fenced like complete."""
+    eval_id = eval_id_of(request)
+    sent = progress.Report.parse(await json_body(request))
+    return JSON(await progress.report(await _hinted(request), eval_id, sent))
+
+
 async def cancel_task(request: Request) -> Response:
     eval_id = eval_id_of(request)
     queue = await _hinted(request)
@@ -196,11 +221,13 @@ ROUTES = [
     # Served by HotPath in the running app; listed so the route table is complete.
     Route("/tasks", create_task, methods=["POST"]),
     Route("/tasks", clear_tasks, methods=["DELETE"]),
+    Route("/tasks", list_tasks, methods=["GET"]),
     Route("/tasks/batch", create_batch, methods=["POST"]),
     Route("/tasks/next", next_task, methods=["GET"]),
     Route("/tasks/{eval_id}", get_task, methods=["GET"]),
     Route("/tasks/{eval_id}/complete", complete_task, methods=["POST"]),
     Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/progress", report_progress, methods=["POST"]),
     Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
     Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
 ]

@@ -78,3 +78,16 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
 
 async def _text_is(locator, expected: str):
     return (await locator.inner_text()).strip() == expected
+
+
+async def test_the_task_view_shows_the_last_progress_report(service, page):
+    assert (await service.http.post("/tasks", json={"eval_id": "pg-view", "code": "x"})).is_success
+    task = (await service.http.get("/tasks/next")).json()
+    report = {"progress": 60, "message": "rows", "attempt": task["attempt"]}
+    assert (await service.http.post("/tasks/pg-view/progress", json=report)).is_success
+    await page.goto(service.url + "/dashboard")
+    await page.fill("#lookup-id", "pg-view")
+    await page.click("#lookup button")
+    await page.locator("#lookup-progress").wait_for(state="visible", timeout=10_000)
+    assert await page.locator("#lookup-bar").evaluate("bar => bar.value") == 60
+    assert "60% rows (attempt 1" in await page.locator("#lookup-progress-text").inner_text()

@@ -13,7 +13,8 @@
 --       field `cb` holds what follows the '+'; see notify_callback in _lib.lua);
 --       only with depends_on: 9 allow_failure ('1'/'0'), 10 result ttl s, 11… parent eval_ids
 -- Also touched, derived in Lua from the task key's base (same hash tag): parents' records
--- and `deps:<parent>` sets; a task created cancelled goes through finished() (_lib.lua).
+-- and `deps:<parent>` sets; a task created cancelled goes through finished() (_lib.lua); a
+-- deferred one joins the queue's `deferred` zset (the counters key minus `counters`).
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known; {'unknown', {ids}}
 -- when parents are unknown; {'cancelled', reason} when a parent already failed.
 local id, prio, payload, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
@@ -88,6 +89,7 @@ local function with_parents()
     redis.call('HSET', base .. 'task:' .. parent, 'kids', 1)
   end
   redis.call('HINCRBY', KEYS[3], 'deferred:' .. prio, 1)
+  redis.call('ZADD', string.sub(KEYS[3], 1, -9) .. 'deferred', now, id)  -- <queue>deferred
   event(KEYS[5], maxlen, id, 'deferred')
   return {'deferred', 0}
 end
