@@ -35,6 +35,7 @@ async def shoot(page: Any, tmp_path: Path, name: str, selector: str | None = Non
     if selector is None:
         assert png.size(path) == (VIEWPORT["width"], VIEWPORT["height"])
     if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(SHOTS) / path.name)
     return path
 
