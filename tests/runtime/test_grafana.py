@@ -74,7 +74,7 @@ async def test_every_metric_the_dashboard_queries_is_exported(
     await service.http.post("/tasks", json={"eval_id": "g-1", "code": "x"})
 
     async def ran() -> bool:
-        return (await service.http.get("/tasks/g-1")).json()["status"] == "completed"
+        return bool((await service.http.get("/tasks/g-1")).json()["status"] == "completed")
 
     await wait_for(ran)
     names = await exported(service)
