@@ -22,9 +22,10 @@ function niceMax(max) {
   return [step * Math.ceil(max / step), step];
 }
 
-function timeLabel(epoch, step) {
+// An axis label (UTC): the time of day within a day's span, with the date beyond one.
+function timeLabel(epoch, span) {
   const iso = new Date(epoch * 1000).toISOString();
-  return step < 3600 ? iso.slice(11, 16) : iso.slice(5, 10) + " " + iso.slice(11, 13) + "h";
+  return span <= 86400 ? iso.slice(11, 16) : iso.slice(5, 10) + " " + iso.slice(11, 16);
 }
 
 function chart(points, step) {
@@ -41,7 +42,7 @@ function chart(points, step) {
   for (let k = 0; k < ticks; k++) {
     const i = Math.round((k / Math.max(1, ticks - 1)) * (points.length - 1));
     const anchor = k === 0 ? "start" : k === ticks - 1 ? "end" : "middle";
-    root.append(svg("text", { x: x(i), y: H - 8, "text-anchor": anchor }, timeLabel(points[i].at, step)));
+    root.append(svg("text", { x: x(i), y: H - 8, "text-anchor": anchor }, timeLabel(points[i].at, points.length * step)));
   }
   root.append(svg("line", { x1: M.left, x2: W - M.right, y1: y(0), y2: y(0), class: "axis" }));
   for (const [name, color] of [...SERIES].reverse()) {  // the main series drawn last, on top
@@ -79,7 +80,8 @@ async function start() {
   try {
     const status = await apiJson("/status");
     const wanted = new URLSearchParams(location.search).get("queue") || status.queue;
-    setOptions($("#queue"), queueNames(status), wanted);
+    const eas = (status.eas || []).flatMap((r) => [r.service, r.service + "/sink"]);
+    setOptions($("#queue"), [...queueNames(status), ...eas], wanted);
   } catch (err) { $("#history-error").textContent = String(err.message || err); $("#history-error").hidden = false; return; }
   await load();
 }

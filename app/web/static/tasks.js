@@ -13,7 +13,7 @@ const attemptsCol = ["attempts", (t) => t.attempts];
 const doneCol = ["finished", (t) => shortTime(t.completed_at)];
 const agoCol = ["ago", (t) => duration(since(t.completed_at))];
 const COLUMNS = {
-  queued: [["position", (t) => t.position], idCol, prioCol, tenantCol, ["waiting", (t) => duration(since(t.created_at))], ["eta", (t) => shortTime(t.eta)]],
+  queued: [["position", (t) => t.position], idCol, prioCol, tenantCol, ["age", (t) => duration(since(t.created_at))], ["eta", (t) => shortTime(t.eta)]],
   processing: [idCol, prioCol, ["holder", (t) => t.worker ?? t.holder ?? t.consumer], ["started", (t) => shortTime(t.started_at)], ["elapsed", (t) => duration(since(t.started_at))], attemptsCol, ["progress", (t) => (t.progress ? `${t.progress.progress}%` : null)]],
   scheduled: [idCol, prioCol, tenantCol, ["due", (t) => shortTime(t.run_at)], ["in", (t) => duration(-since(t.run_at))]],
   retrying: [idCol, prioCol, ["due", (t) => shortTime(t.run_at)], ["in", (t) => duration(-since(t.run_at))], attemptsCol, ["last error", (t) => t.error]],
