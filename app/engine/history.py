@@ -5,7 +5,8 @@ stream (`<events>:m:<epoch minute>`, event() in lua/_lib.lua, kept `MINUTE_TTL`)
 costs each task nothing more than the per-minute plots always did. The hourly
 housekeeping (admin.cleanup_queue, one process per queue and interval) rolls every
 finished hour up into `<events>:h:<epoch hour>` (lua/rollup.lua, kept `HOUR_TTL`), and
-`<events>:h:rolled` remembers the last hour rolled. An hour not rolled yet (the current
+`<events>:h:rolled` remembers the last hour rolled (so after its first run the
+housekeeping of a queue rolls one hour per run). An hour not rolled yet (the current
 one, or the housekeeping did not run) is summed from its minutes when read, so a series
 never has a hole while the minutes are kept.
 

@@ -139,9 +139,13 @@ async def test_hours_are_rolled_up_once_and_read_the_same_before_and_after(
     assert await history.series(streams, "hour", 4) == before
 
 
-async def test_a_queue_without_history_gets_no_rollup_keys(streams: Queue) -> None:
-    await history.rollup(streams)
-    assert not await raw(streams).exists(history.rolled_key(streams))
+async def test_an_idle_queue_gets_only_the_marker(streams: Queue) -> None:
+    """So the next housekeeping rolls only the hour that ended since."""
+    hour = await current_hour(streams)
+    assert await history.rollup(streams) == 0
+    assert int(await raw(streams).get(history.rolled_key(streams))) == hour - 1
+    hours = [history.hour_key(streams, h) for h in range(hour - 48, hour)]
+    assert not await raw(streams).exists(*hours)
 
 
 async def test_the_housekeeping_rolls_up(streams: Queue) -> None:

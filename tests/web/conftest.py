@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import ViewportSize, async_playwright
 
 from app.engine import views
+from app.engine.history import rolled_key
 from app.engine.queue import Queue
 from tests.conftest import Service
 
@@ -28,8 +29,8 @@ async def snapshot(client: Any, streams: Queue) -> dict[str, Any]:
     """Everything this queue holds in Redis: every key's content, plus the counts."""
     stored: dict[Any, Any] = {}
     async for key in client.scan_iter(match=f"{streams.keys.prefix}*", count=1000):
-        if key == streams.keys.cleanup_lock.encode():
-            continue  # housekeeping's lock, taken by the service's first cleanup at any moment
+        if key in (streams.keys.cleanup_lock.encode(), rolled_key(streams).encode()):
+            continue  # housekeeping's lock and roll-up marker, set by its first run at any moment
         kind = (await client.type(key)).decode()
         if kind == "stream":
             stored[key] = (kind, await client.xrange(key))

@@ -4,7 +4,7 @@
 -- field by field into `<events>:h:<epoch hour>` (kept ARGV[2] s); the hour hash is
 -- rewritten whole, so rolling an hour again gives the same hash. An hour without any
 -- state change leaves no hash. The marker remembers the last hour rolled, so the hourly
--- housekeeping rolls each hour once; a queue that never had a state change gets no key.
+-- housekeeping rolls each hour once (an idle queue too: one small key).
 -- KEYS: 1 the hour's hash, 2 the marker (last hour rolled), 3..62 the hour's 60 minute
 --       hashes, oldest first
 -- ARGV: 1 epoch hour, 2 ttl s of the hour hash and the marker
@@ -26,7 +26,5 @@ if total > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 local last = redis.call('GET', KEYS[2])
-if (last or total > 0) and tonumber(ARGV[1]) > tonumber(last or '-1') then
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-end
+if tonumber(ARGV[1]) > tonumber(last or '-1') then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
 return total
