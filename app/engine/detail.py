@@ -8,7 +8,7 @@
 - the dead letter of a failed task: error, traceback or executor answer, when;
 - the timeline: the task's entries of its queue's events stream (state, attempt, time).
   That stream is capped (EVENTS_MAXLEN) and shared by every task of the queue, so it is
-  read from the task's creation on, in pages, at most `SCAN_LIMIT` entries;
+  read from the task's creation to its tail, in pages, at most `SCAN_LIMIT` entries;
   `timeline_complete` is false when the stream no longer reaches back to the creation or
   the scan stopped early.
 
@@ -45,7 +45,7 @@ async def detail(engine: Engine, eval_id: str) -> dict[str, Any]:
     queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
     payload, lease, dead = await _stored(queue, eval_id, rec)
     created = int(rec.get(b"created", 0))
-    events, complete = await _timeline(queue, eval_id, created, int(rec.get(b"finished", 0)))
+    events, complete = await _timeline(queue, eval_id, created)
     return {
         "eval_id": eval_id,
         "queue": queue.keys.queue,
@@ -99,11 +99,13 @@ async def _dead_letter(queue: Queue, entry: bytes) -> dict[str, Any] | None:
 
 
 async def _timeline(
-    queue: Queue, eval_id: str, created_ms: int, finished_ms: int
+    queue: Queue, eval_id: str, created_ms: int
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The task's events from its creation to its end (or now), oldest first."""
+    """The task's events from its creation on, oldest first. Not cut at its `finished`
+    time: the event of the last transition may carry a later millisecond than the time its
+    script read, and a re-driven dead letter lives on."""
     first: Any = await queue.redis.xrange(queue.keys.events, "-", "+", count=1)
-    start, end = f"{created_ms}-0" if created_ms else "-", f"{finished_ms}" if finished_ms else "+"
+    start, end = f"{created_ms}-0" if created_ms else "-", "+"
     found, scanned = [], 0
     while scanned < SCAN_LIMIT:
         page: Any = await queue.redis.xrange(queue.keys.events, start, end, count=PAGE)

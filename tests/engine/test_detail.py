@@ -98,3 +98,15 @@ async def test_a_trimmed_events_stream_says_the_timeline_is_partial(streams: Que
 async def test_an_unknown_task_is_not_found(streams: Queue):
     with pytest.raises(NotFound):
         await details(streams, "nobody")
+
+
+async def test_the_last_event_counts_though_its_millisecond_is_after_finished(streams: Queue):
+    """A script reads the time once; its XADD may land a millisecond later (a slow script,
+    a loaded server): the timeline is not cut at `finished`."""
+    await streams.enqueue(req("d-late"))
+    task = await claim_one(streams)
+    await streams.fail("d-late", "x", task=task, retry=False)
+    created = await raw(streams).hget(streams.keys.task("d-late"), "created")
+    await raw(streams).hset(streams.keys.task("d-late"), "finished", created)
+    found = await details(streams, "d-late")
+    assert [e["state"] for e in found["timeline"]] == ["queued", "processing", "failed"]
