@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class Image:
     height: int
     rows: list[bytes]  # unfiltered scanlines
     channels: int
+    _colours: Counter[tuple[int, int, int]] | None = None
 
     def pixel(self, x: int, y: int) -> tuple[int, int, int]:
         i = x * self.channels
@@ -27,14 +29,20 @@ class Image:
 
     def count(self, colour: tuple[int, int, int], tolerance: int = 24) -> int:
         """Pixels within `tolerance` of `colour` on every channel."""
-        found = 0
-        for y in range(self.height):
-            for x in range(self.width):
-                if all(
-                    abs(a - b) <= tolerance for a, b in zip(self.pixel(x, y), colour, strict=True)
-                ):
-                    found += 1
-        return found
+        return sum(
+            n
+            for found, n in self.colours().items()
+            if all(abs(a - b) <= tolerance for a, b in zip(found, colour, strict=True))
+        )
+
+    def colours(self) -> Counter[tuple[int, int, int]]:
+        """How many pixels have each colour (counted once, in C loops: few colours)."""
+        if self._colours is None:
+            ch, found = self.channels, Counter[tuple[int, int, int]]()
+            for row in self.rows:
+                found.update(zip(row[0::ch], row[1::ch], row[2::ch], strict=True))
+            self._colours = found
+        return self._colours
 
 
 def size(path: Path) -> tuple[int, int]:
