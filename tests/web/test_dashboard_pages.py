@@ -85,7 +85,11 @@ async def test_the_overview_shows_the_oldest_waiting_task(service: Service, page
     assert await row.locator("td:nth-child(3)").get_attribute("title") == "ow-h"
     gpu = page.locator("#named tbody tr", has_text="gpu")
     await gpu.wait_for()
-    assert (await gpu.locator("td:nth-child(7)").inner_text()).endswith(("ms", "s"))
+
+    async def gpu_aged() -> bool:
+        return str(await gpu.locator("td:nth-child(7)").inner_text()).endswith(("ms", "s"))
+
+    await wait_for(gpu_aged)
     await shoot(page, tmp_path, "overview")
     header = png.read(await shoot(page, tmp_path, "overview-header", "header"))
     assert header.count(HEADER, 4) > header.width * header.height // 2
