@@ -24,7 +24,10 @@ queue's pace is averaged over up to `KEPT × SAMPLE_EVERY` seconds). No ETA ("no
 until two readings `MIN_SPAN` apart have seen at least two starts, nor while the pace is
 not positive (paused, no executors, or higher priorities arriving as fast as it serves).
 
-Imports: client, queue (typing), models.
+An ETA is a best effort: when Redis refuses writes (the sample), the record is answered
+without one rather than failing a read.
+
+Imports: client, queue (typing), models, errors.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.engine.client import text, translate_errors
+from app.errors import Unavailable
 from app.models import PRIORITY_ORDER, Priority, iso_ms
 
 if TYPE_CHECKING:
@@ -115,7 +119,10 @@ async def add_etas(queue: Queue, records: Sequence[dict[str, Any]]) -> None:
     waiting = [r for r in records if r.get("position")]
     if not waiting:
         return
-    pace = await pace_of(queue)
+    try:
+        pace = await pace_of(queue)
+    except Unavailable:  # refusing writes (the sample): the record, without an estimate
+        return
     if pace is None:
         return
     for record in waiting:

@@ -69,9 +69,7 @@ def render(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> ServerSen
 
 
 async def follow(queue: Queue, arrivals: Arrivals, start: str) -> AsyncIterator[Any]:
-    """The queue's events after `start`, then each new one as it is appended."""
-    if start == "$":
-        start = await views.events_tail(queue)
+    """The queue's events after `start` (an entry id), then each new one as it is appended."""
     async with arrivals.waiting(lambda entry: True) as arrived:
         while True:
             arrived.clear()
@@ -87,6 +85,10 @@ async def follow(queue: Queue, arrivals: Arrivals, start: str) -> AsyncIterator[
 async def events(request: Request) -> Response:
     queue = await params.resolve_queue(request.state, request.query_params.get("queue"))
     start = _start(request)
+    if start == "$":
+        # Fixed before the headers go out: a client that has the headers (and then reads a
+        # task's record) misses no later change, as it would if the generator read the tail.
+        start = await views.events_tail(queue)
     feeds: dict[str, Arrivals] = request.state.event_arrivals
     arrivals = feeds.get(queue.keys.events)
     if arrivals is None:

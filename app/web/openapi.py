@@ -5,8 +5,8 @@ nothing from other hosts. Every status a route can answer is declared (tests/web
 runs schemathesis over the document against a live service): 401 on every route behind
 API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
 The building blocks (schemas, parameters, errors) are in web/openapi_schemas.py.
-Imports: web.openapi_schemas, web.openapi_pages (and offapi, yaml; web/app.py checks the spec
-covers its routes).
+Imports: web.openapi_schemas, web.openapi_pages, web.openapi_schedules (and offapi, yaml;
+web/app.py checks the spec covers its routes).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from offapi import OpenAPITemplate
 
 from app import __version__
 from app.web import openapi_pages
+from app.web.openapi_schedules import schedule_paths
 from app.web.openapi_schemas import (
     BODY,
     DELIVERY,
@@ -131,6 +132,18 @@ def paths() -> dict[str, dict[str, Any]]:
                 "Report the progress of a running task (fenced like complete)",
                 {200: json_content(OBJECT), **error_responses(*GUARDED, *BODY, 404, 409)},
                 PROGRESS_IN,
+                [TASK_ID, HINT_QUEUE],
+            )
+        },
+        "/tasks/{eval_id}/renew": {
+            "post": operation(
+                "Keep a pulled task's lease (TASK_TIMEOUT s from now again)",
+                {200: json_content(OBJECT), **error_responses(*GUARDED, *BODY, 404, 409)},
+                {
+                    "type": "object",
+                    "required": ["lease", "attempt"],
+                    "properties": {"lease": {"type": "string"}, "attempt": {"type": "integer"}},
+                },
                 [TASK_ID, HINT_QUEUE],
             )
         },
@@ -268,6 +281,7 @@ def paths() -> dict[str, dict[str, Any]]:
         **openapi_pages.paths(),
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
+        **schedule_paths(),
     }
 
 

@@ -189,6 +189,10 @@ DELIVERY: dict[str, Any] = {
         "timeout": {"type": ["number", "null"]},
         "lease": {"type": "string", "description": "send back with complete/fail to fence"},
         "progress_url": {"type": "string", "description": "POST progress reports here"},
+        "lease_timeout": {
+            "type": "number",
+            "description": "seconds the lease lasts unless renewed (TASK_TIMEOUT)",
+        },
         "traceparent": {"type": "string", "description": "the W3C trace context kept with it"},
         "tracestate": {"type": "string"},
     },

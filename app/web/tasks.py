@@ -1,7 +1,8 @@
 """The legacy task API: `/tasks` (create, batch, pull, get, complete, fail, cancel, clear).
 
 Handlers parse (bodies with models, query parameters with params), call one engine
-operation (or the runtime's `pull`), and answer `JSON`. The engine counts the transitions.
+operation (or the runtime's `pull`), and answer `JSON`. A pull worker keeps its task's
+lease with `renew` (TASK_TIMEOUT s again from each call). The engine counts the transitions.
 Enqueues keep a W3C trace context with each task (runtime/tracing.py): the task's own
 `traceparent` field, else the request's header, else a new trace; with a tracer, the
 context of the `send` span made around the enqueue.
@@ -21,7 +22,8 @@ from starlette.routing import Route
 
 from app.engine import admin, listing, pace, progress
 from app.engine.engine import Engine
-from app.errors import Invalid
+from app.engine.queue import Queue
+from app.errors import Conflict, Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
 from app.runtime import tracing
 from app.runtime.consumers import progress_url
@@ -151,7 +153,7 @@ async def next_task(request: Request) -> Response:
     if task is None:
         return Response(status_code=204)
     task.progress_url = progress_url(settings.base_url, task.eval_id, queue.keys.q)
-    return JSON({**task.view(), "queue": queue.keys.queue})
+    return JSON({**task.view(), "queue": queue.keys.queue, "lease_timeout": settings.task_timeout})
 
 
 async def list_tasks(request: Request) -> Response:
@@ -167,7 +169,7 @@ async def list_tasks(request: Request) -> Response:
     return JSON(answer)
 
 
-async def _hinted(request: Request) -> Any:
+async def _hinted(request: Request) -> Queue:
     """The queue `?queue=` hints at for a by-id call (see `params.resolve_queue`)."""
     return await params.resolve_queue(request.state, request.query_params.get("queue"), hint=True)
 
@@ -207,6 +209,39 @@ async def report_progress(request: Request) -> Response:
     return JSON(await progress.report(await _hinted(request), eval_id, sent))
 
 
+async def renew_task(request: Request) -> Response:
+    """A pull worker keeps its task: the lease runs TASK_TIMEOUT s from now again, fenced
+    by the delivery token like complete and fail (409 once it lapsed or was handed on)."""
+    eval_id = eval_id_of(request)
+    task = _delivery(eval_id, json_object(await json_body(request)))
+    if task is None:
+        raise Invalid("lease and attempt are required")
+    queue = await _hinted(request)
+    if await queue.renew(request.state.consumer, [task], request.state.settings.task_timeout):
+        queue = await _renew_elsewhere(request, queue, task)
+    return JSON(
+        {
+            "eval_id": eval_id,
+            "status": "processing",
+            "queue": queue.keys.queue,
+            "lease_timeout": request.state.settings.task_timeout,
+        }
+    )
+
+
+async def _renew_elsewhere(request: Request, queue: Queue, task: Task) -> Queue:
+    """A renewal refused by `queue`: the task lives in another queue (a missing or wrong
+    `?queue=` hint: renewed there), or it is unknown (404) or no longer this delivery's (409).
+    The record is read only on this path, so a renewal costs one script."""
+    record = await queue.get(task.eval_id)  # NotFound when unknown, in any queue
+    if record["queue"] != queue.keys.queue and record["status"] == "processing":
+        engine: Engine = request.state.engine
+        other = engine.queue(record["queue"])
+        if not await other.renew(request.state.consumer, [task], engine.settings.task_timeout):
+            return other
+    raise Conflict(f"task is {record['status']}; the lease of attempt {task.attempt} is lost")
+
+
 async def cancel_task(request: Request) -> Response:
     eval_id = eval_id_of(request)
     queue = await _hinted(request)
@@ -228,6 +263,7 @@ ROUTES = [
     Route("/tasks/{eval_id}/complete", complete_task, methods=["POST"]),
     Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
     Route("/tasks/{eval_id}/progress", report_progress, methods=["POST"]),
+    Route("/tasks/{eval_id}/renew", renew_task, methods=["POST"]),
     Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
     Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
 ]

@@ -124,6 +124,16 @@ async def test_equal_due_times_page_without_loss(streams: Queue):
     assert ids(tasks) == [f"same{i}" for i in range(7)]
 
 
+async def test_a_page_goes_on_when_its_last_task_left_the_schedule(streams: Queue):
+    for i in range(6):
+        await streams.enqueue(req(f"tie{i}", run_at=4_000_000_000))
+    first = await page_of(streams, "scheduled", limit=3)
+    assert ids(first["tasks"]) == ["tie0", "tie1", "tie2"]
+    await streams.cancel("tie2")  # the cursor's member is gone: found again by its score
+    rest = await page_of(streams, "scheduled", cursor=first["next_cursor"])
+    assert ids(rest["tasks"]) == ["tie3", "tie4", "tie5"]
+
+
 async def test_deferred_with_what_it_waits_for(streams: Queue):
     await streams.enqueue(req("parent"))
     await streams.enqueue(req("kid1", depends_on=["parent"]))

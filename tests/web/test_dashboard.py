@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): counts match
-/status, a DLQ retry click re-queues the task, events appear live, pause/resume works;
-a screenshot is saved in the test's temp dir. The other pages (task browser, task page,
-history) are in test_dashboard_pages.py; the `page` fixture is in conftest.py."""
+/status, a DLQ retry click re-queues the task, events appear live, pause/resume works, the
+schedules list shows a schedule and its pause / resume buttons work; a screenshot is saved
+in the test's temp dir. The other pages (task browser, task page, history) are in
+test_dashboard_pages.py; the `page` fixture is in conftest.py."""
 
 from __future__ import annotations
 
@@ -70,6 +71,20 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     await page.click("#resume")
     await page.locator("#paused", has_text="running").wait_for(timeout=10_000)
     assert (await service.http.get("/status")).json()["paused"] is False
+
+    # the schedules list, and its pause / resume buttons
+    nightly = {"name": "nightly", "cron": "30 2 * * *", "task": {"code": "x"}}
+    assert (await service.http.post("/schedules", json=nightly)).status_code == 201
+    schedule = page.locator('#schedules tr[data-name="nightly"]')
+    await schedule.wait_for(timeout=10_000)
+    assert "30 2 * * * (UTC)" in await schedule.inner_text()
+    await page.click('button.schedule-pause[data-name="nightly"]')
+    await page.locator('button.schedule-resume[data-name="nightly"]').wait_for(timeout=10_000)
+    assert (await service.http.get("/schedules/nightly")).json()["paused"] is True
+    assert "paused" in await schedule.inner_text()
+    await page.click('button.schedule-resume[data-name="nightly"]')
+    await page.locator('button.schedule-pause[data-name="nightly"]').wait_for(timeout=10_000)
+    assert (await service.http.get("/schedules/nightly")).json()["paused"] is False
 
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000

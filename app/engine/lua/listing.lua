@@ -45,13 +45,27 @@ local function metadata_has(payload)
   return false
 end
 
-local function wanted(id, rec, payload)
-  if tenant ~= '' and (rec['tenant'] or 'default') ~= tenant then return false end
-  if q == '' or string.sub(id, 1, #q) == q then return true end
-  return metadata_has(payload)
+-- `q` first: it needs no Redis call where the payload is at hand (stream entries, dead
+-- letters), so a filtered scan reads the records of the matches only.
+local function q_ok(id, payload)
+  return q == '' or string.sub(id, 1, #q) == q or metadata_has(payload)
+end
+
+local function tenant_ok(rec)
+  return tenant == '' or (rec['tenant'] or 'default') == tenant
 end
 
 local function full() return #items >= limit or scanned >= budget end
+
+-- How many candidates to read next: what the page still needs (`ratio` times that when
+-- only some of them can match), never past the budget, and at most 100 at a time (Lua's
+-- garbage collector makes a script that holds a large reply and then makes hundreds of
+-- calls several times slower than the same work in slices: measured 13 ms → 8 ms for 500
+-- records).
+local function chunk(ratio)
+  if q ~= '' or tenant ~= '' then ratio = 8 end
+  return math.min(budget - scanned, (limit - #items) * ratio + 1, 100)
+end
 
 local function record(id)
   local flat = redis.call('HGETALL', prefix .. id)
@@ -76,9 +90,7 @@ local function later(a, b)  -- the later of two entry ids
   return tonumber(as) >= tonumber(bs) and a or b
 end
 
-local function position(prio_index, seq, ahead)
-  local p = PRIOS[prio_index]
-  local head = tonumber(redis.call('HGET', KEYS[4], 'head:' .. p) or '0')
+local function position(prio_index, head, seq, ahead)
   return ahead + seq - head - redis.call('ZCOUNT', KEYS[4 + prio_index], '(' .. head, '(' .. seq)
 end
 
@@ -88,17 +100,19 @@ local function queued_page(first, after)
   for i = first, 3 do
     local from = delivered(KEYS[i])
     if i == first and after ~= '' then from = later(from, after) end
+    local head = tonumber(redis.call('HGET', KEYS[4], 'head:' .. PRIOS[i]) or '0')
     while true do
-      local n = budget - scanned
+      local n = chunk(1)
       local got = redis.call('XRANGE', KEYS[i], '(' .. from, '+', 'COUNT', n)
       for _, e in ipairs(got) do
         scanned, from = scanned + 1, e[1]
         local fields = to_map(e[2])
-        local flat, rec = record(fields['id'])
-        if rec['state'] == 'queued' and rec['entry'] == e[1] and
-          wanted(fields['id'], rec, fields['payload']) then
-          local pos = position(i, tonumber(rec['seq']), ahead)
-          items[#items + 1] = {fields['id'], flat, pos, fields['payload'] or ''}
+        if q_ok(fields['id'], fields['payload']) then
+          local flat, rec = record(fields['id'])
+          if rec['state'] == 'queued' and rec['entry'] == e[1] and tenant_ok(rec) then
+            local pos = position(i, head, tonumber(rec['seq']), ahead)
+            items[#items + 1] = {fields['id'], flat, pos, fields['payload'] or ''}
+          end
         end
         if full() then return {i, e[1]} end
       end
@@ -113,17 +127,16 @@ local function processing_page(first, after)
   for i = first, 3 do
     local from = (i == first and after ~= '') and ('(' .. after) or '-'
     while true do
-      local n = budget - scanned
+      local n = chunk(1)
       local got = redis.pcall('XPENDING', KEYS[i], group, from, '+', n)
       if type(got) ~= 'table' or got.err then break end
       for _, p in ipairs(got) do
         scanned, from = scanned + 1, '(' .. p[1]
         local entry = redis.call('XRANGE', KEYS[i], p[1], p[1])
         local fields = entry[1] and to_map(entry[1][2]) or {}
-        if fields['id'] then
+        if fields['id'] and q_ok(fields['id'], fields['payload']) then
           local flat, rec = record(fields['id'])
-          if rec['state'] == 'processing' and rec['entry'] == p[1] and
-            wanted(fields['id'], rec, fields['payload']) then
+          if rec['state'] == 'processing' and rec['entry'] == p[1] and tenant_ok(rec) then
             items[#items + 1] = {fields['id'], flat, p[2], fields['payload'] or ''}
           end
         end
@@ -137,71 +150,77 @@ end
 
 -- Members after (score, member): by rank while the member is still there, else from its
 -- score on, skipping the members of that score up to it (they were listed).
-local function zset_page(score, member)
-  local got, skip = nil, nil
+local function zset_read(score, member, n)
   local rank = member ~= '' and redis.call('ZRANK', KEYS[1], member)
-  if rank then
-    got = redis.call('ZRANGE', KEYS[1], rank + 1, rank + budget, 'WITHSCORES')
-  elseif member ~= '' then
-    got = redis.call('ZRANGEBYSCORE', KEYS[1], score, '+inf', 'WITHSCORES', 'LIMIT', 0, budget)
-    skip = tonumber(score)
-  else
-    got = redis.call('ZRANGE', KEYS[1], 0, budget - 1, 'WITHSCORES')
-  end
-  for i = 1, #got, 2 do
-    local id, at = got[i], got[i + 1]
-    scanned = scanned + 1
-    if not (skip and tonumber(at) == skip and id <= member) then
-      local flat, rec = record(id)
-      if rec['state'] == state and wanted(id, rec, rec['payload']) then
-        items[#items + 1] = {id, flat, at, ''}
+  if rank then return redis.call('ZRANGE', KEYS[1], rank + 1, rank + n, 'WITHSCORES') end
+  if member == '' then return redis.call('ZRANGE', KEYS[1], 0, n - 1, 'WITHSCORES') end
+  return redis.call('ZRANGEBYSCORE', KEYS[1], score, '+inf', 'WITHSCORES', 'LIMIT', 0, n), true
+end
+
+local function zset_page(score, member)
+  while true do
+    local n = chunk(2)
+    local got, by_score = zset_read(score, member, n)
+    local skip_score, skip_member = by_score and score, member  -- listed before: ties up to it
+    for i = 1, #got, 2 do
+      local id, at = got[i], got[i + 1]
+      scanned = scanned + 1
+      if not (at == skip_score and id <= skip_member) then
+        local flat, rec = record(id)
+        if rec['state'] == state and tenant_ok(rec) and q_ok(id, rec['payload']) then
+          items[#items + 1] = {id, flat, at, ''}
+        end
       end
+      score, member = at, id
+      if full() then return {at, id} end
     end
-    if full() then return {at, id} end
+    if #got < 2 * n then return nil end
   end
-  return nil
+end
+
+-- Entries of a stream, newest first, after `after` ('' = from the newest), in chunks.
+local function backwards(after, ratio, each)
+  local from = after ~= '' and ('(' .. after) or '+'
+  while true do
+    local n = chunk(ratio)
+    local got = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', n)
+    for _, e in ipairs(got) do
+      scanned, from = scanned + 1, '(' .. e[1]
+      each(e)
+      if full() then return {e[1]} end
+    end
+    if #got < n then return nil end
+  end
 end
 
 local function events_page(after)
   local seen = {}
-  local got = redis.call('XREVRANGE', KEYS[1], after ~= '' and ('(' .. after) or '+', '-',
-    'COUNT', budget)
-  for _, e in ipairs(got) do
-    scanned = scanned + 1
+  -- a task leaves three events or more (queued, processing, its end): read 4 per task
+  return backwards(after, 4, function(e)
     local fields = to_map(e[2])
     local id = fields['id']
-    if fields['state'] == state and not seen[id] then
-      seen[id] = true
-      local flat, rec = record(id)
-      local at = tonumber(string.match(e[1], '^%d+'))
-      -- the task's own last state change: an older event of the same eval_id (a run
-      -- before a DLQ retry, a task before its id was reused) is older than `finished`
-      if rec['state'] == state and tonumber(rec['finished'] or '0') <= at and
-        wanted(id, rec, nil) then
-        items[#items + 1] = {id, flat, at, ''}
-      end
+    if fields['state'] ~= state or seen[id] or not q_ok(id, nil) then return end
+    seen[id] = true
+    local flat, rec = record(id)
+    local at = tonumber(string.match(e[1], '^%d+'))
+    -- the task's own last state change: an older event of the same eval_id (a run
+    -- before a DLQ retry, a task before its id was reused) is older than `finished`
+    if rec['state'] == state and tonumber(rec['finished'] or '0') <= at and tenant_ok(rec) then
+      items[#items + 1] = {id, flat, at, ''}
     end
-    if full() then return {e[1]} end
-  end
-  return nil
+  end)
 end
 
 local function dlq_page(after)
-  local got = redis.call('XREVRANGE', KEYS[1], after ~= '' and ('(' .. after) or '+', '-',
-    'COUNT', budget)
-  for _, e in ipairs(got) do
-    scanned = scanned + 1
+  return backwards(after, 1, function(e)
     local dead = to_map(e[2])
+    if not q_ok(dead['id'], dead['payload']) then return end
     local flat, rec = record(dead['id'])
     -- a record of another task under this eval_id (reused once this one's record expired)
     -- is not shown: only the dead letter is
     if rec['dlq'] ~= e[1] then flat, rec = {}, {} end
-    if wanted(dead['id'], rec, dead['payload']) then
-      items[#items + 1] = {dead['id'], flat, e[2], dead['payload'] or ''}
-    end
-    if full() then return {e[1]} end
-  end
-  return nil
+    if tenant_ok(rec) then items[#items + 1] = {dead['id'], flat, e[2], dead['payload'] or ''} end
+  end)
 end
 
 local cursor
