@@ -5,7 +5,7 @@ named queue used): their task records are shared, so no queue of them can be cle
 alone. Finished records are reachable from no structure; they are found by SCAN (an admin
 operation, never on a hot path) and unlinked in batches.
 
-Imports: client, keys, queue, engine, records, models, errors.
+Imports: client, keys, queue, engine, history, records, models, errors.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from app.engine import history
 from app.engine.client import (
     Redis,
     consumer_name,
@@ -143,7 +144,8 @@ async def dlq_purge(
 
 async def cleanup(engine: Engine, more: Sequence[Queue] = ()) -> dict[str, int] | None:
     """Hourly housekeeping of every legacy queue and of `more` (queues of a wing above):
-    dead letters older than DLQ_MAX_AGE_DAYS purged, events streams trimmed. Each queue has
+    dead letters older than DLQ_MAX_AGE_DAYS purged, events streams trimmed, finished hours
+    of state counters rolled up (engine/history.py). Each queue has
     a lock, so one process per interval does each; None when this one did none."""
     done: dict[str, int] | None = None
     for queue in [*await _used(engine), *more]:
@@ -162,4 +164,5 @@ async def cleanup_queue(queue: Queue) -> dict[str, int] | None:
         return None
     removed = await dlq_purge(queue, older_than=s.dlq_max_age_days * 86400)
     trimmed = await queue.redis.xtrim(k.events, maxlen=s.events_maxlen, approximate=True)
-    return {"dlq_removed": removed, "events_trimmed": int(trimmed)}
+    hours = await history.rollup(queue)
+    return {"dlq_removed": removed, "events_trimmed": int(trimmed), "hours_rolled": hours}

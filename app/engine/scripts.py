@@ -79,6 +79,9 @@ AUDIT = (
     "fsck_numbered",
     "fsck_counters",
 )
+# Read-only or housekeeping scripts of engine/history.py: the oldest waiting entry of each
+# priority stream, the hourly roll-up of the per-minute counters.
+HISTORY = ("oldest", "rollup")
 # Scripts whose writes are answered to a client (an HTTP request, a command line): under
 # DURABILITY=replica|fsync their batch ends with WAIT / WAITAOF when issued while
 # `answering()`. Claims and renewals never need it (a lost one is delivered again).
@@ -195,6 +198,7 @@ class Scripts:
         self._confirm: bytes | None = None
         self.load("app.engine", CORE)
         self.load("app.engine", AUDIT, ("_fsck.lua",))
+        self.load("app.engine", HISTORY)
 
     def load(
         self,

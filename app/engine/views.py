@@ -5,7 +5,7 @@ functions over several queues read them all in a fixed number of round trips, ho
 queues there are. `health` adds one tiny write (a probe key of this process, expiring), so
 a Redis that refuses writes is reported although every read works.
 
-Imports: client, keys, queue, engine, models.
+Imports: client, keys, queue, engine, history, models.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from app.engine import history
 from app.engine.client import Redis, consumer_name, raise_translated, text, translate_errors
 from app.engine.engine import Engine
 from app.engine.keys import GROUP, QueueKeys
@@ -43,14 +44,16 @@ async def consumers(queue: Queue) -> list[dict[str, Any]]:
 
 
 async def queues_overview(engine: Engine) -> dict[str, dict[str, Any]]:
-    """Counts and consumers of every named legacy queue (QUEUE_EXECUTORS, or used), in
-    three round trips however many there are."""
-    keys = [q.keys for q in (await engine.legacy_queues())[1:]]
+    """Counts, consumers and oldest waiting tasks of every named legacy queue
+    (QUEUE_EXECUTORS, or used), in four round trips however many there are."""
+    queues = (await engine.legacy_queues())[1:]
+    keys = [q.keys for q in queues]
     all_counts = await counts_of(engine.client, keys)
     all_consumers = await consumers_of(engine.client, keys)
+    all_ages = await history.oldest_waiting(queues)
     return {
-        k.queue: {**c, "consumers": who}
-        for k, c, who in zip(keys, all_counts, all_consumers, strict=True)
+        k.queue: {**c, "consumers": who, "oldest_waiting": ages}
+        for k, c, who, ages in zip(keys, all_counts, all_consumers, all_ages, strict=True)
     }
 
 
@@ -178,7 +181,7 @@ async def events_tail(queue: Queue) -> str:
 @translate_errors
 async def minute_stats(queue: Queue, minutes: int) -> list[dict[str, int]]:
     """State changes per minute over the last `minutes` (oldest first), from the
-    per-minute counters the scripts keep beside the events stream (2 h)."""
+    per-minute counters the scripts keep beside the events stream (48 h)."""
     now_s, _ = await queue.redis.time()
     current = int(now_s) // 60
     pipe = queue.redis.pipeline(transaction=False)

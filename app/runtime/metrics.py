@@ -14,7 +14,7 @@ call durations into it, the callback sender its deliveries. Each `Runtime` has i
 a registry of its own, so several in one process (the tests) never share counters. The
 text exposition is built here; the web wing serves it.
 
-Imports: engine (views, audits), errors, models (and prometheus_client); the runtime only
+Imports: engine (views, audits, history), errors, models (and prometheus_client); the runtime only
 for typing.
 """
 
@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from app.engine import audits
+from app.engine import audits, history
 from app.engine.views import consumers_of, counts_of
 from app.errors import Unavailable
 from app.models import PRIORITY_ORDER
@@ -227,11 +227,13 @@ class QueueSnapshot:
     dlq: int
     consumers: int
     lost: int = 0  # tasks dead-lettered because their stream entry was deleted (total:lost)
+    oldest: dict[str, float] = field(default_factory=dict)  # priority -> seconds waited
 
 
 async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
-    """Counts of the legacy queues (default and named) and of the attached components'
-    queues (every known PAI-EAS queue); None when Redis is away."""
+    """Counts, consumers and oldest waiting ages of the legacy queues (default and named)
+    and of the attached components' queues (every known PAI-EAS queue); None when Redis
+    is away."""
     engine = runtime.engine
     queues = [engine.default, *runtime.component_queues()]
     try:
@@ -240,14 +242,20 @@ async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
             keys = [q.keys for q in queues]
             counts = await counts_of(engine.client, keys)
             consumers = await consumers_of(engine.client, keys)
-            return [
-                QueueSnapshot(
-                    k.queue, c["by_priority"], c["dlq"], len(who), c["totals"].get("lost", 0)
-                )
-                for k, c, who in zip(keys, counts, consumers, strict=True)
-            ]
+            ages = await history.oldest_waiting(queues)
     except (Unavailable, TimeoutError):
         return None
+    return [
+        QueueSnapshot(
+            k.queue,
+            c["by_priority"],
+            c["dlq"],
+            len(who),
+            c["totals"].get("lost", 0),
+            {prio: age["seconds"] for prio, age in oldest.items()},
+        )
+        for k, c, who, oldest in zip(keys, counts, consumers, ages, strict=True)
+    ]
 
 
 def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
@@ -274,7 +282,15 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
         "Tasks dead-lettered because their stream entry was deleted under them (global)",
         labels=("queue",),
     )
+    oldest = GaugeMetricFamily(
+        "taskstream_oldest_waiting_seconds",
+        "Age of the oldest waiting (queued, undelivered) task per queue and priority, by the "
+        "Redis clock; 0 when none waits (global: for autoscalers)",
+        labels=("queue", "priority"),
+    )
     for queue in snapshot:
+        for prio in PRIORITY_ORDER:
+            oldest.add_metric([queue.queue, prio.value], queue.oldest.get(prio.value, 0.0))
         for state in STATES:
             per_priority = queue.by_priority.get(state, {})
             for prio in PRIORITY_ORDER:
@@ -282,7 +298,7 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
         dlq.add_metric([queue.queue], queue.dlq)
         consumers.add_metric([queue.queue], queue.consumers)
         lost.add_metric([queue.queue], queue.lost)
-    yield from (length, dlq, consumers, lost)
+    yield from (length, oldest, dlq, consumers, lost)
 
 
 async def read_audit(runtime: Runtime) -> audits.Totals | None:

@@ -1,6 +1,6 @@
 """Credentials: the API key of the legacy API and the token of the PAI-EAS routes.
 
-API_KEY guards every route but the probes, the docs and the dashboard's static files
+API_KEY guards every route but the probes, the docs and the dashboard's pages and files
 (`X-API-Key: KEY` or `Authorization: Bearer KEY`); EAS_TOKEN guards `/api/predict/...`
 instead (`Authorization: TOKEN` or `Bearer TOKEN`). Both compare in constant time.
 
@@ -27,6 +27,7 @@ PUBLIC_PATHS = frozenset(
     }
 )
 STATIC_PREFIX = "/static/"  # the dashboard's scripts and styles
+PAGES_PREFIX = "/dashboard/"  # the dashboard's other pages (web/browser.py), as data-less
 EAS_PREFIX = "/api/predict/"  # EAS_TOKEN guards these instead (web/eas.py)
 
 
@@ -35,7 +36,7 @@ def needs_api_key(path: str, api_keys: tuple[bytes, ...]) -> bool:
     return (
         bool(api_keys)
         and path not in PUBLIC_PATHS
-        and not path.startswith((EAS_PREFIX, STATIC_PREFIX))
+        and not path.startswith((EAS_PREFIX, STATIC_PREFIX, PAGES_PREFIX))
     )
 
 

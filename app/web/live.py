@@ -1,13 +1,14 @@
 """Live views for operators: the dashboard (`/dashboard`, static files in app/web/static, no
-build step), per-minute stats for its plots (`/stats`), and every state change as
-server-sent events (`GET /events`).
+build step), per-minute stats for its plots (`/stats`), the history per minute and per hour
+(`/stats/history`, engine/history.py), and every state change as server-sent events
+(`GET /events`).
 
 The source is each queue's capped events stream (`ts:{q}:events`); an SSE event id is the
 stream entry id, so a client that reconnects with `Last-Event-ID` resumes where it left
 off (as long as the entry is still within EVENTS_MAXLEN). Waiting uses the queue's
 `Arrivals` loop, one XREAD per process however many clients listen.
 
-Imports: engine (views, admin, arrivals), web.params, web.responses, errors (and
+Imports: engine (views, admin, arrivals, history), web.params, web.responses, errors (and
 starlette, sse-starlette).
 """
 
@@ -25,7 +26,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.engine import admin, views
+from app.engine import admin, history, views
 from app.engine.arrivals import Arrivals
 from app.engine.queue import Queue
 from app.errors import Invalid
@@ -98,7 +99,6 @@ async def events(request: Request) -> Response:
 
 
 STATIC = resources.files("app.web") / "static"
-MAX_MINUTES = 120  # the per-minute counters are kept 2 h
 
 
 async def dashboard(request: Request) -> Response:
@@ -108,11 +108,23 @@ async def dashboard(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     """State changes per minute (queued, completed, failed, retrying, cancelled, deleted)."""
-    minutes_back = params.integer(request.query_params, "minutes", 60, 1, MAX_MINUTES)
+    minutes_back = params.integer(request.query_params, "minutes", 60, 1, history.MAX_MINUTES)
     name = request.query_params.get("queue")
     queue = await params.resolve_queue(request.state, name, services=True)
     minutes = await views.minute_stats(queue, minutes_back)
     return JSON({"queue": queue.keys.queue, "minutes": minutes})
+
+
+async def stats_history(request: Request) -> Response:
+    """State changes per minute (kept 48 h) or per hour (kept 90 days), oldest first."""
+    query = request.query_params
+    resolution = params.choice(query, "resolution", "minute", tuple(history.RESOLUTIONS))
+    step, kept = history.RESOLUTIONS[resolution]
+    points = params.integer(query, "points", 60 if resolution == "minute" else 48, 1, kept)
+    queue = await params.resolve_queue(request.state, query.get("queue"), services=True)
+    series = await history.series(queue, resolution, points)
+    body = {"queue": queue.keys.queue, "resolution": resolution, "step": step, "points": series}
+    return JSON(body)
 
 
 async def pause(request: Request) -> Response:
@@ -135,6 +147,7 @@ ROUTES = [
     Route("/queues/{queue}/resume", resume, methods=["POST"]),
     Route("/events", events, methods=["GET"]),
     Route("/stats", stats, methods=["GET"]),
+    Route("/stats/history", stats_history, methods=["GET"]),
     Route("/dashboard", dashboard, methods=["GET"]),
     Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
 ]

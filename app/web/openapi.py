@@ -5,8 +5,8 @@ nothing from other hosts. Every status a route can answer is declared (tests/web
 runs schemathesis over the document against a live service): 401 on every route behind
 API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
 The building blocks (schemas, parameters, errors) are in web/openapi_schemas.py.
-Imports: web.openapi_schemas, web.openapi_schedules (and offapi, yaml; web/app.py checks
-the spec covers its routes).
+Imports: web.openapi_schemas, web.openapi_pages, web.openapi_schedules (and offapi, yaml;
+web/app.py checks the spec covers its routes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 from offapi import OpenAPITemplate
 
 from app import __version__
+from app.web import openapi_pages
 from app.web.openapi_schedules import schedule_paths
 from app.web.openapi_schemas import (
     BODY,
@@ -32,6 +33,7 @@ from app.web.openapi_schemas import (
     OBJECT,
     PROGRESS_IN,
     QUEUE,
+    SERVICE_QUEUE,
     TASK_ID,
     TASK_IN,
     TASK_OUT,
@@ -266,16 +268,17 @@ def paths() -> dict[str, dict[str, Any]]:
                 "State changes per minute (the dashboard's plots)",
                 {200: json_content(OBJECT), **error_responses(*GUARDED, 404, 422)},
                 params=[
-                    query_param("minutes", "integer", "1-120, default 60", minimum=1, maximum=120),
                     query_param(
-                        "queue", "string", "default: the legacy queue; or `svc`, `svc/sink`"
+                        "minutes", "integer", "1-2880, default 60", minimum=1, maximum=2880
                     ),
+                    SERVICE_QUEUE,
                 ],
             )
         },
         "/dashboard": {
             "get": operation("Live dashboard (HTML, no build step)", {200: {"description": "HTML"}})
         },
+        **openapi_pages.paths(),
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
         **schedule_paths(),

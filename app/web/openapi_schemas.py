@@ -234,7 +234,7 @@ TRACE_HEADERS: list[dict[str, Any]] = [
 ]
 
 
-def query_param(name: str, kind: str, description: str, **bounds: float | str) -> dict[str, Any]:
+def query_param(name: str, kind: str, description: str, **bounds: object) -> dict[str, Any]:
     """A query parameter; `bounds` (minimum, maximum, pattern, …) as the parsers check them."""
     schema: dict[str, Any] = {"type": kind, **bounds}
     return {"name": name, "in": "query", "schema": schema, "description": description}
@@ -259,6 +259,12 @@ def error_responses(*codes: int) -> dict[int, dict[str, Any]]:
 # The errors every guarded route that reads Redis can answer.
 GUARDED = (401, 503)
 BODY = (400, 413, 422)  # a JSON body read
+
+
+# /stats and /stats/history read PAI-EAS queues too.
+SERVICE_QUEUE = query_param(
+    "queue", "string", "default: the legacy queue; a named queue; or `svc`, `svc/sink`"
+)
 
 
 # --- progress and listing (issue 15) ----------------------------------------------------------

@@ -1,6 +1,6 @@
 """Operator routes: the dead-letter queue, health and readiness probes, status, metrics.
 
-Imports: engine (admin, views, audits), runtime (metrics content type, drain, typing),
+Imports: engine (admin, views, audits, history), runtime (metrics content type, drain, typing),
 web.params, web.schedules (the status's overview), web.responses, errors (and starlette).
 """
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin, audits, views
+from app.engine import admin, audits, history, views
 from app.errors import NotFound, Unavailable, WritesRefused
 from app.runtime.drain import Drain
 from app.runtime.metrics import CONTENT_TYPE
@@ -121,6 +121,7 @@ async def status(request: Request) -> Response:
         {
             "queue": engine.keys.queue,
             **counts,
+            "oldest_waiting": (await history.oldest_waiting([engine.default]))[0],
             "consumers": await views.consumers(engine.default),
             "process": {
                 "consumer": pool.consumer,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from app.eas.items import MAX_LENGTH
@@ -82,6 +82,16 @@ def number(
     if not low <= value <= high:  # NaN fails every comparison, infinities the range
         raise error(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
     return value
+
+
+def choice(query: Mapping[str, str], name: str, default: str, options: Sequence[str]) -> str:
+    """One of `options`, spelled exactly."""
+    raw = query.get(name)
+    if not raw:
+        return default
+    if raw not in options:
+        raise Invalid(f"{name} must be one of {', '.join(options)}, got {raw!r}")
+    return raw
 
 
 # --- PAI-EAS parameters (400) ----------------------------------------------------------

@@ -262,6 +262,34 @@ async def test_queue_gauges_equal_the_status_counts(make_service: MakeService, q
     assert m.value("taskstream_consumers", queue=queue) == len(status["consumers"]) >= 1
 
 
+async def test_oldest_waiting_per_queue_and_priority(make_service: MakeService, queue: str):
+    svc = await make_service()
+    await enqueue(svc, eval_id="old-h", priority="high")
+    await enqueue(svc, eval_id="old-d")
+    await enqueue(svc, eval_id="gpu-1", queue="gpu")
+
+    async def aged() -> Scrape | None:
+        m = await scrape(svc)
+        ages = [m.value("taskstream_oldest_waiting_seconds", queue=q) for q in (queue, "gpu")]
+        return m if min(ages) >= 0.05 else None
+
+    m = await wait_for(aged)
+    assert m.types["taskstream_oldest_waiting_seconds"] == "gauge"
+    label = "taskstream_oldest_waiting_seconds"
+    assert m.value(label, queue=queue, priority="high") >= 0.05
+    assert m.value(label, queue=queue, priority="default") >= 0.05
+    assert m.value(label, queue=queue, priority="low") == 0  # nothing waits
+    assert m.value(label, queue="gpu", priority="default") >= 0.05
+    assert (await svc.http.get("/tasks/next")).json()["eval_id"] == "old-h"
+    m = await scrape(svc)
+    assert m.value(label, queue=queue, priority="high") == 0  # delivered: no longer waiting
+    status = (await svc.http.get("/status")).json()
+    assert status["oldest_waiting"]["default"]["eval_id"] == "old-d"
+    assert status["oldest_waiting"]["default"]["seconds"] >= 0.05
+    assert status["oldest_waiting"]["high"] == {"seconds": 0.0, "eval_id": None}
+    assert status["queues"]["gpu"]["oldest_waiting"]["default"]["eval_id"] == "gpu-1"
+
+
 async def test_eas_queues_have_gauges_too(make_service: MakeService, queue: str):
     svc = await make_service()
     name = f"m{queue[:10]}"  # PAI-EAS keys are per service name, not per test queue
@@ -272,6 +300,8 @@ async def test_eas_queues_have_gauges_too(make_service: MakeService, queue: str)
     assert m.value("taskstream_queue_length", queue=name, **labels) == 1
     assert m.value("taskstream_queue_length", queue=f"{name}/sink", **labels) == 0
     assert m.value("taskstream_dlq_length", queue=name) == 0
+    assert m.has("taskstream_oldest_waiting_seconds")
+    assert m.value("taskstream_oldest_waiting_seconds", queue=f"{name}/sink") == 0
 
 
 async def test_two_apps_share_the_queue_gauges_but_not_their_counters(
@@ -293,7 +323,8 @@ async def test_redis_down_still_answers_with_redis_up_0(make_service: MakeServic
     svc = await make_service(redis_url="redis://127.0.0.1:1")
     m = await scrape(svc)
     assert m.value("taskstream_redis_up") == 0
-    for gauge in ("taskstream_queue_length", "taskstream_dlq_length", "taskstream_consumers"):
+    gauges = ("queue_length", "dlq_length", "consumers", "oldest_waiting_seconds")
+    for gauge in (f"taskstream_{name}" for name in gauges):
         assert not m.has(gauge)
     assert m.has("taskstream_tasks_in_flight")  # process metrics are still there
 
@@ -313,7 +344,7 @@ async def test_every_exported_metric_is_documented(service: Service):
     section = doc[doc.index("\n## Metrics\n") :]
     section = section[: section.index("\n## ", 1)]
     m = await scrape(service)
-    assert len(m.types) == 26  # every family, with or without samples yet
+    assert len(m.types) == 27  # every family, with or without samples yet
     for name in m.types:
         shown = name + ("_total" if m.types.get(name) == "counter" else "")
         assert re.search(rf"`{shown}[`{{]", section), shown

@@ -1,20 +1,25 @@
 """Helpers of the web tests: Redis snapshots ("bad input changes nothing"), error
-bodies, and a few API calls.
+bodies, a few API calls, and a page of headless Chromium for the dashboard's tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import ViewportSize, async_playwright
 
 from app.engine import views
+from app.engine.history import rolled_key
 from app.engine.queue import Queue
 from tests.conftest import Service
 
 MakeService = Callable[..., Awaitable[Service]]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+VIEWPORT: ViewportSize = {"width": 1280, "height": 900}  # the dashboard tests' browser window
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -24,8 +29,8 @@ async def snapshot(client: Any, streams: Queue) -> dict[str, Any]:
     """Everything this queue holds in Redis: every key's content, plus the counts."""
     stored: dict[Any, Any] = {}
     async for key in client.scan_iter(match=f"{streams.keys.prefix}*", count=1000):
-        if key == streams.keys.cleanup_lock.encode():
-            continue  # housekeeping's lock, taken by the service's first cleanup at any moment
+        if key in (streams.keys.cleanup_lock.encode(), rolled_key(streams).encode()):
+            continue  # housekeeping's lock and roll-up marker, set by its first run at any moment
         kind = (await client.type(key)).decode()
         if kind == "stream":
             stored[key] = (kind, await client.xrange(key))
@@ -86,3 +91,16 @@ async def frozen(service: Service, client: Any, streams: Queue) -> Callable[[], 
         assert await snapshot(client, streams) == before
 
     return unchanged
+
+
+@pytest.fixture
+async def page():
+    """A page of Debian's headless Chromium (driven by Playwright), VIEWPORT-sized."""
+    assert CHROMIUM, "Debian's chromium is needed (make test installs it)"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        context = await browser.new_context(viewport=VIEWPORT)
+        yield await context.new_page()
+        await browser.close()

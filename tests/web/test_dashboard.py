@@ -1,31 +1,14 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): counts match
 /status, a DLQ retry click re-queues the task, events appear live, pause/resume works, the
 schedules list shows a schedule and its pause / resume buttons work; a screenshot is saved
-in the test's temp dir."""
+in the test's temp dir. The other pages (task browser, task page, history) are in
+test_dashboard_pages.py; the `page` fixture is in conftest.py."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import pytest
-from playwright.async_api import async_playwright
-
 from tests.conftest import wait_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-async def page():
-    assert CHROMIUM, "Debian's chromium is needed (make test installs it)"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        context = await browser.new_context()
-        yield await context.new_page()
-        await browser.close()
 
 
 async def dead_letter(service, eval_id: str) -> None:

@@ -97,8 +97,44 @@ async def test_stats_count_state_changes_per_minute(service):
     assert [m["minute"] for m in minutes] == sorted(m["minute"] for m in minutes)
     assert sum(m.get("queued", 0) for m in minutes) == 2
     assert sum(m.get("cancelled", 0) for m in minutes) == 1
-    for bad in ("0", "121", "x", "1.5", "-1"):
+    for bad in ("0", "2881", "x", "1.5", "-1"):
         assert (await service.http.get(f"/stats?minutes={bad}")).status_code == 422
+
+
+async def test_history_per_minute_and_per_hour(service, queue):
+    await enqueue(service, "h-1")
+    await enqueue(service, "h-2")
+    taken = (await service.http.get("/tasks/next")).json()
+    done = await service.http.post(f"/tasks/{taken['eval_id']}/complete", json={"result": 1})
+    assert done.status_code == 200
+    for resolution, step, points in (("minute", 60, 3), ("hour", 3600, 2)):
+        response = await service.http.get(
+            f"/stats/history?resolution={resolution}&points={points}&queue={queue}"
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["queue"], body["resolution"], body["step"]) == (queue, resolution, step)
+        assert len(body["points"]) == points
+        assert all(p["at"] % step == 0 for p in body["points"])
+        assert sum(p["completed"] for p in body["points"]) == 1
+        assert sum(p.get("queued", 0) for p in body["points"]) == 2
+        assert all(p["failed"] == p["retrying"] == 0 for p in body["points"])
+    default = (await service.http.get("/stats/history")).json()
+    assert (default["resolution"], len(default["points"])) == ("minute", 60)
+    assert len((await service.http.get("/stats/history?resolution=hour")).json()["points"]) == 48
+
+
+async def test_history_bad_parameters_are_422_and_unknown_queues_404(service):
+    for bad in (
+        "resolution=day",
+        "resolution=Minute",
+        "points=0",
+        "points=2881",
+        "resolution=hour&points=2161",
+        "points=x",
+    ):
+        assert (await service.http.get(f"/stats/history?{bad}")).status_code == 422, bad
+    assert (await service.http.get("/stats/history?queue=nope")).status_code == 404
 
 
 async def test_dashboard_page_and_assets_are_served_locally(make_service):

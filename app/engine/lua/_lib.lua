@@ -15,14 +15,15 @@ local function to_map(flat)
 end
 
 -- Every state change goes to the capped events stream; all but `processing` are also
--- counted per minute (`<events>:m:<epoch minute>`, kept 2 h) for the dashboard's
--- throughput and failure-rate plots.
+-- counted per minute (`<events>:m:<epoch minute>`, kept 48 h) for the dashboard's
+-- throughput and failure-rate plots and the history (engine/history.py, which rolls them up
+-- into hours in the hourly housekeeping: nothing more per task).
 local function event(k_events, maxlen, id, state, attempt)
   local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
     'id', id, 'state', state, 'attempt', attempt or '')
   if state ~= 'processing' then
     local k_minute = k_events .. ':m:' .. math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
-    if redis.call('HINCRBY', k_minute, state, 1) == 1 then redis.call('EXPIRE', k_minute, 7200) end
+    if redis.call('HINCRBY', k_minute, state, 1) == 1 then redis.call('EXPIRE', k_minute, 172800) end
   end
 end
 

@@ -1,37 +1,11 @@
-// taskstream dashboard: polls /status and /stats, follows /events (server-sent events read
-// with fetch, so the API key can go in a header), drives the DLQ and pause/resume.
-// No build step: plain ES2020 and the vendored uPlot.
+// taskstream dashboard, the overview: polls /status and /stats, follows /events (server-sent
+// events read with fetch, so the API key can go in a header), drives the DLQ and
+// pause/resume. No build step: plain ES2020, the vendored uPlot, common.js's helpers.
 "use strict";
 
-const $ = (sel) => document.querySelector(sel);
-const PRIOS = ["high", "default", "low"];
 const MAX_EVENTS = 50;
 let queue = null;
 const plots = {};
-
-function apiKey() { return sessionStorage.getItem("taskstream-api-key") || ""; }
-
-async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {});
-  if (apiKey()) headers["X-API-Key"] = apiKey();
-  const response = await fetch(path, Object.assign({}, options, { headers }));
-  if (response.status === 401) { $("#key-form").hidden = false; throw new Error("API key needed"); }
-  return response;
-}
-
-function cell(text) { const td = document.createElement("td"); td.textContent = text ?? "–"; return td; }
-
-function fill(tbody, rows) {
-  tbody.replaceChildren(...rows.map((values) => {
-    const tr = document.createElement("tr");
-    values.forEach((v) => tr.append(v instanceof Node ? wrap(v) : cell(v)));
-    return tr;
-  }));
-}
-
-function wrap(node) { const td = document.createElement("td"); td.append(node); return td; }
-
-function pill(el, text, ok) { el.textContent = text; el.className = "pill " + (ok ? "ok" : "bad"); }
 
 async function refreshStatus() {
   let status;
@@ -45,13 +19,29 @@ async function refreshStatus() {
   const states = ["queued", "processing", "scheduled", "retrying", "deferred"];
   fill($("#counts tbody"), states.map((s) => [s, status.states[s], ...PRIOS.map((p) => status.by_priority[s][p])]));
   states.forEach((s) => { $("#counts tbody").children[states.indexOf(s)].id = "count-" + s; });
+  showOldest($("#counts tbody"), status.oldest_waiting);
   $("#count-dlq").textContent = status.dlq;
   $("#totals").textContent = Object.entries(status.totals).map(([k, v]) => `${k} ${v}`).join(" · ");
   fill($("#consumers tbody"), status.consumers.map((c) => [c.name, c.pending, c.idle_ms, (c.priorities || []).join(",")]));
   fill($("#executors tbody"), status.executors.map((e) => [e.url, e.healthy ? "yes" : "no", e.in_flight, e.routed, e.failures, e.latency_ms]));
   syncQueueChoices([status.queue, ...Object.keys(status.queues || {}), ...(status.eas || []).flatMap((r) => [r.service, r.service + "/sink"])]);
-  fill($("#named tbody"), Object.entries(status.queues || {}).map(([n, q]) => [n, ...states.map((s) => q.states[s]), q.dlq, q.consumers.length, q.paused ? "yes" : "no"]));
+  fill($("#named tbody"), Object.entries(status.queues || {}).map(([n, q]) => [n, ...states.map((s) => q.states[s]), oldestOf(q.oldest_waiting), q.dlq, q.consumers.length, q.paused ? "yes" : "no"]));
   fill($("#eas tbody"), (status.eas || []).map((r) => [r.service, r.target, r.input.queued, r.input.processing, r.input.retrying, r.input.dlq, r.sink.length, r.input.consumers.length + r.sink.consumers.length]));
+}
+
+// The age of the oldest waiting task per priority (taskstream_oldest_waiting_seconds), as
+// one more row of the counts table; the total column is the oldest of all.
+function showOldest(tbody, oldest) {
+  const tr = document.createElement("tr");
+  tr.id = "oldest-waiting";
+  tr.append(cell("oldest waiting"), cell(oldestOf(oldest)), ...PRIOS.map((p) => cell(oldest[p].seconds ? duration(oldest[p].seconds) : "–")));
+  PRIOS.forEach((p, i) => { if (oldest[p].eval_id) tr.children[i + 2].title = oldest[p].eval_id; });
+  tbody.append(tr);
+}
+
+function oldestOf(oldest) {
+  const seconds = Math.max(...PRIOS.map((p) => (oldest && oldest[p] ? oldest[p].seconds : 0)));
+  return seconds ? duration(seconds) : "–";
 }
 
 function syncQueueChoices(names) {
