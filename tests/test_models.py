@@ -294,7 +294,7 @@ def test_task_from_request_payload_round_trip() -> None:
 
 
 def test_state_sets() -> None:
-    assert {State.COMPLETED, State.FAILED, State.CANCELLED} == TERMINAL
+    assert {State.COMPLETED, State.FAILED, State.CANCELLED, State.EXPIRED} == TERMINAL
     assert {State.QUEUED, State.SCHEDULED, State.RETRYING, State.DEFERRED} == CANCELLABLE
     assert State.PROCESSING not in TERMINAL | CANCELLABLE
     assert State("queued") == "queued"
