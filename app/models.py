@@ -156,19 +156,12 @@ class Expiry:
     at: float | None = None
 
     @classmethod
-    def parse(cls, data: dict[str, Any], start: tuple[float | None, float | None]) -> Expiry:
+    def parse(cls, data: dict[str, Any]) -> Expiry:
         if data.get("expires") is not None and data.get("expires_at") is not None:
             raise Invalid("give expires or expires_at, not both")
-        after = _number(data, "expires", 0.001, MAX_DELAY_SECONDS)
-        at = _moment(data, "expires_at")
-        delay, run_at = start
-        # an expiry before the start can never be met; compared only when both are of a
-        # kind (a delay against an epoch time needs the Redis clock)
-        if after is not None and delay is not None and after <= delay:
-            raise Invalid("expires must be later than delay: the task could never start")
-        if at is not None and run_at is not None and at <= run_at:
-            raise Invalid("expires_at must be later than run_at: the task could never start")
-        return cls(after, at)
+        # An expiry before the run time (or already past) is accepted: the task expires
+        # then, as Celery revokes a task whose `expires` comes before its `eta`.
+        return cls(_number(data, "expires", 0.001, MAX_DELAY_SECONDS), _moment(data, "expires_at"))
 
     def arg(self) -> str | None:
         """enqueue.lua's expiry: '+<ms>' after the Redis clock, '<ms>' epoch; None: none."""
@@ -321,7 +314,7 @@ class TaskRequest:
         if not isinstance(allow_failure, bool):
             raise Invalid("allow_failure must be a boolean")
         payload, (delay, run_at) = _payload(data), _start(data)
-        expiry, dedup = Expiry.parse(data, (delay, run_at)), Dedup.parse(data)
+        expiry, dedup = Expiry.parse(data), Dedup.parse(data)
         queue = check_queue(data.get("queue"))
         callback_url = _callback_url(data.get("callback_url"))
         return cls(

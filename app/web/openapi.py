@@ -21,6 +21,7 @@ from offapi import OpenAPITemplate
 from app import __version__
 from app.web.openapi_schemas import (
     BODY,
+    DEDUPLICATED,
     DELIVERY,
     ENQUEUED,
     ERROR,
@@ -54,7 +55,11 @@ def paths() -> dict[str, dict[str, Any]]:
         "/tasks": {
             "post": operation(
                 "Enqueue a task",
-                {201: json_content(ENQUEUED), **error_responses(*GUARDED, *BODY, 409)},
+                {
+                    200: json_content(DEDUPLICATED, "deduplicated: no task made"),
+                    201: json_content(ENQUEUED),
+                    **error_responses(*GUARDED, *BODY, 409),
+                },
                 TASK_IN,
                 TRACE_HEADERS,
             ),
