@@ -75,6 +75,7 @@ AUDIT = (
     "fsck_deps",
     "fsck_numbered",
     "fsck_counters",
+    "fsck_dedup",
 )
 # Scripts whose writes are answered to a client (an HTTP request, a command line): under
 # DURABILITY=replica|fsync their batch ends with WAIT / WAITAOF when issued while
