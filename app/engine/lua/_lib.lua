@@ -223,6 +223,9 @@ local function release_children(k_task, id, state, now, maxlen, ttl, todo)
   end
 end
 
+-- The states of a task that waits to start (issue 15: those an expiry applies to).
+local WAITING = {queued = true, scheduled = true, retrying = true, deferred = true}
+
 -- Issue 15: a task that holds a dedup_key in `active` or `debounce` mode (its record's `dk`)
 -- lets go of it once terminal, unless the key already names another task. The index is its
 -- queue's `dedup` hash, derived from the record (`q`), same hash tag.
@@ -254,8 +257,6 @@ end
 -- queue's keys {stream = {prio -> key}, holes = {prio -> key}, scheduled, counters, events,
 -- expiries}; `rec`: its state, prio, entry, seq, attempts; `group`: given when the entry was
 -- just read by the group (a claim met it), so it is acked rather than left as a hole.
-local WAITING = {queued = true, scheduled = true, retrying = true, deferred = true}
-
 local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
   local state, prio = rec[1], rec[2]
   if state == 'queued' then

@@ -25,8 +25,6 @@
 -- {'deduplicated', eval_id, state or false} when the dedup_key's holder answers the request.
 local id, prio, payload, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local opts = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
-local LIVE = {queued = true, scheduled = true, retrying = true, deferred = true,
-  processing = true}
 
 -- A time argument: '+<ms>' after the Redis clock, else epoch ms. A delay counts from this
 -- server's clock, never from the clock of the process that sent it.
@@ -52,7 +50,7 @@ local function deduplicate()
     local due = now_ms() + opts.t
     redis.call('HSET', k_held, 'payload', payload, 'run_at', due)
     redis.call('ZADD', KEYS[4], due, held)  -- later than before: no promoter needs waking
-  elseif not LIVE[state] then
+  elseif not (WAITING[state] or state == 'processing') then
     return nil
   end
   redis.call('HINCRBY', KEYS[3], 'total:deduplicated', 1)
