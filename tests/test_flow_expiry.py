@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
 from starlette.responses import JSONResponse, Response
 
 from app.engine.keys import QueueKeys
@@ -168,3 +169,19 @@ async def test_a_pull_worker_never_gets_an_expired_task(make_service):
     pulled = (await svc.http.get("/tasks/next")).json()
     assert pulled["eval_id"] == "new"
     assert (await svc.http.get("/tasks/next")).status_code == 204
+
+
+async def test_an_expired_task_gets_its_callback(make_service, make_target):
+    target = await make_target()
+    svc = await make_service()
+    hook = f"{target.url}/hook"
+    await post(svc, "cb", delay=30, expires=0.3, callback_url=hook)
+    await expired_everywhere([svc], "cb")
+
+    async def delivered() -> bool:
+        return bool(target.calls)
+
+    await wait_for(delivered)
+    body = orjson.loads(target.calls[0]["body"])
+    assert body["eval_id"] == "cb" and body["status"] == "expired"
+    assert body["error"] == "expired before it started" and body["attempts"] == 0

@@ -87,7 +87,8 @@ TASK_IN: dict[str, Any] = {
             "maxLength": 2048,
             "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
             "description": "POSTed {eval_id, status, result | error, attempts, completed_at} "
-            "once the task is completed, failed or cancelled; retried under NETWORK_RETRY_*, "
+            "once the task is completed, failed, cancelled or expired; retried under "
+            "NETWORK_RETRY_*, "
             "at-least-once. http/https with a host; a host outside CALLBACK_ALLOWED_HOSTS "
             "(when set) is refused with 422",
         },
