@@ -46,6 +46,9 @@ async def test_active_is_per_queue_and_per_key(streams: Queue) -> None:
     other = streams.engine.queue("other")
     assert "deduplicated" not in await other.enqueue(dd("k3", "one", queue="other"))
     assert (await other.enqueue(dd("k4", "one", queue="other")))["eval_id"] == "k3"
+    await streams.cancel("k3")  # found in its own queue; lets go of that queue's key
+    assert await raw(streams).hget(other.keys.dedup, "one") is None
+    assert await holder(streams, "one") == "k1"
 
 
 async def test_active_released_by_every_terminal_state(make_streams) -> None:

@@ -229,3 +229,15 @@ async def test_many_expiries_in_one_sweep(streams: Queue) -> None:
     while await streams.promote() == 0.0:
         pass
     assert (await views.counts(streams))["totals"]["expired"] == 300
+
+
+async def test_a_named_queue_has_its_own_expiries(streams: Queue) -> None:
+    gpu = streams.engine.queue("gpu")
+    await gpu.enqueue(req("g1", queue="gpu", expires=0.05))
+    await gpu.enqueue(req("g2", queue="gpu", expires=600, delay=60))
+    assert await raw(streams).zcard(gpu.keys.expiries) == 2
+    assert await raw(streams).exists(streams.keys.expiries) == 0
+    await swept(gpu, "g1")
+    await streams.cancel("g2")
+    assert await raw(streams).zcard(gpu.keys.expiries) == 0
+    assert (await views.counts(gpu))["totals"]["expired"] == 1
