@@ -195,8 +195,10 @@ class Dedup:
         if mode not in DEDUP_MODES:
             raise Invalid(f"dedup must be one of {', '.join(DEDUP_MODES)}")
         ttl = _number(data, "dedup_ttl", 0.001, MAX_DELAY_SECONDS)
-        if (ttl is None) != (mode == "active"):
-            raise Invalid("dedup_ttl is required with throttle and debounce, and only with them")
+        if ttl is None and mode != "active":
+            raise Invalid(f"dedup_ttl is required with {mode}")
+        if mode == "active":
+            ttl = None  # an active key is held by its task's life, not by time
         if mode == "debounce" and any(
             data.get(name) is not None for name in ("delay", "run_at", "depends_on")
         ):

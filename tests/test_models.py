@@ -360,7 +360,6 @@ def test_bad_callback_url(url: object) -> None:
         {"dedup": "active"},  # no key
         {"dedup_ttl": 5},  # no key
         {"dedup_key": "k", "dedup": "simple"},
-        {"dedup_key": "k", "dedup": None, "dedup_ttl": 1},  # active takes no ttl
         {"dedup_key": "k", "dedup": "throttle"},  # no ttl
         {"dedup_key": "k", "dedup": "debounce"},
         {"dedup_key": "k", "dedup": "throttle", "dedup_ttl": 0},
@@ -390,6 +389,8 @@ def test_bad_flow_control_fields(fields: dict[str, Any]) -> None:
 def test_dedup_defaults_to_active() -> None:
     req = TaskRequest.parse({"code": "x", "dedup_key": "any key {with} spaces/ü"})
     assert req.dedup == Dedup("any key {with} spaces/ü", "active", None)
+    req = TaskRequest.parse({"code": "x", "dedup_key": "k", "dedup": "active", "dedup_ttl": 9})
+    assert req.dedup == Dedup("k", "active", None)  # an active key's ttl is ignored
     assert TaskRequest.parse({"code": "x"}).dedup is None
 
 

@@ -116,7 +116,7 @@ TASK_IN: dict[str, Any] = {
         "dedup_ttl": {
             "type": "number",
             "exclusiveMinimum": 0,
-            "description": "seconds; required with throttle and debounce, refused with active",
+            "description": "seconds; required with throttle and debounce, ignored with active",
         },
         "expires": {
             "type": "number",

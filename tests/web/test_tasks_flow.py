@@ -19,7 +19,6 @@ BAD_FIELDS: list[dict[str, Any]] = [
     {"dedup": "active"},
     {"dedup_ttl": 1},
     {"dedup_key": "held", "dedup": "once"},
-    {"dedup_key": "held", "dedup_ttl": 1},
     {"dedup_key": "held", "dedup": "throttle"},
     {"dedup_key": "held", "dedup": "debounce", "dedup_ttl": 0},
     {"dedup_key": "held", "dedup": "debounce", "dedup_ttl": 1, "delay": 1},
