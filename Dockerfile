@@ -23,6 +23,9 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=build-ca \
     && python3 -m venv /opt/uv \
     && /opt/uv/bin/pip install -q --require-hashes -r requirements-uv.txt
 COPY pyproject.toml uv.lock ./
+# client/ (taskstream-client) is a uv workspace member: uv reads its pyproject.toml to check
+# the lock; it is a dev dependency only, so nothing of it is installed in the image.
+COPY client/pyproject.toml ./client/
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=build-ca \
     if [ -f /run/secrets/build-ca ]; then export SSL_CERT_FILE=/run/secrets/build-ca; fi \
     && /opt/uv/bin/uv sync --locked --no-install-project --no-editable

@@ -23,6 +23,9 @@ files) and a wall-clock limit (`EXAMPLE_TIMEOUT`). Answers:
 - 400 `{"error"}`: not JSON, no `code`, or a language other than Python; the service
   fails such a task at once (4xx is permanent).
 
+A line `PROGRESS <n> [message]` in the output is reported to the request's `progress_url`
+while the code runs (app/example_progress.py).
+
 `GET /health` answers 200 `{"status": "ok", ...}`. At most `EXAMPLE_CONCURRENCY` runs at
 a time; further requests wait for a slot.
 
@@ -68,6 +71,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.example_progress import Progress, api_key
 from app.logs import configure
 from app.settings import LOG_FORMATS, SettingsError, environ
 
@@ -167,9 +171,10 @@ class _Run(asyncio.SubprocessProtocol):
     A protocol of our own rather than `create_subprocess_exec`: `Process.wait()` also
     waits for the pipes to close, which a process left in the background keeps open."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, progress: Progress | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.limit = limit
+        self.progress = progress  # PROGRESS lines are reported (app/example_progress.py)
         self.kept = bytearray()
         self.total = 0
         self.exited: asyncio.Future[None] = loop.create_future()
@@ -177,6 +182,8 @@ class _Run(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.total += len(data)
+        if self.progress is not None:
+            self.progress.feed(data)
         room = self.limit - len(self.kept)
         if room > 0:
             self.kept += data[:room]
@@ -201,14 +208,14 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def run_python(code: str, limits: Limits) -> dict[str, Any]:
+async def run_python(code: str, limits: Limits, progress: Progress | None = None) -> dict[str, Any]:
     """Run `code` with the limits; the answer of `POST /execute`."""
     loop = asyncio.get_running_loop()
     with tempfile.TemporaryDirectory(
         prefix="taskstream-example-", ignore_cleanup_errors=True
     ) as workdir:
         transport, run = await loop.subprocess_exec(
-            lambda: _Run(OUTPUT_LIMIT),
+            lambda: _Run(OUTPUT_LIMIT, progress),
             sys.executable,
             "-I",  # isolated: no PYTHON* variables, no user site-packages, no cwd on sys.path
             "-",  # the program comes on stdin: no argument length limit
@@ -352,7 +359,7 @@ def _parse(raw: bytes) -> tuple[str, Any] | JSON:
     return code, body
 
 
-def create_app(limits: Limits) -> Starlette:
+def create_app(limits: Limits, api_key: str | None = None) -> Starlette:
     slots = asyncio.Semaphore(limits.concurrency)
     state = {"running": 0, "waiting": 0}
     replays = Replays(limits.replay_entries, limits.replay_seconds)
@@ -365,11 +372,13 @@ def create_app(limits: Limits) -> Starlette:
             state["waiting"] -= 1
         state["running"] += 1
         started = time.monotonic()
+        progress = Progress(body.get("progress_url"), body.get("attempt"), api_key)
         try:
-            result = await run_python(code, limits)
+            result = await run_python(code, limits, progress)
         finally:
             state["running"] -= 1
             slots.release()
+            await progress.close()
         log.info(
             "example_execute",
             eval_id=body.get("eval_id"),
@@ -460,7 +469,7 @@ def main(
     fmt = env.get("LOG_FORMAT", "json").strip().lower()
     configure("INFO", fmt if fmt in LOG_FORMATS else "json")
     config = uvicorn.Config(
-        create_app(limits),
+        create_app(limits, api_key(env)),
         host=host,
         port=port,
         log_config=None,

@@ -347,6 +347,7 @@ class Task:
     priority: Priority
     payload: dict[str, Any] = field(default_factory=dict)
     waited_ms: int | None = None  # queue wait before this delivery (from the claim)
+    progress_url: str | None = None  # where the executor may POST progress (runtime/consumers)
 
     @property
     def timeout(self) -> float | None:
@@ -366,13 +367,16 @@ class Task:
 
     def executor_body(self) -> dict[str, Any]:
         """The JSON the executor protocol sends to `POST {executor}/execute`."""
-        return {
+        body = {
             "eval_id": self.eval_id,
             "code": self.payload.get("code", ""),
             "language": self.payload.get("language", "python"),
             "attempt": self.attempt,
             "metadata": self.payload.get("metadata", {}),
         }
+        if self.progress_url is not None:
+            body["progress_url"] = self.progress_url
+        return body
 
     def view(self) -> dict[str, Any]:
         """What a pull worker gets from `GET /tasks/next` (with the W3C trace context kept

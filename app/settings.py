@@ -163,6 +163,7 @@ class Settings:
     )
     consume: Selection = field(default_factory=Selection.everything)
     target_api_base_url: str | None = None
+    public_url: str | None = None  # PUBLIC_URL: how executors reach this service (`base_url`)
     eas_targets: Mapping[str, str] = field(default_factory=dict)
     eas_concurrency: int = 16
     concurrency: int = 16
@@ -229,6 +230,15 @@ class Settings:
             chosen.setdefault(queue, prios)
         return chosen
 
+    @property
+    def base_url(self) -> str:
+        """Where executors reach this service (progress reports): PUBLIC_URL, else this
+        process's own listener, a wildcard HOST read as loopback."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
     def eas_target(self, service: str) -> str | None:
         """Where a PAI-EAS service's requests are forwarded: EAS_TARGETS, else
         TARGET_API_BASE_URL/{service}; None: external subscribers consume it."""
@@ -263,6 +273,7 @@ class Settings:
             queue_executors=queue_executors,
             consume=consume,
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
+            public_url=r.url("PUBLIC_URL", ("http", "https")),
             eas_targets=_eas_targets(r),
             eas_concurrency=r.number("EAS_CONCURRENCY", 16, int, 1, 10000),
             concurrency=r.number("CONCURRENCY", 16, int, 1, 10000),

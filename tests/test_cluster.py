@@ -6,7 +6,8 @@ replica each (tests/topologies.py), started once per module (per xdist worker).
   (make_service, make_settings, client) at the cluster: enqueue and batches, strict
   priority, retries and backoff, the DLQ, cancel (terminate: pub/sub), scheduled tasks,
   named queues, pause, callbacks, PAI-EAS, pull workers and long polls (blocking reads),
-  clear and fsck (SCAN on every primary). Dependencies across queues are issue 13 part B's.
+  clear and fsck (SCAN on every primary), progress reports, listing (each kind of
+  structure) and the pace behind ETAs. Dependencies across queues are issue 13 part B's.
 - Faults under load, each ending with the total-queue report (tests/totalqueue.py, the rig
   of tests/faultrig.py): a primary killed with SIGKILL (its replica takes over), and the
   slot of a live queue migrated to another primary while tasks flow (MOVED and ASK
@@ -31,11 +32,18 @@ from app.settings import Settings
 from tests import test_semantics
 from tests.conftest import wait_for
 from tests.eas import test_forward, test_store
-from tests.engine import conftest, test_admin, test_fsck, test_named_queues
+from tests.engine import (
+    conftest,
+    test_admin,
+    test_fsck,
+    test_listing,
+    test_named_queues,
+    test_pace,
+)
 from tests.faultrig import Rig, Rigs, Spawn
 from tests.runtime import test_callbacks, test_consumers
 from tests.topologies import Cluster
-from tests.web import test_tasks
+from tests.web import test_progress, test_tasks
 
 # The core of the functional suite (see the module docstring), and the fixtures it needs.
 test_target_500_then_200_is_retry_then_success = (
@@ -83,6 +91,15 @@ test_next_long_poll_returns_a_task_enqueued_while_waiting = (
 test_position_counts_across_priorities_with_1_as_next = (
     test_tasks.test_position_counts_across_priorities_with_1_as_next
 )
+# issue 15: progress, listing (every mode of listing.lua), the pace
+test_a_pull_worker_reports_with_its_token = test_progress.test_a_pull_worker_reports_with_its_token
+test_queued_in_position_order_under_mixed_priorities = (
+    test_listing.test_queued_in_position_order_under_mixed_priorities
+)
+test_processing_with_holder_and_elapsed = test_listing.test_processing_with_holder_and_elapsed
+test_finished_states_newest_first = test_listing.test_finished_states_newest_first
+test_deferred_with_what_it_waits_for = test_listing.test_deferred_with_what_it_waits_for
+test_a_queue_that_starts_tasks_gets_a_pace = test_pace.test_a_queue_that_starts_tasks_gets_a_pace
 
 pytestmark = pytest.mark.timeout(120)
 

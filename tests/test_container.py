@@ -48,10 +48,13 @@ def test_dockerfile_installs_from_the_lock_on_an_overridable_base():
     assert text.count("FROM ${BASE}") == 2
     assert "uv sync --locked --no-install-project" in text  # dependency layer before the code
     assert text.index("COPY pyproject.toml uv.lock ./") < text.index("COPY app ./app")
+    # the workspace member's manifest, without which `uv sync --locked` cannot check the lock
+    assert text.index("COPY client/pyproject.toml") < text.index("uv sync --locked --no-install")
     assert "UV_COMPILE_BYTECODE=1" in text
     assert 'CMD ["python", "-m", "app", "serve"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "*" in ignored and "!app/" in ignored  # .venv, .git, data/ stay out of the context
+    assert "!client/pyproject.toml" in ignored
 
 
 def test_compose_images_and_ports_are_overridable_with_registry_defaults():

@@ -14,6 +14,8 @@ NAMED = {
     "ts:{q}:deps:<eval_id>": "ts:{%(q)s}:deps:t0",
     "ts:{q}:leases": "ts:{%(q)s}:leases",
     "ts:{q}:scheduled": "ts:{%(q)s}:scheduled",
+    "ts:{q}:deferred": "ts:{%(q)s}:deferred",
+    "ts:{q}:pace": "ts:{%(q)s}:pace",
     "ts:{q}:expiries": "ts:{%(q)s}:expiries",
     "ts:{q}:dedup": "ts:{%(q)s}:dedup",
     "ts:{q}:dedup:ttl": "ts:{%(q)s}:dedup:ttl",
@@ -56,6 +58,7 @@ async def test_every_key_the_docs_name_exists(service, redis_url, queue):
     child = await http.post("/tasks", json={"code": "x", "depends_on": ["t0"]})
     assert child.json()["status"] == "deferred"
     assert (await http.post("/tasks/t2/cancel")).status_code == 200  # a hole above head
+    assert (await http.get("/tasks/t1")).json()["status"] == "queued"  # an ETA question: pace
     assert (await http.get("/tasks/next")).json()["eval_id"] == "t1"
     dead = await http.post("/tasks/t1/fail", json={"error": "x", "retry": False})
     assert dead.json()["status"] == "failed"

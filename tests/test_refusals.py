@@ -257,6 +257,10 @@ async def test_a_redis_refusing_writes_answers_503_naming_the_cause(
         assert await snapshot(admin, queue) == before  # nothing (partly) written
         record = await service.http.get("/tasks/p1")
         assert record.status_code == 200 and record.json()["status"] == "processing"
+        record = await service.http.get("/tasks/c2")  # queued: its ETA's sample is a write
+        assert record.status_code == 200 and record.json()["status"] == "queued"
+        page = await service.http.get("/tasks", params={"state": "queued"})
+        assert page.status_code == 200 and "c2" in page.text
         for request in [req for req, _ in writes(queue) if req not in refused]:
             response = await send(service, request)  # out of memory: Redis lets it through
             assert response.is_success or response.status_code == 404, (request, response.text)

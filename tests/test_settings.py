@@ -275,6 +275,7 @@ def test_log_levels_case_insensitive(level: str) -> None:
         ("TARGET_API_BASE_URL", "target/api"),
         ("TARGET_API_BASE_URL", "redis://target"),
         ("TARGET_API_BASE_URL", "http://target:0x50"),
+        ("PUBLIC_URL", "taskstream:8081"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -293,6 +294,21 @@ def test_bad_executor_base_url_names_a_variable() -> None:
 def test_bad_executor_base_url_names_executor_base_url() -> None:
     with pytest.raises(SettingsError, match="^EXECUTOR_BASE_URL:"):
         Settings.from_env({"EXECUTOR_COUNT": "1", "EXECUTOR_BASE_URL": "executor"})
+
+
+@pytest.mark.parametrize(
+    ("env", "base"),
+    [
+        ({}, "http://127.0.0.1:8081"),
+        ({"PORT": "9000", "HOST": "0.0.0.0"}, "http://127.0.0.1:9000"),
+        ({"HOST": "10.1.2.3"}, "http://10.1.2.3:8081"),
+        ({"HOST": "::"}, "http://127.0.0.1:8081"),
+        ({"HOST": "::1"}, "http://[::1]:8081"),
+        ({"PUBLIC_URL": "https://queue.example/base/"}, "https://queue.example/base"),
+    ],
+)
+def test_the_base_url_executors_reach_us_by(env: dict[str, str], base: str) -> None:
+    assert Settings.from_env(env).base_url == base
 
 
 def test_settings_error_is_a_value_error() -> None:

@@ -4,7 +4,7 @@ Exit status: 0 ok, 1 failure (Redis unreachable, unknown task, conflict, task no
 completed, fsck found orphans), 2 bad arguments or configuration, 130 interrupted (Ctrl-C;
 `info --interval` exits 0).
 
-Imports: example_executor (its defaults) (and argparse).
+Imports: example_executor (its defaults), cli.schedules (its parser) (and argparse).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app import __version__, example_executor
+from app.cli.schedules import add_parser as schedules_parser
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -72,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     _task_parser(commands)
     _enqueue_parser(commands)
     _fsck_parser(commands)
+    schedules_parser(commands, EPILOG)
     _example_parser(commands)
     return root
 

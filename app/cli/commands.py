@@ -1,6 +1,6 @@
-"""The operator commands: info, dlq, task, enqueue, fsck; each on one `Engine` straight on
-Redis (REDIS_URL, else the embedded Redis's socket in DATA_DIR), no running service
-needed.
+"""The operator commands: info, dlq, task, enqueue, fsck (and schedules, in
+cli/schedules.py); each on one `Engine` straight on Redis (REDIS_URL, else the embedded
+Redis's socket in DATA_DIR), no running service needed.
 
 Imports: engine, eas (the services' overview and audit targets), models, errors, settings,
 redis_server, cli.args.
@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from app.cli.args import CLEAR_SCREEN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from app.cli.schedules import schedules_command
 from app.eas import store as eas_store
 from app.eas.hub import EasHub
 from app.engine import admin, audits, fsck, views
@@ -287,4 +288,5 @@ COMMANDS: dict[str, Command] = {
     "task": task_command,
     "enqueue": enqueue_command,
     "fsck": fsck_command,
+    "schedules": schedules_command,
 }

@@ -47,7 +47,7 @@ async def clear(engine: Engine) -> int:
     for queue in await _used(engine):
         k = queue.keys
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
-        keys += [k.expiries, k.dedup, k.dedup_ttl]
+        keys += [k.deferred, k.pace, k.expiries, k.dedup, k.dedup_ttl]
         removed += int(await queue.scripts.run("clear", keys, [GROUP, k.task_prefix]))
     k = engine.keys
     await engine.client.xtrim(k.callbacks, maxlen=0)  # callbacks of cleared tasks: dropped

@@ -56,6 +56,8 @@ class QueueKeys:
     deps_prefix: str = field(init=False, repr=False)  # deps:<parent> = set of dependants
     callbacks: str = field(init=False, repr=False)  # result callbacks of every legacy queue
     fsck: str = field(init=False, repr=False)  # the audit's summary, totals, lock, cursor
+    deferred: str = field(init=False, repr=False)  # zset: deferred tasks by creation (listing)
+    pace: str = field(init=False, repr=False)  # list: samples of the counters (engine/pace.py)
 
     def __post_init__(self) -> None:
         p, b = self.prefix, self.base
@@ -81,6 +83,8 @@ class QueueKeys:
             "deps_prefix": f"{b}deps:",
             "callbacks": f"{b}callbacks",
             "fsck": f"{b}fsck:",
+            "deferred": f"{p}deferred",
+            "pace": f"{p}pace",
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: set once, here

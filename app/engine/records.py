@@ -56,6 +56,7 @@ def render_record(
         "completed_at": iso_ms(rec.get(b"finished")),
         "result": decode_json(rec.get(b"result")),
         "error": text(rec[b"error"]) if b"error" in rec else None,
+        "progress": render_progress(rec.get(b"progress")),
     }
     if state == State.QUEUED:
         view["position"] = position
@@ -82,3 +83,13 @@ def _callback_view(rec: dict[bytes, bytes]) -> dict[str, Any]:
     if b"cb_error" in rec:
         view["error"] = text(rec[b"cb_error"])
     return view
+
+
+def render_progress(stored: bytes | None) -> dict[str, Any] | None:
+    """The last progress report (engine/progress.py) as `GET /tasks/{eval_id}` shows it:
+    `{"progress", "message"?, "data"?, "attempt", "at"}`; None before the first."""
+    kept = decode_json(stored)
+    if not isinstance(kept, dict):
+        return None
+    kept["at"] = iso_ms(str(kept.get("at") or "") or None)
+    return kept

@@ -66,6 +66,9 @@ CORE = (
     "dlq_retry",
     "dlq_purge",
     "callback_done",
+    "progress",  # engine/progress.py
+    "listing",  # engine/listing.py
+    "pace",  # engine/pace.py
 )
 AUDIT = (
     "fsck_records",

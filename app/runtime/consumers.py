@@ -46,6 +46,18 @@ MAX_IDLE = 5.0  # longest block while idle; scheduled tasks and lapsed leases wa
 MAX_PROMOTE_SLEEP = 5.0
 
 
+def progress_url_parts(base_url: str, queue: str) -> tuple[str, str]:
+    """What comes before and after the eval_id in a task's `progress_url` (an eval_id is
+    URL-safe as it is); a named queue's task carries its queue as the by-id hint."""
+    return f"{base_url}/tasks/", "/progress" + (f"?queue={queue}" if queue else "")
+
+
+def progress_url(base_url: str, eval_id: str, queue: str = "") -> str:
+    """`POST` progress reports of task `eval_id` here (web/tasks.py, engine/progress.py)."""
+    before, after = progress_url_parts(base_url, queue)
+    return before + eval_id + after
+
+
 @dataclass
 class Running:
     task: Task
@@ -84,6 +96,7 @@ class ConsumerPool:
         self._loops: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self.redis_watch = RedisWatch()
+        self._progress = progress_url_parts(settings.base_url, queue.keys.q)
         self._log_attempts = settings.log_level in ("DEBUG", "INFO")
         # one attempt, decided once: with tracing off no tracing code runs
         self._attempt: Callable[[Task], Awaitable[None]] = (
@@ -163,6 +176,7 @@ class ConsumerPool:
             await self.redis_watch.lost(error)  # logged once; the next claim logs the return
 
     def _spawn(self, task: Task) -> None:
+        task.progress_url = self._progress[0] + task.eval_id + self._progress[1]
         job = asyncio.create_task(self._run(task), name=f"task-{task.eval_id}")
         self.running[task.eval_id] = Running(task, job, time.perf_counter())
         if self.free_slots <= 0:

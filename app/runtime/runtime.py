@@ -1,5 +1,6 @@
 """The runtime of one process: the engine, its metrics, the consumers, the callback sender,
-the hourly housekeeping, and components attached by the composition root.
+the hourly housekeeping, the scheduler of cron schedules, and components attached by the
+composition root.
 
 `Runtime.start()` / `Runtime.stop(grace)` is the one lifecycle, used by the web lifespan
 (`serve`) and by `taskstream worker`. Stopping is two-phase, as uvicorn's shutdown is:
@@ -15,8 +16,8 @@ The runtime also owns the process's tracer (runtime/tracing.py `start`: None unl
 settings turn span export on), handed to its consumers and read by the composition root.
 
 Imports: engine, runtime.consumers, runtime.callbacks, runtime.metrics, runtime.aio,
-runtime.executors, runtime.tracing, runtime.otel (typing), errors, settings (and
-structlog).
+runtime.executors, runtime.tracing, runtime.scheduler, runtime.otel (typing), errors,
+settings (and structlog).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from app.runtime.callbacks import CallbackSender
 from app.runtime.consumers import ConsumerPool, Workers
 from app.runtime.executors import ExecutorPool
 from app.runtime.metrics import Metrics
+from app.runtime.scheduler import Scheduler
 from app.runtime.tracing import start as start_tracing
 from app.settings import Settings
 
@@ -90,6 +92,7 @@ class Runtime:
             tracer=self.tracer,
             runnable_only=runnable_only,
         )
+        self.scheduler = Scheduler(self.engine, self.metrics, self.tracer)
         self.components: list[Component] = []
         self.sender: CallbackSender | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -109,6 +112,7 @@ class Runtime:
         await self.workers.start()
         for component in self.components:
             await component.start()
+        self.scheduler.start()  # in every process, API-only ones too
         if not self.consuming:
             return
         stream = CallbackStream(self.engine.client, self.engine.keys, self.engine.scripts)
@@ -129,7 +133,7 @@ class Runtime:
         if self._housekeeping is not None:
             await cancel(self._housekeeping)
         stops = [c.stop(grace) for c in self.components]
-        await asyncio.gather(*stops, self.workers.stop(grace))
+        await asyncio.gather(*stops, self.workers.stop(grace), self.scheduler.stop())
 
     async def stop(self, grace: float) -> None:
         """`stop_consuming`, then the callback sender, then the client; the tracer exports

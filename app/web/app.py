@@ -29,7 +29,7 @@ from app.runtime.drain import Drain
 from app.runtime.executors import ExecutorPool
 from app.runtime.runtime import Runtime
 from app.settings import Settings
-from app.web import eas, live, openapi, operator, tasks
+from app.web import eas, live, openapi, operator, schedules, tasks
 from app.web.middleware import Answering, Guard, HotPath
 from app.web.responses import HANDLERS
 
@@ -64,6 +64,7 @@ ROUTES: list[BaseRoute] = [
     Route("/redoc", redoc, methods=["GET"]),
     *eas.ROUTES,
     *live.ROUTES,
+    *schedules.ROUTES,
 ]
 
 

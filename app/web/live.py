@@ -51,7 +51,8 @@ def _start(request: Request) -> str:
 
 
 def render(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> ServerSentEvent:
-    """One SSE event: `event` is the new state, `data` the change as JSON."""
+    """One SSE event: `event` is the new state, `data` the change as JSON; a progress
+    report is `event: progress` with its `progress` (0-100)."""
     state = fields.get(b"state", b"").decode()
     attempt = fields.get(b"attempt", b"").decode()
     data = {
@@ -61,13 +62,13 @@ def render(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> ServerSen
         "queue": queue,
         "at": int(entry_id.split(b"-")[0]),
     }
+    if b"progress" in fields:  # a progress report (engine/progress.py): no state change
+        data["progress"] = orjson.loads(fields[b"progress"])
     return ServerSentEvent(data=orjson.dumps(data).decode(), event=state, id=entry_id.decode())
 
 
 async def follow(queue: Queue, arrivals: Arrivals, start: str) -> AsyncIterator[Any]:
-    """The queue's events after `start`, then each new one as it is appended."""
-    if start == "$":
-        start = await views.events_tail(queue)
+    """The queue's events after `start` (an entry id), then each new one as it is appended."""
     async with arrivals.waiting(lambda entry: True) as arrived:
         while True:
             arrived.clear()
@@ -83,6 +84,10 @@ async def follow(queue: Queue, arrivals: Arrivals, start: str) -> AsyncIterator[
 async def events(request: Request) -> Response:
     queue = await params.resolve_queue(request.state, request.query_params.get("queue"))
     start = _start(request)
+    if start == "$":
+        # Fixed before the headers go out: a client that has the headers (and then reads a
+        # task's record) misses no later change, as it would if the generator read the tail.
+        start = await views.events_tail(queue)
     feeds: dict[str, Arrivals] = request.state.event_arrivals
     arrivals = feeds.get(queue.keys.events)
     if arrivals is None:

@@ -5,8 +5,8 @@ nothing from other hosts. Every status a route can answer is declared (tests/web
 runs schemathesis over the document against a live service): 401 on every route behind
 API_KEY, 503 on every route that needs Redis, 400/413/422 where a body or parameter is read.
 The building blocks (schemas, parameters, errors) are in web/openapi_schemas.py.
-Imports: web.openapi_schemas (and offapi, yaml; web/app.py checks the spec covers its
-routes).
+Imports: web.openapi_schemas, web.openapi_schedules (and offapi, yaml; web/app.py checks
+the spec covers its routes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 from offapi import OpenAPITemplate
 
 from app import __version__
+from app.web.openapi_schedules import schedule_paths
 from app.web.openapi_schemas import (
     BODY,
     DEDUPLICATED,
@@ -28,11 +29,14 @@ from app.web.openapi_schemas import (
     GUARDED,
     HINT_QUEUE,
     IN_QUEUE,
+    LIST_PARAMS,
     OBJECT,
+    PROGRESS_IN,
     QUEUE,
     TASK_ID,
     TASK_IN,
     TASK_OUT,
+    TASK_PAGE,
     TRACE_HEADERS,
     error_responses,
     json_content,
@@ -66,6 +70,12 @@ def paths() -> dict[str, dict[str, Any]]:
             "delete": operation(
                 "Clear every task, queue and the DLQ",
                 {200: json_content(OBJECT), **error_responses(*GUARDED)},
+            ),
+            "get": operation(
+                "List the tasks in a state, a page at a time (docs/api.md: each state's "
+                "order and page cost)",
+                {200: json_content(TASK_PAGE), **error_responses(*GUARDED, 404, 422)},
+                params=LIST_PARAMS,
             ),
         },
         "/tasks/batch": {
@@ -116,6 +126,26 @@ def paths() -> dict[str, dict[str, Any]]:
                         "retry": {"type": "boolean", "default": True},
                         "traceback": {"type": "string"},
                     },
+                },
+                [TASK_ID, HINT_QUEUE],
+            )
+        },
+        "/tasks/{eval_id}/progress": {
+            "post": operation(
+                "Report the progress of a running task (fenced like complete)",
+                {200: json_content(OBJECT), **error_responses(*GUARDED, *BODY, 404, 409)},
+                PROGRESS_IN,
+                [TASK_ID, HINT_QUEUE],
+            )
+        },
+        "/tasks/{eval_id}/renew": {
+            "post": operation(
+                "Keep a pulled task's lease (TASK_TIMEOUT s from now again)",
+                {200: json_content(OBJECT), **error_responses(*GUARDED, *BODY, 404, 409)},
+                {
+                    "type": "object",
+                    "required": ["lease", "attempt"],
+                    "properties": {"lease": {"type": "string"}, "attempt": {"type": "integer"}},
                 },
                 [TASK_ID, HINT_QUEUE],
             )
@@ -253,6 +283,7 @@ def paths() -> dict[str, dict[str, Any]]:
         },
         "/api/predict/{service}": eas_paths(sink=False),
         "/api/predict/{service}/sink": eas_paths(sink=True),
+        **schedule_paths(),
     }
 
 

@@ -187,6 +187,27 @@ TASK_OUT: dict[str, Any] = {
         "queue": {"type": "string"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "allow_failure": {"type": "boolean"},
+        "progress": {
+            "type": ["object", "null"],
+            "description": "the last report of POST /tasks/{eval_id}/progress (null: none)",
+            "properties": {
+                "progress": {"type": "number", "minimum": 0, "maximum": 100},
+                "message": {"type": "string"},
+                "data": {},
+                "attempt": {"type": "integer", "description": "the attempt that reported"},
+                "at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "eta": {
+            "type": "string",
+            "format": "date-time",
+            "description": "queued only, once the queue has a pace: the estimated start",
+        },
+        "worker": {"type": "string", "description": "GET /tasks?state=processing: holder"},
+        "elapsed_ms": {"type": "integer", "description": "GET /tasks?state=processing"},
+        "due_at": {"type": "string", "format": "date-time", "description": "scheduled/retrying"},
+        "waiting_on": {"type": "integer", "description": "deferred: unfinished parents"},
+        "metadata": {"type": "object", "description": "in listings, while the task waits or runs"},
         "callback": {
             "type": "object",
             "description": "finished tasks with a callback only: pending until every target "
@@ -212,6 +233,11 @@ DELIVERY: dict[str, Any] = {
         "priority": {"type": "string"},
         "timeout": {"type": ["number", "null"]},
         "lease": {"type": "string", "description": "send back with complete/fail to fence"},
+        "progress_url": {"type": "string", "description": "POST progress reports here"},
+        "lease_timeout": {
+            "type": "number",
+            "description": "seconds the lease lasts unless renewed (TASK_TIMEOUT)",
+        },
         "traceparent": {"type": "string", "description": "the W3C trace context kept with it"},
         "tracestate": {"type": "string"},
     },
@@ -278,3 +304,58 @@ def error_responses(*codes: int) -> dict[int, dict[str, Any]]:
 # The errors every guarded route that reads Redis can answer.
 GUARDED = (401, 503)
 BODY = (400, 413, 422)  # a JSON body read
+
+
+# --- progress and listing (issue 15) ----------------------------------------------------------
+
+STATES = [
+    "queued",
+    "scheduled",
+    "deferred",
+    "processing",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+]
+PROGRESS_IN: dict[str, Any] = {
+    "type": "object",
+    "required": ["progress"],
+    "properties": {
+        "progress": {"type": "number", "minimum": 0, "maximum": 100},
+        "message": {"type": "string", "maxLength": 1000},
+        "data": {"description": "any JSON; the report encodes to at most 16 KiB"},
+        "attempt": {"type": "integer", "minimum": 1, "description": "fences like complete"},
+        "lease": {
+            "type": "string",
+            "description": "from GET /tasks/next: fences, and renews the lease (TASK_TIMEOUT)",
+        },
+    },
+    "example": {"progress": 40, "message": "4 of 10 files", "attempt": 1},
+}
+TASK_PAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["tasks", "next_cursor"],
+    "properties": {
+        "tasks": {"type": "array", "items": TASK_OUT},
+        "next_cursor": {
+            "type": ["string", "null"],
+            "description": "give as `cursor` for the next page; null: the end",
+        },
+    },
+}
+LIST_PARAMS: list[dict[str, Any]] = [
+    {
+        "name": "state",
+        "in": "query",
+        "required": True,
+        "schema": {"enum": STATES},
+        "description": "queued in position order; processing by priority; scheduled and "
+        "retrying by due time; deferred by creation; finished ones newest first",
+    },
+    IN_QUEUE,
+    query_param("tenant", "string", "the task's tenant (absent: default)", maxLength=64),
+    query_param("q", "string", "an eval_id prefix or a metadata value", maxLength=256),
+    query_param("limit", "integer", "page size, default 50", minimum=1, maximum=500),
+    query_param("cursor", "string", "the next_cursor of the previous page"),
+]

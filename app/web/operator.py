@@ -1,7 +1,7 @@
 """Operator routes: the dead-letter queue, health and readiness probes, status, metrics.
 
 Imports: engine (admin, views, audits), runtime (metrics content type, drain, typing),
-web.params, web.responses, errors (and starlette).
+web.params, web.schedules (the status's overview), web.responses, errors (and starlette).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.errors import NotFound, Unavailable, WritesRefused
 from app.runtime.drain import Drain
 from app.runtime.metrics import CONTENT_TYPE
 from app.runtime.runtime import Runtime
-from app.web import params
+from app.web import params, schedules
 from app.web.responses import JSON
 from app.web.tasks import eval_id_of
 
@@ -133,6 +133,7 @@ async def status(request: Request) -> Response:
             "queues": await named_overview(runtime),
             "eas": await request.state.eas.overview(),
             "fsck": await audits.last_audit(engine),  # the last audit, by any process
+            "schedules": await schedules.overview(request),
         }
     )
 

@@ -1,7 +1,8 @@
 """The legacy task API: `/tasks` (create, batch, pull, get, complete, fail, cancel, clear).
 
 Handlers parse (bodies with models, query parameters with params), call one engine
-operation (or the runtime's `pull`), and answer `JSON`. The engine counts the transitions.
+operation (or the runtime's `pull`), and answer `JSON`. A pull worker keeps its task's
+lease with `renew` (TASK_TIMEOUT s again from each call). The engine counts the transitions.
 Enqueues keep a W3C trace context with each task (runtime/tracing.py): the task's own
 `traceparent` field, else the request's header, else a new trace; with a tracer, the
 context of the `send` span made around the enqueue.
@@ -19,11 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin
+from app.engine import admin, listing, pace, progress
 from app.engine.engine import Engine
-from app.errors import Invalid
+from app.engine.queue import Queue
+from app.errors import Conflict, Invalid
 from app.models import Priority, Task, TaskRequest, callback_host, check_eval_id, parse_json
 from app.runtime import tracing
+from app.runtime.consumers import progress_url
 from app.runtime.pull import pull
 from app.settings import Settings
 from app.web import params
@@ -154,16 +157,33 @@ async def next_task(request: Request) -> Response:
     task = await pull(queue, request.state.consumer, wait, settings.task_timeout, gone)
     if task is None:
         return Response(status_code=204)
-    return JSON({**task.view(), "queue": queue.keys.queue})
+    task.progress_url = progress_url(settings.base_url, task.eval_id, queue.keys.q)
+    return JSON({**task.view(), "queue": queue.keys.queue, "lease_timeout": settings.task_timeout})
 
 
-async def _hinted(request: Request) -> Any:
+async def list_tasks(request: Request) -> Response:
+    """One page of the tasks in a state (engine/listing.py)."""
+    query = request.query_params
+    limit = params.integer(query, "limit", 50, 1, listing.MAX_LIMIT)
+    page = listing.Page.parse(
+        query.get("state"), limit, query.get("tenant"), query.get("q"), query.get("cursor")
+    )
+    queue = await params.resolve_queue(request.state, query.get("queue"))
+    answer = await listing.list_tasks(queue, page)
+    await pace.add_etas(queue, answer["tasks"])  # queued ones (engine/pace.py)
+    return JSON(answer)
+
+
+async def _hinted(request: Request) -> Queue:
     """The queue `?queue=` hints at for a by-id call (see `params.resolve_queue`)."""
     return await params.resolve_queue(request.state, request.query_params.get("queue"), hint=True)
 
 
 async def get_task(request: Request) -> Response:
-    return JSON(await (await _hinted(request)).get(eval_id_of(request)))
+    record = await (await _hinted(request)).get(eval_id_of(request))
+    if "position" in record:  # queued: its ETA, once its queue has a pace
+        await pace.add_etas(request.state.engine.queue(record["queue"]), [record])
+    return JSON(record)
 
 
 async def complete_task(request: Request) -> Response:
@@ -187,6 +207,46 @@ async def fail_task(request: Request) -> Response:
     return JSON(await queue.fail(eval_id, error, retry=retry, task=task, detail=detail))
 
 
+async def report_progress(request: Request) -> Response:
+    """A running task's progress (engine/progress.py), fenced like complete."""
+    eval_id = eval_id_of(request)
+    sent = progress.Report.parse(await json_body(request))
+    return JSON(await progress.report(await _hinted(request), eval_id, sent))
+
+
+async def renew_task(request: Request) -> Response:
+    """A pull worker keeps its task: the lease runs TASK_TIMEOUT s from now again, fenced
+    by the delivery token like complete and fail (409 once it lapsed or was handed on)."""
+    eval_id = eval_id_of(request)
+    task = _delivery(eval_id, json_object(await json_body(request)))
+    if task is None:
+        raise Invalid("lease and attempt are required")
+    queue = await _hinted(request)
+    if await queue.renew(request.state.consumer, [task], request.state.settings.task_timeout):
+        queue = await _renew_elsewhere(request, queue, task)
+    return JSON(
+        {
+            "eval_id": eval_id,
+            "status": "processing",
+            "queue": queue.keys.queue,
+            "lease_timeout": request.state.settings.task_timeout,
+        }
+    )
+
+
+async def _renew_elsewhere(request: Request, queue: Queue, task: Task) -> Queue:
+    """A renewal refused by `queue`: the task lives in another queue (a missing or wrong
+    `?queue=` hint: renewed there), or it is unknown (404) or no longer this delivery's (409).
+    The record is read only on this path, so a renewal costs one script."""
+    record = await queue.get(task.eval_id)  # NotFound when unknown, in any queue
+    if record["queue"] != queue.keys.queue and record["status"] == "processing":
+        engine: Engine = request.state.engine
+        other = engine.queue(record["queue"])
+        if not await other.renew(request.state.consumer, [task], engine.settings.task_timeout):
+            return other
+    raise Conflict(f"task is {record['status']}; the lease of attempt {task.attempt} is lost")
+
+
 async def cancel_task(request: Request) -> Response:
     eval_id = eval_id_of(request)
     queue = await _hinted(request)
@@ -201,11 +261,14 @@ ROUTES = [
     # Served by HotPath in the running app; listed so the route table is complete.
     Route("/tasks", create_task, methods=["POST"]),
     Route("/tasks", clear_tasks, methods=["DELETE"]),
+    Route("/tasks", list_tasks, methods=["GET"]),
     Route("/tasks/batch", create_batch, methods=["POST"]),
     Route("/tasks/next", next_task, methods=["GET"]),
     Route("/tasks/{eval_id}", get_task, methods=["GET"]),
     Route("/tasks/{eval_id}/complete", complete_task, methods=["POST"]),
     Route("/tasks/{eval_id}/fail", fail_task, methods=["POST"]),
+    Route("/tasks/{eval_id}/progress", report_progress, methods=["POST"]),
+    Route("/tasks/{eval_id}/renew", renew_task, methods=["POST"]),
     Route("/tasks/{eval_id}/cancel", cancel_task, methods=["POST"]),
     Route("/api/eval/{eval_id}/cancel", cancel_task, methods=["POST"]),
 ]

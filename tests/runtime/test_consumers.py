@@ -231,6 +231,7 @@ async def test_tasks_complete_with_the_executors_json_as_result(
         "language": "bash",
         "attempt": 1,
         "metadata": {"user": "u1"},
+        "progress_url": f"{svc.settings.base_url}/tasks/{ids[0]}/progress",
     }
     assert sorted(c["eval_id"] for c in executor.calls) == sorted(ids)
 

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): counts match
-/status, a DLQ retry click re-queues the task, events appear live, pause/resume works;
-a screenshot is saved in the test's temp dir."""
+/status, a DLQ retry click re-queues the task, events appear live, pause/resume works, the
+schedules list shows a schedule and its pause / resume buttons work; a screenshot is saved
+in the test's temp dir."""
 
 from __future__ import annotations
 
@@ -88,6 +89,20 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     await page.locator("#paused", has_text="running").wait_for(timeout=10_000)
     assert (await service.http.get("/status")).json()["paused"] is False
 
+    # the schedules list, and its pause / resume buttons
+    nightly = {"name": "nightly", "cron": "30 2 * * *", "task": {"code": "x"}}
+    assert (await service.http.post("/schedules", json=nightly)).status_code == 201
+    schedule = page.locator('#schedules tr[data-name="nightly"]')
+    await schedule.wait_for(timeout=10_000)
+    assert "30 2 * * * (UTC)" in await schedule.inner_text()
+    await page.click('button.schedule-pause[data-name="nightly"]')
+    await page.locator('button.schedule-resume[data-name="nightly"]').wait_for(timeout=10_000)
+    assert (await service.http.get("/schedules/nightly")).json()["paused"] is True
+    assert "paused" in await schedule.inner_text()
+    await page.click('button.schedule-resume[data-name="nightly"]')
+    await page.locator('button.schedule-pause[data-name="nightly"]').wait_for(timeout=10_000)
+    assert (await service.http.get("/schedules/nightly")).json()["paused"] is False
+
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     assert all(url.startswith(service.url) for url in loaded), loaded  # nothing from elsewhere
@@ -95,3 +110,16 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
 
 async def _text_is(locator, expected: str):
     return (await locator.inner_text()).strip() == expected
+
+
+async def test_the_task_view_shows_the_last_progress_report(service, page):
+    assert (await service.http.post("/tasks", json={"eval_id": "pg-view", "code": "x"})).is_success
+    task = (await service.http.get("/tasks/next")).json()
+    report = {"progress": 60, "message": "rows", "attempt": task["attempt"]}
+    assert (await service.http.post("/tasks/pg-view/progress", json=report)).is_success
+    await page.goto(service.url + "/dashboard")
+    await page.fill("#lookup-id", "pg-view")
+    await page.click("#lookup button")
+    await page.locator("#lookup-progress").wait_for(state="visible", timeout=10_000)
+    assert await page.locator("#lookup-bar").evaluate("bar => bar.value") == 60
+    assert "60% rows (attempt 1" in await page.locator("#lookup-progress-text").inner_text()

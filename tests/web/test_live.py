@@ -154,3 +154,27 @@ async def test_stats_of_a_pai_eas_queue(service, queue):
         assert sum(m.get("queued", 0) for m in response.json()["minutes"]) == queued
     for unknown in ("nope", f"{svc}/other"):
         assert (await service.http.get(f"/stats?queue={unknown}")).status_code == 404
+
+
+async def test_a_progress_report_is_an_event_with_its_progress(service):
+    await enqueue(service, "pg-live")
+    task = (await service.http.get("/tasks/next")).json()
+    async with service.http.stream("GET", "/events?last_event_id=0") as stream:
+        events = Events(stream)
+        await events.next(2)  # queued, processing
+        report = {"progress": 33.5, "lease": task["lease"], "attempt": task["attempt"]}
+        assert (await service.http.post("/tasks/pg-live/progress", json=report)).is_success
+        (event,) = await events.next(1)
+    assert event["event"] == "progress"
+    assert event["data"]["eval_id"] == "pg-live" and event["data"]["progress"] == 33.5
+    assert event["data"]["attempt"] == 1
+
+
+async def test_a_stream_without_an_id_starts_when_its_headers_are_sent(service):
+    # What the Python client's wait relies on: once the headers are in, no later change
+    # is missed (the start is not read later, when the first event is due).
+    async with service.http.stream("GET", "/events") as stream:
+        assert stream.status_code == 200
+        await enqueue(service, "after-headers")
+        (event,) = await Events(stream).next(1)
+    assert event["data"]["eval_id"] == "after-headers"

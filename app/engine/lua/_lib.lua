@@ -152,12 +152,17 @@ local function schedule(k_sched, channel, id, due)
   if not first[2] or due < tonumber(first[2]) then redis.call('PUBLISH', channel, due) end
 end
 
+-- Deferred tasks are also listed in their queue's `deferred` zset (score: creation time), so
+-- `GET /tasks?state=deferred` pages through them without a scan (engine/listing.py);
+-- every way out of `deferred` removes them from it.
+
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
 -- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
 -- allow, payload, run_at, attempts; `exp`: its expiry (ms) or nil.
 local function release_child(k_child, cid, qp, rec, now, maxlen, exp)
   local prio, payload, run_at = rec[2], rec[5], tonumber(rec[6] or '0')
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
+  redis.call('ZREM', qp .. 'deferred', cid)
   redis.call('HDEL', k_child, 'waiting')
   if run_at > now then
     redis.call('HSET', k_child, 'state', 'scheduled')
@@ -187,6 +192,7 @@ end
 -- expiry (ms) or nil; with one it leaves its queue's `expiries`.
 local function cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl, exp)
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. rec[2], -1)
+  redis.call('ZREM', qp .. 'deferred', cid)
   leave_parents(k_child, cid)
   if exp then redis.call('ZREM', qp .. 'expiries', cid) end
   redis.call('HSET', k_child, 'state', 'cancelled', 'finished', now,
@@ -271,6 +277,7 @@ local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
     redis.call('HINCRBY', Q.counters, state .. ':' .. prio, -1)
   elseif state == 'deferred' then
     redis.call('HINCRBY', Q.counters, 'deferred:' .. prio, -1)
+    redis.call('ZREM', string.sub(Q.counters, 1, -9) .. 'deferred', id)  -- <queue>deferred
     redis.call('HDEL', k_task, 'waiting')
     leave_parents(k_task, id)
   end

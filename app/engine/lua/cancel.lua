@@ -10,7 +10,8 @@
 --       6 cancel channel, 7 the queue assumed ('' = default)
 -- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
 -- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
--- events, schedule; `deps:<id>`; the callbacks stream).
+-- events, schedule; `deps:<id>`; the callbacks stream), and a deferred task's queue's
+-- `deferred` zset (the counters key minus `counters`).
 -- Returns {'cancelled', previous state, priority} | {'missing'} | {'state', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[2], default = KEYS[3], low = KEYS[4]}
@@ -28,6 +29,7 @@ elseif state == 'scheduled' or state == 'retrying' then
   redis.call('HINCRBY', KEYS[11], state .. ':' .. prio, -1)
 elseif state == 'deferred' then
   redis.call('HINCRBY', KEYS[11], 'deferred:' .. prio, -1)
+  redis.call('ZREM', string.sub(KEYS[11], 1, -9) .. 'deferred', id)  -- <queue>deferred
   redis.call('HDEL', KEYS[1], 'waiting')
   leave_parents(KEYS[1], id)
 elseif state == 'processing' and ARGV[2] == '1' then

@@ -19,7 +19,8 @@
 --       only with depends_on: 10 allow_failure ('1'/'0'), 11 result ttl s, 12… parent eval_ids
 -- Also touched, derived in Lua from the task key's base (same hash tag): parents' records
 -- and `deps:<parent>` sets, the record of the task a dedup_key names; a task created
--- cancelled goes through finished() (_lib.lua).
+-- cancelled goes through finished() (_lib.lua); a deferred one joins the queue's
+-- `deferred` zset (the counters key minus `counters`).
 -- Returns {state, position} ; {'duplicate'} when the eval_id is known; {'unknown', {ids}}
 -- when parents are unknown; {'cancelled', reason} when a parent already failed;
 -- {'deduplicated', eval_id, state or false} when the dedup_key's holder answers the request.
@@ -149,6 +150,7 @@ local function with_parents()
     redis.call('HSET', base .. 'task:' .. parent, 'kids', 1)
   end
   redis.call('HINCRBY', KEYS[3], 'deferred:' .. prio, 1)
+  redis.call('ZADD', string.sub(KEYS[3], 1, -9) .. 'deferred', now, id)  -- <queue>deferred
   adopt()
   event(KEYS[5], maxlen, id, 'deferred')
   return {'deferred', 0}

@@ -103,7 +103,8 @@ function actions(evalId) {
 
 function showEvent(data) {
   const li = document.createElement("li");
-  li.textContent = `${new Date(data.at).toISOString().slice(11, 23)} ${data.eval_id} ${data.state}` + (data.attempt ? ` (attempt ${data.attempt})` : "");
+  const progress = data.progress !== undefined ? ` ${data.progress}%` : "";
+  li.textContent = `${new Date(data.at).toISOString().slice(11, 23)} ${data.eval_id} ${data.state}${progress}` + (data.attempt ? ` (attempt ${data.attempt})` : "");
   li.dataset.id = data.eval_id;
   li.dataset.state = data.state;
   $("#events").prepend(li);
@@ -154,8 +155,18 @@ $("#key-form").onsubmit = (e) => {
 $("#lookup").onsubmit = async (e) => {
   e.preventDefault();
   const response = await api("/tasks/" + encodeURIComponent($("#lookup-id").value));
-  $("#lookup-result").textContent = JSON.stringify(await response.json(), null, 2);
+  const record = await response.json();
+  showProgress(record.progress);
+  $("#lookup-result").textContent = JSON.stringify(record, null, 2);
 };
+
+// The task view's progress bar: the last report of POST /tasks/{id}/progress, if any.
+function showProgress(report) {
+  $("#lookup-progress").hidden = !report;
+  if (!report) return;
+  $("#lookup-bar").value = report.progress;
+  $("#lookup-progress-text").textContent = `${report.progress}%` + (report.message ? ` ${report.message}` : "") + ` (attempt ${report.attempt}, ${report.at})`;
+}
 
 function tick() { refreshStatus(); refreshStats(); refreshDlq(); }
 tick();
