@@ -79,6 +79,9 @@ async def test_the_task_document_shows_expiry_and_the_expired_state(service: Ser
     assert_error(await service.http.post("/tasks/e1/cancel"), 409)
     status = (await service.http.get("/status")).json()
     assert status["totals"]["expired"] == 1 and status["states"]["scheduled"] == 0
+    listed = (await service.http.get("/tasks", params={"state": "expired"})).json()
+    assert [t["eval_id"] for t in listed["tasks"]] == ["e1"]
+    assert listed["tasks"][0]["status"] == "expired"
 
 
 async def test_openapi_documents_the_fields_and_the_200(service: Service):
