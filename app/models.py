@@ -26,6 +26,8 @@ MAX_INTERVALS = 100
 MAX_PARENTS = 100  # depends_on: parents per task
 RESERVED_IDS = frozenset({"next", "batch"})  # GET /tasks/next, POST /tasks/batch
 MAX_URL_LENGTH = 2048
+MAX_DEDUP_KEY = 128
+DEDUP_MODES = ("active", "throttle", "debounce")
 TRACE_FIELDS = ("traceparent", "tracestate")  # kept in a payload (runtime/tracing.py)
 
 
@@ -38,9 +40,10 @@ class State(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not started before its `expires` time; never run
 
 
-TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.EXPIRED})
 WAITING = frozenset({State.QUEUED, State.SCHEDULED, State.RETRYING})
 CANCELLABLE = WAITING | {State.DEFERRED}
 
@@ -114,6 +117,24 @@ def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | 
     return float(value)
 
 
+def _moment(data: dict[str, Any], key: str) -> float | None:
+    """An absolute time given as epoch seconds or an ISO-8601 string (`run_at`,
+    `expires_at`), in epoch seconds; None when absent."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Invalid(f"{key} must be epoch seconds or an ISO-8601 time") from None
+        moment = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+        if not 0 <= moment <= MAX_RUN_AT:
+            raise Invalid(f"{key} is out of range")
+        return moment
+    return _number(data, key, 0, MAX_RUN_AT) or 0.0
+
+
 def _start(data: dict[str, Any]) -> tuple[float | None, float | None]:
     """(`delay` s, `run_at` epoch s): at most one is set. Neither is turned into the other
     here: a delay counts from the Redis server's clock and a run_at is compared with it, in
@@ -123,20 +144,66 @@ def _start(data: dict[str, Any]) -> tuple[float | None, float | None]:
     delay = _number(data, "delay", 0, MAX_DELAY_SECONDS)
     if delay is not None:
         return (delay or None), None
-    value = data.get("run_at")
-    if value is None:
-        return None, None
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise Invalid("run_at must be epoch seconds or an ISO-8601 time") from None
-        moment = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
-        if not 0 <= moment <= MAX_RUN_AT:
-            raise Invalid("run_at is out of range")
-    else:
-        moment = _number(data, "run_at", 0, MAX_RUN_AT) or 0.0
-    return None, moment
+    return None, _moment(data, "run_at")
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """`expires` (s after the Redis clock at enqueue) or `expires_at` (epoch s): a task not
+    started by then becomes `expired` (engine/lua/_lib.lua, expire)."""
+
+    after: float | None = None
+    at: float | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Expiry:
+        if data.get("expires") is not None and data.get("expires_at") is not None:
+            raise Invalid("give expires or expires_at, not both")
+        # An expiry before the run time (or already past) is accepted: the task expires
+        # then, as Celery revokes a task whose `expires` comes before its `eta`.
+        return cls(_number(data, "expires", 0.001, MAX_DELAY_SECONDS), _moment(data, "expires_at"))
+
+    def arg(self) -> str | None:
+        """enqueue.lua's expiry: '+<ms>' after the Redis clock, '<ms>' epoch; None: none."""
+        if self.after is not None:
+            return f"+{math.ceil(self.after * 1000)}"
+        return None if self.at is None else str(int(self.at * 1000))
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """`dedup_key` with its `dedup` mode and `dedup_ttl` (s): see docs/api.md."""
+
+    key: str
+    mode: str = "active"
+    ttl: float | None = None
+
+    @property
+    def ttl_ms(self) -> int:
+        return math.ceil((self.ttl or 0) * 1000)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Dedup | None:
+        key, mode = data.get("dedup_key"), data.get("dedup")
+        if key is None:
+            if mode is not None or data.get("dedup_ttl") is not None:
+                raise Invalid("dedup and dedup_ttl need a dedup_key")
+            return None
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_DEDUP_KEY:
+            raise Invalid(f"dedup_key must be a string of 1-{MAX_DEDUP_KEY} characters")
+        mode = "active" if mode is None else mode
+        if mode not in DEDUP_MODES:
+            raise Invalid(f"dedup must be one of {', '.join(DEDUP_MODES)}")
+        ttl = _number(data, "dedup_ttl", 0.001, MAX_DELAY_SECONDS)
+        if ttl is None and mode != "active":
+            raise Invalid(f"dedup_ttl is required with {mode}")
+        if mode == "active":
+            ttl = None  # an active key is held by its task's life, not by time
+        if mode == "debounce" and any(
+            data.get(name) is not None for name in ("delay", "run_at", "depends_on")
+        ):
+            raise Invalid("debounce sets the run time itself: no delay, run_at or depends_on")
+        return cls(key, mode, ttl)
 
 
 def _intervals(value: object) -> list[float] | None:
@@ -231,6 +298,8 @@ class TaskRequest:
     queue: str | None = None  # a named queue; None = the default queue
     callback_url: str | None = None  # POSTed the outcome once terminal (runtime/callbacks.py)
     delay: float | None = None  # seconds after the Redis server's clock at enqueue
+    dedup: Dedup | None = None  # deduplication (dedup_key, dedup, dedup_ttl)
+    expiry: Expiry = Expiry()  # expires / expires_at
 
     @classmethod
     def parse(cls, data: object) -> TaskRequest:
@@ -247,6 +316,7 @@ class TaskRequest:
         if not isinstance(allow_failure, bool):
             raise Invalid("allow_failure must be a boolean")
         payload, (delay, run_at) = _payload(data), _start(data)
+        expiry, dedup = Expiry.parse(data), Dedup.parse(data)
         queue = check_queue(data.get("queue"))
         callback_url = _callback_url(data.get("callback_url"))
         return cls(
@@ -259,6 +329,8 @@ class TaskRequest:
             queue,
             callback_url,
             delay=delay,
+            dedup=dedup,
+            expiry=expiry,
         )
 
     def encoded_payload(self) -> bytes:

@@ -16,6 +16,9 @@ NAMED = {
     "ts:{q}:scheduled": "ts:{%(q)s}:scheduled",
     "ts:{q}:deferred": "ts:{%(q)s}:deferred",
     "ts:{q}:pace": "ts:{%(q)s}:pace",
+    "ts:{q}:expiries": "ts:{%(q)s}:expiries",
+    "ts:{q}:dedup": "ts:{%(q)s}:dedup",
+    "ts:{q}:dedup:ttl": "ts:{%(q)s}:dedup:ttl",
     "ts:{q}:counters": "ts:{%(q)s}:counters",
     "ts:{q}:holes:<prio>": "ts:{%(q)s}:holes:*",
     "ts:{q}:dlq": "ts:{%(q)s}:dlq",
@@ -44,6 +47,10 @@ async def test_every_key_the_docs_name_exists(service, redis_url, queue):
         body = {"eval_id": f"t{i}", "code": "x", "priority": "high"}
         assert (await http.post("/tasks", json=body)).status_code == 201
     assert (await http.post("/tasks", json={"code": "x", "delay": 600})).status_code == 201
+    flow = {"code": "x", "delay": 600, "expires": 900, "dedup_key": "d"}
+    assert (await http.post("/tasks", json=flow)).status_code == 201
+    flow = {"code": "x", "dedup_key": "t", "dedup": "throttle", "dedup_ttl": 600}
+    assert (await http.post("/tasks", json=flow)).status_code == 201
     hook = {"eval_id": "cb", "code": "x", "delay": 600, "callback_url": "http://127.0.0.1:9/"}
     assert (await http.post("/tasks", json=hook)).status_code == 201
     assert (await http.post("/tasks/cb/cancel")).status_code == 200  # a callbacks entry

@@ -13,6 +13,8 @@ from app.models import (
     CANCELLABLE,
     EVAL_ID_RE,
     TERMINAL,
+    Dedup,
+    Expiry,
     Priority,
     State,
     Task,
@@ -294,7 +296,7 @@ def test_task_from_request_payload_round_trip() -> None:
 
 
 def test_state_sets() -> None:
-    assert {State.COMPLETED, State.FAILED, State.CANCELLED} == TERMINAL
+    assert {State.COMPLETED, State.FAILED, State.CANCELLED, State.EXPIRED} == TERMINAL
     assert {State.QUEUED, State.SCHEDULED, State.RETRYING, State.DEFERRED} == CANCELLABLE
     assert State.PROCESSING not in TERMINAL | CANCELLABLE
     assert State("queued") == "queued"
@@ -343,3 +345,72 @@ def test_callback_url_is_kept_out_of_the_payload() -> None:
 def test_bad_callback_url(url: object) -> None:
     with pytest.raises(Invalid, match="callback_url"):
         TaskRequest.parse({"code": "x", "callback_url": url})
+
+
+# --- dedup_key, dedup, dedup_ttl; expires, expires_at (issue 15) -----------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"dedup_key": ""},
+        {"dedup_key": "k" * 129},
+        {"dedup_key": 5},
+        {"dedup_key": ["k"]},
+        {"dedup": "active"},  # no key
+        {"dedup_ttl": 5},  # no key
+        {"dedup_key": "k", "dedup": "simple"},
+        {"dedup_key": "k", "dedup": "throttle"},  # no ttl
+        {"dedup_key": "k", "dedup": "debounce"},
+        {"dedup_key": "k", "dedup": "throttle", "dedup_ttl": 0},
+        {"dedup_key": "k", "dedup": "throttle", "dedup_ttl": -1},
+        {"dedup_key": "k", "dedup": "throttle", "dedup_ttl": "5"},
+        {"dedup_key": "k", "dedup": "throttle", "dedup_ttl": True},
+        {"dedup_key": "k", "dedup": "throttle", "dedup_ttl": 1e12},
+        {"dedup_key": "k", "dedup": "debounce", "dedup_ttl": 1, "delay": 5},
+        {"dedup_key": "k", "dedup": "debounce", "dedup_ttl": 1, "run_at": 5},
+        {"dedup_key": "k", "dedup": "debounce", "dedup_ttl": 1, "depends_on": ["p"]},
+        {"expires": 0},
+        {"expires": -1},
+        {"expires": "10"},
+        {"expires": True},
+        {"expires": 1e12},
+        {"expires_at": "tomorrow"},
+        {"expires_at": -5},
+        {"expires_at": 1e12},
+        {"expires": 5, "expires_at": 5},
+    ],
+)
+def test_bad_flow_control_fields(fields: dict[str, Any]) -> None:
+    with pytest.raises(Invalid):
+        TaskRequest.parse({"code": "x", **fields})
+
+
+def test_dedup_defaults_to_active() -> None:
+    req = TaskRequest.parse({"code": "x", "dedup_key": "any key {with} spaces/ü"})
+    assert req.dedup == Dedup("any key {with} spaces/ü", "active", None)
+    req = TaskRequest.parse({"code": "x", "dedup_key": "k", "dedup": "active", "dedup_ttl": 9})
+    assert req.dedup == Dedup("k", "active", None)  # an active key's ttl is ignored
+    assert TaskRequest.parse({"code": "x"}).dedup is None
+
+
+@pytest.mark.parametrize("mode", ["throttle", "debounce"])
+def test_dedup_modes_with_a_ttl(mode: str) -> None:
+    req = TaskRequest.parse({"code": "x", "dedup_key": "k", "dedup": mode, "dedup_ttl": 0.25})
+    assert req.dedup is not None and (req.dedup.mode, req.dedup.ttl_ms) == (mode, 250)
+
+
+def test_expires_stays_relative_and_expires_at_absolute() -> None:
+    assert TaskRequest.parse({"code": "x", "expires": 1.5}).expiry.arg() == "+1500"
+    at = TaskRequest.parse({"code": "x", "expires_at": "2030-01-01T00:00:00Z"}).expiry
+    assert at.arg() == str(int(datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1000))
+    assert TaskRequest.parse({"code": "x", "expires_at": 1_900_000_000}).expiry.arg() == (
+        "1900000000000"
+    )
+    assert TaskRequest.parse({"code": "x"}).expiry == Expiry()
+    assert Expiry().arg() is None
+
+
+def test_flow_control_fields_stay_out_of_the_payload() -> None:
+    fields = {"dedup_key": "k", "expires": 5}
+    assert TaskRequest.parse({"code": "x", **fields}).payload == {"code": "x"}

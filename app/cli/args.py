@@ -180,8 +180,8 @@ def _enqueue_parser(commands: Any) -> None:
         "enqueue",
         help="submit a task (as POST /tasks does)",
         description="Submit a task straight to Redis and print the answer as JSON. With "
-        "--wait, poll until it is completed, failed or cancelled and print the record; the "
-        "exit status is then 0 only when it completed.",
+        "--wait, poll until it is completed, failed, cancelled or expired and print the "
+        "record; the exit status is then 0 only when it completed.",
         epilog=EPILOG,
     )
     enqueue.add_argument("code", metavar="CODE", help="the code to run; - reads it from stdin")

@@ -239,7 +239,8 @@ async def enqueue_command(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def wait_until_final(queue: Queue, eval_id: str, timeout: float) -> dict[str, Any]:
-    """Poll the record until it is completed, failed or cancelled, or `timeout` is up."""
+    """Poll the record until it is terminal (completed, failed, cancelled, expired), or
+    `timeout` is up."""
     deadline = time.monotonic() + timeout
     pause = 0.05
     while True:

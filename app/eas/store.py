@@ -45,6 +45,7 @@ SINK_STATUS = {
     State.COMPLETED: "SUCCESS",
     State.FAILED: "FAILURE",
     State.CANCELLED: "FAILURE",
+    State.EXPIRED: "FAILURE",  # (PAI-EAS items carry no expiry; a terminal state all the same)
 }
 FINAL = frozenset({"SUCCESS", "FAILURE"})
 

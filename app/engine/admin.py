@@ -32,6 +32,7 @@ from app.models import State
 
 PURGE_BATCH = 500  # dead letters per dlq_purge.lua call
 UNLINK_BATCH = 500
+SWEEPS = 50  # promote batches per queue and housekeeping run (a safety net, not the promoter)
 
 
 async def _used(engine: Engine) -> list[Queue]:
@@ -47,7 +48,7 @@ async def clear(engine: Engine) -> int:
     for queue in await _used(engine):
         k = queue.keys
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
-        keys += [k.deferred, k.pace]
+        keys += [k.deferred, k.pace, k.expiries, k.dedup, k.dedup_ttl]
         removed += int(await queue.scripts.run("clear", keys, [GROUP, k.task_prefix]))
     k = engine.keys
     await engine.client.xtrim(k.callbacks, maxlen=0)  # callbacks of cleared tasks: dropped
@@ -145,8 +146,9 @@ async def dlq_purge(
 async def cleanup(engine: Engine, more: Sequence[Queue] = ()) -> dict[str, int] | None:
     """Hourly housekeeping of every legacy queue and of `more` (queues of a wing above):
     dead letters older than DLQ_MAX_AGE_DAYS purged, events streams trimmed, finished hours
-    of state counters rolled up (engine/history.py). Each queue has
-    a lock, so one process per interval does each; None when this one did none."""
+    of state counters rolled up (engine/history.py), expiries and dedup windows swept (for
+    queues no promoter serves). Each queue has a lock, so one process per interval does
+    each; None when this one did none."""
     done: dict[str, int] | None = None
     for queue in [*await _used(engine), *more]:
         found = await cleanup_queue(queue)
@@ -165,4 +167,7 @@ async def cleanup_queue(queue: Queue) -> dict[str, int] | None:
     removed = await dlq_purge(queue, older_than=s.dlq_max_age_days * 86400)
     trimmed = await queue.redis.xtrim(k.events, maxlen=s.events_maxlen, approximate=True)
     hours = await history.rollup(queue)
+    for _ in range(SWEEPS):  # a promoter's pass: due tasks queued, expired ones settled
+        if await queue.promote() != 0.0:
+            break
     return {"dlq_removed": removed, "events_trimmed": int(trimmed), "hours_rolled": hours}

@@ -95,7 +95,8 @@ class Engine:
     @translate_errors
     async def enqueue_many(self, reqs: Sequence[TaskRequest]) -> list[dict[str, Any]]:
         """Store several tasks (each in its queue) in one round trip; each is atomic on its
-        own, and a refused one is answered `{eval_id, error, code}` in its place."""
+        own, and a refused one is answered `{eval_id, error, code}` in its place. The calls
+        run in order, so a later item with an earlier one's dedup_key is deduplicated."""
         queues = [self.queue(req.queue) for req in reqs]
         # Issued together, the calls share one pipelined write (see Scripts).
         replies = await asyncio.gather(
@@ -114,7 +115,8 @@ class Engine:
             except Invalid as exc:
                 answers.append({"eval_id": req.eval_id, "error": str(exc), "code": 422})
                 continue
-            self.observer.enqueued(queue.keys.queue, req.priority.value)
+            if "deduplicated" not in answers[-1]:
+                self.observer.enqueued(queue.keys.queue, req.priority.value)
         return answers
 
     def registry(self, name: str) -> Registry:

@@ -1,8 +1,9 @@
 """fsck: a live consistency audit of every queue's Redis structures (issue 11, item 3).
 
 It compares task records, priority-stream entries, the consumer group's pending entries,
-leases, schedules, the DLQ and its index, `deps:<parent>` sets, the index zsets and aliases
-hashes of numbered queues, and the per-state counters, of the default legacy queue, every
+leases, schedules, the DLQ and its index, `deps:<parent>` sets, the `expiries` zsets and
+`dedup` hashes (issue 15), the index zsets and aliases hashes of numbered queues, and the
+per-state counters, of the default legacy queue, every
 named queue and the numbered queues a wing above hands in (`numbered`: PAI-EAS services'
 inputs and sinks). `CLASSES` lists what it finds; the classes of numbered queues keep the
 names of their first user, PAI-EAS (they are output: CLI, /status, /metrics).
@@ -49,6 +50,9 @@ CLASSES: dict[str, str] = {
     "pel_orphan": "pending entry no processing task holds",
     "lease_orphan": "lease of a task that is not processing",
     "schedule_orphan": "schedule member that is not a scheduled or retrying task",
+    "expiry_missing": "waiting task with an expiry missing from its queue's expiries",
+    "expiry_orphan": "expiries member that is not a waiting task",
+    "dedup_orphan": "dedup_key naming no task that holds it",
     "dlq_index_orphan": "DLQ index field naming no dead letter",
     "dlq_unindexed": "dead letter missing from the DLQ index",
     "deps_orphan": "deps:<parent> member that is not a deferred task waiting on it",
@@ -244,6 +248,8 @@ class Audit:
                 passes.append(Pass(f"{label}{mode}:{prio.value}", "-", fetch(stream), check))
         for kind, key in (("leases", k.leases), ("scheduled", k.scheduled)):
             passes.append(Pass(f"{label}{kind}", "0", self._zscan(key), self._refs_of(k, kind)))
+        passes.append(Pass(f"{label}expiries", "0", self._zscan(k.expiries), self._refs_of(k)))
+        passes.append(Pass(f"{label}dedup", "0", self._hscan(k.dedup), self._dedup(k)))
         passes.append(
             Pass(f"{label}dlq:index", "0", self._hscan(k.dlq_index), self._dlq(k, "index"))
         )
@@ -327,7 +333,7 @@ class Audit:
     async def _records(self, k: QueueKeys, ids: list[str], rerouted: bool = False) -> list[Orphan]:
         s = self.settings
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, k.dlq_index, *k.holes]
-        keys += [k.events, *(k.task(i) for i in ids)]
+        keys += [k.events, k.expiries, *(k.task(i) for i in ids)]
         argv = [GROUP, k.q, s.events_maxlen, s.failure_ttl, s.result_ttl, k.schedule_channel]
         rows, misrouted = await self._script("fsck_records", keys, [*argv, *ids])
         found = self._orphans(k.queue, rows)
@@ -349,9 +355,9 @@ class Audit:
 
         return check
 
-    def _refs_of(self, k: QueueKeys, kind: str) -> Check:
+    def _refs_of(self, k: QueueKeys, kind: str = "expiries") -> Check:
         async def check(ids: list[str]) -> list[Orphan]:
-            key = k.leases if kind == "leases" else k.scheduled
+            key = {"leases": k.leases, "scheduled": k.scheduled}.get(kind, k.expiries)
             argv = [kind, k.task_prefix, k.q, *ids]
             return self._orphans(k.queue, await self._script("fsck_refs", [key], argv))
 
@@ -361,6 +367,13 @@ class Audit:
         async def check(ids: list[str]) -> list[Orphan]:
             keys = [k.dlq, k.dlq_index]
             return self._orphans(k.queue, await self._script("fsck_dlq", keys, [mode, *ids]))
+
+        return check
+
+    def _dedup(self, k: QueueKeys) -> Check:
+        async def check(names: list[str]) -> list[Orphan]:
+            keys, argv = [k.dedup, k.dedup_ttl], [k.task_prefix, *names]
+            return self._orphans(k.queue, await self._script("fsck_dedup", keys, argv))
 
         return check
 

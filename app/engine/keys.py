@@ -49,6 +49,9 @@ class QueueKeys:
     holes: tuple[str, ...] = field(init=False, repr=False)  # in PRIORITY_ORDER
     index: str = field(init=False, repr=False)  # numbered queues: numbers still queued
     aliases: str = field(init=False, repr=False)  # numbered queues: alias -> number
+    expiries: str = field(init=False, repr=False)  # zset: waiting tasks -> expiry ms
+    dedup: str = field(init=False, repr=False)  # hash: dedup_key -> eval_id holding it
+    dedup_ttl: str = field(init=False, repr=False)  # zset: throttled dedup_key -> until ms
     registry: str = field(init=False, repr=False)  # named legacy queues ever used
     deps_prefix: str = field(init=False, repr=False)  # deps:<parent> = set of dependants
     callbacks: str = field(init=False, repr=False)  # result callbacks of every legacy queue
@@ -73,6 +76,9 @@ class QueueKeys:
             "holes": tuple(f"{p}holes:{prio.value}" for prio in PRIORITY_ORDER),
             "index": f"{p}index",
             "aliases": f"{p}rid",
+            "expiries": f"{p}expiries",
+            "dedup": f"{p}dedup",
+            "dedup_ttl": f"{p}dedup:ttl",
             "registry": f"{b}queues",
             "deps_prefix": f"{b}deps:",
             "callbacks": f"{b}callbacks",

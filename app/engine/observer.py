@@ -1,9 +1,10 @@
 """What the engine tells about the transitions it makes: the `Observer` protocol.
 
 The engine calls its observer right after each successful transition it was asked for
-(enqueue, complete, fail, cancel, re-drive), with the queue's name and the task's real
-priority, read from the script's reply. The runtime's `Metrics` implements it; the
-default observer does nothing (the command line counts nothing).
+(enqueue, complete, fail, cancel, re-drive, and the expiries a claim or promoter finds),
+with the queue's name and the task's real priority, read from the script's reply. The
+runtime's `Metrics` implements it; the default observer does nothing (the command line
+counts nothing).
 
 Imports: nothing of app.
 """
@@ -18,7 +19,8 @@ class Observer(Protocol):
         """`n` tasks accepted into `queue` at `priority`."""
 
     def settled(self, queue: str, priority: str, status: str) -> None:
-        """A task of `queue` became `status`: completed, retrying, failed or cancelled."""
+        """A task of `queue` became `status`: completed, retrying, failed, cancelled or
+        expired."""
 
     def redriven(self, queue: str, priority: str) -> None:
         """A dead letter of `queue` was queued again."""

@@ -67,15 +67,34 @@ def json_payload(payload: bytes) -> dict[str, Any]:
 
 def start_arg(req: TaskRequest) -> str:
     """enqueue.lua's run time: '0' now, '+<ms>' a delay after the Redis server's clock,
-    '<ms>' an absolute epoch time given by the client. Never this process's clock."""
+    '<ms>' an absolute epoch time given by the client. Never this process's clock. A
+    debounced task runs `dedup_ttl` after the (newest) request."""
+    if req.dedup and req.dedup.mode == "debounce":
+        return f"+{req.dedup.ttl_ms}"
     if req.delay:
         return f"+{math.ceil(req.delay * 1000)}"
     return str(int(req.run_at * 1000)) if req.run_at else "0"
 
 
+def options_arg(req: TaskRequest) -> str:
+    """enqueue.lua's options (issue 15): '' when the task has no expiry and no dedup_key, so
+    the script's plain path reads no option at all; else a small JSON object."""
+    opts: dict[str, Any] = {}
+    if (expiry := req.expiry.arg()) is not None:
+        opts["x"] = expiry
+    if req.dedup:
+        opts |= {"k": req.dedup.key, "m": req.dedup.mode, "t": req.dedup.ttl_ms}
+    return orjson.dumps(opts).decode() if opts else ""
+
+
 def enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
-    """The answer to an enqueue from enqueue.lua's reply; Conflict or Invalid if refused."""
+    """The answer to an enqueue from enqueue.lua's reply; Conflict or Invalid if refused.
+    A deduplicated request is answered with the task that holds its dedup_key (status
+    None once that task's record expired)."""
     state = text(reply[0])
+    if state == "deduplicated":
+        status = text(reply[2]) if reply[2] else None
+        return {"eval_id": text(reply[1]), "status": status, "deduplicated": True}
     if state == "duplicate":
         raise Conflict(f"eval_id already exists: {req.eval_id}")
     if state == "unknown":
@@ -133,16 +152,23 @@ class Queue:
         # the callback mark: '' none (no field at all), else '+' and the task's callback_url
         marked = req.callback_url is not None or s.storage_service_url
         argv.append("+" + (req.callback_url or "") if marked else "")
+        options = options_arg(req)
+        argv.append(options)
         if req.depends_on:
             allow = "1" if req.allow_failure else "0"
             argv += [allow, s.result_ttl, *req.depends_on]
-        return [*keys, *k.holes, k.registry], argv
+        keys += [*k.holes, k.registry]
+        if options:
+            keys += [k.expiries, k.dedup, k.dedup_ttl]
+        return keys, argv
 
     @translate_errors
     async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
-        """Store one task; 409 (Conflict) when its eval_id is already known."""
+        """Store one task; 409 (Conflict) when its eval_id is already known. A request its
+        dedup_key's holder answers stores nothing (`deduplicated` in the answer)."""
         answer = enqueued(req, await self.scripts.run("enqueue", *self.enqueue_args(req)))
-        self.observer.enqueued(self.keys.queue, req.priority.value)
+        if "deduplicated" not in answer:
+            self.observer.enqueued(self.keys.queue, req.priority.value)
         return answer
 
     # --- consumers -----------------------------------------------------------------
@@ -155,13 +181,15 @@ class Queue:
         of `priorities` only when given (CONSUME)."""
         k, s = self.keys, self.settings
         keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
-        keys += [k.dlq_index, k.paused]
+        keys += [k.dlq_index, k.paused, k.expiries]
         argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
         argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
-        argv.append(",".join(priorities))
-        items, wake_ms, recreated, tails, lost = await self.scripts.run("claim", keys, argv)
+        argv += [",".join(priorities), s.result_ttl]
+        reply = await self.scripts.run("claim", keys, argv)
+        items, wake_ms, recreated, tails, lost, expired = reply
         for eval_id, reason in lost:
             self._log_lost(eval_id, reason)
+        self._expired(expired)
         tasks = [
             Task(
                 eval_id=text(eval_id),
@@ -196,6 +224,11 @@ class Queue:
             block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
             if await self.redis.xread(last, block=block_ms, count=1):
                 return
+
+    def _expired(self, expired: Iterable[Sequence[Any]]) -> None:
+        """Report the tasks a script found expired ({eval_id, prio} each, issue 15)."""
+        for _, prio in expired:
+            self.observer.settled(self.keys.queue, text(prio), State.EXPIRED.value)
 
     def _log_lost(self, eval_id: Any, reason: Any) -> None:
         """One line per task dead-lettered because its stream entry was deleted (issue 11);
@@ -257,7 +290,7 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq]
-            keys += [*k.streams, k.dlq_index]
+            keys += [*k.streams, k.dlq_index, k.expiries]
             return q.scripts.run("fail", keys, [*argv, k.schedule_channel, answer, intervals, k.q])
 
         queue, reply = await self._by_id(send)
@@ -304,7 +337,8 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), *k.streams, *k.holes, k.scheduled, k.leases, k.events]
-            return q.scripts.run("cancel", [*keys, k.counters], [*argv, k.cancel_channel, k.q])
+            keys += [k.counters, k.expiries]
+            return q.scripts.run("cancel", keys, [*argv, k.cancel_channel, k.q])
 
         queue, reply = await self._by_id(send)
         if text(reply[0]) != State.CANCELLED:
@@ -333,12 +367,16 @@ class Queue:
 
     @translate_errors
     async def promote(self) -> float | None:
-        """Queue the scheduled/retrying tasks that are due; seconds until the next one."""
-        k = self.keys
-        keys = [k.scheduled, k.counters, k.events, *k.streams]
-        argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, self.settings.events_maxlen]
-        moved, wait_ms = await self.scripts.run("promote", keys, argv)
-        if int(moved) >= PROMOTE_LIMIT:
+        """Queue the scheduled/retrying tasks that are due, expire the waiting tasks whose
+        expiry came, let go of lapsed throttle windows; seconds until the next due time or
+        expiry (0.0: a batch was full, call again)."""
+        k, s = self.keys, self.settings
+        keys = [k.scheduled, k.counters, k.events, *k.streams, *k.holes]
+        keys += [k.expiries, k.dedup, k.dedup_ttl]
+        argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, s.events_maxlen, s.result_ttl]
+        _, wait_ms, expired, full = await self.scripts.run("promote", keys, argv)
+        self._expired(expired)
+        if int(full):
             return 0.0
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
 

@@ -62,6 +62,8 @@ def render_record(
         view["position"] = position
     if b"run_at" in rec:
         view["run_at"] = iso_ms(rec[b"run_at"])
+    if b"exp" in rec:
+        view["expires_at"] = iso_ms(rec[b"exp"])
     if b"deps" in rec:
         view["depends_on"] = decode_json(rec[b"deps"])
         view["allow_failure"] = b"allow" in rec

@@ -78,6 +78,7 @@ AUDIT = (
     "fsck_deps",
     "fsck_numbered",
     "fsck_counters",
+    "fsck_dedup",
 )
 # Read-only or housekeeping scripts of engine/history.py: the oldest waiting entry of each
 # priority stream, the hourly roll-up of the per-minute counters.

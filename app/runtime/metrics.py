@@ -134,6 +134,10 @@ class Metrics:
             "taskstream_tasks_retried_total", "Failed attempts this process scheduled for retry"
         )
         self.cancelled = CounterFamily("taskstream_tasks_cancelled_total", "Tasks cancelled here")
+        self.expired = CounterFamily(
+            "taskstream_tasks_expired_total",
+            "Tasks this process found expired (not started before `expires`), never run",
+        )
         self.redriven_total = CounterFamily(
             "taskstream_tasks_redriven_total", "Dead letters queued again (POST /dlq/{id}/retry)"
         )
@@ -142,6 +146,7 @@ class Metrics:
             "failed": self.failed,
             "retrying": self.retried,
             "cancelled": self.cancelled,
+            "expired": self.expired,
         }
         self.runtime = HistogramFamily(
             "taskstream_task_runtime_seconds",
@@ -177,7 +182,8 @@ class Metrics:
         self.enqueued_total.inc(queue, priority, n)
 
     def settled(self, queue: str, priority: str, status: str) -> None:
-        """One transition by its resulting status: completed, failed, retrying, cancelled."""
+        """One transition by its resulting status: completed, failed, retrying, cancelled,
+        expired."""
         counter = self.settled_as.get(status)
         if counter is not None:
             counter.inc(queue, priority)

@@ -189,20 +189,22 @@ class Scheduler:
 
     async def _enqueue(self, schedule: Schedule, tick: int) -> bool:
         """Enqueue the task of `tick`; False when it is there already (fired by another
-        replica) or refused (logged: the tick is spent, the schedule goes on)."""
+        replica), deduplicated (its dedup_key is held) or refused (logged: the tick is
+        spent, the schedule goes on)."""
         try:
             req = schedule.request(tick)
             queue = self.engine.queue(req.queue)
             context = tracing.from_fields(schedule.task)
             if self.tracer is None:
                 req.payload.update((context or tracing.new_context()).fields())
-                await queue.enqueue(req)
-                return True
-            name, prio = queue.keys.queue, req.priority.value
-            with self.tracer.send(name, context, req.eval_id, prio) as sending:
-                req.payload.update(sending.context.fields())
-                await queue.enqueue(req)
-            return True
+                answer = await queue.enqueue(req)
+            else:
+                name, prio = queue.keys.queue, req.priority.value
+                with self.tracer.send(name, context, req.eval_id, prio) as sending:
+                    req.payload.update(sending.context.fields())
+                    answer = await queue.enqueue(req)
+            # a task with a dedup_key whose holder answered: this tick made no task
+            return "deduplicated" not in answer
         except Conflict:
             return False
         except Invalid as exc:

@@ -21,7 +21,7 @@ from app.engine.scripts import answering
 from app.errors import BadRequest, PayloadTooLarge, TaskstreamError
 from app.web.auth import api_key_ok, needs_api_key
 from app.web.responses import JSON, error_of, error_response
-from app.web.tasks import enqueue
+from app.web.tasks import enqueue, enqueued_status
 
 
 class Answering:
@@ -97,9 +97,8 @@ class HotPath:
         try:
             state = scope["state"]
             body = await _body(receive)
-            answer = JSON(
-                await enqueue(state["engine"], state["tracer"], body, scope["headers"]), 201
-            )
+            created = await enqueue(state["engine"], state["tracer"], body, scope["headers"])
+            answer = JSON(created, enqueued_status(created))
         except TaskstreamError as exc:
             answer = error_of(exc)
         await answer(scope, receive, send)

@@ -23,6 +23,7 @@ from app.web import openapi_pages
 from app.web.openapi_schedules import schedule_paths
 from app.web.openapi_schemas import (
     BODY,
+    DEDUPLICATED,
     DELIVERY,
     ENQUEUED,
     ERROR,
@@ -60,7 +61,11 @@ def paths() -> dict[str, dict[str, Any]]:
         "/tasks": {
             "post": operation(
                 "Enqueue a task",
-                {201: json_content(ENQUEUED), **error_responses(*GUARDED, *BODY, 409)},
+                {
+                    200: json_content(DEDUPLICATED, "deduplicated: no task made"),
+                    201: json_content(ENQUEUED),
+                    **error_responses(*GUARDED, *BODY, 409),
+                },
                 TASK_IN,
                 TRACE_HEADERS,
             ),

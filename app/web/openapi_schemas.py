@@ -87,7 +87,8 @@ TASK_IN: dict[str, Any] = {
             "maxLength": 2048,
             "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
             "description": "POSTed {eval_id, status, result | error, attempts, completed_at} "
-            "once the task is completed, failed or cancelled; retried under NETWORK_RETRY_*, "
+            "once the task is completed, failed, cancelled or expired; retried under "
+            "NETWORK_RETRY_*, "
             "at-least-once. http/https with a host; a host outside CALLBACK_ALLOWED_HOSTS "
             "(when set) is refused with 422",
         },
@@ -97,8 +98,50 @@ TASK_IN: dict[str, Any] = {
             "`traceparent` header (a batch item's own, say); an invalid one is ignored",
         },
         "tracestate": {"type": "string", "description": "goes with this task's traceparent"},
+        "dedup_key": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "deduplication within the queue: while the key's holder answers "
+            "(see `dedup`), a request makes no task and is answered 200 with the holder",
+        },
+        "dedup": {
+            "enum": ["active", "throttle", "debounce"],
+            "default": "active",
+            "description": "active: while the holder is queued, scheduled, retrying, deferred "
+            "or processing; throttle: for dedup_ttl s after the holder was accepted; "
+            "debounce: the scheduled holder takes the newest payload and runs dedup_ttl s "
+            "after the newest request (no delay, run_at or depends_on with it)",
+        },
+        "dedup_ttl": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "seconds; required with throttle and debounce, ignored with active",
+        },
+        "expires": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "seconds from now (the Redis clock): not started by then, the task "
+            "is `expired` and never runs; not with expires_at",
+        },
+        "expires_at": {
+            "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+            "description": "epoch seconds or ISO-8601; as `expires`, at a given time",
+        },
     },
     "example": {"code": "print(6*7)", "priority": "high", "metadata": {"user": "ana"}},
+}
+DEDUPLICATED: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "eval_id": {"type": "string", "description": "the task holding the dedup_key"},
+        "status": {
+            "type": ["string", "null"],
+            "description": "its state (null once its record expired, throttle only)",
+        },
+        "deduplicated": {"const": True},
+    },
+    "example": {"eval_id": "a1", "status": "queued", "deduplicated": True},
 }
 ENQUEUED: dict[str, Any] = {
     "type": "object",
@@ -128,6 +171,7 @@ TASK_OUT: dict[str, Any] = {
                 "completed",
                 "failed",
                 "cancelled",
+                "expired",
             ]
         },
         "priority": {"enum": ["high", "default", "low"]},
@@ -139,6 +183,7 @@ TASK_OUT: dict[str, Any] = {
         "result": {},
         "error": {"type": ["string", "null"]},
         "run_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
         "queue": {"type": "string"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "allow_failure": {"type": "boolean"},

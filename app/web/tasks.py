@@ -97,12 +97,17 @@ async def enqueue(
         return await queue.enqueue(req)
 
 
+def enqueued_status(answer: dict[str, Any]) -> int:
+    """201 for a task created; 200 for a request its dedup_key's holder answered."""
+    return 200 if answer.get("deduplicated") else 201
+
+
 async def create_task(request: Request) -> Response:
     state = request.state
     answer = await enqueue(
         state.engine, state.tracer, await request.body(), request.scope["headers"]
     )
-    return JSON(answer, status_code=201)
+    return JSON(answer, status_code=enqueued_status(answer))
 
 
 def _batch_items(

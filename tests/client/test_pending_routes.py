@@ -104,7 +104,6 @@ def test_list_tasks_pages_by_cursor(api):
     assert [r.eval_id for r in api.list_tasks("queued", q="l4").tasks] == ["l4"]
 
 
-@pending
 def test_deduplication_answers_the_surviving_task(api):
     first = api.enqueue("x", dedup_key="report-42")
     again = api.enqueue("y", dedup_key="report-42", dedup="active")

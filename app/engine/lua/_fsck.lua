@@ -5,7 +5,7 @@
 -- {{ref, class, detail, action, fixed (0/1)}...}; `action` is what the repair did, or,
 -- with `fixed` 0, why nothing was done; both are '' when only reporting.
 local REPAIR = ARGV[1] == '1'
-local TERMINAL = {completed = true, failed = true, cancelled = true}
+local TERMINAL = {completed = true, failed = true, cancelled = true, expired = true}
 local findings = {}
 
 local function report(ref, class, detail, action, fixed)
@@ -30,8 +30,8 @@ local function id_before(a, b)
 end
 
 -- A deferred task that nobody will release: its `waiting` count must equal its unfinished
--- parents whose `deps:` sets list it, and no parent may have failed, been cancelled or be
--- gone (unless allow_failure), since finishing such a parent would have cancelled it.
+-- parents whose `deps:` sets list it, and no parent may have failed, been cancelled, have
+-- expired or be gone (unless allow_failure), since finishing such a parent would have cancelled it.
 -- Returns nil when consistent, else the detail and the repair: re-link it to unfinished
 -- parents that lost it and fix `waiting`; release it (queued, or scheduled at its run_at)
 -- when no unfinished parent is left; cancel it, with the reason, when a parent failed,
@@ -39,13 +39,13 @@ end
 -- the task key's base) and, when it cancels, what finished() touches.
 local function settle_deferred(k_task, id, now, maxlen, ttl)
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'q', 'allow', 'payload', 'run_at',
-    'attempts', 'deps', 'waiting')
+    'attempts', 'deps', 'waiting', 'exp')
   if rec[1] ~= 'deferred' then return nil end
   local base = base_of(k_task, id)
   local linked, unlinked, blocker, blocked_as = 0, {}, nil, nil
   for _, parent in ipairs(cjson.decode(rec[8] or '[]')) do
     local state = redis.call('HGET', base .. 'task:' .. parent, 'state')
-    if not state or state == 'failed' or state == 'cancelled' then
+    if not state or state == 'failed' or state == 'cancelled' or state == 'expired' then
       if rec[4] ~= '1' and not blocker then
         blocker, blocked_as = parent, state or 'unknown (its record is gone)'
       end
@@ -62,7 +62,7 @@ local function settle_deferred(k_task, id, now, maxlen, ttl)
   local qp = queue_prefix(base, rec[3])
   if blocker then
     if REPAIR then
-      cancel_child(k_task, id, qp, rec, blocker, blocked_as, now, maxlen, ttl)
+      cancel_child(k_task, id, qp, rec, blocker, blocked_as, now, maxlen, ttl, rec[10])
       finished(k_task, id, 'cancelled', now, maxlen, ttl)
     end
     return 'dependency ' .. blocker .. ' ' .. blocked_as .. ', yet it is still deferred', 'cancelled'
@@ -78,7 +78,7 @@ local function settle_deferred(k_task, id, now, maxlen, ttl)
       redis.call('HSET', base .. 'task:' .. parent, 'kids', 1)
     end
     if left == 0 then
-      release_child(k_task, id, qp, rec, now, maxlen)
+      release_child(k_task, id, qp, rec, now, maxlen, rec[10])
     else
       redis.call('HSET', k_task, 'waiting', left)
     end

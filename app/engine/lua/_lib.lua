@@ -49,9 +49,16 @@ local function entry_payload(k_stream, entry)
 end
 
 -- Append a task to its priority stream: it becomes `queued` with the next sequence number.
-local function push(k_task, k_stream, k_counters, id, prio, payload)
+-- `exp`: its expiry (epoch ms, issue 15), carried in the entry as `x` so the claim that
+-- meets the entry sees it without reading the record; nil for none.
+local function push(k_task, k_stream, k_counters, id, prio, payload, exp)
   local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
-  local entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload)
+  local entry
+  if exp then
+    entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload, 'x', exp)
+  else
+    entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload)
+  end
   redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
   return seq
 end
@@ -152,8 +159,8 @@ end
 
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
 -- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
--- allow, payload, run_at, attempts.
-local function release_child(k_child, cid, qp, rec, now, maxlen)
+-- allow, payload, run_at, attempts; `exp`: its expiry (ms) or nil.
+local function release_child(k_child, cid, qp, rec, now, maxlen, exp)
   local prio, payload, run_at = rec[2], rec[5], tonumber(rec[6] or '0')
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
   redis.call('ZREM', qp .. 'deferred', cid)
@@ -165,7 +172,7 @@ local function release_child(k_child, cid, qp, rec, now, maxlen)
     event(qp .. 'events', maxlen, cid, 'scheduled')
     return
   end
-  push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload)
+  push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload, exp)
   redis.call('HDEL', k_child, 'payload', 'run_at')
   event(qp .. 'events', maxlen, cid, 'queued')
 end
@@ -181,12 +188,14 @@ local function leave_parents(k_child, cid)
   end
 end
 
--- A deferred task whose parent `pid` ended `state` (failed / cancelled): cancelled, with
--- the reason in `error`; it keeps the parent's record TTL.
-local function cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl)
+-- A deferred task whose parent `pid` ended `state` (failed / cancelled / expired):
+-- cancelled, with the reason in `error`; it keeps the parent's record TTL. `exp`: its
+-- expiry (ms) or nil; with one it leaves its queue's `expiries`.
+local function cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl, exp)
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. rec[2], -1)
   redis.call('ZREM', qp .. 'deferred', cid)
   leave_parents(k_child, cid)
+  if exp then redis.call('ZREM', qp .. 'expiries', cid) end
   redis.call('HSET', k_child, 'state', 'cancelled', 'finished', now,
     'error', 'dependency ' .. pid .. ' ' .. state)
   redis.call('HDEL', k_child, 'payload', 'run_at', 'waiting')
@@ -208,33 +217,80 @@ local function release_children(k_task, id, state, now, maxlen, ttl, todo)
   for _, cid in ipairs(kids) do
     local k_child = base .. 'task:' .. cid
     local rec = redis.call('HMGET', k_child, 'state', 'prio', 'q', 'allow', 'payload', 'run_at',
-      'attempts')
+      'attempts', 'exp')
     if rec[1] == 'deferred' then
       local qp = queue_prefix(base, rec[3])
       if state ~= 'completed' and rec[4] ~= '1' then
-        cancel_child(k_child, cid, qp, rec, id, state, now, maxlen, ttl)
+        cancel_child(k_child, cid, qp, rec, id, state, now, maxlen, ttl, rec[8])
         todo[#todo + 1] = {k_child, cid, 'cancelled'}
       elseif redis.call('HINCRBY', k_child, 'waiting', -1) <= 0 then
-        release_child(k_child, cid, qp, rec, now, maxlen)
+        release_child(k_child, cid, qp, rec, now, maxlen, rec[8])
       end
     end
   end
 end
 
--- Every terminal state (completed, failed, cancelled) of a legacy task passes here, after
--- its record was updated (`ttl`: the expiry it got): the one place where finishing a task
--- has consequences beyond it. Iterative, so a cascade through dependants needs no recursion.
--- Tasks without callbacks or dependants cost one HMGET.
+-- The states of a task that waits to start (issue 15: those an expiry applies to).
+local WAITING = {queued = true, scheduled = true, retrying = true, deferred = true}
+
+-- Issue 15: a task that holds a dedup_key in `active` or `debounce` mode (its record's `dk`)
+-- lets go of it once terminal, unless the key already names another task. The index is its
+-- queue's `dedup` hash, derived from the record (`q`), same hash tag.
+local function release_dedup(k_task, id, key, q)
+  local k_dedup = queue_prefix(base_of(k_task, id), q) .. 'dedup'
+  if redis.call('HGET', k_dedup, key) == id then redis.call('HDEL', k_dedup, key) end
+end
+
+-- Every terminal state (completed, failed, cancelled, expired) of a legacy task passes here,
+-- after its record was updated (`ttl`: the expiry it got): the one place where finishing a
+-- task has consequences beyond it. Iterative, so a cascade through dependants needs no
+-- recursion. Tasks without callbacks, dependants or a dedup_key cost one HMGET.
 local function finished(k_task, id, state, now, maxlen, ttl)
   local todo = {{k_task, id, state}}
   local i = 1
   while i <= #todo do
     local k, tid, st = todo[i][1], todo[i][2], todo[i][3]
-    local marks = redis.call('HMGET', k, 'cb', 'kids')
+    local marks = redis.call('HMGET', k, 'cb', 'kids', 'dk', 'q')
     if marks[1] then notify_callback(k, tid, st, now, maxlen) end
     if marks[2] then release_children(k, tid, st, now, maxlen, ttl, todo) end
+    if marks[3] then release_dedup(k, tid, marks[3], marks[4]) end
     i = i + 1
   end
+end
+
+-- Issue 15: a waiting task (queued, scheduled, retrying, deferred) whose expiry came before
+-- it started becomes `expired`: terminal, not run, not dead-lettered, counted
+-- (`total:expired`), its dependants handled as a cancelled parent's (finished()). `Q`: its
+-- queue's keys {stream = {prio -> key}, holes = {prio -> key}, scheduled, counters, events,
+-- expiries}; `rec`: its state, prio, entry, seq, attempts; `group`: given when the entry was
+-- just read by the group (a claim met it), so it is acked rather than left as a hole.
+local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
+  local state, prio = rec[1], rec[2]
+  if state == 'queued' then
+    if group then
+      redis.call('XACK', Q.stream[prio], group, rec[3])
+    else
+      redis.call('ZADD', Q.holes[prio], rec[4], id)
+    end
+    redis.call('XDEL', Q.stream[prio], rec[3])
+  elseif state == 'scheduled' or state == 'retrying' then
+    redis.call('ZREM', Q.scheduled, id)
+    redis.call('HINCRBY', Q.counters, state .. ':' .. prio, -1)
+  elseif state == 'deferred' then
+    redis.call('HINCRBY', Q.counters, 'deferred:' .. prio, -1)
+    redis.call('ZREM', string.sub(Q.counters, 1, -9) .. 'deferred', id)  -- <queue>deferred
+    redis.call('HDEL', k_task, 'waiting')
+    leave_parents(k_task, id)
+  end
+  redis.call('HSET', k_task, 'state', 'expired', 'finished', now,
+    'error', 'expired before it started')
+  redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')
+  redis.call('EXPIRE', k_task, ttl)
+  redis.call('ZREM', Q.expiries, id)
+  redis.call('HINCRBY', Q.counters, 'total:expired', 1)
+  answer_numbered(k_task, id, nil, maxlen)
+  event(Q.events, maxlen, id, 'expired', rec[5])
+  finished(k_task, id, 'expired', now, maxlen, ttl)
 end
 
 

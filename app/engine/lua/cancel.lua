@@ -4,7 +4,8 @@
 -- deferred (it leaves its parents' `deps:` sets). Its own dependants are cancelled
 -- through finished().
 -- KEYS: 1 task hash, 2 stream:high, 3 stream:default, 4 stream:low, 5 holes:high,
---       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters
+--       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters,
+--       12 expiries (a waiting task with an expiry leaves it)
 -- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
 --       6 cancel channel, 7 the queue assumed ('' = default)
 -- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
@@ -17,7 +18,7 @@ local STREAM = {high = KEYS[2], default = KEYS[3], low = KEYS[4]}
 local HOLES = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
 local misrouted = wrong_queue(KEYS[1], ARGV[7])
 if misrouted then return misrouted end
-local rec = redis.call('HMGET', KEYS[1], 'state', 'prio', 'entry', 'seq', 'attempts')
+local rec = redis.call('HMGET', KEYS[1], 'state', 'prio', 'entry', 'seq', 'attempts', 'exp')
 local state, prio, entry = rec[1], rec[2], rec[3]
 if not state then return {'missing'} end
 if state == 'queued' then
@@ -39,6 +40,7 @@ elseif state == 'processing' and ARGV[2] == '1' then
 else
   return {'state', state}
 end
+if rec[6] then redis.call('ZREM', KEYS[12], id) end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now)
 redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')

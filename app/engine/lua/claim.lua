@@ -1,27 +1,29 @@
 -- Hand out up to COUNT tasks to one consumer, in strict priority order, in one step:
---   1. promote scheduled/retrying tasks that are due into their priority stream;
+--   1. promote scheduled/retrying tasks that are due into their priority stream (one whose
+--      expiry came first becomes `expired` instead);
 --   2. take over tasks whose lease lapsed (their holder died), XCLAIM to this consumer;
 --      past LEASE_MAX_LAPSES such a task is failed into the DLQ (poison guard); one whose
 --      stream entry was deleted is dead-lettered as lost, one whose entry is no longer
 --      pending is queued again (see reclaim);
---   3. XREADGROUP '>' on high, then default, then low, only as much as is still free.
+--   3. XREADGROUP '>' on high, then default, then low, only as much as is still free; an
+--      entry whose expiry (`x`, issue 15) has come is settled `expired`, not handed out.
 -- Each delivery bumps `attempts`: (entry, attempts) is the fencing token of the holder.
 -- A missing group (Redis restarted empty, DELETE /tasks) is recreated here.
 -- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 counters, 5 leases, 6 events,
 --       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index,
---       13 paused flag (set: hand out nothing; due tasks are still promoted)
+--       13 paused flag (set: hand out nothing; due tasks are still promoted), 14 expiries
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit, 10 the priorities this
 --       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
---       taken over when their lease lapses
+--       taken over when their lease lapses, 11 result ttl s (of expired tasks)
 -- Also touched, derived in Lua from the task key's base (same hash tag, so the same Cluster
 -- slot): see finished() in _lib.lua (dependants' records, their queues' streams, counters,
 -- events, schedule; `deps:<id>`; the callbacks stream).
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
 --          when idle, {{eval_id, reason}...} of tasks dead-lettered because their stream
---          entry was lost (see reclaim)}. `waited ms`: since the task entered its priority
---          stream (queue wait).
+--          entry was lost (see reclaim), {{eval_id, prio}...} of tasks expired here}.
+--          `waited ms`: since the task entered its priority stream (queue wait).
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
@@ -34,7 +36,18 @@ for p in string.gmatch(ARGV[10] or '', '[^,]+') do TAKES[p] = true end
 local everything = next(TAKES) == nil
 if everything then TAKES = {high = true, default = true, low = true} end
 
-local function deliver(k_task, id, entry, prio, payload)
+local expired = {}  -- {eval_id, prio} of tasks expired here (issue 15)
+local Q = {stream = STREAM, holes = HOLES, scheduled = KEYS[7], counters = KEYS[4],
+  events = KEYS[6], expiries = KEYS[14]}
+
+local function expire_here(k_task, id, rec, group)
+  expire(k_task, id, rec, Q, now, maxlen, ARGV[11], group)
+  expired[#expired + 1] = {id, rec[2]}
+end
+
+-- `exp`: the task's expiry, when it has one: started now, it leaves `expiries`.
+local function deliver(k_task, id, entry, prio, payload, exp)
+  if exp then redis.call('ZREM', KEYS[14], id) end
   local attempt = redis.call('HINCRBY', k_task, 'attempts', 1)
   redis.call('HSET', k_task, 'state', 'processing', 'started', now, 'worker', consumer)
   redis.call('ZADD', KEYS[5], now + lease_ms, id)
@@ -46,9 +59,11 @@ end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, ARGV[9])) do
   local k_task = prefix .. id
-  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload')
-  if rec[1] == 'scheduled' or rec[1] == 'retrying' then
-    push(k_task, STREAM[rec[2]], KEYS[4], id, rec[2], rec[3])
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'attempts')
+  if rec[4] and tonumber(rec[4]) <= now and (rec[1] == 'scheduled' or rec[1] == 'retrying') then
+    expire_here(k_task, id, {rec[1], rec[2], nil, nil, rec[5]})
+  elseif rec[1] == 'scheduled' or rec[1] == 'retrying' then
+    push(k_task, STREAM[rec[2]], KEYS[4], id, rec[2], rec[3], rec[4])
     redis.call('HINCRBY', KEYS[4], rec[1] .. ':' .. rec[2], -1)
     redis.call('HDEL', k_task, 'payload', 'run_at')
     event(KEYS[6], maxlen, id, 'queued')
@@ -132,30 +147,40 @@ local function read_new(prio, n)
     res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n,
       'STREAMS', k_stream, '>')
   end
-  if not res or not res[1] then return end
-  local head
+  if not res or not res[1] then return 0 end
+  local head, skipped = nil, 0
   for _, item in ipairs(res[1][2]) do
     local fields = to_map(item[2])
     local k_task = prefix .. fields['id']
     head = fields['n']
-    if redis.call('HGET', k_task, 'entry') == item[1] then
-      deliver(k_task, fields['id'], item[1], prio, fields['payload'])
-    else
+    if redis.call('HGET', k_task, 'entry') ~= item[1] then
       -- orphan entry (its record was cleared): drop it
       redis.call('XACK', k_stream, group, item[1])
       redis.call('XDEL', k_stream, item[1])
+      skipped = skipped + 1
+    elseif fields['x'] and tonumber(fields['x']) <= now then
+      local attempts = redis.call('HGET', k_task, 'attempts')
+      expire_here(k_task, fields['id'], {'queued', prio, item[1], head, attempts}, group)
+      skipped = skipped + 1
+    else
+      deliver(k_task, fields['id'], item[1], prio, fields['payload'], fields['x'])
     end
   end
   if head then
     redis.call('HSET', KEYS[4], 'head:' .. prio, head)
     redis.call('ZREMRANGEBYSCORE', HOLES[prio], '-inf', head)
   end
+  return skipped
 end
 
+-- Entries dropped or expired on the way take no slot: read on for the rest, so no entry
+-- is left behind the stream tails the caller then blocks on.
 for _, prio in ipairs(PRIOS) do
-  local free = count - #out
-  if free <= 0 then break end
-  if TAKES[prio] then read_new(prio, free) end
+  if TAKES[prio] then
+    local skipped = 1
+    while skipped > 0 and count - #out > 0 do skipped = read_new(prio, count - #out) end
+  end
+  if count - #out <= 0 then break end
 end
 
 -- Nothing more to hand out: say when to look again, and from which stream tails to block
@@ -177,4 +202,4 @@ if #out < count or paused then
     tails[i] = last[1] and last[1][1] or '0-0'
   end
 end
-return {out, wake, recreated, tails, lost}
+return {out, wake, recreated, tails, lost, expired}

@@ -2,7 +2,8 @@
 -- scheduled zset, payload moved into the record) or bury it in the DLQ (state `failed`).
 -- Retry n waits min(max, base * exp^(n-1)); jitter keeps half and randomises the rest.
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 scheduled, 6 dlq,
---       7 stream:high, 8 stream:default, 9 stream:low, 10 dlq index
+--       7 stream:high, 8 stream:default, 9 stream:low, 10 dlq index, 11 expiries (a
+--       retrying task with an expiry waits there again, issue 15)
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 error, 5 retry? ('1'/'0'), 6 default max retries,
 --       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
 --       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
@@ -60,6 +61,7 @@ if ARGV[5] == '1' and attempts <= max_retries then
     'run_at', due)
   redis.call('HDEL', KEYS[1], 'entry')
   schedule(KEYS[5], ARGV[16], id, due)
+  if rec[5] then schedule(KEYS[11], ARGV[16], id, tonumber(rec[5])) end
   redis.call('HINCRBY', KEYS[4], 'retrying:' .. prio, 1)
   redis.call('HINCRBY', KEYS[4], 'total:retried', 1)
   event(KEYS[3], ARGV[13], id, 'retrying', attempts)

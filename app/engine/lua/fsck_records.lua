@@ -1,13 +1,14 @@
 -- fsck (issue 11): check a batch of task records of one queue against the queue's
 -- structures, atomically; with repair, fix each record that would otherwise stay stuck.
 -- Classes: queued_without_entry, processing_without_entry, processing_without_lease,
---   processing_not_pending, schedule_missing, deferred_stuck, eas_index_missing
+--   processing_not_pending, schedule_missing, deferred_stuck, eas_index_missing,
+--   expiry_missing (a waiting task with an expiry, missing from `expiries`; issue 15)
 --   (docs/operations.md, *fsck*, says what each means and what the repair does).
 -- KEYS: 1-3 stream:high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq, 8 dlq index,
---       9-11 holes:high/default/low, 12 events, then one task hash per eval_id below
+--       9-11 holes:high/default/low, 12 events, 13 expiries, then one task hash per eval_id
 -- ARGV: 1 repair ('1'/'0'), 2 group, 3 the queue assumed ('' = the default queue),
 --       4 events maxlen, 5 failure ttl s, 6 result ttl s, 7 schedule channel,
---       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[12 + i])
+--       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[13 + i])
 -- Also touched, derived in Lua from the task key's base (same hash tag): the `deps:<parent>`
 -- sets and parents' records of deferred tasks, a numbered queue item's index zset (its `ix`), and
 -- what finished() touches when a task is dead-lettered or cancelled here (_lib.lua).
@@ -94,9 +95,18 @@ local function check_index(k_task, id, ix)
   report(id, 'eas_index_missing', state .. ' but not in the index ' .. ix, 'indexed', 1)
 end
 
+-- A waiting task with an expiry must be in `expiries`: only the sweep of that zset expires a
+-- task no claim meets (paused, deferred, scheduled far ahead).
+local function check_expiry(id, state, exp)
+  if not WAITING[state] or redis.call('ZSCORE', KEYS[13], id) then return end
+  if REPAIR then redis.call('ZADD', KEYS[13], exp, id) end
+  report(id, 'expiry_missing', state .. ' with an expiry (' .. exp .. ' ms) but not in expiries',
+    'added at its expiry', 1)
+end
+
 local function check(k_task, id)
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'attempts', 'q', 'run_at',
-    'seq', 'ix')
+    'seq', 'ix', 'exp')
   if not rec[1] then return end  -- expired or settled and gone since it was listed
   if (rec[5] or '') ~= ARGV[3] then
     misrouted[#misrouted + 1] = {id, rec[5] or ''}
@@ -114,7 +124,8 @@ local function check(k_task, id)
     if detail then report(id, 'deferred_stuck', detail, action, 1) end
   end
   if rec[8] then check_index(k_task, id, rec[8]) end
+  if rec[9] then check_expiry(id, redis.call('HGET', k_task, 'state'), rec[9]) end
 end
 
-for i = 13, #KEYS do check(KEYS[i], ARGV[i - 5]) end
+for i = 14, #KEYS do check(KEYS[i], ARGV[i - 6]) end
 return {findings, misrouted}

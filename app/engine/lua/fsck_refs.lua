@@ -1,14 +1,16 @@
 -- fsck (issue 11): check a batch of members of a queue's leases or schedule zset against
 -- the task records, atomically; with repair, remove members no live task needs.
 -- Classes: lease_orphan (a lease of a task that is not processing in this queue),
---   schedule_orphan (a schedule member that is not a scheduled or retrying task of it).
--- KEYS: 1 the zset (leases or scheduled)
--- ARGV: 1 repair ('1'/'0'), 2 kind ('leases' | 'scheduled'), 3 task key prefix, 4 the queue
---       assumed ('' = default), 5… eval_ids
+--   schedule_orphan (a schedule member that is not a scheduled or retrying task of it),
+--   expiry_orphan (an `expiries` member that is not a waiting task of it, issue 15).
+-- KEYS: 1 the zset (leases, scheduled or expiries)
+-- ARGV: 1 repair ('1'/'0'), 2 kind ('leases' | 'scheduled' | 'expiries'), 3 task key
+--       prefix, 4 the queue assumed ('' = default), 5… eval_ids
 -- Also touched, derived from the task key prefix (same hash tag): the members' records.
 -- Returns the findings (see _fsck.lua).
-local STATES = {leases = {processing = true}, scheduled = {scheduled = true, retrying = true}}
-local CLASS = {leases = 'lease_orphan', scheduled = 'schedule_orphan'}
+local STATES = {leases = {processing = true}, scheduled = {scheduled = true, retrying = true},
+  expiries = WAITING}
+local CLASS = {leases = 'lease_orphan', scheduled = 'schedule_orphan', expiries = 'expiry_orphan'}
 local wanted, class = STATES[ARGV[2]], CLASS[ARGV[2]]
 for i = 5, #ARGV do
   local id = ARGV[i]
