@@ -1,0 +1,204 @@
+"""Timeliness (issue 14): punctuality of scheduled tasks, and keep-up under open-loop load.
+
+Punctuality: one service with the stub executor runs; `punctual_rate` x `punctual_seconds`
+tasks (1,000/s for 10 s) are then queued with `run_at` spread so that `punctual_rate` fall
+due each second, task i at T0 + i / rate (whole milliseconds, as enqueue.lua stores them;
+T0 a little after the fill ends). Lateness of a task = the stub's receive time of its
+request (first byte, CLOCK_MONOTONIC, turned into epoch time with the offset between the
+two clocks read in the bench) - its run_at. That is what a user sees: it includes the
+promotion, the claim and the HTTP send, so it bounds claim time - run_at from above.
+BullMQ's median is 40.5 ms; the goal is p99 <= 5 ms.
+
+Keep-up: a fresh service with the stub; bench/openloop.py offers `keepup_rate` (5,000)
+`POST /tasks` per second on a fixed schedule for `keepup_seconds` (10) after a 1 s
+warm-up. Latency = stub receive time - client send time (both CLOCK_MONOTONIC). Achieved
+rates: answered enqueues and executions per second. Goal: p99 <= 20 ms.
+
+Both end with the exactly-once check (bench/once.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from bench import once
+from bench.cost import record_once
+from bench.loadgen import percentile
+
+if TYPE_CHECKING:
+    from bench.runner import Bench
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def clock_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC, read tightly (the smallest gap of a few reads)."""
+    best: tuple[int, int] | None = None
+    for _ in range(20):
+        a = time.monotonic_ns()
+        wall = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, wall - (a + b) // 2)
+    assert best is not None
+    return best[1]
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    values.sort()
+    return {
+        "p50_ms": _r(percentile(values, 50)),
+        "p90_ms": _r(percentile(values, 90)),
+        "p99_ms": _r(percentile(values, 99)),
+        "max_ms": _r(values[-1] if values else None),
+        "min_ms": _r(values[0] if values else None),
+    }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def wait_recorded(bench: Bench, total: int, deadline: float) -> int:
+    """Poll the stub until it has seen `total` eval_ids or the deadline (monotonic)."""
+    while True:
+        seen = int((await bench.stub_call("GET", "/stats"))["recorded"])
+        if seen >= total or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.1)
+
+
+# --- punctuality ---------------------------------------------------------------------------
+
+
+async def punctuality(bench: Bench) -> dict[str, Any]:
+    plan = bench.plan
+    rate, seconds = plan.punctual_rate, plan.punctual_seconds
+    n = int(rate * seconds)
+    await bench.flush()
+    await bench.stub_call("POST", "/reset")
+    service, _ = await bench.start_service("service-punctual", executors=True)
+    try:
+        lead = 1.5 + n / 10_000  # the fill runs at > 20,000 tasks/s
+        t0 = math.ceil((time.time() + lead) * 1000)
+        due = [t0 + int(i * 1000 / rate) for i in range(n)]
+        ids = [f"p-{i}" for i in range(n)]
+
+        def make(i: int) -> dict[str, Any]:
+            return {"code": bench.code, "eval_id": ids[i], "run_at": (due[i] + 0.5) / 1000}
+
+        _, _, fill = await bench.fill_direct(n, make=make)
+        margin = t0 / 1000 - time.time()
+        meter = await bench.cost_meter({"service": service.pid, "stub": _stub_pid(bench)}).start()
+        seen = await wait_recorded(bench, n, time.monotonic() + margin + seconds + 30)
+        await meter.stop()
+    finally:
+        bench.children.stop(service)
+    offset = clock_offset_ns()
+    received: dict[str, int] = await bench.stub_call("GET", "/received")
+    late = [
+        (received[i] + offset) / 1e6 - d for i, d in zip(ids, due, strict=True) if i in received
+    ]
+    result: dict[str, Any] = {
+        "tasks": n,
+        "due_per_second": rate,
+        "seconds": seconds,
+        "measure": "stub receive time - run_at",
+        "fill": fill,
+        "margin_s": round(margin, 3),
+        "received": seen,
+        "early": sum(1 for x in late if x < 0),
+        **spread(late),
+        "cost": meter.per_task(n),
+        "cpu_pct": meter.per_task(n)["cpu_pct"],
+    }
+    if margin < 0.1:
+        result["warning"] = "the fill ended after the first due time: early tasks are late"
+    counts = await bench.stub_call("GET", "/counts")
+    result["exactly_once"] = record_once(bench, once.check("punctual", ids, counts))
+    return result
+
+
+def _stub_pid(bench: Bench) -> int:
+    assert bench.stub is not None
+    return bench.stub.pid
+
+
+# --- keep-up -------------------------------------------------------------------------------
+
+
+async def keepup(bench: Bench) -> dict[str, Any]:
+    plan = bench.plan
+    await bench.flush()
+    await bench.stub_call("POST", "/reset")
+    service, base = await bench.start_service("service-keepup", executors=True)
+    out = bench.tmp / "keepup.json"
+    cmd = [sys.executable, "-m", "bench.openloop", f"{base}/tasks", "--out", str(out)]
+    cmd += ["--rate", str(plan.keepup_rate), "--duration", str(plan.keepup_seconds)]
+    cmd += ["--warmup", str(plan.warmup), "--prefix", "k-", "--code-bytes", str(plan.code_bytes)]
+    from bench.runner import run_json  # runner imports this module
+
+    try:
+        meter = await bench.cost_meter({"service": service.pid, "stub": _stub_pid(bench)}).start()
+        sent = await run_json(cmd, plan.keepup_seconds + plan.warmup + 90)
+        total = int(sent["sent"])
+        seen = await wait_recorded(bench, total, time.monotonic() + 30)
+        await meter.stop()
+    finally:
+        bench.children.stop(service)
+    sends = orjson.loads(out.read_bytes())
+    received: dict[str, int] = await bench.stub_call("GET", "/received")
+    result = _keepup_figures(sends, received, plan.keepup_rate, plan.keepup_seconds)
+    result.update(generator=sent, received=seen, cost=meter.per_task(total))
+    result["cpu_pct"] = result["cost"]["cpu_pct"]
+    accepted = [f"k-{i}" for i, s in enumerate(sends["status"]) if 200 <= s < 300]
+    counts = await bench.stub_call("GET", "/counts")
+    result["exactly_once"] = record_once(bench, once.check("keepup", accepted, counts))
+    result["refused"] = total - len(accepted)
+    return result
+
+
+def _keepup_figures(
+    sends: dict[str, Any], received: dict[str, int], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Latency (measured window only) and the achieved rates."""
+    warm = int(sends["warm"])
+    latency, lag, answers, executed = [], [], [], []
+    for i in range(warm, len(sends["sent"])):
+        sent, status = sends["sent"][i], sends["status"][i]
+        lag.append((sent - sends["scheduled"][i]) / 1e6)
+        got = received.get(f"k-{i}")
+        if not 200 <= status < 300 or got is None:
+            continue
+        answers.append(sends["answered"][i])
+        executed.append(got)
+        latency.append((got - sent) / 1e6)
+    window = seconds * 1e9
+    answers.sort()
+    executed.sort()
+    return {
+        "offered_rate": rate,
+        "seconds": seconds,
+        "measured": len(latency),
+        "enqueue_rate": round(len(answers) / max(1e-9, (answers[-1] - answers[0]) / 1e9), 1)
+        if len(answers) > 1
+        else None,
+        "executed_rate": round(len(executed) / max(1e-9, (executed[-1] - executed[0]) / 1e9), 1)
+        if len(executed) > 1
+        else None,
+        "executed_within_window_rate": round(
+            sum(1 for t in executed if t - executed[0] <= window) / seconds, 1
+        )
+        if executed
+        else None,
+        "send_lag_p99_ms": _r(percentile(sorted(lag), 99)),
+        **spread(latency),
+    }
