@@ -153,6 +153,7 @@ def summarise(
         "service_cpu_pct": round(sum(services.values()), 1),
         "evalsha_per_task": cost["evalsha_per_task"],
         "script_us": cost["script_us"],
+        "cpu_pct": cost["cpu_pct"],
         "cost": cost,
     }
 

@@ -9,6 +9,7 @@ run's target table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 FLOOR_GOAL_DRAIN, FLOOR_GOAL_ENQUEUE = 4.0, 3.0  # Redis µs per task / the Streams floor
@@ -37,54 +38,43 @@ def refs(results: dict[str, Any]) -> tuple[float | None, float | None]:
     )
 
 
-def scenarios(results: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
-    """(label, figures, kind) of every cost row present; kind: enqueue or drain."""
+@dataclass(frozen=True)
+class Row:
+    label: str  # the cost table's
+    short: str  # the command table's column
+    fig: dict[str, Any]  # redis_us, service_us, rate, evalsha_per_task, script_us, commands
+    kind: str  # enqueue or drain: which goals apply
+
+
+def scenarios(results: dict[str, Any]) -> list[Row]:
+    """Every cost row present in the results, in table order."""
     gen = results.get("generator", "wrk")
     conc = int(_get(results, "plan", "concurrency") or 32)
-    rows: list[tuple[str, dict[str, Any], str]] = []
-    single = _get(results, "enqueue", f"{gen}_c{conc}")
-    if single and single.get("cost"):
-        rows.append(
-            (
-                f"enqueue `POST /tasks`, {conc} clients ({gen})",
-                {**single["cost"], "rate": single["rps"]},
-                "enqueue",
+    rows: list[Row] = []
+    for clients in (conc, 1):
+        run = _get(results, "enqueue", f"{gen}_c{clients}")
+        if run and run.get("cost"):
+            who = f"{clients} client{'s' if clients > 1 else ''}"
+            fig = {**run["cost"], "rate": run["rps"]}
+            rows.append(
+                Row(f"enqueue `POST /tasks`, {who} ({gen})", f"enqueue c{clients}", fig, "enqueue")
             )
-        )
-    one = _get(results, "enqueue", f"{gen}_c1")
-    if one and one.get("cost"):
-        rows.append(
-            (
-                f"enqueue `POST /tasks`, 1 client ({gen})",
-                {**one["cost"], "rate": one["rps"]},
-                "enqueue",
-            )
-        )
     batch = _get(results, "drain", "batch_enqueue")
     if batch and batch.get("redis_us") is not None:
-        rows.append(("enqueue `POST /tasks/batch`, 1000 per request", batch, "enqueue"))
+        rows.append(Row("enqueue `POST /tasks/batch`, 1000 per request", "batch", batch, "enqueue"))
     drain = results.get("drain")
     if drain and drain.get("redis_us") is not None:
-        runs = len(drain.get("runs", []))
-        rows.append(
-            (
-                f"drain through the HTTP stub, CONCURRENCY={drain.get('concurrency')} "
-                f"(median of {runs})",
-                drain,
-                "drain",
-            )
+        label = (
+            f"drain through the HTTP stub, CONCURRENCY={drain.get('concurrency')} "
+            f"(median of {len(drain.get('runs', []))})"
         )
+        rows.append(Row(label, "drain", drain, "drain"))
     engine = results.get("engine")
     if engine and engine.get("redis_us") is not None:
-        rows.append(
-            (
-                f"engine-only drain, no-op executor (median of {len(engine.get('runs', []))})",
-                engine,
-                "drain",
-            )
-        )
+        label = f"engine-only drain, no-op executor (median of {len(engine.get('runs', []))})"
+        rows.append(Row(label, "engine", engine, "drain"))
     for name, variant in (_get(results, "drain", "variants") or {}).items():
-        rows.append((f"drain with {name}", variant, "drain"))
+        rows.append(Row(f"drain with {name}", name, variant, "drain"))
     return rows
 
 
@@ -110,9 +100,10 @@ def cost_table(results: dict[str, Any]) -> list[str]:
         "| EVALSHA | script µs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, fig, kind in scenarios(results):
-        fgoal = FLOOR_GOAL_DRAIN if kind == "drain" else FLOOR_GOAL_ENQUEUE
-        sgoal = STUB_GOAL_DRAIN if kind == "drain" else STUB_GOAL_ENQUEUE
+    for row in scenarios(results):
+        label, fig = row.label, row.fig
+        fgoal = FLOOR_GOAL_DRAIN if row.kind == "drain" else FLOOR_GOAL_ENQUEUE
+        sgoal = STUB_GOAL_DRAIN if row.kind == "drain" else STUB_GOAL_ENQUEUE
         rx, sx = _x(fig.get("redis_us"), floor), _x(fig.get("service_us"), stub)
         lines.append(
             f"| {label} | {_f(fig.get('rate'), 0)} | {_f(fig.get('redis_us'))} | "
@@ -128,9 +119,9 @@ def command_table(results: dict[str, Any]) -> list[str]:
     floor = _get(results, "refs", "floor", "commands")
     if floor:
         columns.append(("floor", floor))
-    for label, fig, _ in scenarios(results):
-        if fig.get("commands"):
-            columns.append((label.split(",")[0].split(" (")[0], fig["commands"]))
+    for row in scenarios(results):
+        if row.fig.get("commands"):
+            columns.append((row.short, row.fig["commands"]))
     if not columns:
         return []
     names: list[str] = []
@@ -143,8 +134,8 @@ def command_table(results: dict[str, Any]) -> list[str]:
     for name in names:
         cells = []
         for _, commands in columns:
-            row = commands.get(name)
-            cells.append("—" if not row else f"{row['calls']:.3g} / {row['usec']:.2f}")
+            got = commands.get(name)
+            cells.append("—" if not got else f"{got['calls']:.3g} / {got['usec']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -264,15 +255,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 14's goals, as rows of the run's target table (only those measured)."""
     floor, stub = refs(results)
     rows = []
-    by_kind = {label: (fig, kind) for label, fig, kind in scenarios(results)}
-    drain = results.get("drain") if results.get("drain", {}).get("redis_us") is not None else None
-    enqueue = next(
-        (fig for label, (fig, kind) in by_kind.items() if kind == "enqueue" and "clients" in label),
-        None,
-    )
+    conc = int(_get(results, "plan", "concurrency") or 32)
+    figs = {row.short: row.fig for row in scenarios(results)}
+    drain, enqueue = figs.get("drain"), figs.get(f"enqueue c{conc}")
     for name, fig, goal, key, ref, unit in (
         ("Redis per drained task", drain, FLOOR_GOAL_DRAIN, "redis_us", floor, "floor"),
-        ("Redis per enqueue (32 clients)", enqueue, FLOOR_GOAL_ENQUEUE, "redis_us", floor, "floor"),
+        (
+            f"Redis per enqueue ({conc} clients)",
+            enqueue,
+            FLOOR_GOAL_ENQUEUE,
+            "redis_us",
+            floor,
+            "floor",
+        ),
         ("service per drained task", drain, STUB_GOAL_DRAIN, "service_us", stub, "stub"),
         ("service per enqueue over HTTP", enqueue, STUB_GOAL_ENQUEUE, "service_us", stub, "stub"),
     ):
