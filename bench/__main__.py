@@ -115,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     if ns_full(plan, json_path):
         (RESULTS / "latest.json").write_bytes(data)
     print(f"\nresults written to {json_path} ({results['wall_seconds']} s)")
-    failed = costreport.once_failed(results)
-    if failed:
+    status = 0
+    if failed := costreport.once_failed(results):
         names = ", ".join(c["scenario"] for c in failed)
         print(f"FAILED: exactly-once check of {names} (missing or duplicated tasks)")
-        return 1
-    return 0
+        status = 1
+    for stage, error in (results.get("failed_stages") or {}).items():
+        print(f"FAILED: stage {stage}: {error}")
+        status = 1
+    return status
 
 
 def ns_full(plan: Plan, json_path: Path) -> bool:

@@ -96,6 +96,8 @@ class Plan:
     punctual_seconds: float = 10.0
     keepup_rate: float = 5000.0  # open-loop POST /tasks per second offered
     keepup_seconds: float = 10.0
+    cluster_n: int = 24_000  # tasks per cluster partitions run (`--only cluster`)
+    cluster_partitions: tuple[int, ...] = (1, 2, 4, 8)
     stages: tuple[str, ...] = DEFAULT_STAGES
     profile: bool = False
     quiet_wait: float = 30.0  # seconds to wait for other processes to calm down
@@ -120,6 +122,7 @@ class Plan:
             scaling_n=4000,
             punctual_seconds=3.0,
             keepup_seconds=3.0,
+            cluster_n=4000,
         )
 
 

@@ -11,10 +11,7 @@ On a 2-core machine that also runs Redis, the stub and the bench, more processes
 raise the rate much: the run shows the CPU per task and Redis's distance from saturation,
 not absolute scaling; the output says so.
 
-`cluster_partitions` (issue 13 hook, a shell): Redis CPU per task per node of a three-
-master local cluster (tests/topologies.py's `Cluster`) for 1/2/4/8 queues. Until
-QUEUE_PARTITIONS exists the partitions are stood in for by N named queues spread over
-the cluster's slots; it is not part of the default stages.
+Issue 13's partitions on a three-master cluster are bench/partitions.py (`--only cluster`).
 """
 
 from __future__ import annotations
@@ -76,9 +73,3 @@ def _cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0))
-
-
-async def cluster_partitions(bench: Bench) -> dict[str, Any]:
-    """Issue 13's partitions scenario: not built yet (see the module docstring)."""
-    log("  cluster partitions: not implemented yet (a hook for issue 13)")
-    return {"skipped": "not implemented yet"}

@@ -8,7 +8,9 @@ one function and one row here, plus its name in runner.STAGES.
 `refs` (the Streams floor and the stub's CPU per request: issue 14's references) runs
 first whenever a stage whose per-task cost is compared with them runs, so every ratio is
 to references measured in the same run. The 1-minute load average is kept at the start
-of every stage (`load_average`): the machine is shared.
+of every stage (`load_average`): the machine is shared. A stage that fails is recorded in
+`failed_stages` and the run goes on with the next one (and exits 1 at the end), so one
+stage broken by an overloaded machine does not lose the others' figures.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bench import cost, delayed, eas, floor, scaling, timely
+from bench import cost, delayed, eas, floor, partitions, scaling, timely
 
 if TYPE_CHECKING:
     from bench.runner import Bench, Plan
@@ -131,7 +133,7 @@ async def _keepup(bench: Bench) -> dict[str, Any]:
 
 
 async def _cluster(bench: Bench) -> dict[str, Any]:
-    return await scaling.cluster_partitions(bench)
+    return await partitions.cluster_partitions(bench)
 
 
 STEPS = (
@@ -260,13 +262,20 @@ async def run(bench: Bench) -> None:
         loads[step.stage] = round(os.getloadavg()[0], 2)
         log(f"[{number}/{total}] {step.title(bench.plan)} (load average {loads[step.stage]})")
         began = time.monotonic()
-        value = await step.run(bench)
+        try:
+            value = await step.run(bench)
+        except Exception as exc:  # one stage's failure must not lose the other figures
+            failed = f"{type(exc).__name__}: {exc}"
+            bench.results.setdefault("failed_stages", {})[step.stage] = failed
+            log(f"  STAGE FAILED ({step.stage}): {failed}")
+            continue
+        finally:
+            bench.results.setdefault("stage_seconds", {})[step.stage] = round(
+                time.monotonic() - began, 1
+            )
         key = step.stage if step.key is None else step.key
         if key:
             bench.results[key] = value
-        bench.results.setdefault("stage_seconds", {})[step.stage] = round(
-            time.monotonic() - began, 1
-        )
     if bench.plan.profile:
         which = (
             "PAI-EAS round trip, watch" if bench.plan.stages == ("eas",) else "enqueue -c32, drain"
