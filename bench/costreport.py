@@ -163,6 +163,31 @@ def scaling_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cluster_table(results: dict[str, Any]) -> list[str]:
+    cluster = results.get("cluster")
+    if not cluster or "note" not in cluster:
+        return []
+    lines = [
+        f"Cluster partitions, {cluster['tasks']:,} tasks per run, 3 masters ({cluster['note']}).",
+        "",
+        "| partitions | tasks/s | cluster Redis µs/task "
+        "| per master: µs per own task (% of a core) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, run in cluster.items():
+        if not key.startswith("partitions_"):
+            continue
+        nodes = "; ".join(
+            f"{k} {_f(v['redis_us_per_own_task'])} ({v['redis_cpu_pct']} %)"
+            for k, v in run["nodes"].items()
+        )
+        lines.append(
+            f"| {run['partitions']} | {_f(run['rate'], 0)} | {_f(run['redis_us_total'])} "
+            f"| {nodes} |"
+        )
+    return lines
+
+
 def timely_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     p = results.get("punctual")
@@ -225,6 +250,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if scale := scaling_table(results):
         parts += ["", *scale]
+    if part := cluster_table(results):
+        parts += ["", *part]
     if timely := timely_lines(results):
         parts += ["", *timely]
     if once := once_table(results):

@@ -64,7 +64,7 @@ async def cluster_partitions(bench: Bench) -> dict[str, Any]:
             run = await _run(bench, cluster, names[:parts], plan.cluster_n // parts * parts)
             out[f"partitions_{parts}"] = run
             nodes = "; ".join(
-                f"{k} {v['redis_us_per_own_task']} µs/own task ({v['redis_cpu_pct']} %)"
+                f"{k} {v['redis_us_per_own_task'] or '—'} µs/own task ({v['redis_cpu_pct']} %)"
                 for k, v in run["nodes"].items()
             )
             log(
@@ -143,7 +143,7 @@ def _spawn(bench: Bench, url: str, name: str) -> Child:
     return child
 
 
-async def _wait_ready(path: Any, child: Child, timeout: float = 30.0) -> None:
+async def _wait_ready(path: Any, child: Child, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if not child.alive():
