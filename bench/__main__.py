@@ -15,7 +15,7 @@ import orjson
 import uvloop
 
 from bench import costreport, profile, report
-from bench.runner import DEFAULT_STAGES, RESULTS, STAGES, Plan, amain
+from bench.runner import RESULTS, STAGES, Plan, amain
 
 
 def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
@@ -45,7 +45,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
         "--json",
         type=Path,
         help="results file (default bench/results/<UTC time>.json, with -quick or "
-        "-only-STAGES before .json for those runs; a full run also updates latest.json)",
+        "-only-STAGES before .json for those runs)",
     )
     args.add_argument("--report", type=Path, help="only print the report of a saved results file")
     ns = args.parse_args(argv)
@@ -112,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     data = orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n"
     json_path.write_bytes(data)
-    if ns_full(plan, json_path):
-        (RESULTS / "latest.json").write_bytes(data)
     print(f"\nresults written to {json_path} ({results['wall_seconds']} s)")
     status = 0
     if failed := costreport.once_failed(results):
@@ -124,11 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: stage {stage}: {error}")
         status = 1
     return status
-
-
-def ns_full(plan: Plan, json_path: Path) -> bool:
-    """A full run to the default place also updates latest.json (the docs link to it)."""
-    return not plan.quick and plan.stages == DEFAULT_STAGES and json_path.parent == RESULTS
 
 
 if __name__ == "__main__":

@@ -195,8 +195,9 @@ def timely_lines(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Punctuality, {p['due_per_second']:,.0f} scheduled tasks due per second for "
             f"{p['seconds']:g} s ({p['measure']}): p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, "
-            f"max {p['max_ms']} ms, {p['early']} early (goal p99 ≤ {PUNCTUAL_GOAL:g} ms; "
-            f"BullMQ's median {PUNCTUAL_BULLMQ} ms)"
+            f"max {p['max_ms']} ms over {p.get('measured', p['tasks']):,} tasks, {p['early']} "
+            f"early, {p.get('enqueued_after_due', 0)} queued after their due time (left out) "
+            f"(goal p99 ≤ {PUNCTUAL_GOAL:g} ms; BullMQ's median {PUNCTUAL_BULLMQ} ms)"
         )
     k = results.get("keepup")
     if k:

@@ -192,6 +192,7 @@ class Bench:
         executors: bool = False,
         concurrency: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        ready_timeout: float = 60.0,
     ) -> tuple[Child, str]:
         port = free_port()
         env = service_env(
@@ -203,7 +204,8 @@ class Bench:
         env.update(extra_env or {})
         child = self.children.python(name, "app", "serve", env=env)
         base = f"http://127.0.0.1:{port}"
-        await wait_http(f"{base}/readyz", child)
+        # generous: on a loaded 2-core machine several processes starting at once are slow
+        await wait_http(f"{base}/readyz", child, ready_timeout)
         return child, base
 
     async def flush(self) -> None:
