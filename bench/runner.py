@@ -209,7 +209,15 @@ class Bench:
         return child, base
 
     async def flush(self) -> None:
-        await self.client.flushall()
+        """FLUSHALL ASYNC, then wait until Redis has freed everything: a synchronous
+        FLUSHALL of a million tasks can outlast the client's 3 s command timeout on a
+        loaded machine, and the memory stages need the memory back before they start."""
+        await self.client.flushall(asynchronous=True)
+        deadline = time.monotonic() + 120
+        while int((await self.client.info("memory")).get("lazyfree_pending_objects", 0)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("Redis did not free the flushed keys within 120 s")
+            await asyncio.sleep(0.05)
 
     def cost_meter(self, pids: Mapping[str, int]) -> CostMeter:
         """Redis CPU and commands, and these processes' CPU, over one window (bench/meter)."""
