@@ -138,6 +138,16 @@ class OpenLoop:
                 conn.transport.close()
 
 
+async def _answered_or_stalled(gen: OpenLoop, stall: float = 15.0) -> None:
+    """Wait for every answer; a loaded service may answer a backlog for long, so give up
+    only after `stall` s without a new answer."""
+    last = -1
+    while not gen.finished.is_set() and gen.left != last:
+        last = gen.left
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gen.finished.wait(), stall)
+
+
 async def run(ns: argparse.Namespace) -> dict[str, Any]:
     total = int(ns.rate * (ns.warmup + ns.duration))
     warm = int(ns.rate * ns.warmup)
@@ -156,8 +166,7 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, (start + int(index * interval) - now) / 1e9))
     sending = (time.monotonic_ns() - start) / 1e9
     cpu = time.process_time() - cpu0
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(gen.finished.wait(), 30)
+    await _answered_or_stalled(gen)
     gen.close()
     ns.out.write_bytes(
         orjson.dumps(
