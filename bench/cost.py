@@ -154,6 +154,7 @@ def summarise(
         "evalsha_per_task": cost["evalsha_per_task"],
         "script_us": cost["script_us"],
         "cpu_pct": cost["cpu_pct"],
+        "commands": cost["commands"],
         "cost": cost,
     }
 

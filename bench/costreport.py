@@ -113,6 +113,17 @@ def cost_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _commands(fig: dict[str, Any]) -> dict[str, Any]:
+    """A row's commands per task; for a median of runs, those of the run it names (results
+    of the first runs of this harness kept them only inside each run's `cost`)."""
+    if fig.get("commands"):
+        return dict(fig["commands"])
+    runs, which = fig.get("runs") or [], fig.get("commands_of_run")
+    if which and len(runs) >= which:
+        return dict(_get(runs[which - 1], "cost", "commands") or {})
+    return {}
+
+
 def command_table(results: dict[str, Any]) -> list[str]:
     """Calls and usec per task of each command, per scenario (commandstats deltas)."""
     columns: list[tuple[str, dict[str, Any]]] = []
@@ -120,8 +131,8 @@ def command_table(results: dict[str, Any]) -> list[str]:
     if floor:
         columns.append(("floor", floor))
     for row in scenarios(results):
-        if row.fig.get("commands"):
-            columns.append((row.short, row.fig["commands"]))
+        if commands := _commands(row.fig):
+            columns.append((row.short, commands))
     if not columns:
         return []
     names: list[str] = []
