@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from bench import profile, report
+from bench import costreport, profile, report
 from bench.runner import RESULTS, STAGES, Plan, amain
 
 
@@ -43,8 +44,8 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
     args.add_argument(
         "--json",
         type=Path,
-        help="results file (default bench/results/latest.json for a full run, "
-        "latest-quick.json with --quick, only-STAGES.json with --only)",
+        help="results file (default bench/results/<UTC time>.json, with -quick or "
+        "-only-STAGES before .json for those runs)",
     )
     args.add_argument("--report", type=Path, help="only print the report of a saved results file")
     ns = args.parse_args(argv)
@@ -66,10 +67,13 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path, Path | None]:
 
 
 def default_json(plan: Plan, only: bool) -> Path:
-    """latest.json holds the last full run: quick and partial runs do not overwrite it."""
+    """bench/results/<UTC time>[-quick][-only-STAGES].json: every run keeps its own file
+    (only full runs are meant to be committed; .gitignore drops the others)."""
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    suffix = "-quick" if plan.quick else ""
     if only:
-        return RESULTS / f"only-{'-'.join(plan.stages) or 'profile'}.json"
-    return RESULTS / ("latest-quick.json" if plan.quick else "latest.json")
+        suffix += f"-only-{'-'.join(plan.stages) or 'profile'}"
+    return RESULTS / f"{stamp}{suffix}.json"
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -88,6 +92,8 @@ def print_report(results: dict[str, Any]) -> None:
     print(report.SHARED_CORES_NOTE)
     print()
     print(report.markdown(results))
+    print()
+    print(costreport.markdown(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,12 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: child processes stopped", file=sys.stderr)
         return 130
-    results["targets"] = report.targets(results)
+    results["targets"] = report.targets(results) + costreport.targets(results)
     print_report(results)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    data = orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n"
+    json_path.write_bytes(data)
     print(f"\nresults written to {json_path} ({results['wall_seconds']} s)")
-    return 0
+    status = 0
+    if failed := costreport.once_failed(results):
+        names = ", ".join(c["scenario"] for c in failed)
+        print(f"FAILED: exactly-once check of {names} (missing or duplicated tasks)")
+        status = 1
+    for stage, error in (results.get("failed_stages") or {}).items():
+        print(f"FAILED: stage {stage}: {error}")
+        status = 1
+    return status
 
 
 if __name__ == "__main__":

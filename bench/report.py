@@ -149,7 +149,8 @@ def _drain_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"Drain {drain['tasks']:,} pre-queued tasks, CONCURRENCY={drain['concurrency']}",
                 _rate(drain["rate"], " tasks/s"),
                 f"{drain['seconds_steady']} s first→last completion "
-                f"({drain['seconds_with_startup']} s incl. process start); CPU % of a core: "
+                f"(median of {len(drain.get('runs', [])) or 1}; {drain.get('seconds_from_resume')} "
+                "s from the queue's resume, the service already started); CPU % of a core: "
                 + ", ".join(f"{k} {v}" for k, v in cpu.items()),
             )
         )
@@ -453,7 +454,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in _figures(results)]
     lines += ["", "| Target | Measured | Ratio | Met |", "| --- | --- | --- | --- |"]
-    for row in targets(results):
+    for row in results.get("targets") or targets(results):
         lines.append(
             f"| {row['target']} | {row['measured']} | {_ratio_cell(row)} | {_met_cell(row)} |"
         )

@@ -33,13 +33,34 @@ from app.engine.keys import QueueKeys
 from app.models import Priority, Task, TaskRequest
 from app.redis_server import RedisServer
 from app.settings import Settings
-from bench import delayed, eas, machine, profile, report, wrk
+from bench import cost, delayed, eas, machine, once, profile, report, stages, wrk
 from bench.loadgen import percentile
+from bench.meter import CostMeter
 from bench.procs import Child, Children, CpuMeter, free_port, service_env, wait_http, wait_quiet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUEUE = "evaluations"
-STAGES = ("ceilings", "enqueue", "drain", "latency", "lookup", "retry", "scheduled", "eas")
+# `python -m bench` runs DEFAULT_STAGES in this order; `--only` may also name the others.
+# refs (the Streams floor and the stub's CPU per request) runs whenever a stage whose
+# per-task cost is compared with them runs (bench/stages.py).
+STAGES = (
+    "ceilings",
+    "refs",
+    "enqueue",
+    "drain",
+    "engine",
+    "latency",
+    "memory",
+    "lookup",
+    "retry",
+    "scheduled",
+    "punctual",
+    "keepup",
+    "scaling",
+    "eas",
+    "cluster",
+)
+DEFAULT_STAGES = tuple(s for s in STAGES if s != "cluster")
 TaskMaker = Callable[[int], dict[str, Any]]
 
 
@@ -52,6 +73,7 @@ class Plan:
     concurrency: int = 32
     code_bytes: int = 200
     drain_n: int = 20_000
+    drain_runs: int = 3  # drains (through the stub, and engine-only) of which the median
     latency_rate: float = 500.0
     latency_seconds: float = 10.0
     fill_n: int = 1_000_000
@@ -65,9 +87,20 @@ class Plan:
     eas_watch_n: int = 20_000  # items in the sink for the watchers to drain
     eas_window: int = 64  # `_window_` of each watcher
     eas_watchers: int = 4  # watchers of the concurrent drain
-    stages: tuple[str, ...] = STAGES
+    floor_n: int = 50_000  # tasks per Streams floor run (refs)
+    stub_seconds: float = 2.0  # each run of the stub's CPU per request (refs)
+    memory_n: int = 50_000  # queued tasks of the memory stage
+    scaling_n: int = 30_000  # backlog of each replica scaling run
+    scaling_processes: tuple[int, ...] = (1, 2, 4)
+    punctual_rate: float = 1000.0  # scheduled tasks falling due per second
+    punctual_seconds: float = 10.0
+    keepup_rate: float = 5000.0  # open-loop POST /tasks per second offered
+    keepup_seconds: float = 10.0
+    cluster_n: int = 24_000  # tasks per cluster partitions run (`--only cluster`)
+    cluster_partitions: tuple[int, ...] = (1, 2, 4, 8)
+    stages: tuple[str, ...] = DEFAULT_STAGES
     profile: bool = False
-    quiet_wait: float = 120.0  # seconds to wait for other processes to calm down
+    quiet_wait: float = 30.0  # seconds to wait for other processes to calm down
 
     @classmethod
     def quick_plan(cls) -> Plan:
@@ -83,6 +116,13 @@ class Plan:
             scheduled_n=20_000,
             eas_duration=3.0,
             eas_watch_n=2000,
+            floor_n=10_000,
+            stub_seconds=1.0,
+            memory_n=10_000,
+            scaling_n=4000,
+            punctual_seconds=3.0,
+            keepup_seconds=3.0,
+            cluster_n=4000,
         )
 
 
@@ -152,6 +192,7 @@ class Bench:
         executors: bool = False,
         concurrency: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        ready_timeout: float = 60.0,
     ) -> tuple[Child, str]:
         port = free_port()
         env = service_env(
@@ -163,11 +204,24 @@ class Bench:
         env.update(extra_env or {})
         child = self.children.python(name, "app", "serve", env=env)
         base = f"http://127.0.0.1:{port}"
-        await wait_http(f"{base}/readyz", child)
+        # generous: on a loaded 2-core machine several processes starting at once are slow
+        await wait_http(f"{base}/readyz", child, ready_timeout)
         return child, base
 
     async def flush(self) -> None:
-        await self.client.flushall()
+        """FLUSHALL ASYNC, then wait until Redis has freed everything: a synchronous
+        FLUSHALL of a million tasks can outlast the client's 3 s command timeout on a
+        loaded machine, and the memory stages need the memory back before they start."""
+        await self.client.flushall(asynchronous=True)
+        deadline = time.monotonic() + 120
+        while int((await self.client.info("memory")).get("lazyfree_pending_objects", 0)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("Redis did not free the flushed keys within 120 s")
+            await asyncio.sleep(0.05)
+
+    def cost_meter(self, pids: Mapping[str, int]) -> CostMeter:
+        """Redis CPU and commands, and these processes' CPU, over one window (bench/meter)."""
+        return CostMeter(self.client, pids, self.redis.process.pid if self.redis.process else None)
 
     async def counter(self, name: str) -> int:
         value = await self.client.hget(QueueKeys.default(QUEUE).counters, name)
@@ -258,6 +312,7 @@ class Bench:
         return ["wrk", "aiohttp"] if self.generator == "wrk" else ["aiohttp"]
 
     async def enqueue(self) -> None:
+        """POST /tasks, 1 and 32 clients, per generator; with each run's cost per task."""
         plan, out = self.plan, self.results.setdefault("enqueue", {})
         await self.flush()
         service, base = await self.start_service("service-enqueue")
@@ -266,40 +321,21 @@ class Bench:
             await self.warm(url, self.task_body)
             for generator in self.generators():
                 for conc in (1, plan.concurrency):
-                    with CpuMeter(self.pids(service=service)) as cpu:
-                        res = await self.generate(url, self.task_body, conc, generator)
-                    res["cpu_pct"] = cpu.result
+                    stored = await self.counter("total:enqueued")
+                    meter = await self.cost_meter({"service": service.pid}).start()
+                    res = await self.generate(url, self.task_body, conc, generator)
+                    await meter.stop()
+                    res["cost"] = meter.per_task(await self.counter("total:enqueued") - stored)
+                    res["cpu_pct"] = res["cost"]["cpu_pct"]
                     out[f"{generator}_c{conc}"] = res
                     log(
                         f"  POST /tasks, {generator} -c{conc}: {res['rps']:,.0f} tasks/s "
-                        f"(p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms) CPU {cpu.result}"
+                        f"(p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms); per task Redis "
+                        f"{res['cost']['redis_us']} µs, service {res['cost']['service_us']} µs"
                     )
             out["stored"] = await self.counter("total:enqueued")
         finally:
             self.children.stop(service)
-
-    async def batch_fill(self, base: str, n: int, make: TaskMaker | None = None) -> dict[str, Any]:
-        """POST /tasks/batch of 1000 until n tasks are queued; returns the rate.
-        `make(i)` gives task i (default: just the sample code)."""
-        started = time.perf_counter()
-        created = 0
-        async with aiohttp.ClientSession() as session:
-            for offset in range(0, n, 1000):
-                size = min(1000, n - offset)
-                if make is None:
-                    tasks = [{"code": self.code}] * size
-                else:
-                    tasks = [make(i) for i in range(offset, offset + size)]
-                body = orjson.dumps({"tasks": tasks})
-                async with session.post(f"{base}/tasks/batch", data=body) as resp:
-                    answer = orjson.loads(await resp.read())
-                    if resp.status != 201:
-                        raise RuntimeError(f"batch enqueue answered {resp.status}: {answer}")
-                    created += sum(1 for t in answer["tasks"] if t.get("status") == "queued")
-        seconds = time.perf_counter() - started
-        if created != n:
-            raise RuntimeError(f"batch enqueue queued {created} of {n}")
-        return {"tasks": n, "seconds": round(seconds, 3), "rate": round(n / seconds, 1)}
 
     async def drain(
         self,
@@ -307,63 +343,15 @@ class Bench:
         make: TaskMaker | None = None,
         extra_env: Mapping[str, str] | None = None,
         name: str = "drain",
+        times: Callable[[str], int] | None = None,
     ) -> tuple[dict[str, Any], Child, str]:
-        """Pre-queue drain_n tasks with no executor, then time a service with the stub.
-        `make` and `extra_env` vary the tasks and the service's settings (retry drain)."""
-        plan = self.plan
-        await self.flush()
-        filler, base = await self.start_service(f"service-{name}-fill")
-        try:
-            batch = await self.batch_fill(base, plan.drain_n, make)
-        finally:
-            self.children.stop(filler)
-        log(f"  queued {plan.drain_n:,} with POST /tasks/batch: {batch['rate']:,.0f} tasks/s")
-        await self.stub_call("POST", "/reset")
-        spawned = time.perf_counter()
-        service, base = await self.start_service(
-            f"service-{name}", executors=True, extra_env=extra_env
+        """One metered drain of drain_n tasks through the stub (bench/cost.py); the service
+        is left running. `make`, `extra_env` and `times` vary the tasks, the service's
+        settings and the executions expected per task (the retry drain)."""
+        result, services, base = await cost.drain_once(
+            self, name, make=make, extra_env=extra_env, profile_to=profile_to, times=times
         )
-        recording = await profile.record(service.pid, profile_to) if profile_to else None
-        result: dict[str, Any] = {"tasks": plan.drain_n, "batch_enqueue": batch}
-        try:
-            with CpuMeter(self.pids(service=service, stub=self.stub)) as cpu:
-                first, first_count, done = await self._wait_completed(plan.drain_n, service)
-            result["cpu_pct"] = cpu.result
-        finally:
-            if recording:
-                result["profile_busy_pct"] = await recording.stop()
-        steady = (plan.drain_n - first_count) / max(1e-9, done - first)
-        result.update(
-            rate=round(steady, 1),
-            seconds_steady=round(done - first, 3),
-            seconds_with_startup=round(done - spawned, 3),
-            rate_with_startup=round(plan.drain_n / (done - spawned), 1),
-            concurrency=plan.concurrency,
-        )
-        async with aiohttp.ClientSession() as session, session.get(f"{base}/status") as resp:
-            status = orjson.loads(await resp.read())
-        result["status_totals"] = status.get("totals")
-        result["status_states"] = status.get("states")
-        stats = await self.stub_call("GET", "/stats")
-        result["stub_executed"] = stats["executed"]
-        result["stub_stats"] = stats
-        return result, service, base
-
-    async def _wait_completed(self, n: int, service: Child) -> tuple[float, int, float]:
-        deadline = time.monotonic() + max(120.0, n / 100)
-        first, first_count = 0.0, 0
-        while True:
-            count = await self.counter("total:completed")
-            now = time.perf_counter()
-            if count and not first:
-                first, first_count = now, count
-            if count >= n:
-                return first, first_count, now
-            if not service.alive():
-                raise RuntimeError(f"service died during the drain:\n{service.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"drain stuck at {count} of {n} completed")
-            await asyncio.sleep(0.02)
+        return result, services[0], base
 
     async def latency(self, service: Child, base: str) -> dict[str, Any]:
         """Open-loop POST /tasks at latency_rate; latency = stub receive - client send."""
@@ -399,7 +387,11 @@ class Bench:
             from_schedule.append((got - scheduled) / 1e6)
         for values in (latencies, from_schedule, answers, lags):
             values.sort()
+        accepted = [i for i, row in sends.items() if 200 <= row[3] < 300]
+        counts = await self.stub_call("GET", "/counts")
+        checked = cost.record_once(self, once.check("latency", accepted, counts))
         return {
+            "exactly_once": checked,
             "rate": plan.latency_rate,
             "seconds": plan.latency_seconds,
             "measured": len(latencies),
@@ -417,10 +409,11 @@ class Bench:
         }
 
     async def fill_direct(
-        self, n: int, task: dict[str, Any] | None = None
+        self, n: int, task: dict[str, Any] | None = None, make: TaskMaker | None = None
     ) -> tuple[list[str], array[int], dict[str, Any]]:
         """n tasks through Queue.enqueue_many (the service's enqueue.lua), 2 pipelines;
-        each is `task` (default: just the sample code) with a generated eval_id."""
+        each is `make(i)`, or `task` (default: just the sample code) with a generated
+        eval_id."""
         settings = Settings(redis_url=self.redis.url, queue=QUEUE)
         client = connect(self.redis.url)
         streams = Engine(client, settings).default
@@ -437,7 +430,10 @@ class Bench:
             while not queue.empty():
                 index = queue.get_nowait()
                 count = min(size, n - chunks[index])
-                reqs = [TaskRequest.parse(payload) for _ in range(count)]
+                first = chunks[index]
+                reqs = [
+                    TaskRequest.parse(make(first + i) if make else payload) for i in range(count)
+                ]
                 answers = await streams.engine.enqueue_many(reqs)
                 ids[index] = [r.eval_id for r in reqs]
                 positions[index] = [int(a.get("position", 0)) for a in answers]
@@ -605,61 +601,6 @@ async def run_json(cmd: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-async def run_stages(bench: Bench) -> None:
-    plan = bench.plan
-    await bench.start_stub()
-    if "ceilings" in plan.stages:
-        log("[1/9] ceilings: stub executor, Python HTTP clients, trivial endpoint")
-        await bench.ceilings()
-    if "enqueue" in plan.stages:
-        log("[2/9] enqueue over HTTP (no executors)")
-        await bench.enqueue()
-    if {"drain", "latency", "retry"} & set(plan.stages):
-        log(f"[3/9] drain of {plan.drain_n:,} pre-queued tasks, CONCURRENCY={plan.concurrency}")
-        drained, service, base = await bench.drain()
-        bench.results["drain"] = drained
-        log(
-            f"  drained at {drained['rate']:,.0f} tasks/s ({drained['seconds_steady']} s; "
-            f"{drained['seconds_with_startup']} s from process start) CPU {drained['cpu_pct']}"
-        )
-        try:
-            if "latency" in plan.stages:
-                log(f"[4/9] enqueue->executor latency at {plan.latency_rate:g} tasks/s, open loop")
-                lat = await bench.latency(service, base)
-                bench.results["latency"] = lat
-                log(
-                    f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms, "
-                    f"missing {lat['missing']}"
-                )
-        finally:
-            bench.children.stop(service)
-    if "lookup" in plan.stages:
-        log(f"[5/9] {plan.fill_n:,} queued tasks: Redis memory per task, GET /tasks/{{id}}")
-        await bench.lookup_and_memory()
-        look = bench.results["lookup"]
-        log(f"  GET /tasks/{{id}} p50 {look['p50_ms']} ms, p99 {look['p99_ms']} ms")
-    if "retry" in plan.stages:
-        log(
-            f"[6/9] retry drain: {plan.drain_n:,} tasks, a third answered 503 once, "
-            f"RETRY_BASE_DELAY={plan.retry_base_delay:g}, no jitter"
-        )
-        bench.results["retry"] = await delayed.retry_drain(bench)
-    if "scheduled" in plan.stages:
-        log(f"[7/9] {plan.scheduled_n:,} scheduled tasks: memory, promotion when all come due")
-        bench.results["scheduled"] = await delayed.scheduled(bench)
-    if "eas" in plan.stages:
-        log(
-            f"[8/9] PAI-EAS: {plan.eas_clients} clients put -> read the answer by request id "
-            f"({plan.eas_duration:g} s each, protobuf and JSON status reads); "
-            f"{plan.eas_watch_n:,} sink items drained by 1 and {plan.eas_watchers} watchers"
-        )
-        bench.results["eas"] = await eas.run(bench)
-    if plan.profile:
-        which = "PAI-EAS round trip, watch" if plan.stages == ("eas",) else "enqueue -c32, drain"
-        log(f"[9/9] py-spy profiles of the service ({which})")
-        await bench.profiles()
-
-
 async def amain(plan: Plan) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="taskstream-bench-"))
     children = Children(tmp)
@@ -690,7 +631,7 @@ async def amain(plan: Plan) -> dict[str, Any]:
         bench.results["background_load_at_start_pct"] = load
         if load >= 15:
             log(f"WARNING: other processes use {load:.0f}% of a core: " + "; ".join(busiest))
-        await run_stages(bench)
+        await stages.run(bench)
         bench.results["generator"] = bench.generator
         bench.results["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
         bench.results["wall_seconds"] = round(time.time() - started, 1)

@@ -6,8 +6,9 @@ Routes (anything else is 404):
   POST /execute   -> 200 {"status": "success", "output": "ok", "exit_code": 0}; the receive
                      time (time.monotonic_ns, CLOCK_MONOTONIC, the same clock in every process
                      on the machine) of the request's first byte is recorded per eval_id.
-                     A task with `"metadata": {"fail_once": true}` is answered 503 the first
-                     time its eval_id is seen, and 200 after that (the retry stage)
+                     Executions are also counted per eval_id (the exactly-once check of
+                     every drain). A task with `"metadata": {"fail_once": true}` is answered
+                     503 the first time its eval_id is seen, and 200 after that (retry stage)
   POST /predict   -> 200 {"prediction": "ok", "score": 0.5}, counted: a PAI-EAS target for
                      the `eas` stage (EAS_TARGETS=svc=http://127.0.0.1:PORT/predict)
   POST /          -> 200 {} (a no-op for measuring the stub itself)
@@ -16,6 +17,7 @@ Routes (anything else is 404):
                           "attempts": {"1": n, "2": n, ...} (the `attempt` field received),
                           "predicted": n (POST /predict)}
   GET  /received  -> 200 {eval_id: receive_ns, ...}
+  GET  /counts    -> 200 {eval_id: executions, ...}
   POST /reset     -> 200 {}: forget counts and receive times
 
 No framework, no per-request task: parsing happens in the protocol callbacks and each
@@ -69,6 +71,7 @@ class State:
         self.executed = 0
         self.predicted = 0
         self.received: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # executions per eval_id
         self.failed: set[str] = set()  # eval_ids answered 503 (fail_once)
         self.attempts: dict[int, int] = {}  # `attempt` field received -> count
 
@@ -85,6 +88,7 @@ class State:
         if not isinstance(eval_id, str):
             return EXECUTE_RESPONSE
         self.received.setdefault(eval_id, began)
+        self.counts[eval_id] = self.counts.get(eval_id, 0) + 1
         if isinstance(metadata, dict) and metadata.get("fail_once") and eval_id not in self.failed:
             self.failed.add(eval_id)
             return FAIL_ONCE_RESPONSE
@@ -157,6 +161,8 @@ class StubProtocol(asyncio.Protocol):
             return response(200, orjson.dumps(state.stats()))
         if path == b"/received":
             return response(200, orjson.dumps(state.received))
+        if path == b"/counts":
+            return response(200, orjson.dumps(state.counts))
         if method == b"POST" and path == b"/reset":
             state.reset()
             return EMPTY_RESPONSE
