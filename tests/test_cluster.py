@@ -73,6 +73,9 @@ make_worker = test_consumers.make_worker
 test_cancel_terminate_sent_to_another_process_aborts_the_call = (
     test_consumers.test_cancel_terminate_sent_to_another_process_aborts_the_call
 )
+test_a_due_time_announced_by_another_process_wakes_the_idle_consumer = (
+    test_consumers.test_a_due_time_announced_by_another_process_wakes_the_idle_consumer
+)
 test_backoff_gaps_without_jitter = test_semantics.test_backoff_gaps_without_jitter
 test_cancel_scheduled_and_retrying_never_run = (
     test_semantics.test_cancel_scheduled_and_retrying_never_run
@@ -253,15 +256,15 @@ async def _redirects(rig: Rig) -> dict[str, int]:
 async def test_sharded_subscribers_hear_spublish_on_the_owning_primary(
     cluster: Cluster, queue: str
 ):
-    """The subscriber the scripts will use once they SPUBLISH (Redis >= 7): SSUBSCRIBE on
-    the primary owning the channel's slot. On 6.2 the runner keeps PUBLISH."""
+    """The queue channels' subscriber on a cluster of Redis >= 7: the scripts SPUBLISH, so
+    SSUBSCRIBE on the primary owning the channel's slot. On 6.2 the runner keeps PUBLISH."""
     client = connect(cluster.url)
     try:
         features = await server_features(client)
         scripts = Scripts(client)
         await scripts.prepare()
         assert scripts.publish == ("SPUBLISH" if features.sharded_pubsub else "PUBLISH")
-        assert not scripts.sharded_pubsub  # no script calls QUEUE_PUBLISH yet (part B)
+        assert scripts.sharded_pubsub == features.sharded_pubsub
         if not features.sharded_pubsub:
             return
         channel = f"ts:{{{queue}}}:cancel"

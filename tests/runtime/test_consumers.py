@@ -538,6 +538,24 @@ async def test_cancel_terminate_sent_to_another_process_aborts_the_call(
     await reaches(front, "next-one", "completed")
 
 
+async def test_a_due_time_announced_by_another_process_wakes_the_idle_consumer(
+    make_worker: MakeWorker, make_service: MakeService
+):
+    """`runner` is idle (its promoter and fetch loop asleep for up to 5 s); `front` enqueues
+    a task due in 0.3 s: the schedule channel (pub/sub, sharded on a cluster) wakes the
+    runner's promoter, so the task runs at its due time, not at the next idle poll."""
+    worker = await make_worker()
+    runner = await make_service(executor_urls=(worker.url,))
+    front = await make_service()
+    await enqueue(front, "warm-up")
+    await reaches(front, "warm-up", "completed")
+    await settle(0.3)  # the runner has gone idle again: nothing scheduled, nothing queued
+    started = time.monotonic()
+    await enqueue(front, "later", delay=0.3)
+    await reaches(runner, "later", "completed", timeout=5.0)
+    assert time.monotonic() - started < 2.0
+
+
 # --- graceful stop --------------------------------------------------------------------------
 
 

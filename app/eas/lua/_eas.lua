@@ -38,7 +38,7 @@ local function eas_drop(prefix, id, commit, now, maxlen, ttl, group)
     redis.call('XACK', k_stream, group, entry)
     redis.call('XDEL', k_stream, entry)
     redis.call('ZREM', prefix .. 'leases', id)
-    if not commit then redis.call('PUBLISH', prefix .. 'cancel', id) end
+    if not commit then redis.call(QUEUE_PUBLISH, prefix .. 'cancel', id) end
   else
     if not commit then redis.call('DEL', k_task) end
     return 0

@@ -150,7 +150,7 @@ end
 local function schedule(k_sched, channel, id, due)
   local first = redis.call('ZRANGE', k_sched, 0, 0, 'WITHSCORES')
   redis.call('ZADD', k_sched, due, id)
-  if not first[2] or due < tonumber(first[2]) then redis.call('PUBLISH', channel, due) end
+  if not first[2] or due < tonumber(first[2]) then redis.call(QUEUE_PUBLISH, channel, due) end
 end
 
 -- Deferred tasks are also listed in their queue's `deferred` zset (score: creation time), so

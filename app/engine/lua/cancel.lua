@@ -36,7 +36,7 @@ elseif state == 'processing' and ARGV[2] == '1' then
   redis.call('XACK', STREAM[prio], ARGV[3], entry)
   redis.call('XDEL', STREAM[prio], entry)
   redis.call('ZREM', KEYS[9], id)
-  redis.call('PUBLISH', ARGV[6], id)
+  redis.call(QUEUE_PUBLISH, ARGV[6], id)
 else
   return {'state', state}
 end

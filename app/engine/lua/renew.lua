@@ -21,5 +21,5 @@ for i = 6, #ARGV, 3 do
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), id)
   end
 end
-if tonumber(ARGV[3]) == 0 and #ARGV > 5 then redis.call('PUBLISH', ARGV[5], 'release') end
+if tonumber(ARGV[3]) == 0 and #ARGV > 5 then redis.call(QUEUE_PUBLISH, ARGV[5], 'release') end
 return lost
