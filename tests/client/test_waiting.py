@@ -53,7 +53,11 @@ def test_wait_reads_events_not_the_record_in_a_loop(live, make_api, sync_api, fl
 
     in_thread(work)
     assert api.wait("e1", timeout=10).result == "done"
-    assert counts == {"/tasks/e1": 3, "/events": 1}  # before, after the headers, at the end
+    # before, after the headers, at the end; a stream that broke under load is opened again
+    # (Last-Event-ID) and costs one more record read: never a read per poll interval
+    streams = counts["/events"]
+    assert set(counts) == {"/tasks/e1", "/events"} and streams <= 3
+    assert counts["/tasks/e1"] <= 1 + 2 * streams
 
 
 class NoEvents:

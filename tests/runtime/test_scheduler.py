@@ -116,8 +116,10 @@ async def test_two_schedulers_fire_each_tick_once(store: ScheduleStore, make_sch
     ticks = await fired_ticks(store, "s", range(start + 1, end + 1))
     assert ticks == list(range(start + 1, ticks[-1] + 1))  # none skipped
     assert len(ticks) >= 4
-    # each tick was enqueued by exactly one of them (the other found its eval_id there)
-    assert one.fired_here + two.fired_here == len(ticks)
+    # each tick was enqueued by exactly one of them (the other found its eval_id there); a
+    # stop() may cancel a turn whose enqueue Redis had already applied, so its tick is
+    # there without being counted by the scheduler that sent it
+    assert len(ticks) - 1 <= one.fired_here + two.fired_here <= len(ticks)
 
 
 async def test_a_replica_dead_between_enqueue_and_advance(store: ScheduleStore, make_scheduler):
