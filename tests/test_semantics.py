@@ -193,16 +193,16 @@ async def test_cancel_scheduled_and_retrying_never_run(make_service, make_execut
 
     executor = await make_executor(handler)
     svc = await make_service(
-        executor_urls=(executor.url,), retry=RetryPolicy(3, 0.5, 1.0, 1.0, False)
+        executor_urls=(executor.url,), retry=RetryPolicy(3, 1.5, 3.0, 1.0, False)
     )
-    await svc.http.post("/tasks", json={"eval_id": "s", "code": "x", "delay": 0.3})
+    await svc.http.post("/tasks", json={"eval_id": "s", "code": "x", "delay": 1.5})
     await svc.http.post("/tasks", json={"eval_id": "r", "code": "x"})
     await wait_for(lambda: finished(svc, "r", "retrying"))
     for eval_id in ("s", "r"):
         r = await svc.http.post(f"/tasks/{eval_id}/cancel")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
     calls = len(executor.calls)
-    await asyncio.sleep(0.8)  # past both due times: nothing may run
+    await asyncio.sleep(1.8)  # past both due times (1.5 s: room for a slow cancel): nothing may run
     assert len(executor.calls) == calls == 1
     assert (await status_of(svc, "s"))["status"] == "cancelled"
 
