@@ -212,8 +212,15 @@ async def test_every_redis_connection_cut_under_load(make_rig: MakeRig, proxy: T
     """Three cuts of every connection (pools, blocking reads, pub/sub), 0.3 s apart; the
     replicas reconnect at once and lose nothing."""
     rig = await make_rig(f"redis://127.0.0.1:{proxy.port}/0")
+
+    async def reconnected() -> bool:
+        return proxy.connections >= REPLICAS
+
     for _ in range(3):
-        assert proxy.cut() >= REPLICAS  # at least one connection of each replica
+        # the replicas reconnected after the last cut (at once, but a loaded machine may
+        # take a moment): at least one connection of each replica is cut
+        await wait_for(reconnected, timeout=10)
+        assert proxy.cut() >= REPLICAS
         await asyncio.sleep(0.3)
     await rig.more("accepted", FLOW)
 
