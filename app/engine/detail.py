@@ -12,9 +12,10 @@
   `timeline_complete` is false when the stream no longer reaches back to the creation or
   the scan stopped early.
 
-Legacy queues only (default and named: their task records share one namespace, and the
-hash's `q` names the queue). Read-only, a few round trips: an operator's page, never a hot
-path.
+Legacy queues only (default and named): the default queue's record key of the id is the
+id directory (engine/keys.py), a pointer `{q, at}` for a task of a named queue, whose own
+record is then read on that queue's tag. Read-only, a few round trips: an operator's page,
+never a hot path.
 
 Imports: client, engine, queue, models, errors.
 """
@@ -38,11 +39,14 @@ CREATED = ("queued", "scheduled", "deferred", "cancelled")  # a task's first eve
 async def detail(engine: Engine, eval_id: str) -> dict[str, Any]:
     """The payload, holder, dead letter and timeline of a task (see the module docstring);
     NotFound when its record is gone."""
-    found: Any = await engine.client.hgetall(engine.keys.task(eval_id))
+    found: Any = await engine.client.hgetall(engine.keys.directory(eval_id))
     rec: dict[bytes, bytes] = found  # bytes: the client does not decode replies
+    queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
+    if rec and b"state" not in rec:  # the id directory's pointer to a named queue's task
+        found = await engine.client.hgetall(queue.keys.task(eval_id))
+        rec = found
     if not rec:
         raise NotFound(f"no such task: {eval_id}")
-    queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
     payload, lease, dead = await _stored(queue, eval_id, rec)
     created = int(rec.get(b"created", 0))
     events, complete = await _timeline(queue, eval_id, created)

@@ -78,10 +78,13 @@ async def test_a_completed_task_has_no_payload_left(streams: Queue):
 
 
 async def test_a_named_queues_task_reads_that_queues_events(streams: Queue):
-    await streams.engine.queue("gpu").enqueue(req("d-n", queue="gpu"))
+    """Its record is on the named queue's tag: the id directory points there."""
+    await streams.engine.queue("gpu").enqueue(req("d-n", queue="gpu", metadata={"k": "v"}))
     found = await details(streams, "d-n")
-    assert found["queue"] == "gpu"
+    assert found["queue"] == "gpu" and found["state"] == "queued"
+    assert found["payload"]["metadata"] == {"k": "v"}
     assert [e["state"] for e in found["timeline"]] == ["queued"]
+    assert found["timeline_complete"] is True
 
 
 async def test_a_trimmed_events_stream_says_the_timeline_is_partial(streams: Queue):
