@@ -98,6 +98,18 @@ async def test_a_trimmed_events_stream_says_the_timeline_is_partial(streams: Que
     assert found["timeline_complete"] is False
 
 
+async def test_a_creation_event_a_little_after_created_still_makes_it_whole(streams: Queue):
+    """The creating script reads the clock for `created`, then its XADD reads it again: on
+    a loaded server the creation event may carry a later millisecond (here, 3 ms)."""
+    await streams.enqueue(req("d-slow"))
+    key = streams.keys.task("d-slow")
+    created = int(await raw(streams).hget(key, "created"))
+    await raw(streams).hset(key, "created", created - 3)
+    assert (await details(streams, "d-slow"))["timeline_complete"] is True
+    await raw(streams).hset(key, "created", created - detail.CREATION_SLACK_MS - 1000)
+    assert (await details(streams, "d-slow"))["timeline_complete"] is False  # not its creation
+
+
 async def test_an_unknown_task_is_not_found(streams: Queue):
     with pytest.raises(NotFound):
         await details(streams, "nobody")
