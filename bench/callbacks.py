@@ -90,7 +90,7 @@ async def prepare(streams: Queue, n: int, url: str, run: int) -> None:
 
 async def one_run(streams: Queue, n: int, url: str, run: int) -> dict[str, Any]:
     await prepare(streams, n, url, run)
-    stream = CallbackStream(streams.redis, streams.keys, streams.scripts)
+    stream = CallbackStream(streams.engine, streams.keys)
     await stream.ensure_group()
     backlog = await streams.redis.xlen(stream.key)
     assert backlog == n, backlog

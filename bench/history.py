@@ -96,7 +96,8 @@ async def one_round(url: str, hours: bool, n: int) -> dict[str, float]:
     raw: Any = client  # reply and argument types of plain commands vary: typed loosely
     busy = {"queued": 300, "completed": 290, "failed": 5}
     for minute in range(hour * 60, hour * 60 + 60):
-        await raw.hset(history.minute_key(queue, minute), mapping=busy)
+        fields = {f"{minute}:{state}": n for state, n in busy.items()}
+        await raw.hset(queue.keys.stats, mapping=fields)
     await client.set(history.rolled_key(queue), hour - 1)  # the steady state: one hour to roll
     await client.config_resetstat()
     assert await history.rollup(queue) == 1  # the busy hour

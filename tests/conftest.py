@@ -34,6 +34,7 @@ from app.redis_server import RedisServer, find_binary, free_port
 from app.runtime.executors import ExecutorPool
 from app.settings import RetryPolicy, Settings
 from app.web.app import create_app
+from tests.keycheck import KeyCheck
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def key_check(redis_server: RedisServer) -> Iterator[KeyCheck]:
+    """MONITOR on the session's Redis (tests/keycheck.py)."""
+    check = KeyCheck("127.0.0.1", redis_server.port)
+    yield check
+    check.close()
+
+
+@pytest.fixture(autouse=True)
+def _declared_keys_only(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With TASKSTREAM_KEYCHECK=1, a test on the session's Redis fails when a script call
+    it caused touched a key outside its KEYS (tests/keycheck.py)."""
+    if os.environ.get("TASKSTREAM_KEYCHECK") != "1" or "redis_server" not in request.fixturenames:
+        yield
+        return
+    check: KeyCheck = request.getfixturevalue("key_check")
+    check.take()  # what earlier tests left behind is theirs
+    yield
+    if violations := check.take():
+        shown = "\n".join(sorted({str(v) for v in violations})[:20])
+        pytest.fail(f"{len(violations)} undeclared key(s) touched by scripts:\n{shown}")
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ replica each (tests/topologies.py), started once per module (per xdist worker).
   priority, retries and backoff, the DLQ, cancel (terminate: pub/sub), scheduled tasks,
   named queues, pause, callbacks, PAI-EAS, pull workers and long polls (blocking reads),
   clear and fsck (SCAN on every primary), progress reports, listing (each kind of
-  structure) and the pace behind ETAs. Dependencies across queues are issue 13 part B's.
+  structure), the pace behind ETAs, and what crosses hash tags: dependencies across
+  queues (relays), the id directory (by-id calls without a queue name), named queues'
+  callbacks; eight named queues spread over the three primaries.
 - Faults under load, each ending with the total-queue report (tests/totalqueue.py, the rig
   of tests/faultrig.py): a primary killed with SIGKILL (its replica takes over), and the
   slot of a live queue migrated to another primary while tasks flow (MOVED and ASK
@@ -26,15 +28,17 @@ from redis.asyncio.cluster import RedisCluster
 
 from app.engine.client import connect, server_features, subscribed
 from app.engine.engine import Engine
+from app.engine.keys import QueueKeys
 from app.engine.scripts import Scripts
 from app.models import TaskRequest
 from app.settings import Settings
 from tests import test_semantics
-from tests.conftest import wait_for
+from tests.conftest import has_state, post, wait_for
 from tests.eas import test_forward, test_store
 from tests.engine import (
     conftest,
     test_admin,
+    test_cross_queue,
     test_fsck,
     test_listing,
     test_named_queues,
@@ -42,7 +46,7 @@ from tests.engine import (
 )
 from tests.faultrig import Rig, Rigs, Spawn
 from tests.runtime import test_callbacks, test_consumers
-from tests.topologies import Cluster
+from tests.topologies import Cluster, direct
 from tests.web import test_progress, test_tasks
 
 # The core of the functional suite (see the module docstring), and the fixtures it needs.
@@ -67,6 +71,45 @@ test_named_queues_run_on_their_own_executors = (
     test_named_queues.test_named_queues_run_on_their_own_executors
 )
 test_pause_and_resume_a_named_queue = test_named_queues.test_pause_and_resume_a_named_queue
+test_dependencies_cross_queues = test_named_queues.test_dependencies_cross_queues
+test_callbacks_of_a_named_queue = test_named_queues.test_callbacks_of_a_named_queue
+test_by_id_calls_take_a_queue_hint = test_named_queues.test_by_id_calls_take_a_queue_hint
+test_eval_ids_are_unique_across_queues = test_named_queues.test_eval_ids_are_unique_across_queues
+test_deferred_child_of_a_named_queue_cancelled_by_id = (
+    test_named_queues.test_deferred_child_of_a_named_queue_cancelled_by_id
+)
+home = test_cross_queue.home
+test_a_failed_parent_cancels_dependants_in_other_queues_and_their_own = (
+    test_cross_queue.test_a_failed_parent_cancels_dependants_in_other_queues_and_their_own
+)
+test_fan_in_over_three_queues_waits_for_every_parent = (
+    test_cross_queue.test_fan_in_over_three_queues_waits_for_every_parent
+)
+test_parents_already_finished_in_other_queues_decide_at_once = (
+    test_cross_queue.test_parents_already_finished_in_other_queues_decide_at_once
+)
+test_unknown_parents_in_any_queue_refuse_and_write_nothing = (
+    test_cross_queue.test_unknown_parents_in_any_queue_refuse_and_write_nothing
+)
+test_a_cancelled_dependant_is_not_released_by_its_remote_parent = (
+    test_cross_queue.test_a_cancelled_dependant_is_not_released_by_its_remote_parent
+)
+test_a_chain_through_three_queues_runs_in_order = (
+    test_cross_queue.test_a_chain_through_three_queues_runs_in_order
+)
+test_a_relay_applies_once_and_is_removed = test_cross_queue.test_a_relay_applies_once_and_is_removed
+test_a_parent_that_ends_while_its_dependant_is_stored_is_caught_up = (
+    test_cross_queue.test_a_parent_that_ends_while_its_dependant_is_stored_is_caught_up
+)
+test_the_directory_points_at_a_named_queue_task = (
+    test_cross_queue.test_the_directory_points_at_a_named_queue_task
+)
+test_a_stale_pointer_is_replaced_by_a_new_task = (
+    test_cross_queue.test_a_stale_pointer_is_replaced_by_a_new_task
+)
+test_expired_records_lose_their_pointers_at_housekeeping = (
+    test_cross_queue.test_expired_records_lose_their_pointers_at_housekeeping
+)
 make_receiver = test_callbacks.make_receiver
 test_failed_and_cancelled_tasks_call_back = test_callbacks.test_failed_and_cancelled_tasks_call_back
 make_worker = test_consumers.make_worker
@@ -155,6 +198,57 @@ async def test_the_url_gives_a_cluster_client_that_routes_by_slot(cluster: Clust
         assert shared.redirects["moved"] == 0 and shared.redirects["ask"] == 0
     finally:
         await client.aclose()
+
+
+def masters_by_slot(cluster: Cluster) -> dict[int, tuple[int, int]]:
+    """port -> (first slot, last slot) of each master, from CLUSTER NODES."""
+    raw = direct(cluster.live()[0]).execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    found = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if "master" in parts[2] and len(parts) > 8:
+            lo, _, hi = parts[8].partition("-")
+            found[int(parts[1].split(":")[1].split("@")[0])] = (int(lo), int(hi or lo))
+    return found
+
+
+async def test_eight_named_queues_use_all_three_masters_and_all_run(
+    cluster: Cluster, make_service, make_executor, queue: str
+):
+    """Each named queue has its own hash tag, `{QUEUE_NAME/name}`: eight of them land on all
+    three masters (names taken in order, at most three per master: an operator spreading
+    queues does the same, docs/operations.md), every one runs, and each queue's keys are on
+    the master that CLUSTER KEYSLOT and CLUSTER NODES name."""
+    masters = masters_by_slot(cluster)
+    assert len(masters) == 3
+
+    def owner(name: str) -> int:
+        slot = cluster.slot_of(QueueKeys.named(queue, name).counters)
+        return next(port for port, (lo, hi) in masters.items() if lo <= slot <= hi)
+
+    names: list[str] = []
+    per_master: dict[int, int] = {}
+    for i in range(100):
+        port = owner(f"q{i}")
+        if len(names) < 8 and per_master.get(port, 0) < 3:
+            names.append(f"q{i}")
+            per_master[port] = per_master.get(port, 0) + 1
+    assert len(names) == 8 and len(per_master) == 3
+    executor = await make_executor()
+    svc = await make_service(queue_executors={n: ((executor.url,), ()) for n in names})
+    for name in names:
+        for j in range(2):
+            await post(svc, f"{name}-{j}", queue=name)
+    for name in names:
+        for j in range(2):
+            await wait_for(has_state(svc, f"{name}-{j}", "completed"))
+    by_node = {n.port: n for n in cluster.nodes}
+    for name in names:
+        counters = QueueKeys.named(queue, name).counters
+        on_owner = direct(by_node[owner(name)]).hget(counters, "total:completed")
+        assert on_owner == b"2", name  # read on that master itself: the keys live there
+    assert len({owner(name) for name in names}) == 3
 
 
 async def test_noscript_on_a_primary_loads_the_script_there_only(cluster: Cluster, queue: str):

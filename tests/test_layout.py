@@ -11,7 +11,6 @@ from tests.conftest import ROOT
 NAMED = {
     "ts:{q}:stream:high": "ts:{%(q)s}:stream:high",
     "ts:{q}:task:<eval_id>": "ts:{%(q)s}:task:*",
-    "ts:{q}:deps:<eval_id>": "ts:{%(q)s}:deps:t0",
     "ts:{q}:leases": "ts:{%(q)s}:leases",
     "ts:{q}:scheduled": "ts:{%(q)s}:scheduled",
     "ts:{q}:deferred": "ts:{%(q)s}:deferred",
@@ -26,7 +25,8 @@ NAMED = {
     "ts:{q}:cleanup-lock": "ts:{%(q)s}:cleanup-lock",
     "ts:{q}:probe:<host:pid>": "ts:{%(q)s}:probe:*",
     "ts:{q}:events": "ts:{%(q)s}:events",
-    "ts:{q}:events:m:<epoch minute>": "ts:{%(q)s}:events:m:*",
+    "ts:{q}:stats": "ts:{%(q)s}:stats",
+    "ts:{q}:expiring": "ts:{%(q)s/gpu}:expiring",
     "ts:{q}:paused": "ts:{%(q)s}:paused",
     "ts:{q}:callbacks": "ts:{%(q)s}:callbacks",
     "ts:{eas:S}:index": "ts:{eas:%(s)s}:index",
@@ -34,7 +34,8 @@ NAMED = {
     "ts:{eas:S}:sink:rid": "ts:{eas:%(s)s}:sink:rid",
     "ts:{<QUEUE_NAME>}:eas:services": "ts:{%(q)s}:eas:services",
     "ts:{<QUEUE_NAME>}:queues": "ts:{%(q)s}:queues",
-    "ts:{<QUEUE_NAME>}:q:<name>:": "ts:{%(q)s}:q:gpu:stream:default",
+    "ts:{<QUEUE_NAME>/<name>}:": "ts:{%(q)s/gpu}:stream:default",
+    "ts:{<QUEUE_NAME>}:layout": "ts:{%(q)s}:layout",
 }
 
 
@@ -66,6 +67,9 @@ async def test_every_key_the_docs_name_exists(service, redis_url, queue):
     assert (await http.get("/health")).status_code == 200  # the write probe
     named = await http.post("/tasks", json={"code": "x", "queue": "gpu"})
     assert named.json()["status"] == "queued"
+    gone = await http.post("/tasks", json={"eval_id": "g", "code": "x", "queue": "gpu"})
+    assert gone.json()["status"] == "queued"
+    assert (await http.post("/tasks/g/cancel")).status_code == 200  # expiring
     auth = {"Authorization": "any"}
     assert (await http.post(f"/api/predict/{svc}", content=b"in", headers=auth)).is_success
     sink = f"/api/predict/{svc}/sink?requestId=r1"

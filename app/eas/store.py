@@ -59,9 +59,8 @@ def load_scripts(engine: Engine) -> None:
 def service_keys(service: str, sink: bool) -> QueueKeys:
     """The keys of a service's input queue or sink."""
     tag = f"eas:{service}"
-    if sink:
-        return QueueKeys.numbered(tag, f"{service}/sink", part="sink")
-    return QueueKeys.numbered(tag, service)
+    sink_keys = QueueKeys.numbered(tag, f"{service}/sink", part="sink")
+    return sink_keys if sink else QueueKeys.numbered(tag, service, reply=sink_keys)
 
 
 def registry(engine: Engine) -> Registry:
@@ -100,7 +99,7 @@ class EasQueue:
 
     async def put(self, item: Item, priority: Priority = Priority.DEFAULT) -> int:
         k = self.keys
-        keys = [k.counters, k.stream(priority), k.index, k.events]
+        keys = [k.counters, k.stream(priority), k.index, k.events, k.aliases, k.stats]
         rid = item.tags.get("requestId", "") if self.sink else ""
         argv = [k.prefix, priority.value, item.encode(), self.settings.events_maxlen]
         argv += [self.reply_prefix, rid]
@@ -121,7 +120,7 @@ class EasQueue:
         argv += ["0" if self.sink else "1", s.result_ttl]
         for name, value in (tags or {}).items():
             argv += [name, value]
-        keys = [k.index, k.aliases, *k.streams]
+        keys = [k.index, k.aliases, *k.streams, *self._dropped]
         found, tails = await self.scripts.run("eas_read", keys, argv)
         items = [Item.decode(int(index), stored) for index, stored in found]
         return items, list(tails)
@@ -162,9 +161,16 @@ class EasQueue:
     async def _remove(self, mode: str, below: int, limit: int, indexes: Sequence[int]) -> Any:
         k, s = self.keys, self.settings
         argv: list[Any] = [k.prefix, mode, s.events_maxlen, GROUP, s.result_ttl, below, limit]
-        return await self.scripts.run(
-            "eas_remove", [k.index, k.counters, k.events], argv + [*indexes]
-        )
+        keys = [k.index, k.counters, k.events, *k.streams, *self._dropped]
+        keys += [k.task(str(i)) for i in indexes]
+        return await self.scripts.run("eas_remove", keys, argv + [*indexes])
+
+    @property
+    def _dropped(self) -> list[str]:
+        """What taking items out of the queue touches beyond the index and the streams
+        (eas_drop in eas/lua/_eas.lua), declared to the scripts that do."""
+        k = self.keys
+        return [*k.holes, k.scheduled, k.counters, k.leases, k.events, k.aliases, k.stats]
 
     async def remove(self, mode: str, indexes: Sequence[int]) -> int:
         """`delete` or `commit` items by index; returns how many were still queued."""

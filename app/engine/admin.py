@@ -1,11 +1,11 @@
 """Operator actions on queues: clear, the dead-letter queue, pause, hourly housekeeping.
 
 `clear` and `cleanup` act on the deployment's legacy queues (the default queue and every
-named queue used): their task records are shared, so no queue of them can be cleared
-alone. Finished records are reachable from no structure; they are found by SCAN (an admin
-operation, never on a hot path) and unlinked in batches.
+named queue used): eval_ids are unique across them (the id directory, engine/keys.py), so
+they are cleared together. Finished records are reachable from no structure; they are
+found by SCAN (an admin operation, never on a hot path) and unlinked in batches.
 
-Imports: client, keys, queue, engine, history, records, models, errors.
+Imports: client, keys, links, queue, engine, history, records, models, errors.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.engine import history
+from app.engine import history, links
 from app.engine.client import (
     Redis,
     consumer_name,
@@ -43,27 +43,31 @@ async def _used(engine: Engine) -> list[Queue]:
 @translate_errors
 async def clear(engine: Engine) -> int:
     """Remove every task, queue entry and DLQ entry of every legacy queue, their callbacks
-    and the dependants sets; the number of task records removed."""
+    and relays, and the id directory's pointers; the number of task records removed."""
     removed = 0
     for queue in await _used(engine):
         k = queue.keys
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
-        keys += [k.deferred, k.pace, k.expiries, k.dedup, k.dedup_ttl]
+        keys += [k.deferred, k.pace, k.expiries, k.dedup, k.dedup_ttl, k.expiring]
         removed += int(await queue.scripts.run("clear", keys, [GROUP, k.task_prefix]))
-    k = engine.keys
-    await engine.client.xtrim(k.callbacks, maxlen=0)  # callbacks of cleared tasks: dropped
-    removed += await _unlink_matching(engine.client, f"{k.task_prefix}*")
-    await _unlink_matching(engine.client, f"{k.deps_prefix}*")  # not counted: not tasks
+        await engine.client.xtrim(k.callbacks, maxlen=0)  # of cleared tasks: dropped
+        removed += await _unlink_matching(engine.client, f"{k.task_prefix}*")
     return removed
 
 
 async def _unlink_matching(client: Redis, pattern: str) -> int:
-    """UNLINK the keys matching `pattern`, found by SCAN on every primary."""
+    """UNLINK the keys matching `pattern`, found by SCAN on every primary; the number of
+    task records among them (the id directory's pointers, `{q, at}`, are not counted)."""
     removed, cursor = 0, "0"
     while True:
         cursor, keys = await scan_page(client, cursor, pattern, UNLINK_BATCH)
         if keys:
-            removed += await client.unlink(*keys)
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hexists(key, "state")
+            tasks = sum(1 for found in await pipe.execute() if found)
+            await client.unlink(*keys)
+            removed += tasks
         if cursor == "0":
             return removed
 
@@ -103,7 +107,7 @@ async def dlq_list(queue: Queue, limit: int = 50, offset: int = 0) -> dict[str, 
 async def dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
     """Queue a dead letter again with a fresh attempt count."""
     k = queue.keys
-    keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams]
+    keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams, k.stats]
     argv = [eval_id, queue.settings.events_maxlen, k.q]
     reply = await queue.scripts.run("dlq_retry", keys, argv)
     if text(reply[0]) == "missing":
@@ -170,4 +174,7 @@ async def cleanup_queue(queue: Queue) -> dict[str, int] | None:
     for _ in range(SWEEPS):  # a promoter's pass: due tasks queued, expired ones settled
         if await queue.promote() != 0.0:
             break
-    return {"dlq_removed": removed, "events_trimmed": int(trimmed), "hours_rolled": hours}
+    done = {"dlq_removed": removed, "events_trimmed": int(trimmed), "hours_rolled": hours}
+    if k.q:  # a named queue: pointers of its expired records leave the id directory
+        done["pointers_dropped"] = await links.sweep(queue)
+    return done

@@ -1,19 +1,23 @@
-"""The callbacks stream: finished tasks' outcomes waiting to be POSTed to their receivers.
+"""The callbacks streams: what finishing a task leaves to do after the transition.
 
-The terminal scripts append one self-contained entry per finished task with a callback mark
-(`notify_callback` in engine/lua/_lib.lua), in the same step as the transition. The
-runtime's `CallbackSender` reads it as a consumer of the group `senders` through this
-module, which is all of its Redis side: read, take over, renew, finish, outstanding.
+Each legacy queue has one (`<prefix>callbacks`, on its hash tag). The terminal scripts
+append, in the same step as the transition, one self-contained entry per finished task
+with a callback mark (`notify_callback` in engine/lua/_lib.lua): an outcome to POST to its
+receivers; and one relay entry per dependant in another queue (`release_children`): a
+parent's end, to apply to that dependant (engine/links.py). The runtime's `CallbackSender`
+reads every queue's stream as a consumer of the group `senders` through this module,
+which is all of its Redis side: read, take over, renew, relay, finish, outstanding.
 
-Imports: client, keys, scripts (and redis).
+Imports: client, keys, links, scripts (and redis); the engine only for typing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.engine import links
 from app.engine.client import (
     MAX_BLOCK_SLICE,
     Redis,
@@ -23,7 +27,9 @@ from app.engine.client import (
     translate_errors,
 )
 from app.engine.keys import CALLBACK_GROUP, QueueKeys
-from app.engine.scripts import Scripts
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
 
 
 def _stream_id(value: str) -> tuple[int, int]:
@@ -46,6 +52,12 @@ class CallbackEntry:
     def queue(self) -> str:
         return self.fields.get("queue", "")  # a named queue's name; '' = the legacy queue
 
+    @property
+    def relay(self) -> bool:
+        """A dependency relay (a parent's end for a dependant of another queue), not a
+        callback."""
+        return "relay" in self.fields
+
 
 def _callback_entries(found: Any) -> list[CallbackEntry]:
     return [
@@ -56,15 +68,16 @@ def _callback_entries(found: Any) -> list[CallbackEntry]:
 
 
 class CallbackStream:
-    """The callbacks stream `<base>callbacks` and its group `senders`: what the terminal
-    scripts append (`notify_callback` in engine/lua/_lib.lua) and runtime/callbacks.py delivers.
-    Held entries are renewed with XCLAIM JUSTID and taken over with XAUTOCLAIM once idle
-    longer than the lease (one holder kind, one lease: no leases zset needed here)."""
+    """The callbacks stream of one legacy queue and its group `senders`: what the terminal
+    scripts append (see the module docstring) and runtime/callbacks.py delivers. Held
+    entries are renewed with XCLAIM JUSTID and taken over with XAUTOCLAIM once idle longer
+    than the lease (one holder kind, one lease: no leases zset needed here)."""
 
-    def __init__(self, client: Redis, keys: QueueKeys, scripts: Scripts) -> None:
-        self.redis = client
+    def __init__(self, engine: Engine, keys: QueueKeys) -> None:
+        self.engine = engine
+        self.redis: Redis = engine.client
         self.keys = keys
-        self.scripts = scripts
+        self.scripts = engine.scripts
         self.key = keys.callbacks
         self._cursor = "0-0"  # XAUTOCLAIM scan position; back to the start when a scan ends
 
@@ -120,10 +133,17 @@ class CallbackStream:
     ) -> bool:
         """Ack and delete the entry, count its targets, record the outcome on the task.
         False when another sender had already finished it (nothing counted twice)."""
-        counters = QueueKeys.named(self.keys.queue, item.queue) if item.queue else self.keys
-        keys = [self.key, counters.counters, self.keys.task(item.eval_id)]
+        keys = [self.key, self.keys.counters, self.keys.task(item.eval_id)]
         argv = [CALLBACK_GROUP, item.entry, delivered, failed, status, attempts, error]
         return bool(await self.scripts.run("callback_done", keys, argv))
+
+    @translate_errors
+    async def relay(self, item: CallbackEntry) -> str:
+        """Apply a relay entry to its dependant (engine/links.py), then remove it; what the
+        dependant's queue answered (`skipped` when a previous delivery applied it)."""
+        verdict = await links.relay(self.engine, item.fields)
+        await self.finish(item, 0, 0, "", 0)
+        return verdict
 
     @translate_errors
     async def outstanding(self, consumer: str) -> bool:

@@ -6,7 +6,7 @@ in the process. Other queues (numbered ones, for a wing above) are made with
 `Engine.queue_at(keys)`. `Registry` is a set of names kept in Redis under the deployment's
 tag, for whoever needs to find what other replicas started.
 
-Imports: client, keys, queue, observer, scripts, models, errors, settings.
+Imports: client, keys, links, queue, observer, scripts, models, errors, settings.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from app.engine import links
 from app.engine.client import Redis, connect, text, translate_errors
 from app.engine.keys import QueueKeys
 from app.engine.observer import NoObserver, Observer
@@ -94,16 +95,36 @@ class Engine:
 
     @translate_errors
     async def enqueue_many(self, reqs: Sequence[TaskRequest]) -> list[dict[str, Any]]:
-        """Store several tasks (each in its queue) in one round trip; each is atomic on its
-        own, and a refused one is answered `{eval_id, error, code}` in its place. The calls
-        run in order, so a later item with an earlier one's dedup_key is deduplicated."""
+        """Store several tasks (each in its queue), concurrently: calls issued together share
+        one pipelined write per server (see Scripts), so a batch of default-queue tasks is
+        one round trip. Each is atomic on its own, and a refused one is answered
+        `{eval_id, error, code}` in its place. A task whose parent is an earlier task of
+        the batch is stored once that one is, and so is one whose dedup_key an earlier
+        task of the batch carries (so the later one is deduplicated)."""
         queues = [self.queue(req.queue) for req in reqs]
-        # Issued together, the calls share one pipelined write (see Scripts).
+        stored: dict[str, asyncio.Future[None]] = {}
+        after: dict[int, str] = {}  # item -> the eval_id of an earlier item with its dedup_key
+        holders: dict[tuple[str, str], str] = {}
+        for i, req in enumerate(reqs):
+            stored.setdefault(req.eval_id, asyncio.get_running_loop().create_future())
+            if req.dedup is not None:
+                held = (queues[i].keys.queue, req.dedup.key)
+                if held in holders and holders[held] != req.eval_id:
+                    after[i] = holders[held]
+                holders[held] = req.eval_id
+
+        async def one(i: int, queue: Queue, req: TaskRequest) -> Sequence[Any]:
+            waits = [*req.depends_on, *([after[i]] if i in after else [])]
+            earlier = [stored[p] for p in waits if p in stored and p != req.eval_id]
+            try:
+                await asyncio.gather(*earlier)
+                return await links.enqueue(queue, req)
+            finally:
+                if not stored[req.eval_id].done():
+                    stored[req.eval_id].set_result(None)
+
         replies = await asyncio.gather(
-            *(
-                self.scripts.run("enqueue", *q.enqueue_args(r))
-                for q, r in zip(queues, reqs, strict=True)
-            )
+            *(one(i, q, r) for i, (q, r) in enumerate(zip(queues, reqs, strict=True)))
         )
         answers: list[dict[str, Any]] = []
         for queue, req, reply in zip(queues, reqs, replies, strict=True):

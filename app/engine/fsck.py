@@ -1,9 +1,9 @@
 """fsck: a live consistency audit of every queue's Redis structures (issue 11, item 3).
 
-It compares task records, priority-stream entries, the consumer group's pending entries,
-leases, schedules, the DLQ and its index, `deps:<parent>` sets, the `expiries` zsets and
-`dedup` hashes (issue 15), the index zsets and aliases hashes of numbered queues, and the
-per-state counters, of the default legacy queue, every
+It compares task records (and the dependants they mark), priority-stream entries, the
+consumer group's pending entries, leases, schedules, the DLQ and its index, the index
+zsets and aliases hashes of numbered queues, and the per-state counters, of the default
+legacy queue, every
 named queue and the numbered queues a wing above hands in (`numbered`: PAI-EAS services'
 inputs and sinks). `CLASSES` lists what it finds; the classes of numbered queues keep the
 names of their first user, PAI-EAS (they are output: CLI, /status, /metrics).
@@ -55,7 +55,7 @@ CLASSES: dict[str, str] = {
     "dedup_orphan": "dedup_key naming no task that holds it",
     "dlq_index_orphan": "DLQ index field naming no dead letter",
     "dlq_unindexed": "dead letter missing from the DLQ index",
-    "deps_orphan": "deps:<parent> member that is not a deferred task waiting on it",
+    "deps_orphan": "dependant mark of a parent that no deferred task waiting on it matches",
     "eas_index_orphan": "PAI-EAS index member whose item is gone or finished",
     "eas_rid_orphan": "PAI-EAS requestId naming no item in the sink",
     "counter_drift": "per-state counter that disagrees with the structures",
@@ -129,12 +129,11 @@ class Report:
 
 @dataclass(frozen=True)
 class Target:
-    """One queue: its keys, and the SCAN pattern of the task records its scan covers (None
-    for named legacy queues, whose records share the default queue's namespace); for a
-    numbered queue, its index is checked too, and its aliases when it has some."""
+    """One queue: its keys, and the SCAN pattern of its task records; for a numbered
+    queue, its index is checked too, and its aliases when it has some."""
 
     keys: QueueKeys
-    records: str | None
+    records: str
     numbered: bool = False
     aliased: bool = False
 
@@ -195,7 +194,7 @@ class Audit:
         self.report.started_ms = int(seconds) * 1000 + int(micros) // 1000
         targets = await self.targets()
         self.report.queues = [t.keys.queue for t in targets]
-        passes = [p for t in targets for p in self._passes(t)] + [self._deps_pass()]
+        passes = [p for t in targets for p in self._passes(t)]
         names = [p.name for p in passes]
         resumed = resume is not None and resume[0] in names
         first = names.index(resume[0]) if resume and resumed else 0
@@ -215,9 +214,10 @@ class Audit:
 
     async def targets(self) -> list[Target]:
         """The default queue, every named queue, then the numbered queues handed in."""
-        default, *named = await self.engine.legacy_queues()
-        found = [Target(default.keys, _glob(default.keys.task_prefix) + "*")]
-        found += [Target(queue.keys, None) for queue in named]
+        found = [
+            Target(queue.keys, _glob(queue.keys.task_prefix) + "*")
+            for queue in await self.engine.legacy_queues()
+        ]
         return found + self.more
 
     async def _walk(self, p: Pass, cursor: str) -> str | None:
@@ -238,10 +238,7 @@ class Audit:
 
     def _passes(self, t: Target) -> list[Pass]:
         k, label = t.keys, t.keys.prefix
-        passes = []
-        if t.records is not None:
-            pattern = t.records
-            passes.append(Pass(f"{label}records", "0", self._scan(pattern), self._records_of(k)))
+        passes = [Pass(f"{label}records", "0", self._scan(t.records), self._records_of(k))]
         for prio, stream in zip(PRIORITY_ORDER, k.streams, strict=True):
             for mode, fetch in (("entries", self._xrange), ("pending", self._pending)):
                 check = self._entries_of(k, prio, mode)
@@ -261,10 +258,6 @@ class Audit:
             aliases = self._numbered(k, "rid")
             passes.append(Pass(f"{label}rid", "0", self._hscan(k.aliases), aliases))
         return passes
-
-    def _deps_pass(self) -> Pass:
-        pattern = _glob(self.root.deps_prefix) + "*"
-        return Pass(f"{self.root.base}deps", "0", self._scan(pattern), self._deps_sets)
 
     # --- listing -------------------------------------------------------------------------
 
@@ -330,20 +323,13 @@ class Audit:
 
         return check
 
-    async def _records(self, k: QueueKeys, ids: list[str], rerouted: bool = False) -> list[Orphan]:
+    async def _records(self, k: QueueKeys, ids: list[str]) -> list[Orphan]:
         s = self.settings
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, k.dlq_index, *k.holes]
-        keys += [k.events, k.expiries, *(k.task(i) for i in ids)]
+        keys += [k.events, k.expiries, *(k.task(i) for i in ids), *k.effects]
         argv = [GROUP, k.q, s.events_maxlen, s.failure_ttl, s.result_ttl, k.schedule_channel]
-        rows, misrouted = await self._script("fsck_records", keys, [*argv, *ids])
-        found = self._orphans(k.queue, rows)
-        by_queue: dict[str, list[str]] = {}
-        for eval_id, queue in misrouted:
-            by_queue.setdefault(text(queue), []).append(text(eval_id))
-        for queue, moved in by_queue.items():
-            if not rerouted:  # a record of a named queue, found by the default queue's scan
-                found += await self._records(self.engine.queue(queue or None).keys, moved, True)
-        return found
+        (rows,) = await self._script("fsck_records", keys, [*argv, *ids])
+        return self._orphans(k.queue, rows)
 
     def _entries_of(self, k: QueueKeys, prio: Priority, mode: str) -> Check:
         i = PRIORITY_ORDER.index(prio)
@@ -359,7 +345,8 @@ class Audit:
         async def check(ids: list[str]) -> list[Orphan]:
             key = {"leases": k.leases, "scheduled": k.scheduled}.get(kind, k.expiries)
             argv = [kind, k.task_prefix, k.q, *ids]
-            return self._orphans(k.queue, await self._script("fsck_refs", [key], argv))
+            keys = [key, *(k.task(i) for i in ids)]
+            return self._orphans(k.queue, await self._script("fsck_refs", keys, argv))
 
         return check
 
@@ -384,23 +371,6 @@ class Audit:
             return self._orphans(k.queue, await self._script("fsck_numbered", keys, argv))
 
         return check
-
-    async def _deps_sets(self, set_keys: list[str]) -> list[Orphan]:
-        """Every member of each `deps:<parent>` set (at most MAX_DEPENDANTS), in batches."""
-        k, s = self.root, self.settings
-        found: list[Orphan] = []
-        for key in set_keys:
-            parent, cursor = key.removeprefix(k.deps_prefix), 0
-            while True:
-                cursor, members = await self.redis.sscan(key, cursor, count=BATCH)
-                if members:
-                    argv = [parent, k.task_prefix, s.events_maxlen, s.result_ttl]
-                    argv += [text(m) for m in members]
-                    rows = await self._script("fsck_deps", [key], argv)
-                    found += self._orphans(k.queue, rows)
-                if int(cursor) == 0:
-                    break
-        return found
 
     async def _counters(self, t: Target) -> None:
         """Counters are judged once the structures agree: without --repair, a queue with

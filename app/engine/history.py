@@ -1,8 +1,9 @@
 """History of state changes per queue: per minute for 48 h, per hour for 90 days.
 
-The scripts count every state change but `processing` per minute, beside the events
-stream (`<events>:m:<epoch minute>`, event() in lua/_lib.lua, kept `MINUTE_TTL`); that
-costs each task nothing more than the per-minute plots always did. The hourly
+The scripts count every state change but `processing` per minute in the queue's `stats`
+hash (`<epoch minute>:<state>` fields, event() in lua/_lib.lua, kept `MINUTE_TTL`: one
+declared key, engine/keys.py); that costs each task nothing more than the per-minute
+plots always did. The hourly
 housekeeping (admin.cleanup_queue, one process per queue and interval) rolls every
 finished hour up into `<events>:h:<epoch hour>` (lua/rollup.lua, kept `HOUR_TTL`), and
 `<events>:h:rolled` remembers the last hour rolled (so after its first run the
@@ -27,16 +28,16 @@ from app.engine.keys import GROUP
 from app.engine.queue import Queue
 from app.models import PRIORITY_ORDER
 
-MINUTE_TTL = 48 * 3600  # the EXPIRE of a minute hash in event() (lua/_lib.lua)
+MINUTE_TTL = 48 * 3600  # STATS_MINUTES of the stats hash in event() (lua/_lib.lua)
 HOUR_TTL = 90 * 86400
 MAX_MINUTES = MINUTE_TTL // 60  # 2880
 MAX_HOURS = HOUR_TTL // 3600  # 2160
 RESOLUTIONS = {"minute": (60, MAX_MINUTES), "hour": (3600, MAX_HOURS)}  # step s, points kept
 SHOWN = ("completed", "failed", "retrying")  # always in a point, 0 when none
-
-
-def minute_key(queue: Queue, minute: int) -> str:
-    return f"{queue.keys.events}:m:{minute}"
+# The states event() counts (STATS_STATES in lua/_lib.lua): a range of minutes is read by
+# field (HMGET), not by reading the whole 48 h hash.
+STATES: tuple[str, ...] = ("queued", "scheduled", "retrying", "deferred", "completed")
+STATES += ("failed", "cancelled", "expired")
 
 
 def hour_key(queue: Queue, hour: int) -> str:
@@ -83,30 +84,48 @@ async def series(queue: Queue, resolution: str, points: int) -> list[dict[str, i
     ]
 
 
+async def _stats(queue: Queue) -> dict[int, dict[str, int]]:
+    """The whole stats hash as {epoch minute: {state: count}} (for the unrolled hours)."""
+    found: dict[int, dict[str, int]] = {}
+    for field, value in (await queue.redis.hgetall(queue.keys.stats)).items():
+        minute, _, state = text(field).partition(":")
+        if state:
+            found.setdefault(int(minute), {})[state] = int(value)
+    return found
+
+
+async def minute_counts(queue: Queue, minutes: range) -> list[dict[str, int]]:
+    """{state: count} of each minute of `minutes` (epoch minutes), one HMGET."""
+    fields = [f"{m}:{st}" for m in minutes for st in STATES]
+    values = await queue.redis.hmget(queue.keys.stats, fields) if fields else []
+    rows: list[dict[str, int]] = [{} for _ in minutes]
+    for i, value in enumerate(values):
+        if value is not None:
+            rows[i // len(STATES)][STATES[i % len(STATES)]] = int(value)
+    return rows
+
+
 async def _minutes(queue: Queue, minutes: range) -> list[dict[str, int]]:
-    pipe = queue.redis.pipeline(transaction=False)
-    for minute in minutes:
-        pipe.hgetall(minute_key(queue, minute))
-    return [_counts(row) for row in await pipe.execute()]
+    return await minute_counts(queue, minutes)
 
 
 async def _hours(queue: Queue, first: int, last: int) -> list[dict[str, int]]:
     """Rolled hours from their hash; the others (after the marker, within the minutes'
-    48 h) summed from their minutes: at most 49 × 60 small reads, one round trip."""
+    48 h) summed from the stats hash: two round trips."""
     rolled = await queue.redis.get(rolled_key(queue))
     done = max(int(rolled) if rolled is not None else -1, last - MINUTE_TTL // 3600 - 1)
     pipe = queue.redis.pipeline(transaction=False)
-    for hour in range(first, last + 1):
-        if hour <= done:
-            pipe.hgetall(hour_key(queue, hour))
-        else:
-            for minute in range(hour * 60, hour * 60 + 60):
-                pipe.hgetall(minute_key(queue, minute))
+    for hour in range(first, min(done, last) + 1):
+        pipe.hgetall(hour_key(queue, hour))
     replies = iter(await pipe.execute())
+    stats = await _stats(queue) if done < last else {}
     rows = []
     for hour in range(first, last + 1):
-        parts = [next(replies)] if hour <= done else [next(replies) for _ in range(60)]
-        rows.append(_summed(_counts(part) for part in parts))
+        if hour <= done:
+            rows.append(_counts(next(replies)))
+            continue
+        minutes = range(hour * 60, hour * 60 + 60)
+        rows.append(_summed(stats.get(m, {}) for m in minutes))
     return rows
 
 
@@ -142,8 +161,7 @@ async def rollup(queue: Queue) -> int:
 
 
 async def _roll(queue: Queue, hour: int) -> int:
-    minutes = [minute_key(queue, m) for m in range(hour * 60, hour * 60 + 60)]
-    keys = [hour_key(queue, hour), rolled_key(queue), *minutes]
+    keys = [hour_key(queue, hour), rolled_key(queue), queue.keys.stats]
     return int(await queue.scripts.run("rollup", keys, [hour, HOUR_TTL]))
 
 

@@ -1,14 +1,22 @@
 """The transitions of one queue: enqueue, claim, complete, fail, renew, cancel, promote.
 
 A `Queue` is its keys plus the engine it runs on (client, scripts, settings, observer);
-every multi-key change is one Lua script from `engine/lua/`. By-id calls (get, complete,
-fail, cancel) are sent with this queue's keys as a hint: a task of another legacy queue
-answers `{'queue', name}` (`wrong_queue` in _lib.lua) and `_by_id` re-sends the call once,
-to that queue, so callers need not know a task's queue. Transitions are reported to the
-engine's observer with the task's real priority, from the script's reply.
+every multi-key change is one Lua script from `engine/lua/`, and every script gets every
+key it touches in KEYS (but the task records of this queue, which it reaches by ids read
+from the queue's own structures). Storing a task that crosses hash tags (a named queue's
+id directory entry, parents in other queues) is engine/links.py's.
 
-Imports: client, keys, records, models, errors, settings (and structlog, orjson); the
-engine module only for typing.
+By-id calls (get, complete, fail, cancel) are sent with this queue's keys as a hint: a
+task of another legacy queue answers `{'queue', name}` (`wrong_queue` in _lib.lua: its
+record, or its pointer in the default queue's key space, names its queue) and `_by_id`
+re-sends the call once, to that queue; a named queue that has no such record asks the
+default queue (the id directory) first. So callers need not know a task's queue: one
+round trip with the right hint or for a task of the default queue, two for a task of a
+named queue without one. Transitions are reported to the engine's observer with the
+task's real priority, from the script's reply.
+
+Imports: client, keys, links, records, models, errors, settings (and structlog, orjson);
+the engine module only for typing.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
+from app.engine import links
 from app.engine.client import (
     MAX_BLOCK_SLICE,
     create_groups,
@@ -31,6 +40,7 @@ from app.engine.client import (
     translate_errors,
 )
 from app.engine.keys import GROUP, QueueKeys
+from app.engine.links import MAX_DEPENDANTS
 from app.engine.records import render_record
 from app.errors import Conflict, Invalid, NotFound
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
@@ -42,7 +52,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 PROMOTE_LIMIT = 200
-MAX_DEPENDANTS = 10000  # deferred children per parent (enqueue.lua): its release is one script
+__all__ = ["MAX_DEPENDANTS", "Claimed", "Queue", "enqueued"]
 REFUSALS = {
     "missing": "no such task",
     "state": "task is {state}, not processing",
@@ -129,6 +139,18 @@ def _fence_args(task: Task | None) -> list[Any]:
     return [task.entry, task.attempt] if task else ["", ""]
 
 
+def _redirected(reply: Any) -> str | None:
+    """The queue a by-id script named (`{'queue', name}`, see wrong_queue), or None."""
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"queue":
+        return text(reply[1])
+    return None
+
+
+def _missing(reply: Any) -> bool:
+    """A by-id script's "no such task" (status: an empty reply; the others: `missing`)."""
+    return not reply or reply[0] == b"missing"
+
+
 class Queue:
     """The operations of one queue (see the module docstring)."""
 
@@ -143,10 +165,14 @@ class Queue:
 
     # --- producers -----------------------------------------------------------------
 
-    def enqueue_args(self, req: TaskRequest) -> tuple[list[str], list[Any]]:
-        """enqueue.lua's KEYS and ARGV for `req` in this queue."""
+    def enqueue_args(
+        self, req: TaskRequest, local: Sequence[str] = (), remote: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        """enqueue.lua's KEYS and ARGV for `req` in this queue: `local`, its parents in this
+        queue; `remote`, those of other queues as linking them answered (engine/links.py)."""
         k, s = self.keys, self.settings
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
+        keys += [*k.holes, k.stats, k.callbacks, k.expiring]
         argv: list[Any] = [req.eval_id, req.priority.value, req.encoded_payload(), start_arg(req)]
         argv += [s.events_maxlen, k.schedule_channel, k.q]
         # the callback mark: '' none (no field at all), else '+' and the task's callback_url
@@ -156,17 +182,17 @@ class Queue:
         argv.append(options)
         if req.depends_on:
             allow = "1" if req.allow_failure else "0"
-            argv += [allow, s.result_ttl, *req.depends_on]
-        keys += [*k.holes, k.registry]
-        if options:
-            keys += [k.expiries, k.dedup, k.dedup_ttl]
+            argv += [allow, s.result_ttl, remote, *local]
+        keys += [k.expiries, k.dedup, k.dedup_ttl, k.deferred]
+        if req.depends_on:
+            keys += [k.task(p) for p in local]
         return keys, argv
 
     @translate_errors
     async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
         """Store one task; 409 (Conflict) when its eval_id is already known. A request its
         dedup_key's holder answers stores nothing (`deduplicated` in the answer)."""
-        answer = enqueued(req, await self.scripts.run("enqueue", *self.enqueue_args(req)))
+        answer = enqueued(req, await links.enqueue(self, req))
         if "deduplicated" not in answer:
             self.observer.enqueued(self.keys.queue, req.priority.value)
         return answer
@@ -181,7 +207,7 @@ class Queue:
         of `priorities` only when given (CONSUME)."""
         k, s = self.keys, self.settings
         keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
-        keys += [k.dlq_index, k.paused, k.expiries]
+        keys += [k.dlq_index, k.paused, k.expiries, *k.effects]
         argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
         argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
         argv += [",".join(priorities), s.result_ttl]
@@ -237,12 +263,22 @@ class Queue:
 
     async def _by_id(self, send: Callable[[Queue], Awaitable[Any]]) -> tuple[Queue, Any]:
         """Run a by-id script with this queue's keys; when the task belongs to another
-        legacy queue (the reply `{'queue', name}`), once more with that queue's."""
+        legacy queue (the reply `{'queue', name}`), once more with that queue's; when a
+        named queue has no such task, ask the default queue (the id directory) first."""
         reply = await send(self)
-        if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"queue":
-            other = self.engine.queue(text(reply[1]) or None)
+        if (name := _redirected(reply)) is not None:
+            other = self.engine.queue(name or None)
             return other, await send(other)
-        return self, reply
+        if not self.keys.q or not _missing(reply):
+            return self, reply
+        home = self.engine.default
+        found = await send(home)
+        if (name := _redirected(found)) is None:
+            return home, found
+        if name == self.keys.q:  # a stale pointer back here: the task is gone
+            return self, reply
+        other = self.engine.queue(name or None)
+        return other, await send(other)
 
     @translate_errors
     async def complete(
@@ -254,7 +290,7 @@ class Queue:
 
         def send(q: Queue) -> Awaitable[Any]:
             k, s = q.keys, q.settings
-            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
+            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams, *k.effects]
             argv = [eval_id, *_fence_args(task), payload, s.result_ttl, GROUP, s.events_maxlen]
             return q.scripts.run("complete", keys, [*argv, answer, k.q])
 
@@ -290,7 +326,7 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq]
-            keys += [*k.streams, k.dlq_index, k.expiries]
+            keys += [*k.streams, k.dlq_index, k.expiries, *k.effects]
             return q.scripts.run("fail", keys, [*argv, k.schedule_channel, answer, intervals, k.q])
 
         queue, reply = await self._by_id(send)
@@ -317,13 +353,14 @@ class Queue:
     @translate_errors
     async def renew(self, consumer: str, tasks: Iterable[Task], lease: float) -> list[str]:
         """Extend the leases of running tasks; returns the eval_ids this consumer lost."""
-        k = self.keys
+        k, held = self.keys, list(tasks)
         argv: list[Any] = [GROUP, consumer, int(lease * 1000), k.task_prefix, k.schedule_channel]
-        for task in tasks:
+        for task in held:
             argv += [task.eval_id, task.entry, task.attempt]
-        if len(argv) == 5:
+        if not held:
             return []
-        lost = await self.scripts.run("renew", [*k.streams, k.leases], argv)
+        keys = [*k.streams, k.leases, *(k.task(t.eval_id) for t in held)]
+        lost = await self.scripts.run("renew", keys, argv)
         return [text(x) for x in lost]
 
     # --- by id, for operators -----------------------------------------------------------
@@ -337,7 +374,7 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), *k.streams, *k.holes, k.scheduled, k.leases, k.events]
-            keys += [k.counters, k.expiries]
+            keys += [k.counters, k.expiries, *k.effects]
             return q.scripts.run("cancel", keys, [*argv, k.cancel_channel, k.q])
 
         queue, reply = await self._by_id(send)
@@ -372,7 +409,7 @@ class Queue:
         expiry (0.0: a batch was full, call again)."""
         k, s = self.keys, self.settings
         keys = [k.scheduled, k.counters, k.events, *k.streams, *k.holes]
-        keys += [k.expiries, k.dedup, k.dedup_ttl]
+        keys += [k.expiries, k.dedup, k.dedup_ttl, *k.effects]
         argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, s.events_maxlen, s.result_ttl]
         _, wait_ms, expired, full = await self.scripts.run("promote", keys, argv)
         self._expired(expired)

@@ -69,13 +69,18 @@ CORE = (
     "progress",  # engine/progress.py
     "listing",  # engine/listing.py
     "pace",  # engine/pace.py
+    "directory",
+    "unpoint",
+    "link",
+    "relay",
+    "expired",
+    "upgrade",
 )
 AUDIT = (
     "fsck_records",
     "fsck_entries",
     "fsck_refs",
     "fsck_dlq",
-    "fsck_deps",
     "fsck_numbered",
     "fsck_counters",
     "fsck_dedup",
@@ -86,7 +91,17 @@ HISTORY = ("oldest", "rollup")
 # Scripts whose writes are answered to a client (an HTTP request, a command line): under
 # DURABILITY=replica|fsync their batch ends with WAIT / WAITAOF when issued while
 # `answering()`. Claims and renewals never need it (a lost one is delivered again).
-CONFIRMED = ("enqueue", "complete", "fail", "cancel", "clear", "dlq_retry", "dlq_purge")
+CONFIRMED = (
+    "enqueue",
+    "directory",
+    "link",
+    "complete",
+    "fail",
+    "cancel",
+    "clear",
+    "dlq_retry",
+    "dlq_purge",
+)
 HEADER = "local QUEUE_PUBLISH = '{}'\n"
 MAX_REDIRECTS = 16  # MOVED/ASK hops of one call (as redis-py's cluster client)
 TRYAGAIN_FOR = 2.0  # seconds a call keeps being re-sent while its slot is migrating

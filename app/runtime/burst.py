@@ -3,8 +3,8 @@
 Drained: nothing queued, running or waiting out a retry in the priorities it takes —
 like RQ's `rq worker --burst`; scheduled tasks (a future `run_at`) and deferred ones do not
 hold it — twice in a row with no change between the looks (a task settled elsewhere, or a
-child released across queues, shows as a change), and the callbacks this worker holds, or
-nobody has read yet, are done.
+child released across queues, shows as a change), and the callbacks and relays this
+worker holds, or nobody has read yet (in any queue's callbacks stream), are done.
 
 Imports: engine (views), runtime.runtime (typing), models, errors (and structlog).
 """
@@ -40,7 +40,7 @@ async def until_drained(runtime: Runtime) -> None:
             drained = all(empty for empty, _ in looks)
             counters = [seen for _, seen in looks]
             settled = drained and counters == previous and not (sender and sender.held)
-            if settled and not (sender and await sender.stream.outstanding(sender.consumer)):
+            if settled and not (sender and await sender.outstanding()):
                 return
             previous = counters if drained else None
         except Unavailable as exc:

@@ -2,14 +2,19 @@
 `STORAGE_SERVICE_URL` (what the old Celery worker's storage service received).
 
 The terminal scripts append one self-contained entry per finished task with a callback
-mark to the callbacks stream (`notify_callback` in engine/lua/_lib.lua), in the same atomic
-step as the transition, so no outcome is lost between finishing a task and telling
-anyone. One `CallbackSender` per process reads that stream as a consumer of the group
+mark to its queue's callbacks stream (`notify_callback` in engine/lua/_lib.lua), in the
+same atomic step as the transition, so no outcome is lost between finishing a task and
+telling anyone. One `CallbackSender` per process reads every legacy queue's stream (one
+read loop each, the queues found again every DISCOVER_EVERY s) as a consumer of the group
 `senders`, holds each entry while it delivers it (every target on its own, retried under
 the network policy), renews what it holds every LEASE_TIMEOUT / 3 (XCLAIM JUSTID) and
 takes over entries another process left idle for LEASE_TIMEOUT (XAUTOCLAIM). Finishing an
 entry (ack, delete, count, record on the task) is one script, `callback_done.lua`.
 Delivery is at-least-once: after a takeover a receiver can see a callback twice.
+
+The same streams carry dependency relays (a parent's end, for a dependant in another
+queue: engine/links.py); the sender applies each in the dependant's queue and removes it,
+as at-least-once and, there, idempotent.
 
 It runs beside the consumers, never in their way: a dead or slow receiver costs a POST
 slot (MAX_IN_FLIGHT, CALLBACK_TIMEOUT) and memory for the waiting entry, never a task slot.
@@ -35,6 +40,7 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -59,6 +65,7 @@ MAX_IN_FLIGHT = 32  # POSTs open at a time per process (16: ~6 % fewer/s in benc
 MAX_HELD = 1000  # entries held per process (being delivered or waiting out a retry)
 READ_COUNT = 100  # entries per XREADGROUP / XAUTOCLAIM
 READ_BLOCK = 1.0  # seconds; also how often a takeover scan can come due while idle
+DISCOVER_EVERY = 2.0  # seconds between looks for legacy queues used since (their streams)
 MAX_ANSWER = 65536  # bytes of a receiver's answer read (for keep-alive); the rest is dropped
 MAX_ERROR = 300  # characters of an error kept on the task
 MAX_ORIGINS = 64  # receiver origins with connections kept open (least recently used closed)
@@ -144,7 +151,9 @@ def body_of(item: CallbackEntry) -> bytes:
 
 
 class CallbackSender:
-    """Delivers the callbacks stream's entries; `start()` / `stop(grace)`."""
+    """Delivers the entries of the callbacks streams; `start()` / `stop(grace)`. `stream`:
+    the default queue's; `discover`: every legacy queue's, looked for again every
+    DISCOVER_EVERY s (None: `stream` only)."""
 
     def __init__(
         self,
@@ -153,51 +162,81 @@ class CallbackSender:
         consumer: str,
         *,
         metrics: Metrics | None = None,
+        discover: Callable[[], Awaitable[list[CallbackStream]]] | None = None,
     ) -> None:
         self.stream = stream
+        self.streams: dict[str, CallbackStream] = {}
+        self.discover = discover
         self.settings = settings
         self.consumer = consumer
         self.metrics = metrics
-        self.held: dict[str, asyncio.Task[None]] = {}  # entry id -> its delivery
+        self.held: dict[tuple[str, str], asyncio.Task[None]] = {}  # (stream, entry) -> job
         self.redis_watch = RedisWatch("callbacks_")
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._room = asyncio.Event()
         self._room.set()
         self._closing = asyncio.Event()
-        self._takeover_at = 0.0
-        self._loops: list[asyncio.Task[None]] = []
+        self._takeover_at: dict[str, float] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._renewer: asyncio.Task[None] | None = None
         self.origins: OrderedDict[str, Origin] = OrderedDict()  # most recently used last
 
     def start(self) -> None:
-        """Start reading the stream and renewing what is held."""
-        self._loops = [
-            asyncio.create_task(self._read_loop(), name="callbacks-read"),
-            asyncio.create_task(self._renew_loop(), name="callbacks-renew"),
-        ]
+        """Start reading the streams and renewing what is held."""
+        self._follow(self.stream)
+        if self.discover is not None:
+            self._readers.append(asyncio.create_task(self._discover_loop(), name="callbacks-find"))
+        self._renewer = asyncio.create_task(self._renew_loop(), name="callbacks-renew")
+
+    def _follow(self, stream: CallbackStream) -> None:
+        if stream.key in self.streams:
+            return
+        self.streams[stream.key] = stream
+        job = asyncio.create_task(self._read_loop(stream), name=f"callbacks-read-{stream.key}")
+        self._readers.append(job)
 
     async def stop(self, grace: float) -> None:
         """Stop reading; POSTs under way get `grace` s; the rest stay pending for a takeover."""
         self._closing.set()  # deliveries waiting out a retry give up their entry at once
-        if self._loops:
-            await cancel(self._loops[0])
+        for reader in self._readers:
+            await cancel(reader)
         jobs = list(self.held.values())
         if jobs:
             await asyncio.wait(jobs, timeout=grace)
         for job in jobs:
             await cancel(job)
-        for loop in self._loops[1:]:
-            await cancel(loop)
+        if self._renewer is not None:
+            await cancel(self._renewer)
         for origin in self.origins.values():
             origin.close()
         self.origins.clear()
 
+    async def outstanding(self) -> bool:
+        """Entries of a followed stream not read by any sender yet, or held here (a burst
+        worker waits for them)."""
+        for stream in list(self.streams.values()):
+            if await stream.outstanding(self.consumer):
+                return True
+        return False
+
     # --- reading ---------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def _discover_loop(self) -> None:
+        """Follow the streams of legacy queues used since the last look."""
+        assert self.discover is not None
+        while True:
+            with contextlib.suppress(Unavailable):
+                for stream in await self.discover():
+                    if stream.key not in self.streams:
+                        await stream.ensure_group()
+                        self._follow(stream)
+            await asyncio.sleep(DISCOVER_EVERY)
+
+    async def _read_loop(self, stream: CallbackStream) -> None:
         while True:
             await self._room.wait()
             try:
-                items = await self._fetch(min(READ_COUNT, MAX_HELD - len(self.held)))
+                items = await self._fetch(stream, min(READ_COUNT, MAX_HELD - len(self.held)))
                 self.redis_watch.back()
             except Unavailable as exc:
                 await self.redis_watch.lost(exc)
@@ -207,38 +246,41 @@ class CallbackSender:
                 await self.redis_watch.backoff.sleep()
                 continue
             for item in items:
-                self._spawn(item)
+                self._spawn(stream, item)
 
-    async def _fetch(self, count: int) -> list[CallbackEntry]:
+    async def _fetch(self, stream: CallbackStream, count: int) -> list[CallbackEntry]:
         """Entries left by a dead sender first (a scan every LEASE_TIMEOUT / 3), then new ones."""
-        if time.monotonic() >= self._takeover_at:
+        if time.monotonic() >= self._takeover_at.get(stream.key, 0.0):
             lease = self.settings.lease_timeout
-            taken = await self.stream.take_over(self.consumer, lease, count)
-            taken = [item for item in taken if item.entry not in self.held]
+            taken = await stream.take_over(self.consumer, lease, count)
+            taken = [item for item in taken if (stream.key, item.entry) not in self.held]
             if taken:
                 log.info("callbacks_taken_over", entries=len(taken))
                 return taken
-            self._takeover_at = time.monotonic() + lease / 3
-        return await self.stream.read(self.consumer, count, READ_BLOCK)
+            self._takeover_at[stream.key] = time.monotonic() + lease / 3
+        return await stream.read(self.consumer, count, READ_BLOCK)
 
-    def _spawn(self, item: CallbackEntry) -> None:
-        job = asyncio.create_task(self._deliver(item), name=f"callback-{item.eval_id}")
-        self.held[item.entry] = job
+    def _spawn(self, stream: CallbackStream, item: CallbackEntry) -> None:
+        held = (stream.key, item.entry)
+        job = asyncio.create_task(self._deliver(stream, item), name=f"callback-{item.eval_id}")
+        self.held[held] = job
         if len(self.held) >= MAX_HELD:
             self._room.clear()
-        job.add_done_callback(lambda _: self._release(item.entry))
+        job.add_done_callback(lambda _: self._release(held))
 
-    def _release(self, entry: str) -> None:
-        self.held.pop(entry, None)
+    def _release(self, held: tuple[str, str]) -> None:
+        self.held.pop(held, None)
         self._room.set()
 
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_timeout / 3)
-            try:
-                await self.stream.renew(self.consumer, list(self.held))
-            except Unavailable as exc:
-                log.warning("callbacks_renew_failed", error=str(exc), held=len(self.held))
+            for key, stream in list(self.streams.items()):
+                entries = [entry for (held_in, entry) in self.held if held_in == key]
+                try:
+                    await stream.renew(self.consumer, entries)
+                except Unavailable as exc:
+                    log.warning("callbacks_renew_failed", error=str(exc), held=len(entries))
 
     # --- delivering ------------------------------------------------------------------
 
@@ -251,14 +293,39 @@ class CallbackSender:
             found.append(Target("storage_service", self.settings.storage_service_url))
         return found
 
-    async def _deliver(self, item: CallbackEntry) -> None:
+    async def _deliver(self, stream: CallbackStream, item: CallbackEntry) -> None:
+        if item.relay:
+            with contextlib.suppress(_Abandoned):
+                await self._relay(stream, item)
+            return
         body, targets = body_of(item), self.targets(item)
         try:
             results = await asyncio.gather(*(self._post(t, body) for t in targets))
         except _Abandoned:
             return
         with contextlib.suppress(_Abandoned):
-            await self._finish(item, list(results))
+            await self._finish(stream, item, list(results))
+
+    async def _relay(self, stream: CallbackStream, item: CallbackEntry) -> None:
+        """Apply a dependency relay (retried while Redis is unavailable)."""
+        backoff = Backoff()
+        while True:
+            try:
+                verdict = await stream.relay(item)
+                break
+            except Unavailable:
+                await backoff.sleep()
+                if self._closing.is_set():
+                    raise _Abandoned from None
+        fields = item.fields
+        log.info(
+            "dependency_relayed",
+            eval_id=fields.get("child"),
+            queue=fields.get("relay"),
+            parent=item.eval_id,
+            parent_status=fields.get("status"),
+            verdict=verdict,
+        )
 
     async def _post(self, target: Target, body: bytes) -> Delivery:
         """Deliver to one target: retried under the network policy until a 2xx answer."""
@@ -316,7 +383,9 @@ class CallbackSender:
         if self._closing.is_set():
             raise _Abandoned
 
-    async def _finish(self, item: CallbackEntry, results: list[Delivery]) -> None:
+    async def _finish(
+        self, stream: CallbackStream, item: CallbackEntry, results: list[Delivery]
+    ) -> None:
         delivered = sum(1 for r in results if r.delivered)
         failed = len(results) - delivered
         # no target: marked for STORAGE_SERVICE_URL where this process has none
@@ -328,7 +397,7 @@ class CallbackSender:
         backoff = Backoff()
         while True:
             try:
-                await self.stream.finish(item, delivered, failed, status, attempts, error)
+                await stream.finish(item, delivered, failed, status, attempts, error)
                 break
             except Unavailable:
                 await backoff.sleep()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from app.engine import admin, audits
+from app.engine import admin, audits, upgrade
 from app.engine.callbacks import CallbackStream
 from app.engine.client import consumer_name
 from app.engine.engine import Engine
@@ -107,20 +107,29 @@ class Runtime:
         return not self.settings.consume.nothing
 
     async def start(self) -> None:
-        """Consumers, components; the callback sender and the housekeeping in every process
-        that consumes anything (CONSUME= empty: the API only)."""
+        """The key layout brought up to date (engine/upgrade.py), then consumers,
+        components; the callback sender and the housekeeping in every process that
+        consumes anything (CONSUME= empty: the API only)."""
+        with contextlib.suppress(Unavailable):  # Redis down at start: the next start does it
+            await upgrade.migrate(self.engine)
         await self.workers.start()
         for component in self.components:
             await component.start()
         self.scheduler.start()  # in every process, API-only ones too
         if not self.consuming:
             return
-        stream = CallbackStream(self.engine.client, self.engine.keys, self.engine.scripts)
+        stream = CallbackStream(self.engine, self.engine.keys)
         with contextlib.suppress(Unavailable):
             await stream.ensure_group()
-        self.sender = CallbackSender(stream, self.settings, self.consumer, metrics=self.metrics)
+        self.sender = CallbackSender(
+            stream, self.settings, self.consumer, metrics=self.metrics, discover=self._streams
+        )
         self.sender.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+
+    async def _streams(self) -> list[CallbackStream]:
+        """The callbacks streams of every legacy queue (each queue has its own)."""
+        return [CallbackStream(self.engine, q.keys) for q in await self.engine.legacy_queues()]
 
     async def stop_consuming(self, grace: float) -> None:
         """Consumers and components stop claiming; running tasks get `grace` s, then are

@@ -423,7 +423,7 @@ async def test_deferred_stuck_is_relinked_then_released_by_its_parent(
     streams = qstreams
     await add(streams, "parent")
     await add(streams, "child", depends_on=["parent"])
-    await raw(streams).delete(streams.keys.deps_prefix + "parent")
+    await raw(streams).hdel(streams.keys.task("parent"), "d:child", "kids")  # the mark is lost
     repaired = await found_then_repaired(run_fsck, [("deferred_stuck", "child")])
     assert "re-linked" in repaired["orphans"][0]["action"]
     executor = await make_executor()
@@ -436,7 +436,7 @@ async def test_deferred_stuck_behind_a_failed_parent_is_cancelled(qstreams: Queu
     streams = qstreams
     await add(streams, "parent")
     await add(streams, "child", depends_on=["parent"])
-    await raw(streams).delete(streams.keys.deps_prefix + "parent")
+    await raw(streams).hdel(streams.keys.task("parent"), "d:child", "kids")  # the mark is lost
     task = await claim_one(streams, "w")
     await streams.fail("parent", "boom", retry=False, task=task)
     assert (await streams.get("child"))["status"] == "deferred"
@@ -526,10 +526,26 @@ async def test_deps_orphan_is_removed(qstreams: Queue, run_fsck: Fsck):
     streams = qstreams
     await add(streams, "parent")
     await add(streams, "child", depends_on=["parent"])
-    await raw(streams).sadd(streams.keys.deps_prefix + "parent", "ghost")
+    parent = streams.keys.task("parent")
+    await raw(streams).hset(parent, mapping={"d:ghost": "", "kids": 2})
     await found_then_repaired(run_fsck, [("deps_orphan", "ghost")])
-    members = await raw(streams).smembers(streams.keys.deps_prefix + "parent")
-    assert members == {b"child"}
+    marks = await raw(streams).hmget(parent, "d:child", "d:ghost", "kids")
+    assert marks == [b"", None, b"1"]
+
+
+async def test_dependants_left_on_a_finished_parent_are_settled(qstreams: Queue, run_fsck: Fsck):
+    """A parent that finished with dependants still marked: they are settled as finishing
+    would have (here the dependant was released already, so only the marks go)."""
+    streams = qstreams
+    await add(streams, "parent")
+    await add(streams, "child", depends_on=["parent"])
+    task = await claim_one(streams, "w")
+    await streams.complete("parent", 1, task)
+    parent = streams.keys.task("parent")
+    await raw(streams).hset(parent, mapping={"d:child": "", "kids": 1})
+    await found_then_repaired(run_fsck, [("deps_orphan", "parent")])
+    assert await raw(streams).hmget(parent, "d:child", "kids") == [None, None]
+    assert (await streams.get("child"))["status"] == "queued"
 
 
 async def test_counter_drift_is_recomputed(qstreams: Queue, run_fsck: Fsck):
@@ -573,7 +589,7 @@ async def test_orphans_of_a_named_queue_are_found_under_it(qstreams: Queue, run_
     gpu = streams.engine.queue("gpu")
     await gpu.ensure_groups()
     await add(streams, "g1", queue="gpu")
-    await raw(streams).xdel(gpu.keys.stream("default"), await entry_of(streams, "g1"))
+    await raw(streams).xdel(gpu.keys.stream("default"), await entry_of(gpu, "g1"))
     repaired = await found_then_repaired(run_fsck, [("queued_without_entry", "g1")])
     assert repaired["orphans"][0]["queue"] == "gpu"
     assert (await dlq_errors(gpu))["g1"].startswith("stream entry lost: ")

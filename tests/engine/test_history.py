@@ -5,6 +5,7 @@ oldest waiting task per priority stream."""
 from __future__ import annotations
 
 from app.engine import admin, history
+from app.engine.history import SHOWN
 from app.engine.queue import Queue
 from app.models import Task
 from tests.conftest import wait_for
@@ -82,9 +83,24 @@ async def test_minutes_count_what_settled_and_are_kept_48_hours(streams: Queue) 
     assert points[1]["at"] - points[0]["at"] == 60
     total = {s: sum(p.get(s, 0) for p in points) for s in ("queued", "failed", "retrying")}
     assert total == {"queued": 3, "failed": 1, "retrying": 1}
-    minute = points[-1]["at"] // 60 if points[-1]["completed"] else points[0]["at"] // 60
-    ttl = await raw(streams).ttl(history.minute_key(streams, minute))
-    assert 47 * 3600 < ttl <= 48 * 3600
+    # one declared stats hash (no key per minute): kept by trimming fields, not by TTL
+    fields = await raw(streams).hkeys(streams.keys.stats)
+    assert b"minute" in fields and all(f == b"minute" or b":" in f for f in fields)
+
+
+async def test_minutes_older_than_48_hours_are_trimmed(streams: Queue) -> None:
+    """The first count of a new minute drops the minutes aged out of the 48 h kept."""
+    client = raw(streams)
+    now_min = await server_ms(client) // 60_000
+    old, kept = now_min - history.MAX_MINUTES - 5, now_min - history.MAX_MINUTES + 60
+    await client.hset(
+        streams.keys.stats,
+        mapping={f"{old}:completed": 3, f"{kept}:failed": 2, "minute": now_min - 90},
+    )
+    await streams.enqueue(req("t"))
+    fields = await client.hkeys(streams.keys.stats)
+    assert f"{old}:completed".encode() not in fields
+    assert f"{kept}:failed".encode() in fields
 
 
 async def test_an_idle_series_is_all_zeros(streams: Queue) -> None:
@@ -97,12 +113,11 @@ async def test_an_idle_series_is_all_zeros(streams: Queue) -> None:
 
 
 async def fill_minutes(streams: Queue, hour: int, per_minute: dict[str, int]) -> None:
-    """Minute hashes of a past hour, as event() in _lib.lua writes them."""
+    """Minute fields of a past hour in the stats hash, as event() in _lib.lua writes them."""
     client = raw(streams)
     for minute in range(hour * 60, hour * 60 + 60, 10):  # every tenth minute
         for state, n in per_minute.items():
-            await client.hincrby(history.minute_key(streams, minute), state, n)
-        await client.expire(history.minute_key(streams, minute), history.MINUTE_TTL)
+            await client.hincrby(streams.keys.stats, f"{minute}:{state}", n)
 
 
 async def current_hour(streams: Queue) -> int:
@@ -134,8 +149,8 @@ async def test_hours_are_rolled_up_once_and_read_the_same_before_and_after(
     assert 89 * 86400 < ttl <= history.HOUR_TTL
 
     # the hours are now read from their hash: the minutes may go
-    for minute in range((hour - 3) * 60, (hour - 3) * 60 + 60):
-        await client.delete(history.minute_key(streams, minute))
+    fields = [f"{m}:{st}" for m in range((hour - 3) * 60, (hour - 3) * 60 + 60) for st in SHOWN]
+    await client.hdel(streams.keys.stats, *fields)
     assert await history.series(streams, "hour", 4) == before
 
 

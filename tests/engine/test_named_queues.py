@@ -20,7 +20,7 @@ from starlette.routing import Route
 from app.engine import admin
 from app.engine.client import consumer_name
 from app.engine.engine import Engine
-from app.engine.keys import GROUP
+from app.engine.keys import GROUP, QueueKeys
 from app.engine.queue import MAX_DEPENDANTS
 from app.models import TaskRequest
 from app.settings import RetryPolicy, Selection, Settings, SettingsError
@@ -64,7 +64,7 @@ async def stream_consumers(client: Any, key: str) -> list[str]:
 
 
 def named_stream(queue: str, name: str, prio: str) -> str:
-    return f"ts:{{{queue}}}:q:{name}:stream:{prio}"
+    return QueueKeys.named(queue, name).stream(prio)
 
 
 class Gates:
@@ -898,12 +898,14 @@ async def test_priority_names_are_not_queue_names(service):
 
 async def test_a_parent_with_too_many_dependants_refuses_more(service, client, queue):
     await post(service, "P")
-    crowd = [f"c{i}" for i in range(MAX_DEPENDANTS)]
-    await client.sadd(f"ts:{{{queue}}}:deps:P", *crowd)  # as if that many had been deferred
-    answer = await service.http.post("/tasks", json={"code": "x", "depends_on": ["P"]})
-    assert answer.status_code == 422
-    assert "already has 10000 deferred dependants" in answer.json()["error"]
-    assert await client.scard(f"ts:{{{queue}}}:deps:P") == MAX_DEPENDANTS
+    parent = f"ts:{{{queue}}}:task:P"
+    await client.hset(parent, "kids", MAX_DEPENDANTS)  # as if that many had been deferred
+    for named in ({}, {"queue": "gpu"}):  # a dependant of its queue, or of another
+        body = {"code": "x", "depends_on": ["P"], **named}
+        answer = await service.http.post("/tasks", json=body)
+        assert answer.status_code == 422
+        assert "already has 10000 deferred dependants" in answer.json()["error"]
+    assert await client.hget(parent, "kids") == str(MAX_DEPENDANTS).encode()
 
 
 async def test_cleanup_of_the_default_queue_covers_named_queues(make_settings, client):

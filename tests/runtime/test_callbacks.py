@@ -280,7 +280,7 @@ async def test_an_entry_held_by_a_dead_sender_is_taken_over(
     await streams.enqueue(req)
     claimed = await streams.claim("worker", 1, 30)
     await streams.complete("orphan", {"done": True}, claimed.tasks[0])
-    callbacks = CallbackStream(client, streams.keys, streams.scripts)
+    callbacks = CallbackStream(streams.engine, streams.keys)
     await callbacks.ensure_group()
     held = await callbacks.read("dead-host:1", 10, 0.1)  # read, then that process "dies"
     assert [item.eval_id for item in held] == ["orphan"]

@@ -1,6 +1,8 @@
 -- Read PAI-EAS items by index: a range read (nothing is delivered or leased), optionally
 -- deleting what it returns (`_auto_delete_`). Items are in index order across priorities.
--- KEYS: 1 index zset, 2 rid hash, 3 stream:high, 4 stream:default, 5 stream:low
+-- KEYS: 1 index zset, 2 rid hash, 3 stream:high, 4 stream:default, 5 stream:low, then
+--       what an auto-delete touches (eas_drop in _eas.lua: holes ×3, scheduled, counters,
+--       leases, events, aliases, stats)
 -- ARGV: 1 key prefix, 2 from index, 3 length, 4 most items examined, 5 auto delete '1'/'0',
 --       6 events maxlen, 7 group, 8 requestId ('' for none), 9 '1' when a requestId is the
 --       index itself (input queues; in sinks, items put without one), 10 result ttl s, then tag filter key/value pairs

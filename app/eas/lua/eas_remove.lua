@@ -1,5 +1,7 @@
 -- Delete or commit PAI-EAS items by index, or truncate: delete every item below an index.
--- KEYS: 1 index zset, 2 counters, 3 events
+-- KEYS: 1 index zset, 2 counters, 3 events, 4-6 stream:high/default/low, then what
+--       eas_drop (_eas.lua) touches (holes ×3, scheduled, counters, leases, events,
+--       aliases, stats), then (delete, commit) the items' task hashes
 -- ARGV: 1 key prefix, 2 mode ('delete' | 'commit' | 'truncate'), 3 events maxlen,
 --       4 group, 5 result ttl s, 6 truncate: items below this index; 7 truncate: at most
 --       this many per call; then (delete, commit) the indexes

@@ -2,6 +2,7 @@
 -- Time is always Redis server time, in milliseconds: leases and schedules never
 -- depend on the clocks of the service processes.
 local PRIOS = {'high', 'default', 'low'}
+local TERMINAL_STATES = {completed = true, failed = true, cancelled = true, expired = true}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -15,16 +16,46 @@ local function to_map(flat)
 end
 
 -- Every state change goes to the capped events stream; all but `processing` are also
--- counted per minute (`<events>:m:<epoch minute>`, kept 48 h) for the dashboard's
--- throughput and failure-rate plots and the history (engine/history.py, which rolls them up
--- into hours in the hourly housekeeping: nothing more per task).
+-- counted per minute for the dashboard's throughput and failure-rate plots and its history,
+-- in the queue's `stats` hash beside it (`<epoch minute>:<state>` -> count; the `minute`
+-- field is the latest minute counted), kept STATS_MINUTES (48 h; engine/history.py rolls
+-- finished hours up into hour hashes kept 90 days). One hash, so every key the scripts
+-- touch is declared (a key per minute could not be: its name is the server time).
+local STATS_MINUTES = 2880
+local STATS_STATES = {'queued', 'scheduled', 'retrying', 'deferred', 'completed', 'failed',
+  'cancelled', 'expired'}
+
+-- The first count of a new minute drops the fields of the minutes that aged out since the
+-- last one counted: a few HDELs per minute; after a long idle gap, one HKEYS instead.
+local function trim_stats(k_stats, last, minute)
+  local cut = minute - STATS_MINUTES
+  local old = {}
+  if minute - last > 60 then
+    for _, f in ipairs(redis.call('HKEYS', k_stats)) do
+      local m = tonumber(string.match(f, '^(%d+):'))
+      if m and m <= cut then old[#old + 1] = f end
+    end
+  else
+    for m = last - STATS_MINUTES + 1, cut do
+      for _, st in ipairs(STATS_STATES) do old[#old + 1] = m .. ':' .. st end
+    end
+  end
+  for i = 1, #old, 1000 do
+    redis.call('HDEL', k_stats, unpack(old, i, math.min(i + 999, #old)))
+  end
+end
+
 local function event(k_events, maxlen, id, state, attempt)
   local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
     'id', id, 'state', state, 'attempt', attempt or '')
-  if state ~= 'processing' then
-    local k_minute = k_events .. ':m:' .. math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
-    if redis.call('HINCRBY', k_minute, state, 1) == 1 then redis.call('EXPIRE', k_minute, 172800) end
-  end
+  if state == 'processing' then return end
+  local k_stats = string.sub(k_events, 1, -7) .. 'stats'
+  local minute = math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
+  if redis.call('HINCRBY', k_stats, minute .. ':' .. state, 1) > 1 then return end
+  local last = tonumber(redis.call('HGET', k_stats, 'minute') or '0')
+  if last >= minute then return end
+  redis.call('HSET', k_stats, 'minute', minute)
+  trim_stats(k_stats, last, minute)
 end
 
 -- Queued entries of one priority level: enqueued (seq) minus delivered (head)
@@ -106,24 +137,19 @@ local function answer_numbered(k_task, id, answer, maxlen, err)
 end
 
 
--- Keys shared by the legacy API's queues live under one base prefix (`ts:{QUEUE_NAME}:`):
--- task records (`<base>task:<id>`), and what issue 6 adds beside them. A task key minus
--- `task:<id>` is that base.
+-- A task key minus `task:<id>` is its queue's key prefix (each legacy queue has its own
+-- hash tag, engine/keys.py): the keys a script derives from it are that queue's own, and
+-- the caller declares them in KEYS.
 local function base_of(k_task, id)
   return string.sub(k_task, 1, #k_task - #id - 5)
 end
 
--- The key prefix of a named queue (a task hash's `q` field; nil or '' = the default queue,
--- whose keys sit right under the base).
-local function queue_prefix(base, q)
-  if not q or q == '' then return base end
-  return base .. 'q:' .. q .. ':'
-end
-
 -- By-id calls (status, complete, fail, cancel) are sent with the keys of the queue the
 -- caller assumed; a task of another legacy queue answers {'queue', its queue} and the caller
--- re-sends with that queue's keys. One HGET for the task's queue name (`q`, absent for the
--- default queue); nil when the keys are right or the task is unknown.
+-- re-sends with that queue's keys. In the default queue's key space, a task of a named
+-- queue is a pointer `{q, at}` (the id directory, engine/keys.py); a named queue's own
+-- records carry its name too. One HGET (`q`, absent for the default queue); nil when the
+-- keys are right or the task is unknown.
 local function wrong_queue(k_task, expected)
   local q = redis.call('HGET', k_task, 'q') or ''
   if q == (expected or '') then return nil end
@@ -131,10 +157,12 @@ local function wrong_queue(k_task, expected)
   return {'queue', q}
 end
 
--- Result callbacks of a task that reached a terminal state (issue 6, item 2): one
--- self-contained entry on `<base>callbacks` (group `senders`, runtime/callbacks.py delivers it
--- and removes it). Not capped: an entry leaves only once delivered or given up on.
--- `url` is the task's callback_url ('' when only STORAGE_SERVICE_URL applies).
+-- After-effects of a task that reached a terminal state go to its queue's `callbacks`
+-- stream (group `senders`; runtime/callbacks.py reads every legacy queue's): result
+-- callbacks (issue 6, item 2), one self-contained entry per task with a callback mark,
+-- delivered and then removed; and dependency relays (see release_children). Not capped:
+-- an entry leaves only once handled or given up on. `url` is the task's callback_url (''
+-- when only STORAGE_SERVICE_URL applies).
 local function notify_callback(k_task, id, state, now, maxlen)
   local rec = redis.call('HMGET', k_task, 'cb', 'q', 'result', 'error', 'attempts', 'finished')
   local kind, body = 'error', rec[4] or state
@@ -157,6 +185,14 @@ end
 -- `GET /tasks?state=deferred` pages through them without a scan (engine/listing.py);
 -- every way out of `deferred` removes them from it.
 
+-- Dependencies (issue 6, item 1). A parent's record lists its dependants: `d:<id>` for one
+-- of its own queue, `x:<id>` = its queue's name for one of another queue, and `kids` counts
+-- them. A dependant's record lists its parents (`deps`, JSON), counts those unfinished
+-- (`waiting`), and marks each unfinished parent of another queue (`w:<parent>`): that one's
+-- end arrives by relay (engine/links.py), once, since only the relay that removes the mark
+-- counts. Everything lives in task records, so a cascade touches no key a caller could not
+-- declare but records of the same queue.
+
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
 -- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
 -- allow, payload, run_at, attempts; `exp`: its expiry (ms) or nil.
@@ -177,14 +213,21 @@ local function release_child(k_child, cid, qp, rec, now, maxlen, exp)
   event(qp .. 'events', maxlen, cid, 'queued')
 end
 
--- A deferred task that is cancelled leaves the `deps:` sets of all its parents, so a later
--- task reusing its eval_id (after its record expired) is never released by them.
+-- Count one dependant fewer on a parent record (the field `f` was removed).
+local function drop_kid(k_parent)
+  if redis.call('HINCRBY', k_parent, 'kids', -1) <= 0 then redis.call('HDEL', k_parent, 'kids') end
+end
+
+-- A deferred task that is cancelled leaves the records of its parents of its own queue, so
+-- a later task reusing its eval_id (after its record expired) is never released by them.
+-- Parents of other queues keep their `x:` mark: their relay finds no `w:` mark to take.
 local function leave_parents(k_child, cid)
   local base = base_of(k_child, cid)
   local deps = redis.call('HGET', k_child, 'deps')
   if not deps then return end
   for _, parent in ipairs(cjson.decode(deps)) do
-    redis.call('SREM', base .. 'deps:' .. parent, cid)
+    local k_parent = base .. 'task:' .. parent
+    if redis.call('HDEL', k_parent, 'd:' .. cid) == 1 then drop_kid(k_parent) end
   end
 end
 
@@ -204,29 +247,53 @@ local function cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl,
   event(qp .. 'events', maxlen, cid, 'cancelled', rec[7])
 end
 
--- Children of a finished parent (issue 6, item 1): released, or cancelled; those that
--- became terminal here are appended to `todo` as {k_task, id, state}. The parent's
--- `deps:<id>` set names them, so no scan: one SMEMBERS, then O(1) work per child. A child
--- no longer `deferred` (cancelled meanwhile) is skipped.
+-- Parent `pid` of the deferred task `k_child` ended `state`: the task is cancelled (a failed
+-- or cancelled parent, without allow_failure), released (its last parent), or waits on.
+-- Returns 'cancelled' (then appended to `todo`, for finished()), 'released' or 'waiting'.
+local function parent_ended(k_child, cid, qp, rec, pid, state, now, maxlen, ttl, todo)
+  if state ~= 'completed' and rec[4] ~= '1' then
+    cancel_child(k_child, cid, qp, rec, pid, state, now, maxlen, ttl, rec[8])
+    todo[#todo + 1] = {k_child, cid, 'cancelled'}
+    return 'cancelled'
+  end
+  if redis.call('HINCRBY', k_child, 'waiting', -1) > 0 then return 'waiting' end
+  release_child(k_child, cid, qp, rec, now, maxlen, rec[8])
+  return 'released'
+end
+
+local CHILD_FIELDS = {'state', 'prio', 'q', 'allow', 'payload', 'run_at', 'attempts', 'exp'}
+
+-- Children of a finished parent: those of its queue released or cancelled here (those that
+-- became terminal are appended to `todo` as {k_task, id, state}); for each of another
+-- queue, a relay entry on this queue's callbacks stream (`relay` = the child's queue,
+-- `child`, `id` = the parent, `status`, `ttl` for a child it cancels), which
+-- runtime/callbacks.py hands to the child's
+-- queue (engine/links.py). One HKEYS, then O(1) work per child; a child no longer
+-- `deferred` (cancelled meanwhile) is skipped.
 local function release_children(k_task, id, state, now, maxlen, ttl, todo)
   local base = base_of(k_task, id)
-  local k_deps = base .. 'deps:' .. id
-  local kids = redis.call('SMEMBERS', k_deps)
-  redis.call('DEL', k_deps)
-  redis.call('HDEL', k_task, 'kids')
-  for _, cid in ipairs(kids) do
-    local k_child = base .. 'task:' .. cid
-    local rec = redis.call('HMGET', k_child, 'state', 'prio', 'q', 'allow', 'payload', 'run_at',
-      'attempts', 'exp')
-    if rec[1] == 'deferred' then
-      local qp = queue_prefix(base, rec[3])
-      if state ~= 'completed' and rec[4] ~= '1' then
-        cancel_child(k_child, cid, qp, rec, id, state, now, maxlen, ttl, rec[8])
-        todo[#todo + 1] = {k_child, cid, 'cancelled'}
-      elseif redis.call('HINCRBY', k_child, 'waiting', -1) <= 0 then
-        release_child(k_child, cid, qp, rec, now, maxlen, rec[8])
+  local marks, remote = {'kids'}, {}
+  for _, f in ipairs(redis.call('HKEYS', k_task)) do
+    local kind = string.sub(f, 1, 2)
+    if kind == 'd:' or kind == 'x:' then marks[#marks + 1] = f end
+    if kind == 'x:' then remote[#remote + 1] = {f, redis.call('HGET', k_task, f)} end
+  end
+  for i = 1, #marks, 1000 do  -- marks go first (unpack takes a few thousand values at most)
+    redis.call('HDEL', k_task, unpack(marks, i, math.min(i + 999, #marks)))
+  end
+  for i = 2, #marks do
+    local cid = string.sub(marks[i], 3)
+    if string.sub(marks[i], 1, 2) == 'd:' then
+      local k_child = base .. 'task:' .. cid
+      local rec = redis.call('HMGET', k_child, unpack(CHILD_FIELDS))
+      if rec[1] == 'deferred' then
+        parent_ended(k_child, cid, base, rec, id, state, now, maxlen, ttl, todo)
       end
     end
+  end
+  for _, mark in ipairs(remote) do
+    redis.call('XADD', base .. 'callbacks', '*', 'relay', mark[2], 'child', string.sub(mark[1], 3),
+      'id', id, 'status', state, 'ttl', ttl)
   end
 end
 
@@ -235,25 +302,30 @@ local WAITING = {queued = true, scheduled = true, retrying = true, deferred = tr
 
 -- Issue 15: a task that holds a dedup_key in `active` or `debounce` mode (its record's `dk`)
 -- lets go of it once terminal, unless the key already names another task. The index is its
--- queue's `dedup` hash, derived from the record (`q`), same hash tag.
-local function release_dedup(k_task, id, key, q)
-  local k_dedup = queue_prefix(base_of(k_task, id), q) .. 'dedup'
+-- queue's `dedup` hash, beside its record (same hash tag).
+local function release_dedup(k_task, id, key)
+  local k_dedup = base_of(k_task, id) .. 'dedup'
   if redis.call('HGET', k_dedup, key) == id then redis.call('HDEL', k_dedup, key) end
 end
 
 -- Every terminal state (completed, failed, cancelled, expired) of a legacy task passes here,
 -- after its record was updated (`ttl`: the expiry it got): the one place where finishing a
 -- task has consequences beyond it. Iterative, so a cascade through dependants needs no
--- recursion. Tasks without callbacks, dependants or a dedup_key cost one HMGET.
+-- recursion. A task of a named queue also enters the queue's `expiring` zset (when its
+-- record expires), from which the housekeeping drops its pointer in the id directory
+-- (admin.py). Tasks without callbacks, dependants, a dedup_key or a named queue cost one HMGET.
 local function finished(k_task, id, state, now, maxlen, ttl)
   local todo = {{k_task, id, state}}
   local i = 1
   while i <= #todo do
     local k, tid, st = todo[i][1], todo[i][2], todo[i][3]
-    local marks = redis.call('HMGET', k, 'cb', 'kids', 'dk', 'q')
+    local marks = redis.call('HMGET', k, 'cb', 'kids', 'q', 'dk')
     if marks[1] then notify_callback(k, tid, st, now, maxlen) end
     if marks[2] then release_children(k, tid, st, now, maxlen, ttl, todo) end
-    if marks[3] then release_dedup(k, tid, marks[3], marks[4]) end
+    if marks[4] then release_dedup(k, tid, marks[4]) end
+    if marks[3] and marks[3] ~= '' then
+      redis.call('ZADD', base_of(k, tid) .. 'expiring', now + tonumber(ttl) * 1000, tid)
+    end
     i = i + 1
   end
 end

@@ -2,7 +2,7 @@
 -- Finished task records are removed afterwards by engine/admin.py with SCAN + UNLINK.
 -- KEYS: 1-3 streams high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq,
 --       8-10 holes high/default/low, 11 dlq index, 12 deferred, 13 pace, 14 expiries,
---       15 dedup, 16 dedup ttl (every key given is deleted)
+--       15 dedup, 16 dedup ttl, 17 expiring (every key given is deleted)
 -- ARGV: 1 group, 2 task key prefix
 -- Returns the number of live task records deleted.
 local removed = 0

@@ -1,7 +1,7 @@
 -- Re-drive a dead letter: the task is `queued` again at its priority with a fresh attempt
 -- count, and its DLQ entry is removed. Its callback mark (`cb`) is kept.
 -- KEYS: 1 task hash, 2 dlq, 3 dlq index, 4 counters, 5 events, 6 stream:high,
---       7 stream:default, 8 stream:low
+--       7 stream:default, 8 stream:low, 9 stats
 -- ARGV: 1 eval_id, 2 events maxlen, 3 named queue ('' = default)
 -- Returns {'queued', priority} | {'missing'} | {'state', state} (a live task reuses that eval_id) |
 -- {'lost'} (its payload was lost with its stream entry: nothing to run)

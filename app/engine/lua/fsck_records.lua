@@ -2,24 +2,24 @@
 -- structures, atomically; with repair, fix each record that would otherwise stay stuck.
 -- Classes: queued_without_entry, processing_without_entry, processing_without_lease,
 --   processing_not_pending, schedule_missing, deferred_stuck, eas_index_missing,
---   expiry_missing (a waiting task with an expiry, missing from `expiries`; issue 15)
---   (docs/operations.md, *fsck*, says what each means and what the repair does).
+--   expiry_missing (a waiting task with an expiry, missing from `expiries`; issue 15),
+--   deps_orphan (docs/operations.md, *fsck*, says what each means and what the repair does).
 -- KEYS: 1-3 stream:high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq, 8 dlq index,
 --       9-11 holes:high/default/low, 12 events, 13 expiries, then one task hash per eval_id
+--       below, then the queue's effects (engine/keys.py: what finished() may touch)
 -- ARGV: 1 repair ('1'/'0'), 2 group, 3 the queue assumed ('' = the default queue),
 --       4 events maxlen, 5 failure ttl s, 6 result ttl s, 7 schedule channel,
 --       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[13 + i])
--- Also touched, derived in Lua from the task key's base (same hash tag): the `deps:<parent>`
--- sets and parents' records of deferred tasks, a numbered queue item's index zset (its `ix`), and
--- what finished() touches when a task is dead-lettered or cancelled here (_lib.lua).
--- Returns {findings (see _fsck.lua), {{eval_id, queue}...} of records that belong to
---          another legacy queue (the caller re-sends them with that queue's keys)}
+-- Also touched: records of this queue (parents and dependants of the records checked, a
+-- numbered queue item's index zset: its `ix`, an effects key).
+-- Records that are not tasks of this queue (the id directory's pointers, in the default
+-- queue's key space) are skipped.
+-- Returns {findings (see _fsck.lua)}
 local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
 local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
 local QK = {KEYS[7], KEYS[8], KEYS[12], KEYS[4]}  -- dlq, dlq index, events, counters
 local group, maxlen, failure_ttl = ARGV[2], ARGV[4], ARGV[5]
 local now = now_ms()
-local misrouted = {}
 local LOST = 'dead-lettered as lost (the payload lived only in the entry)'
 local HOLDER = 'none while its lease is live: its holder may still settle it'
 
@@ -104,14 +104,46 @@ local function check_expiry(id, state, exp)
     'added at its expiry', 1)
 end
 
+-- A parent's marks of dependants of its queue (`d:<id>`): each must name a deferred task
+-- that lists it among its parents, else it is dropped; a finished parent has none left
+-- (finishing consumes them), so any it has are settled now as its end would have
+-- (dependants released or cancelled, relays appended). Marks of other queues' dependants
+-- (`x:`) are not judged here: their relays are.
+local function check_dependants(k_task, id, state)
+  if TERMINAL[state] then
+    if REPAIR then
+      local todo = {}
+      release_children(k_task, id, state, now, maxlen, ARGV[6], todo)
+      for _, t in ipairs(todo) do finished(t[1], t[2], t[3], now, maxlen, ARGV[6]) end
+    end
+    return report(id, 'deps_orphan', 'a ' .. state .. ' task still marks dependants',
+      'settled them as its end would have', 1)
+  end
+  for _, f in ipairs(redis.call('HKEYS', k_task)) do
+    if string.sub(f, 1, 2) == 'd:' then
+      local cid = string.sub(f, 3)
+      local child = redis.call('HMGET', base_of(k_task, id) .. 'task:' .. cid, 'state', 'deps')
+      local why
+      if not child[1] then
+        why = 'no record'
+      elseif child[1] ~= 'deferred' then
+        why = 'the task is ' .. child[1]
+      elseif not string.find(child[2] or '', cjson.encode(id), 1, true) then
+        why = 'the task does not depend on ' .. id
+      end
+      if why then
+        if REPAIR and redis.call('HDEL', k_task, f) == 1 then drop_kid(k_task) end
+        report(cid, 'deps_orphan', 'marked on ' .. id .. ': ' .. why, 'removed', 1)
+      end
+    end
+  end
+end
+
 local function check(k_task, id)
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'attempts', 'q', 'run_at',
-    'seq', 'ix', 'exp')
-  if not rec[1] then return end  -- expired or settled and gone since it was listed
-  if (rec[5] or '') ~= ARGV[3] then
-    misrouted[#misrouted + 1] = {id, rec[5] or ''}
-    return
-  end
+    'seq', 'ix', 'kids', 'exp')
+  if not rec[1] then return end  -- a pointer, or expired or settled and gone since listed
+  if (rec[5] or '') ~= ARGV[3] then return end
   local state = rec[1]
   if state == 'queued' then
     check_queued(k_task, id, rec)
@@ -124,8 +156,9 @@ local function check(k_task, id)
     if detail then report(id, 'deferred_stuck', detail, action, 1) end
   end
   if rec[8] then check_index(k_task, id, rec[8]) end
-  if rec[9] then check_expiry(id, redis.call('HGET', k_task, 'state'), rec[9]) end
+  if rec[9] then check_dependants(k_task, id, state) end
+  if rec[10] then check_expiry(id, redis.call('HGET', k_task, 'state'), rec[10]) end
 end
 
-for i = 14, #KEYS do check(KEYS[i], ARGV[i - 6]) end
-return {findings, misrouted}
+for i = 8, #ARGV do check(KEYS[i + 6], ARGV[i]) end
+return {findings}

@@ -3,10 +3,10 @@
 -- Classes: lease_orphan (a lease of a task that is not processing in this queue),
 --   schedule_orphan (a schedule member that is not a scheduled or retrying task of it),
 --   expiry_orphan (an `expiries` member that is not a waiting task of it, issue 15).
--- KEYS: 1 the zset (leases, scheduled or expiries)
+-- KEYS: 1 the zset (leases, scheduled or expiries), 2… the members' task hashes (as the
+--       eval_ids)
 -- ARGV: 1 repair ('1'/'0'), 2 kind ('leases' | 'scheduled' | 'expiries'), 3 task key
 --       prefix, 4 the queue assumed ('' = default), 5… eval_ids
--- Also touched, derived from the task key prefix (same hash tag): the members' records.
 -- Returns the findings (see _fsck.lua).
 local STATES = {leases = {processing = true}, scheduled = {scheduled = true, retrying = true},
   expiries = WAITING}

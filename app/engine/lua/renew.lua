@@ -1,7 +1,8 @@
 -- Renew the leases of the tasks a consumer is running (or release them: lease ms 0).
 -- Fenced per task; XCLAIM ... JUSTID resets the entry's idle time so XPENDING and
 -- XINFO CONSUMERS show live holders, without bumping the delivery counter.
--- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 leases
+-- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 leases, 5… the tasks' hashes (as
+--       the eval_ids below)
 -- ARGV: 1 group, 2 consumer, 3 lease ms, 4 task key prefix, 5 wake channel,
 --       then (eval_id, entry, attempt)...
 -- A release (lease 0) is announced on the wake channel, so idle consumers elsewhere take

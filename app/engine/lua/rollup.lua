@@ -1,21 +1,25 @@
--- Roll one finished hour of per-minute state counters up into an hourly hash, for the
--- history kept longer than the minutes (engine/history.py). The per-minute hashes
--- (`<events>:m:<epoch minute>`, written by event() in _lib.lua, kept 48 h) are summed
--- field by field into `<events>:h:<epoch hour>` (kept ARGV[2] s); the hour hash is
--- rewritten whole, so rolling an hour again gives the same hash. An hour without any
--- state change leaves no hash. The marker remembers the last hour rolled, so the hourly
--- housekeeping rolls each hour once (an idle queue too: one small key).
--- KEYS: 1 the hour's hash, 2 the marker (last hour rolled), 3..62 the hour's 60 minute
---       hashes, oldest first
+-- Roll one finished hour of per-minute state counts up into an hourly hash, for the
+-- history kept longer than the minutes (engine/history.py). The queue's `stats` hash
+-- (`<epoch minute>:<state>` fields, written by event() in _lib.lua, kept 48 h) is read for
+-- the hour's 60 minutes and summed per state into `<events>:h:<epoch hour>` (kept ARGV[2]
+-- s); the hour hash is rewritten whole, so rolling an hour again gives the same hash. An
+-- hour without any state change leaves no hash. The marker remembers the last hour
+-- rolled, so the hourly housekeeping rolls each hour once (an idle queue too: one key).
+-- KEYS: 1 the hour's hash, 2 the marker (last hour rolled), 3 the queue's stats hash
 -- ARGV: 1 epoch hour, 2 ttl s of the hour hash and the marker
 -- Returns the number of state changes in that hour.
 local sums, total = {}, 0
-for i = 3, #KEYS do
-  local row = redis.call('HGETALL', KEYS[i])
-  for j = 1, #row, 2 do
-    local n = tonumber(row[j + 1])
-    sums[row[j]] = (sums[row[j]] or 0) + n
-    total = total + n
+local first = tonumber(ARGV[1]) * 60
+local fields = {}
+for m = first, first + 59 do
+  for _, st in ipairs(STATS_STATES) do fields[#fields + 1] = m .. ':' .. st end
+end
+local counts = redis.call('HMGET', KEYS[3], unpack(fields))
+for i, n in ipairs(counts) do
+  if n then
+    local state = STATS_STATES[(i - 1) % #STATS_STATES + 1]
+    sums[state] = (sums[state] or 0) + tonumber(n)
+    total = total + tonumber(n)
   end
 end
 redis.call('DEL', KEYS[1])
