@@ -15,21 +15,41 @@ Per run: the rate, and per master its Redis CPU (`INFO cpu` delta) per task it s
 as % of one core, with the tasks and partitions it held; the cluster's Redis CPU per task
 in all; the drain processes' CPU per task; the exactly-once check of every partition.
 When QUEUE_PARTITIONS exists, `_partition_names` and the per-process env are what change.
+
+Standalone, `python -m bench.partitions [TASKS]` (default 6,000 per run; docs/benchmarks.md,
+*Partitioned queues*): real QUEUE_PARTITIONS on a three-master cluster with one replica
+each, the default queue over 1, 2, 4 and 8 partitions: TASKS tasks stored with the
+service's scripts (`Engine.enqueue_many`, batches of 500, as answered to a client), drained
+by 4 consumers (`Queue.claim` of 16, `Queue.complete` of each, no HTTP). Per run: enqueue
+and drain rates of this one Python process, each master's Redis CPU (`INFO cpu`) per task
+and its share of the tasks (its partitions' `total:completed`); the 4-partition run again
+with DURABILITY=replica; then the priority inversion: one consumer claiming 16 at a time
+over 4 partitions full of low-priority tasks, one high-priority task added after it warmed
+up: how many lows it starts first (20 trials; the bound is (2 x partitions - 1) x claim
+size). Two cores run six redis-servers and the client, so the rates are the client's; what
+carries over is Redis CPU µs per task on each master: 1e6 / (the busiest master's µs per
+task) projects what the queue could take when Redis is the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import redis
 
 from app.engine import admin
 from app.engine.client import Redis, connect
 from app.engine.engine import Engine
 from app.engine.keys import QueueKeys
-from app.models import TaskRequest
+from app.engine.queue import Queue
+from app.engine.scripts import answering
+from app.models import Priority, TaskRequest
 from app.settings import Settings
 from bench import meter, once
 from bench.cost import record_once
@@ -221,3 +241,160 @@ def _per_node(
             "redis_cpu_pct": round(100 * cpu_s / window["seconds"], 1),
         }
     return nodes
+
+
+# --- standalone: real QUEUE_PARTITIONS (python -m bench.partitions) ---------------------------
+
+BATCH = 500
+CONSUMERS = 4
+CLAIM = 16
+
+
+def _cpu_of(node: Any) -> float:
+    from tests.topologies import direct
+
+    info = direct(node).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _fill_direct(engine: Engine, n: int, prefix: str) -> float:
+    started = time.perf_counter()
+    for start in range(0, n, BATCH):
+        reqs = [
+            TaskRequest(f"{prefix}{i}", Priority.DEFAULT, {"code": "x"})
+            for i in range(start, min(n, start + BATCH))
+        ]
+        with answering():
+            answers = await engine.enqueue_many(reqs)
+        assert all(a.get("status") == "queued" for a in answers), answers[:2]
+    return time.perf_counter() - started
+
+
+async def _consume_direct(queue: Queue, name: str, left: list[int]) -> None:
+    while left[0] > 0:
+        claimed = await queue.claim(name, CLAIM, 60)
+        if not claimed.tasks:
+            await asyncio.sleep(0.001)
+            continue
+        with answering():
+            await asyncio.gather(*(queue.complete(t.eval_id, 1, t) for t in claimed.tasks))
+        left[0] -= len(claimed.tasks)
+
+
+async def _drain_direct(queue: Queue, n: int) -> float:
+    started, left = time.perf_counter(), [n]
+    await asyncio.gather(*(_consume_direct(queue, f"c{i}", left) for i in range(CONSUMERS)))
+    return time.perf_counter() - started
+
+
+def _owners_direct(cluster: Cluster, name: str, parts: int) -> dict[int, list[str]]:
+    """master port -> the counters keys of the partitions it holds."""
+    found: dict[int, list[str]] = {}
+    for p in range(parts):
+        counters = QueueKeys.default(name).partition(p).counters
+        found.setdefault(cluster.owner(cluster.slot_of(counters)).port, []).append(counters)
+    return found
+
+
+async def _run_direct(cluster: Cluster, parts: int, n: int, durability: str) -> dict[str, Any]:
+    from tests.topologies import direct
+
+    name = f"bench-p{parts}-{durability}"
+    settings = Settings(
+        redis_url=cluster.url, queue=name, queue_partitions={name: parts}, durability=durability
+    )
+    engine = Engine(connect(cluster.url), settings)
+    masters = cluster.masters_now()
+    try:
+        await engine.default.ensure_groups()
+        before = {m.port: _cpu_of(m) for m in masters}
+        fill_s = await _fill_direct(engine, n, f"{name}-")
+        drain_s = await _drain_direct(engine.default, n)
+        after = {m.port: _cpu_of(m) for m in masters}
+    finally:
+        await engine.close()
+    by_node = {m.port: m for m in masters}
+    done = {
+        port: sum(int(direct(by_node[port]).hget(k, "total:completed") or 0) for k in keys)
+        for port, keys in _owners_direct(cluster, name, parts).items()
+    }
+    assert sum(done.values()) == n, done
+    us = {port: (after[port] - before[port]) * 1e6 / n for port in before}
+    return {
+        "parts": parts,
+        "durability": durability,
+        "enqueue_per_s": n / fill_s,
+        "drain_per_s": n / drain_s,
+        "us_per_task": us,
+        "share": {port: done.get(port, 0) / n for port in before},
+    }
+
+
+async def _inversion_direct(cluster: Cluster, parts: int, trials: int) -> int:
+    name = f"bench-inv{parts}"
+    settings = Settings(redis_url=cluster.url, queue=name, queue_partitions={name: parts})
+    engine = Engine(connect(cluster.url), settings)
+    queue, worst = engine.default, 0
+    try:
+        for trial in range(trials):
+            lows = [TaskRequest(f"{trial}l{i}", Priority.LOW, {}) for i in range(parts * 60)]
+            await engine.enqueue_many(lows)
+            for _ in range(parts):  # warm: the consumer's hints are known
+                for t in (await queue.claim("c", CLAIM, 60)).tasks:
+                    await queue.complete(t.eval_id, 1, t)
+            high = f"{trial}high"
+            await queue.enqueue(TaskRequest(high, Priority.HIGH, {}))
+            started = 0
+            while True:
+                claimed = await queue.claim("c", CLAIM, 60)
+                ids = [t.eval_id for t in claimed.tasks]
+                await asyncio.gather(*(queue.complete(t.eval_id, 1, t) for t in claimed.tasks))
+                if high in ids:
+                    started += ids.index(high)
+                    break
+                started += len(ids)
+            worst = max(worst, started)
+            while tasks := (await queue.claim("c", 200, 60)).tasks:
+                await asyncio.gather(*(queue.complete(t.eval_id, 1, t) for t in tasks))
+    finally:
+        await engine.close()
+    return worst
+
+
+def _print_direct(r: dict[str, Any]) -> None:
+    us = r["us_per_task"]
+    busiest, total = max(us.values()), sum(us.values())
+    nodes = "  ".join(f"{us[p]:6.1f} µs {r['share'][p]:4.0%}" for p in sorted(us))
+    print(
+        f"{r['parts']} partition(s) {r['durability']:7}: enqueue {r['enqueue_per_s']:6.0f}/s "
+        f"drain {r['drain_per_s']:6.0f}/s | per master (µs/task, share): {nodes} | "
+        f"sum {total:5.1f} µs -> projected {1e6 / busiest:7.0f} tasks/s "
+        f"({1e6 / total:6.0f} per master)",
+        flush=True,
+    )
+
+
+async def main(n: int) -> None:
+    from tests.topologies import Cluster
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = Cluster(Path(tmp)).start()
+        try:
+            for parts in (1, 2, 4, 8):
+                _print_direct(await _run_direct(cluster, parts, n, "async"))
+            _print_direct(await _run_direct(cluster, 4, n, "replica"))
+            worst = await _inversion_direct(cluster, 4, 20)
+            print(
+                f"inversion, 4 partitions, claims of {CLAIM}: worst {worst} low-priority "
+                f"starts before a waiting high one (bound {(2 * 4 - 1) * CLAIM})",
+                flush=True,
+            )
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 6000))
+    except redis.RedisError as exc:
+        sys.exit(f"bench.partitions: {exc}")

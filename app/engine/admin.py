@@ -36,8 +36,12 @@ SWEEPS = 50  # promote batches per queue and housekeeping run (a safety net, not
 
 
 async def _used(engine: Engine) -> list[Queue]:
-    """The default queue and every named queue a task ever used (the registry)."""
-    return [engine.default, *(engine.queue(name) for name in await engine.named_queues())]
+    """The default queue and every named queue a task ever used (the registry) or
+    QUEUE_PARTITIONS names, each partition of a partitioned queue on its own."""
+    names = {*await engine.named_queues(), *engine.settings.queue_partitions}
+    names.discard(engine.settings.queue)
+    queues = [engine.default, *(engine.queue(name) for name in sorted(names))]
+    return [part for queue in queues for part in queue.parts]
 
 
 @translate_errors
@@ -75,7 +79,13 @@ async def _unlink_matching(client: Redis, pattern: str) -> int:
 @translate_errors
 async def set_paused(queue: Queue, paused: bool) -> None:
     """Pause: claims hand out nothing (in-process consumers and `GET /tasks/next`),
-    running tasks finish. Resume wakes idle consumers everywhere at once."""
+    running tasks finish. Resume wakes idle consumers everywhere at once. Every partition
+    of a partitioned queue."""
+    for part in queue.parts:
+        await _set_paused(part, paused)
+
+
+async def _set_paused(queue: Queue, paused: bool) -> None:
     k = queue.keys
     if paused:
         await queue.redis.set(k.paused, "1")
