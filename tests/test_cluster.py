@@ -184,6 +184,16 @@ test_cancel_by_id_finds_every_partition = (
 test_a_process_with_the_old_count_finds_tasks_placed_by_the_new_one = (
     test_partitions.test_a_process_with_the_old_count_finds_tasks_placed_by_the_new_one
 )
+test_events_follow_every_partition_and_resume_from_the_vector = (
+    test_partitioned_service.test_events_follow_every_partition_and_resume_from_the_vector
+)
+test_listing_pages_through_every_partition = (
+    test_partitioned_service.test_listing_pages_through_every_partition
+)
+test_dead_letters_of_every_partition = test_partitioned_service.test_dead_letters_of_every_partition
+test_detail_history_and_oldest_waiting_span_the_partitions = (
+    test_partitioned_service.test_detail_history_and_oldest_waiting_span_the_partitions
+)
 test_a_task_rebuilt_from_its_lease_renews_in_its_partition = (
     test_partitions.test_a_task_rebuilt_from_its_lease_renews_in_its_partition
 )

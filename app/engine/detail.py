@@ -16,13 +16,14 @@ Legacy queues only (default and named: their task records share one namespace, a
 hash's `q` names the queue). Read-only, a few round trips: an operator's page, never a hot
 path.
 
-Imports: client, engine, queue, models, errors.
+Imports: client, partitions, engine, queue, models, errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.engine import partitions
 from app.engine.client import text, translate_errors
 from app.engine.engine import Engine
 from app.engine.queue import Queue
@@ -38,11 +39,11 @@ CREATED = ("queued", "scheduled", "deferred", "cancelled")  # a task's first eve
 async def detail(engine: Engine, eval_id: str) -> dict[str, Any]:
     """The payload, holder, dead letter and timeline of a task (see the module docstring);
     NotFound when its record is gone."""
-    found: Any = await engine.client.hgetall(engine.keys.task(eval_id))
+    queue = await partitions.locate(engine, eval_id)  # the id directory, then partitions
+    found: Any = await queue.redis.hgetall(queue.keys.task(eval_id)) if queue else {}
     rec: dict[bytes, bytes] = found  # bytes: the client does not decode replies
-    if not rec:
+    if queue is None or not rec.get(b"state"):  # (a named queue's stale pointer: gone)
         raise NotFound(f"no such task: {eval_id}")
-    queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
     payload, lease, dead = await _stored(queue, eval_id, rec)
     created = int(rec.get(b"created", 0))
     events, complete = await _timeline(queue, eval_id, created)

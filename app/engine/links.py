@@ -84,7 +84,14 @@ async def _into_partition(queue: Queue, req: TaskRequest) -> Sequence[Any]:
     """A partition of a partitioned queue (engine/partitions.py): no directory claim (the
     id's partition is its hash), so one script; parents are located first (the directory,
     then the partitioned queues), and those in other partitions or queues linked as
-    dependencies across queues are."""
+    dependencies across queues are. While the queue has several partition counts (a count
+    change, engine/partitions.py `history`), the id is first looked for where the other
+    counts place it (one EXISTS each), so it stays unique in the queue."""
+    others = [q for q in queue.candidates(req.eval_id) if q is not queue]
+    if others:
+        held = await asyncio.gather(*(q.redis.exists(q.keys.task(req.eval_id)) for q in others))
+        if any(held):
+            return ["duplicate"]
     if not req.depends_on:
         return await _store(queue, req, ())
     found = await asyncio.gather(*(partitions.locate(queue.engine, p) for p in req.depends_on))

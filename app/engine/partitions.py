@@ -170,19 +170,28 @@ async def _cancel(jobs: Sequence[asyncio.Future[Any]]) -> None:
 async def position(queue: Queue, rec: dict[bytes, bytes], own: int) -> int:
     """A queued task's estimated position across the partitions of its queue (see the
     module docstring); `own`: its exact position in its own partition."""
-    parts = queue.whole.parts
-    prio = text(rec.get(b"prio", b"default"))
+    return estimate(await waiting(queue.whole), queue.keys.part, rec, own)
+
+
+async def waiting(whole: Queue) -> list[list[int]]:
+    """Per partition of `whole`, per priority (claim order): the sequence counters a
+    position estimate needs, `[seq, head]` pairs flattened (one HMGET per partition,
+    concurrently)."""
     fields = [f"{kind}:{p.value}" for p in PRIORITY_ORDER for kind in ("seq", "head")]
-    rows = await asyncio.gather(*(p.redis.hmget(p.keys.counters, fields) for p in parts))
-    waiting = [
-        [int(row[2 * j] or 0) - int(row[2 * j + 1] or 0) for j in range(len(PRIORITY_ORDER))]
-        for row in rows
-    ]
-    rank = RANK[prio]
-    mine = int(text(rec.get(b"seq", b"0"))) - (int(rows[queue.keys.part][2 * rank + 1] or 0))
+    rows = await asyncio.gather(*(p.redis.hmget(p.keys.counters, fields) for p in whole.parts))
+    return [[int(v or 0) for v in row] for row in rows]
+
+
+def estimate(rows: Sequence[Sequence[int]], part: int, rec: dict[bytes, bytes], own: int) -> int:
+    """`position` from `waiting`'s rows: `own` in partition `part`, plus, from every other
+    partition, its queued tasks of higher priority and as many of the task's own priority
+    as are ahead of it in its partition."""
+    rank = RANK[text(rec.get(b"prio", b"default"))]
+    mine = int(text(rec.get(b"seq", b"0"))) - rows[part][2 * rank + 1]
     total = own
-    for i, counts in enumerate(waiting):
-        if i != queue.keys.part:
+    for i, row in enumerate(rows):
+        if i != part:
+            counts = [row[2 * j] - row[2 * j + 1] for j in range(len(PRIORITY_ORDER))]
             total += sum(counts[:rank]) + min(counts[rank], max(mine - 1, 0))
     return total
 

@@ -13,6 +13,7 @@ import pytest
 
 from app.engine.partitions import place
 from tests.conftest import Service, has_state, post, wait_for
+from tests.web.test_live import Events
 
 
 @pytest.fixture
@@ -122,3 +123,93 @@ async def test_cancel_by_id_finds_every_partition(service_partitioned):
         assert response.status_code == 200, response.text
         assert (await svc.http.get(f"/tasks/{eval_id}")).json()["status"] == "cancelled"
     assert (await svc.http.get("/tasks/next")).status_code == 204
+
+
+async def test_events_follow_every_partition_and_resume_from_the_vector(service_partitioned):
+    """GET /events of a partitioned queue merges its partitions' events streams; an event's
+    id is every partition's position, and resuming with it misses and repeats nothing."""
+    svc = service_partitioned
+    ids = spread_ids(6, 3, "ev")
+    async with svc.http.stream("GET", "/events") as stream:
+        assert stream.status_code == 200
+        events = Events(stream)
+        for eval_id in ids[:3]:
+            await post(svc, eval_id)
+        first = await events.next(3)
+    assert sorted(e["data"]["eval_id"] for e in first) == sorted(ids[:3])
+    assert all(len(e["id"].split(",")) == 3 for e in first), first
+    for eval_id in ids[3:]:
+        await post(svc, eval_id)
+    headers = {"Last-Event-ID": first[0]["id"]}
+    async with svc.http.stream("GET", "/events", headers=headers) as stream:
+        rest = await Events(stream).next(5)
+    assert sorted(e["data"]["eval_id"] for e in rest) == sorted([*ids[1:3], *ids[3:]])
+    async with svc.http.stream("GET", "/events?last_event_id=0") as stream:
+        everything = await Events(stream).next(6)
+    assert sorted(e["data"]["eval_id"] for e in everything) == sorted(ids)
+    at = [e["data"]["at"] for e in everything]
+    assert at == sorted(at)  # merged by time
+    bad = await svc.http.get("/events", headers={"Last-Event-ID": "1-0,yesterday"})
+    assert bad.status_code == 422
+
+
+async def test_listing_pages_through_every_partition(service_partitioned):
+    svc = service_partitioned
+    ids = spread_ids(12, 3, "ls")
+    for eval_id in ids:
+        await post(svc, eval_id)
+    seen: list[str] = []
+    positions: list[int] = []
+    cursor = None
+    while True:
+        params = {"state": "queued", "limit": 5, **({"cursor": cursor} if cursor else {})}
+        response = await svc.http.get("/tasks", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += [t["eval_id"] for t in page["tasks"]]
+        positions += [t["position"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids)  # each once
+    assert all(1 <= p <= 12 for p in positions), positions  # estimated across partitions
+
+
+async def test_dead_letters_of_every_partition(service_partitioned):
+    svc = service_partitioned
+    ids = spread_ids(6, 3, "dl")
+    for eval_id in ids:
+        await post(svc, eval_id)
+    for _ in ids:
+        task = (await svc.http.get("/tasks/next")).json()
+        body = {"error": "x", "retry": False}
+        failed = await svc.http.post(f"/tasks/{task['eval_id']}/fail", json=body)
+        assert failed.status_code == 200, failed.text
+    dlq = (await svc.http.get("/dlq")).json()
+    assert dlq["count"] == 6 and sorted(t["eval_id"] for t in dlq["tasks"]) == sorted(ids)
+    assert len((await svc.http.get("/dlq", params={"limit": 2, "offset": 4})).json()["tasks"]) == 2
+    for eval_id in ids[:3]:
+        retried = await svc.http.post(f"/dlq/{eval_id}/retry")
+        assert retried.status_code == 200, retried.text
+        assert (await svc.http.get(f"/tasks/{eval_id}")).json()["status"] == "queued"
+    assert (await svc.http.delete(f"/dlq/{ids[3]}")).status_code == 200
+    assert (await svc.http.get("/dlq")).json()["count"] == 2
+    assert (await svc.http.delete("/dlq")).status_code == 200
+    assert (await svc.http.get("/dlq")).json()["count"] == 0
+
+
+async def test_detail_history_and_oldest_waiting_span_the_partitions(service_partitioned, queue):
+    svc = service_partitioned
+    ids = spread_ids(6, 3, "hi")
+    for eval_id in ids:
+        await post(svc, eval_id)
+    for eval_id in ids:
+        found = await svc.http.get(f"/tasks/{eval_id}/detail")
+        assert found.status_code == 200, found.text
+        assert found.json()["state"] == "queued" and found.json()["queue"] == queue
+    points = (await svc.http.get("/stats/history", params={"points": 2})).json()["points"]
+    assert sum(p.get("queued", 0) for p in points) == 6
+    hours = (await svc.http.get("/stats/history?resolution=hour&points=2")).json()["points"]
+    assert sum(p.get("queued", 0) for p in hours) == 6
+    status = (await svc.http.get("/status")).json()
+    assert status["oldest_waiting"]["default"]["eval_id"] in ids
