@@ -1,20 +1,18 @@
-"""Cluster partitions (issue 13 hook): Redis CPU per task per node for 1/2/4/8 partitions.
+"""Cluster partitions (issue 13): Redis CPU per task per node for 1/2/4/8 partitions.
 
     python -m bench --only cluster            # not part of a default run
 
 A local Redis Cluster of three masters with one replica each (tests/topologies.py's
-`Cluster`, the suite's own starter). STAND-IN: QUEUE_PARTITIONS does not exist yet, so a
-partition here is a deployment of its own: QUEUE_NAME=part-<k>, whose keys carry the hash
-tag `{part-<k>}`; the names are picked so that partition j lands on master j mod 3. Each
-partition gets `cluster_n` / P tasks (queued with `enqueue_many` while its queue is
-paused) and one engine-only drain process (bench/enginedrain.py: the runtime with a no-op
-executor, no HTTP, so P processes fit on two cores); then every queue resumes at once and
-the meters run until every task is completed.
+`Cluster`, the suite's own starter). One queue with QUEUE_PARTITIONS=P (its name picked so
+that partition j lands on master j mod 3); `cluster_n` tasks queued with `enqueue_many`
+while the queue is paused, and P engine-only drain processes (bench/enginedrain.py: the
+runtime with a no-op executor, no HTTP, so P processes fit on two cores), each claiming
+across every partition as the service does; then the queue resumes and the meters run
+until every task is completed.
 
 Per run: the rate, and per master its Redis CPU (`INFO cpu` delta) per task it served and
 as % of one core, with the tasks and partitions it held; the cluster's Redis CPU per task
-in all; the drain processes' CPU per task; the exactly-once check of every partition.
-When QUEUE_PARTITIONS exists, `_partition_names` and the per-process env are what change.
+in all; the drain processes' CPU per task; the exactly-once check over every process.
 
 Standalone, `python -m bench.partitions [TASKS]` (default 6,000 per run; docs/benchmarks.md,
 *Partitioned queues*): real QUEUE_PARTITIONS on a three-master cluster with one replica
@@ -59,10 +57,9 @@ if TYPE_CHECKING:
     from bench.runner import Bench
     from tests.topologies import Cluster
 
-STAND_IN = (
-    "stand-in: QUEUE_PARTITIONS does not exist yet; each partition is a deployment of its "
-    "own (QUEUE_NAME=part-<k>, hash tag {part-<k>}) placed on master k mod 3, drained by an "
-    "engine-only process (no HTTP)"
+NOTE = (
+    "QUEUE_PARTITIONS=P on one queue whose partition j is on master j mod 3, drained by P "
+    "engine-only processes (no HTTP), each claiming across every partition"
 )
 
 
@@ -75,13 +72,13 @@ async def cluster_partitions(bench: Bench) -> dict[str, Any]:
 
     plan = bench.plan
     cluster = Cluster(bench.tmp / "cluster", masters=3, replicas=1, binary=bench.redis.binary)
-    out: dict[str, Any] = {"note": STAND_IN, "tasks": plan.cluster_n, "masters": 3}
+    out: dict[str, Any] = {"note": NOTE, "tasks": plan.cluster_n, "masters": 3}
     try:
         await asyncio.to_thread(cluster.start)
-        log(f"  cluster up: {len(cluster.nodes)} nodes; {STAND_IN}")
-        names = await asyncio.to_thread(_partition_names, cluster, max(plan.cluster_partitions))
+        log(f"  cluster up: {len(cluster.nodes)} nodes; {NOTE}")
+        name = await asyncio.to_thread(_spread_name, cluster, max(plan.cluster_partitions))
         for parts in plan.cluster_partitions:
-            run = await _run(bench, cluster, names[:parts], plan.cluster_n // parts * parts)
+            run = await _run(bench, cluster, name, parts, plan.cluster_n // parts * parts)
             out[f"partitions_{parts}"] = run
             nodes = "; ".join(
                 f"{k} {v['redis_us_per_own_task'] or '—'} µs/own task ({v['redis_cpu_pct']} %)"
@@ -97,32 +94,34 @@ async def cluster_partitions(bench: Bench) -> dict[str, Any]:
     return out
 
 
-def _partition_names(cluster: Cluster, count: int) -> list[str]:
-    """part-<k> names whose hash tags fall on master j mod 3 for the j-th partition."""
+def _spread_name(cluster: Cluster, count: int) -> str:
+    """A queue name whose partition j (of `count`) is on master j mod 3."""
     masters = [n.port for n in cluster.nodes[: cluster.masters]]
-    picked: list[str] = []
-    k = 0
-    while len(picked) < count:
+    for k in range(1_000_000):
         name = f"part-{k}"
-        k += 1
-        want = masters[len(picked) % len(masters)]
-        if cluster.owner(cluster.slot_of(f"{{{name}}}")).port == want:
-            picked.append(name)
-    return picked
+        tags = [QueueKeys.default(name).partition(j).counters for j in range(count)]
+        owners = [cluster.owner(cluster.slot_of(t)).port for t in tags]
+        if all(port == masters[j % len(masters)] for j, port in enumerate(owners)):
+            return name
+    raise RuntimeError("no queue name spreads its partitions over the masters")
 
 
-async def _run(bench: Bench, cluster: Cluster, names: list[str], n: int) -> dict[str, Any]:
-    per = n // len(names)
+def _settings(url: str, name: str, parts: int) -> Settings:
+    return Settings(redis_url=url, queue=name, queue_partitions={name: parts} if parts > 1 else {})
+
+
+async def _run(bench: Bench, cluster: Cluster, name: str, parts: int, n: int) -> dict[str, Any]:
     client = connect(cluster.url)
     masters = {f"node{i + 1}": m for i, m in enumerate(cluster.nodes[: cluster.masters])}
     node_clients = {k: connect(f"redis://127.0.0.1:{m.port}") for k, m in masters.items()}
+    engine = Engine(client, _settings(cluster.url, name, parts))
     children: list[Child] = []
     try:
-        ids = {name: await _fill(client, cluster.url, name, per) for name in names}
-        children = [_spawn(bench, cluster.url, name) for name in names]
-        for child, name in zip(children, names, strict=True):
-            await _wait_ready(bench.tmp / f"{name}.ready", child)
-        window = await _metered(client, node_clients, children, names, n)
+        ids = await _fill(engine, name, n)
+        children = [_spawn(bench, cluster.url, name, parts, i) for i in range(parts)]
+        for i, child in enumerate(children):
+            await _wait_ready(bench.tmp / f"{name}-{parts}-{i}.ready", child)
+        window = await _metered(engine, node_clients, children, n)
     finally:
         for child in children:
             bench.children.stop(child)
@@ -130,19 +129,21 @@ async def _run(bench: Bench, cluster: Cluster, names: list[str], n: int) -> dict
             await c.flushall()
             await c.aclose()
         await client.aclose()
-    window["nodes"] = _per_node(window, cluster, names, per, masters)
-    checks = []
-    for name in names:
-        path = bench.tmp / f"{name}.json"
-        counts = orjson.loads(path.read_bytes())["counts"] if path.exists() else {}
-        checks.append(record_once(bench, once.check(f"cluster {name}", ids[name], counts)))
-    window.update(partitions=len(names), names=names, exactly_once=checks)
+    window["nodes"] = _per_node(window, cluster, name, parts, n, masters)
+    counts: dict[str, int] = {}
+    for i in range(parts):
+        path = bench.tmp / f"{name}-{parts}-{i}.json"
+        for eval_id, times in (
+            orjson.loads(path.read_bytes())["counts"] if path.exists() else {}
+        ).items():
+            counts[eval_id] = counts.get(eval_id, 0) + times
+    checks = [record_once(bench, once.check(f"cluster {parts} partitions", ids, counts))]
+    window.update(partitions=parts, names=[name], exactly_once=checks)
     return window
 
 
-async def _fill(client: Redis, url: str, name: str, n: int) -> list[str]:
-    """n tasks into the deployment `name`, its queue paused first."""
-    engine = Engine(client, Settings(redis_url=url, queue=name))
+async def _fill(engine: Engine, name: str, n: int) -> list[str]:
+    """n tasks into the queue, every partition paused first."""
     await engine.default.ensure_groups()
     await admin.set_paused(engine.default, True)
     ids = [f"{name}-{i}" for i in range(n)]
@@ -153,12 +154,13 @@ async def _fill(client: Redis, url: str, name: str, n: int) -> list[str]:
     return ids
 
 
-def _spawn(bench: Bench, url: str, name: str) -> Child:
+def _spawn(bench: Bench, url: str, name: str, parts: int, i: int) -> Child:
     env = service_env(free_port(), url, (), bench.plan.concurrency)
     env["QUEUE_NAME"] = name
-    out = str(bench.tmp / f"{name}.json")
+    env["QUEUE_PARTITIONS"] = str(parts)
+    out = str(bench.tmp / f"{name}-{parts}-{i}.json")
     child: Child = bench.children.python(
-        f"service-{name}", "bench.enginedrain", "--out", out, env=env
+        f"service-{parts}-{i}", "bench.enginedrain", "--out", out, env=env
     )
     return child
 
@@ -174,21 +176,15 @@ async def _wait_ready(path: Any, child: Child, timeout: float = 120.0) -> None:
 
 
 async def _metered(
-    client: Redis,
-    node_clients: dict[str, Redis],
-    children: list[Child],
-    names: list[str],
-    n: int,
+    engine: Engine, node_clients: dict[str, Redis], children: list[Child], n: int
 ) -> dict[str, Any]:
     """Resume every partition, wait for n completions; per node Redis CPU over the window."""
     pids = {f"service{i + 1}": c.pid for i, c in enumerate(children)}
     before = {k: await meter.read(c, {}) for k, c in node_clients.items()}
     with CpuMeter(pids) as cpu:
         started = time.monotonic()
-        for name in names:
-            engine = Engine(client, Settings(queue=name))
-            await admin.set_paused(engine.default, False)
-        while await _completed(client, names) < n:
+        await admin.set_paused(engine.default, False)
+        while await _completed(engine) < n:
             if time.monotonic() - started > max(120.0, n / 100):
                 raise TimeoutError("cluster drain stuck")
             await asyncio.sleep(0.02)
@@ -210,10 +206,10 @@ async def _metered(
     }
 
 
-async def _completed(client: Redis, names: list[str]) -> int:
+async def _completed(engine: Engine) -> int:
     total = 0
-    for name in names:
-        value = await client.hget(QueueKeys.default(name).counters, "total:completed")
+    for part in engine.default.parts:
+        value = await engine.client.hget(part.keys.counters, "total:completed")
         total += int(value or 0)
     return total
 
@@ -221,19 +217,20 @@ async def _completed(client: Redis, names: list[str]) -> int:
 def _per_node(
     window: dict[str, Any],
     cluster: Cluster,
-    names: list[str],
-    per: int,
+    name: str,
+    parts: int,
+    n: int,
     masters: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """Each master's Redis CPU per task it served (its partitions' tasks) and % of a core."""
-    ports = [n.port for n in cluster.nodes[: cluster.masters]]
+    """Each master's Redis CPU per task it served (its partitions' tasks: placement by
+    hash spreads them about evenly) and % of a core."""
     held = {k: 0 for k in masters}
-    for j, _ in enumerate(names):
-        key = next(k for k, m in masters.items() if m.port == ports[j % len(ports)])
-        held[key] += 1
+    for j in range(parts):
+        port = cluster.owner(cluster.slot_of(QueueKeys.default(name).partition(j).counters)).port
+        held[next(k for k, m in masters.items() if m.port == port)] += 1
     nodes = {}
     for key, cpu_s in window.pop("redis_cpu_s").items():
-        tasks = held[key] * per
+        tasks = held[key] * n // parts
         nodes[key] = {
             "partitions": held[key],
             "tasks": tasks,
