@@ -16,6 +16,7 @@ from app.engine.engine import Engine
 from app.engine.fsck import Audit
 from app.engine.partitions import place
 from app.engine.queue import Queue
+from app.errors import Conflict
 from app.models import Task
 from app.settings import Settings
 from tests.engine.conftest import req
@@ -246,3 +247,21 @@ async def test_a_task_rebuilt_from_its_lease_renews_in_its_partition(make_engine
     for task in rebuilt:
         await queue.complete(task.eval_id, 1, task)
     assert (await queue.get("r0"))["status"] == "completed"
+
+
+async def test_an_id_stays_unique_while_the_count_changes(client, make_settings):
+    """During 2 -> 4, an id stored by a process on 2 is refused by one on 4 although 4
+    places it in another partition (the other counts' partitions are looked at first)."""
+    base = make_settings()
+    old = Engine(client, make_settings(queue_partitions={base.queue: 2}))
+    await old.default.ensure_groups()
+    new = Engine(client, make_settings(queue_partitions={base.queue: 4}))
+    await new.default.ensure_groups()
+    moved = next(f"u{i}" for i in range(100) if place(f"u{i}", 4) != place(f"u{i}", 2))
+    await old.default.enqueue(req(moved))
+    with pytest.raises(Conflict, match="already exists"):
+        await new.default.enqueue(req(moved))
+    answers = await new.enqueue_many([req(moved)])
+    assert answers[0]["code"] == 409, answers
+    done = await drain(new.default)
+    assert [t.eval_id for t in done] == [moved]
