@@ -265,3 +265,20 @@ async def test_an_id_stays_unique_while_the_count_changes(client, make_settings)
     assert answers[0]["code"] == 409, answers
     done = await drain(new.default)
     assert [t.eval_id for t in done] == [moved]
+
+
+async def test_no_partition_starves_among_tasks_of_one_priority(make_engine):
+    """Every partition full of default tasks, claims of one: the rotating start serves
+    each partition within every N consecutive claims (docs/operations.md, *Claims*)."""
+    parts = 4
+    engine = make_engine(parts=parts)
+    queue = engine.default
+    for i in range(parts * 30):
+        await queue.enqueue(req(f"s{i}"))
+    served = []
+    for _ in range(parts * 6):
+        (task,) = (await queue.claim("c1", 1, 30)).tasks
+        served.append(task.part)
+        await queue.complete(task.eval_id, 1, task)
+    for start in range(0, len(served) - parts + 1):
+        assert set(served[start : start + parts]) == set(range(parts)), served
