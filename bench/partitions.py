@@ -3,12 +3,12 @@
     python -m bench --only cluster            # not part of a default run
 
 A local Redis Cluster of three masters with one replica each (tests/topologies.py's
-`Cluster`, the suite's own starter). One queue with QUEUE_PARTITIONS=P (its name picked so
-that partition j lands on master j mod 3); `cluster_n` tasks queued with `enqueue_many`
-while the queue is paused, and P engine-only drain processes (bench/enginedrain.py: the
-runtime with a no-op executor, no HTTP, so P processes fit on two cores), each claiming
-across every partition as the service does; then the queue resumes and the meters run
-until every task is completed.
+`Cluster`, the suite's own starter). One queue with QUEUE_PARTITIONS=P (its name picked
+so that its partitions spread as evenly as can be over the masters); `cluster_n` tasks
+queued with `enqueue_many` while the queue is paused, and P engine-only drain processes
+(bench/enginedrain.py: the runtime with a no-op executor, no HTTP, so P processes fit on
+two cores), each claiming across every partition as the service does; then the queue
+resumes and the meters run until every task is completed.
 
 Per run: the rate, and per master its Redis CPU (`INFO cpu` delta) per task it served and
 as % of one core, with the tasks and partitions it held; the cluster's Redis CPU per task
@@ -35,11 +35,13 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
+from redis.crc import key_slot
 
 from app.engine import admin
 from app.engine.client import Redis, connect
@@ -58,7 +60,8 @@ if TYPE_CHECKING:
     from tests.topologies import Cluster
 
 NOTE = (
-    "QUEUE_PARTITIONS=P on one queue whose partition j is on master j mod 3, drained by P "
+    "QUEUE_PARTITIONS=P on one queue whose partitions spread evenly over the masters, "
+    "drained by P "
     "engine-only processes (no HTTP), each claiming across every partition"
 )
 
@@ -76,8 +79,8 @@ async def cluster_partitions(bench: Bench) -> dict[str, Any]:
     try:
         await asyncio.to_thread(cluster.start)
         log(f"  cluster up: {len(cluster.nodes)} nodes; {NOTE}")
-        name = await asyncio.to_thread(_spread_name, cluster, max(plan.cluster_partitions))
         for parts in plan.cluster_partitions:
+            name = await asyncio.to_thread(_spread_name, cluster, parts)
             run = await _run(bench, cluster, name, parts, plan.cluster_n // parts * parts)
             out[f"partitions_{parts}"] = run
             nodes = "; ".join(
@@ -94,16 +97,41 @@ async def cluster_partitions(bench: Bench) -> dict[str, Any]:
     return out
 
 
+def _owners(cluster: Cluster) -> Callable[[str], int]:
+    """key -> the port of the master serving its slot (the slot map read once, the slot
+    computed here: thousands of candidate names are tried)."""
+    from tests.topologies import direct
+
+    slots: Any = direct(cluster.live()[0]).execute_command("CLUSTER", "SLOTS")
+    ranges = [(int(r[0]), int(r[1]), int(r[2][1])) for r in slots]
+
+    def owner(key: str) -> int:
+        slot = key_slot(key.encode())
+        return next(port for low, high, port in ranges if low <= slot <= high)
+
+    return owner
+
+
 def _spread_name(cluster: Cluster, count: int) -> str:
-    """A queue name whose partition j (of `count`) is on master j mod 3."""
-    masters = [n.port for n in cluster.nodes[: cluster.masters]]
-    for k in range(1_000_000):
+    """A queue name whose `count` partitions are spread as evenly as can be over the
+    masters (at most ceil(count / masters) on one). Not "partition j on master j mod 3":
+    CRC16 is linear, so the slots of `{<tag>#1}` … `{<tag>#9}` (names of one length) differ
+    by fixed XOR masks and some patterns never occur."""
+    owner = _owners(cluster)
+    ideal = (-(-count // cluster.masters), -min(count, cluster.masters))
+    best, best_score = "part-0", (count + 1, 0)
+    for k in range(100_000):
         name = f"part-{k}"
-        tags = [QueueKeys.default(name).partition(j).counters for j in range(count)]
-        owners = [cluster.owner(cluster.slot_of(t)).port for t in tags]
-        if all(port == masters[j % len(masters)] for j, port in enumerate(owners)):
-            return name
-    raise RuntimeError("no queue name spreads its partitions over the masters")
+        held: dict[int, int] = {}
+        for j in range(count):
+            port = owner(QueueKeys.default(name).partition(j).counters)
+            held[port] = held.get(port, 0) + 1
+        score = (max(held.values()), -len(held))  # the busiest master, then masters used
+        if score < best_score:
+            best, best_score = name, score
+        if best_score <= ideal:
+            break
+    return best
 
 
 def _settings(url: str, name: str, parts: int) -> Settings:
@@ -225,8 +253,9 @@ def _per_node(
     """Each master's Redis CPU per task it served (its partitions' tasks: placement by
     hash spreads them about evenly) and % of a core."""
     held = {k: 0 for k in masters}
+    owner = _owners(cluster)
     for j in range(parts):
-        port = cluster.owner(cluster.slot_of(QueueKeys.default(name).partition(j).counters)).port
+        port = owner(QueueKeys.default(name).partition(j).counters)
         held[next(k for k, m in masters.items() if m.port == port)] += 1
     nodes = {}
     for key, cpu_s in window.pop("redis_cpu_s").items():
