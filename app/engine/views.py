@@ -93,7 +93,8 @@ def merged_consumers(per_part: Sequence[list[dict[str, Any]]]) -> list[dict[str,
             had["pending"] += row["pending"]
             idle = [i for i in (had["idle_ms"], row["idle_ms"]) if i is not None]
             had["idle_ms"] = min(idle) if idle else None
-            had["priorities"] = sorted({*had["priorities"], *row.get("priorities", [])})
+            taken = {*had["priorities"], *row.get("priorities", [])}
+            had["priorities"] = [p.value for p in PRIORITY_ORDER if p.value in taken]
     return list(rows.values())
 
 
