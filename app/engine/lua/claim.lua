@@ -16,7 +16,8 @@
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit, 10 the priorities this
 --       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
---       taken over when their lease lapses, 11 result ttl s (of expired tasks)
+--       taken over when their lease lapses, 11 result ttl s (of expired tasks), 12 '1': a
+--       partition of a partitioned queue (engine/partitions.py): also answer the hint below
 -- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
 -- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
 -- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
@@ -25,7 +26,9 @@
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
 --          when idle, {{eval_id, reason}...} of tasks dead-lettered because their stream
 --          entry was lost (see reclaim), {{eval_id, prio}...} of tasks expired here}.
---          `waited ms`: since the task entered its priority stream (queue wait).
+--          `waited ms`: since the task entered its priority stream (queue wait). For a
+--          partition (ARGV 12), a 7th element: the best priority this consumer takes that
+--          still has queued tasks after this claim ('' none).
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
@@ -203,5 +206,12 @@ if #out < count or paused then
     local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
     tails[i] = last[1] and last[1][1] or '0-0'
   end
+end
+if ARGV[12] == '1' then
+  local best = ''
+  for i, prio in ipairs(PRIOS) do
+    if TAKES[prio] and queued_in(KEYS[4], KEYS[8 + i], prio) > 0 then best = prio break end
+  end
+  return {out, wake, recreated, tails, lost, expired, best}
 end
 return {out, wake, recreated, tails, lost, expired}
