@@ -86,7 +86,11 @@ async def _into_partition(queue: Queue, req: TaskRequest) -> Sequence[Any]:
     then the partitioned queues), and those in other partitions or queues linked as
     dependencies across queues are. While the queue has several partition counts (a count
     change, engine/partitions.py `history`), the id is first looked for where the other
-    counts place it (one EXISTS each), so it stays unique in the queue."""
+    counts place it (one EXISTS each), so it stays unique in the queue. A `dedup_key` is
+    refused: its index lives on one partition's tag while the task is placed by eval_id,
+    so two holders could be stored (docs/operations.md, partitions' limits)."""
+    if req.dedup is not None:
+        return ["unpartitionable"]
     others = [q for q in queue.candidates(req.eval_id) if q is not queue]
     if others:
         held = await asyncio.gather(*(q.redis.exists(q.keys.task(req.eval_id)) for q in others))

@@ -116,6 +116,12 @@ def enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
         raise Conflict(f"eval_id already exists: {req.eval_id}")
     if state == "unknown":
         raise Invalid(f"unknown parent(s): {', '.join(text(p) for p in reply[1])}")
+    if state == "unpartitionable":
+        raise Invalid(
+            "dedup_key is not supported on a partitioned queue (QUEUE_PARTITIONS): tasks are "
+            "placed by eval_id, so choose the eval_id from the key instead (a second task "
+            "with that eval_id is refused with 409), or use an unpartitioned queue"
+        )
     if state == "crowded":
         raise Invalid(
             f"parent {text(reply[1])} already has {MAX_DEPENDANTS} deferred dependants "

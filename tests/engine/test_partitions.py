@@ -16,7 +16,7 @@ from app.engine.engine import Engine
 from app.engine.fsck import Audit
 from app.engine.partitions import place
 from app.engine.queue import Queue
-from app.errors import Conflict
+from app.errors import Conflict, Invalid
 from app.models import Task
 from app.settings import Settings
 from tests.engine.conftest import req
@@ -282,3 +282,15 @@ async def test_no_partition_starves_among_tasks_of_one_priority(make_engine):
         await queue.complete(task.eval_id, 1, task)
     for start in range(0, len(served) - parts + 1):
         assert set(served[start : start + parts]) == set(range(parts)), served
+
+
+async def test_a_dedup_key_is_refused_and_nothing_is_stored(make_engine):
+    """The dedup index and the task cannot share one script across partitions: refused."""
+    engine = make_engine(parts=4)
+    queue = engine.default
+    with pytest.raises(Invalid, match="dedup_key is not supported on a partitioned queue"):
+        await queue.enqueue(req("d1", dedup_key="k"))
+    assert not any([await part.redis.exists(part.keys.task("d1")) for part in queue.parts])
+    answers = await engine.enqueue_many([req("d2", dedup_key="k"), req("d3")])
+    assert answers[0]["code"] == 422 and answers[1]["status"] == "queued"
+    assert not any([await part.redis.exists(part.keys.task("d2")) for part in queue.parts])
