@@ -42,6 +42,8 @@ from app.engine.client import (
 from app.engine.keys import GROUP, QueueKeys
 from app.engine.links import MAX_DEPENDANTS
 from app.engine.records import render_record
+from app.engine.scripts import ANSWERING
+from app.engine.settle import Completions
 from app.errors import Conflict, Invalid, NotFound
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
 from app.settings import RetryPolicy
@@ -162,6 +164,7 @@ class Queue:
         self.scripts = engine.scripts
         self.settings = engine.settings
         self.observer = engine.observer
+        self.completions = Completions(self)
 
     # --- producers -----------------------------------------------------------------
 
@@ -299,6 +302,23 @@ class Queue:
             raise refusal(reply)
         self.observer.settled(queue.keys.queue, text(reply[1]), "completed")
         return queue.keys.queue
+
+    async def complete_soon(
+        self, eval_id: str, result: Any, task: Task | None = None, answer: bytes = b""
+    ) -> str:
+        """`complete`, settled with the other completions of this queue in the same
+        event-loop turn by one script call (engine/settle.py). Calls answered to a client
+        (`answering()`, where durability may add a check) and tasks of another queue take
+        `complete`'s path."""
+        if ANSWERING.get():
+            return await self.complete(eval_id, result, task, answer)
+        reply = await self.completions.complete(eval_id, orjson.dumps(result), task, answer)
+        if _redirected(reply) is not None or (self.keys.q and _missing(reply)):
+            return await self.complete(eval_id, result, task, answer)
+        if text(reply[0]) != "ok":
+            raise refusal(reply)
+        self.observer.settled(self.keys.queue, text(reply[1]), "completed")
+        return self.keys.queue
 
     @translate_errors
     async def fail(

@@ -45,17 +45,22 @@ local function trim_stats(k_stats, last, minute)
   end
 end
 
-local function event(k_events, maxlen, id, state, attempt)
-  local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
-    'id', id, 'state', state, 'attempt', attempt or '')
-  if state == 'processing' then return end
+-- Count `n` changes to `state` in the stats beside `k_events`, in the minute of the events
+-- entry `entry` (a batch of settles counts once per minute: complete_batch.lua).
+local function count_minute(k_events, entry, state, n)
   local k_stats = string.sub(k_events, 1, -7) .. 'stats'
   local minute = math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
-  if redis.call('HINCRBY', k_stats, minute .. ':' .. state, 1) > 1 then return end
+  if redis.call('HINCRBY', k_stats, minute .. ':' .. state, n) > n then return end
   local last = tonumber(redis.call('HGET', k_stats, 'minute') or '0')
   if last >= minute then return end
   redis.call('HSET', k_stats, 'minute', minute)
   trim_stats(k_stats, last, minute)
+end
+
+local function event(k_events, maxlen, id, state, attempt)
+  local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
+    'id', id, 'state', state, 'attempt', attempt or '')
+  if state ~= 'processing' then count_minute(k_events, entry, state, 1) end
 end
 
 -- Queued entries of one priority level: enqueued (seq) minus delivered (head)
