@@ -112,7 +112,7 @@ local function numbered_append(prefix, prio, payload, alias, reply, maxlen, err)
   local n = redis.call('HINCRBY', k_counters, 'index', 1)
   local id = tostring(n)
   local k_task = prefix .. 'task:' .. id
-  redis.call('HSET', k_task, 'created', now_ms(), 'attempts', 0, 'ix', k_index)
+  redis.call('HSET', k_task, 'created', now_ms(), 'ix', k_index)  -- no attempts yet: 0
   if reply ~= '' then redis.call('HSET', k_task, 'sink', reply) end
   if alias ~= '' then
     redis.call('HSET', prefix .. 'rid', alias, id)
@@ -366,7 +366,7 @@ local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
   redis.call('ZREM', Q.expiries, id)
   redis.call('HINCRBY', Q.counters, 'total:expired', 1)
   answer_numbered(k_task, id, nil, maxlen)
-  event(Q.events, maxlen, id, 'expired', rec[5])
+  event(Q.events, maxlen, id, 'expired', rec[5] or '0')
   finished(k_task, id, 'expired', now, maxlen, ttl)
 end
 
