@@ -50,14 +50,17 @@ end
 -- `exp`: the task's expiry, when it has one: started now, it leaves `expiries`. `attempts`:
 -- the record's count so far (read with the entry). The leases are written in one ZADD once
 -- every task is delivered (`leased`).
-local leased = {}
+-- Numbers go to Redis as strings made once (each Lua number passed to redis.call is
+-- formatted with printf again).
+local leased, now_s, until_s = {}, tostring(now), tostring(now + lease_ms)
 local function deliver(k_task, id, entry, prio, payload, exp, attempts)
   if exp then redis.call('ZREM', KEYS[14], id) end
   local attempt = tonumber(attempts or '0') + 1
-  redis.call('HSET', k_task, 'attempts', attempt, 'state', 'processing', 'started', now,
+  local attempt_s = tostring(attempt)
+  redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
     'worker', consumer)
-  leased[#leased + 1], leased[#leased + 2] = now + lease_ms, id
-  event(KEYS[6], maxlen, id, 'processing', attempt)
+  leased[#leased + 1], leased[#leased + 2] = until_s, id
+  event(KEYS[6], maxlen, id, 'processing', attempt_s)
   -- an entry id's first part is the Redis time of its XADD: the wait needs no extra read
   local waited = math.max(0, now - tonumber(string.match(entry, '^%d+')))
   out[#out + 1] = {id, entry, attempt, prio, payload, waited}

@@ -18,6 +18,7 @@ local n = tonumber(ARGV[5])
 local STREAM = {high = KEYS[4], default = KEYS[5], low = KEYS[6]}
 local FIELDS = {'state', 'entry', 'attempts', 'prio', 'q', 'cb', 'kids', 'dk', 'ix', 'error'}
 local now = now_ms()
+local now_s = tostring(now)  -- formatted once, not per task
 
 local ids = {}
 for i = 1, n do ids[i] = ARGV[6 + (i - 1) * 5] end
@@ -50,7 +51,7 @@ for i = 1, n do
     local gone = acked[rec[4]]
     gone[#gone + 1] = rec[2]
     done[#done + 1] = id
-    redis.call('HSET', k_task, 'state', 'completed', 'result', ARGV[a + 3], 'finished', now)
+    redis.call('HSET', k_task, 'state', 'completed', 'result', ARGV[a + 3], 'finished', now_s)
     if rec[10] then
       redis.call('HDEL', k_task, 'entry', 'error')
     else
