@@ -49,6 +49,8 @@ from app.engine.client import (
 from app.engine.keys import GROUP, QueueKeys
 from app.engine.links import MAX_DEPENDANTS
 from app.engine.records import render_record
+from app.engine.scripts import ANSWERING
+from app.engine.settle import Completions
 from app.errors import Conflict, Invalid, NotFound
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
 from app.settings import RetryPolicy
@@ -179,6 +181,7 @@ class Queue:
         self.whole: Queue = self  # the queue this partition belongs to
         self.spread: partitions.Spread | None = None  # set when partitioned
         self.counts: tuple[int, ...] = (1,)  # partition counts: now, then earlier ones
+        self.completions = Completions(self)
 
     def spread_over(self, parts: Sequence[Queue], counts: Sequence[int]) -> None:
         """Make this queue partition 0 of a queue spread over itself and `parts`, placing
@@ -380,6 +383,25 @@ class Queue:
             raise refusal(reply)
         self.observer.settled(queue.keys.queue, text(reply[1]), "completed")
         return queue.keys.queue
+
+    async def complete_soon(
+        self, eval_id: str, result: Any, task: Task | None = None, answer: bytes = b""
+    ) -> str:
+        """`complete`, settled with the other completions of its queue (partition) in the same
+        event-loop turn by one script call (engine/settle.py). Calls answered to a client
+        (`answering()`, where durability may add a check) and tasks of another queue take
+        `complete`'s path."""
+        if ANSWERING.get():
+            return await self.complete(eval_id, result, task, answer)
+        target = self.placed(eval_id)  # a partitioned queue's task: its partition's batch
+        reply = await target.completions.complete(eval_id, orjson.dumps(result), task, answer)
+        elsewhere = target.keys.q or target.whole.parts[1:]  # (where `complete` looks further)
+        if _redirected(reply) is not None or (elsewhere and _missing(reply)):
+            return await self.complete(eval_id, result, task, answer)
+        if text(reply[0]) != "ok":
+            raise refusal(reply)
+        self.observer.settled(target.keys.queue, text(reply[1]), "completed")
+        return target.keys.queue
 
     @translate_errors
     async def fail(

@@ -57,6 +57,7 @@ CORE = (
     "enqueue",
     "claim",
     "complete",
+    "complete_batch",  # engine/settle.py
     "fail",
     "renew",
     "cancel",
@@ -96,6 +97,7 @@ CONFIRMED = (
     "directory",
     "link",
     "complete",
+    "complete_batch",
     "fail",
     "cancel",
     "clear",

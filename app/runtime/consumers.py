@@ -256,7 +256,7 @@ class ConsumerPool:
     async def _write_outcome(self, task: Task, execution: Execution) -> str:
         self.settled += 1
         if execution.outcome is Outcome.SUCCESS:
-            await self.queue.complete(task.eval_id, execution.result, task, execution.answer)
+            await self.queue.complete_soon(task.eval_id, execution.result, task, execution.answer)
             return "completed"
         policy = (
             self.settings.network_retry

@@ -45,17 +45,22 @@ local function trim_stats(k_stats, last, minute)
   end
 end
 
-local function event(k_events, maxlen, id, state, attempt)
-  local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
-    'id', id, 'state', state, 'attempt', attempt or '')
-  if state == 'processing' then return end
+-- Count `n` changes to `state` in the stats beside `k_events`, in the minute of the events
+-- entry `entry` (a batch of settles counts once per minute: complete_batch.lua).
+local function count_minute(k_events, entry, state, n)
   local k_stats = string.sub(k_events, 1, -7) .. 'stats'
   local minute = math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
-  if redis.call('HINCRBY', k_stats, minute .. ':' .. state, 1) > 1 then return end
+  if redis.call('HINCRBY', k_stats, minute .. ':' .. state, n) > n then return end
   local last = tonumber(redis.call('HGET', k_stats, 'minute') or '0')
   if last >= minute then return end
   redis.call('HSET', k_stats, 'minute', minute)
   trim_stats(k_stats, last, minute)
+end
+
+local function event(k_events, maxlen, id, state, attempt)
+  local entry = redis.call('XADD', k_events, 'MAXLEN', '~', maxlen, '*',
+    'id', id, 'state', state, 'attempt', attempt or '')
+  if state ~= 'processing' then count_minute(k_events, entry, state, 1) end
 end
 
 -- Queued entries of one priority level: enqueued (seq) minus delivered (head)
@@ -107,7 +112,7 @@ local function numbered_append(prefix, prio, payload, alias, reply, maxlen, err)
   local n = redis.call('HINCRBY', k_counters, 'index', 1)
   local id = tostring(n)
   local k_task = prefix .. 'task:' .. id
-  redis.call('HSET', k_task, 'created', now_ms(), 'attempts', 0, 'ix', k_index)
+  redis.call('HSET', k_task, 'created', now_ms(), 'ix', k_index)  -- no attempts yet: 0
   if reply ~= '' then redis.call('HSET', k_task, 'sink', reply) end
   if alias ~= '' then
     redis.call('HSET', prefix .. 'rid', alias, id)
@@ -362,7 +367,7 @@ local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
   redis.call('ZREM', Q.expiries, id)
   redis.call('HINCRBY', Q.counters, 'total:expired', 1)
   answer_numbered(k_task, id, nil, maxlen)
-  event(Q.events, maxlen, id, 'expired', rec[5])
+  event(Q.events, maxlen, id, 'expired', rec[5] or '0')
   finished(k_task, id, 'expired', now, maxlen, ttl)
 end
 

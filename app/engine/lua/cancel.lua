@@ -47,6 +47,6 @@ redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('HINCRBY', KEYS[11], 'total:cancelled', 1)
 answer_numbered(KEYS[1], id, nil, ARGV[4])
-event(KEYS[10], ARGV[4], id, 'cancelled', rec[5])
+event(KEYS[10], ARGV[4], id, 'cancelled', rec[5] or '0')
 finished(KEYS[1], id, 'cancelled', now, ARGV[4], ARGV[5])
 return {'cancelled', state, prio}

@@ -50,13 +50,20 @@ local function expire_here(k_task, id, rec, group)
   expired[#expired + 1] = {id, rec[2]}
 end
 
--- `exp`: the task's expiry, when it has one: started now, it leaves `expiries`.
-local function deliver(k_task, id, entry, prio, payload, exp)
+-- `exp`: the task's expiry, when it has one: started now, it leaves `expiries`. `attempts`:
+-- the record's count so far (read with the entry). The leases are written in one ZADD once
+-- every task is delivered (`leased`).
+-- Numbers go to Redis as strings made once (each Lua number passed to redis.call is
+-- formatted with printf again).
+local leased, now_s, until_s = {}, tostring(now), tostring(now + lease_ms)
+local function deliver(k_task, id, entry, prio, payload, exp, attempts)
   if exp then redis.call('ZREM', KEYS[14], id) end
-  local attempt = redis.call('HINCRBY', k_task, 'attempts', 1)
-  redis.call('HSET', k_task, 'state', 'processing', 'started', now, 'worker', consumer)
-  redis.call('ZADD', KEYS[5], now + lease_ms, id)
-  event(KEYS[6], maxlen, id, 'processing', attempt)
+  local attempt = tonumber(attempts or '0') + 1
+  local attempt_s = tostring(attempt)
+  redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
+    'worker', consumer)
+  leased[#leased + 1], leased[#leased + 2] = until_s, id
+  event(KEYS[6], maxlen, id, 'processing', attempt_s)
   -- an entry id's first part is the Redis time of its XADD: the wait needs no extra read
   local waited = math.max(0, now - tonumber(string.match(entry, '^%d+')))
   out[#out + 1] = {id, entry, attempt, prio, payload, waited}
@@ -127,7 +134,7 @@ local function reclaim(id)
       fields['payload'] or '', maxlen)
     return
   end
-  deliver(k_task, id, rec[3], rec[2], fields['payload'] or '')
+  deliver(k_task, id, rec[3], rec[2], fields['payload'] or '', nil, rec[5])
 end
 
 local paused = redis.call('EXISTS', KEYS[13]) == 1
@@ -158,17 +165,17 @@ local function read_new(prio, n)
     local fields = to_map(item[2])
     local k_task = prefix .. fields['id']
     head = fields['n']
-    if redis.call('HGET', k_task, 'entry') ~= item[1] then
+    local rec = redis.call('HMGET', k_task, 'entry', 'attempts')
+    if rec[1] ~= item[1] then
       -- orphan entry (its record was cleared): drop it
       redis.call('XACK', k_stream, group, item[1])
       redis.call('XDEL', k_stream, item[1])
       skipped = skipped + 1
     elseif fields['x'] and tonumber(fields['x']) <= now then
-      local attempts = redis.call('HGET', k_task, 'attempts')
-      expire_here(k_task, fields['id'], {'queued', prio, item[1], head, attempts}, group)
+      expire_here(k_task, fields['id'], {'queued', prio, item[1], head, rec[2]}, group)
       skipped = skipped + 1
     else
-      deliver(k_task, fields['id'], item[1], prio, fields['payload'], fields['x'])
+      deliver(k_task, fields['id'], item[1], prio, fields['payload'], fields['x'], rec[2])
     end
   end
   if head then
@@ -186,6 +193,10 @@ for _, prio in ipairs(PRIOS) do
     while skipped > 0 and count - #out > 0 do skipped = read_new(prio, count - #out) end
   end
   if count - #out <= 0 then break end
+end
+
+for i = 1, #leased, 2000 do
+  redis.call('ZADD', KEYS[5], unpack(leased, i, math.min(i + 1999, #leased)))
 end
 
 -- Nothing more to hand out: say when to look again, and from which stream tails to block

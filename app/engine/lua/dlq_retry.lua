@@ -21,7 +21,7 @@ local dead = to_map(found[1][2])
 if (dead['payload'] or '') == '' then return {'lost'} end
 local cb = dead['cb'] or redis.call('HGET', KEYS[1], 'cb')
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'created', now_ms(), 'attempts', 0)
+redis.call('HSET', KEYS[1], 'created', now_ms())  -- attempts: none yet (reads as 0)
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'q', ARGV[3]) end
 if cb then redis.call('HSET', KEYS[1], 'cb', cb) end
 push(KEYS[1], STREAM[dead['prio']], KEYS[4], id, dead['prio'], dead['payload'])

@@ -1,0 +1,87 @@
+-- Record the results of many tasks of one queue in one call (issue 14): each task is fenced
+-- and settled exactly as complete.lua settles it (record, XACK + XDEL, lease, event,
+-- PUBLISH, finished()), and answered on its own; what is shared is paid once per call: the
+-- script call and TIME, one HMGET per task for everything the fence, the queue check and
+-- finished() look at, one ZMSCORE for the leases, XACK / XDEL / ZREM with every id, and one
+-- HINCRBY of the totals and of the per-minute stats.
+-- KEYS: 1 leases, 2 events, 3 counters, 4 stream:high, 5 stream:default, 6 stream:low,
+--       7… the n task hashes (as the tasks in ARGV), then the queue's effects (engine/keys.py
+--       QueueKeys.effects, as complete.lua)
+-- ARGV: 1 result ttl s, 2 group, 3 events maxlen, 4 the queue assumed ('' = default),
+--       5 n, then per task: eval_id, entry, attempt, result JSON, answer for the task's
+--       reply queue ('' for none)
+-- Also touched: records of this queue (dependants of the tasks, read from their records).
+-- Returns one reply per task, in order, as complete.lua's: {'ok', priority} or
+-- {'missing' | 'state' | 'stale' | 'expired' | 'queue', state or queue}
+local ttl, group, maxlen, assumed = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = tonumber(ARGV[5])
+local STREAM = {high = KEYS[4], default = KEYS[5], low = KEYS[6]}
+local FIELDS = {'state', 'entry', 'attempts', 'prio', 'q', 'cb', 'kids', 'dk', 'ix', 'error'}
+local now = now_ms()
+local now_s = tostring(now)  -- formatted once, not per task
+
+local ids = {}
+for i = 1, n do ids[i] = ARGV[6 + (i - 1) * 5] end
+local deadlines = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+
+-- The fence of _fence.lua and the queue check of wrong_queue (_lib.lua) on one read: nil
+-- when the caller holds the task, else the refusal.
+local function refused(rec, entry, attempt, deadline)
+  local q = rec[5] or ''
+  if q ~= assumed and (q ~= '' or rec[1]) then return {'queue', q} end
+  if not rec[1] then return {'missing'} end
+  if rec[1] ~= 'processing' then return {'state', rec[1]} end
+  if (entry ~= '' and entry ~= rec[2]) or (attempt ~= '' and attempt ~= rec[3]) then
+    return {'stale', rec[1]}
+  end
+  if not deadline or tonumber(deadline) < now then return {'expired', rec[1]} end
+  return nil
+end
+
+local out, done, acked = {}, {}, {high = {}, default = {}, low = {}}
+local minutes = {}  -- epoch minute -> {an events entry of it, count}
+for i = 1, n do
+  local a = 6 + (i - 1) * 5
+  local id, k_task = ARGV[a], KEYS[6 + i]
+  local rec = redis.call('HMGET', k_task, unpack(FIELDS))
+  local refusal = refused(rec, ARGV[a + 1], ARGV[a + 2], deadlines[i])
+  if refusal then
+    out[i] = refusal
+  else
+    local gone = acked[rec[4]]
+    gone[#gone + 1] = rec[2]
+    done[#done + 1] = id
+    redis.call('HSET', k_task, 'state', 'completed', 'result', ARGV[a + 3], 'finished', now_s)
+    if rec[10] then
+      redis.call('HDEL', k_task, 'entry', 'error')
+    else
+      redis.call('HDEL', k_task, 'entry')
+    end
+    redis.call('EXPIRE', k_task, ttl)
+    if rec[9] then answer_numbered(k_task, id, ARGV[a + 4], maxlen) end
+    redis.call('PUBLISH', 'evaluation:completed',
+      '{"eval_id":' .. cjson.encode(id) .. ',"result":' .. ARGV[a + 3] .. '}')
+    local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+      'id', id, 'state', 'completed', 'attempt', rec[3])
+    local minute = math.floor(tonumber(string.match(entry, '^%d+')) / 60000)
+    minutes[minute] = minutes[minute] or {entry, 0}
+    minutes[minute][2] = minutes[minute][2] + 1
+    if rec[6] or rec[7] or rec[8] or (rec[5] and rec[5] ~= '') then
+      finished(k_task, id, 'completed', now, maxlen, ttl)
+    end
+    out[i] = {'ok', rec[4]}
+  end
+end
+for _, prio in ipairs(PRIOS) do
+  local gone = acked[prio]
+  if #gone > 0 then
+    redis.call('XACK', STREAM[prio], group, unpack(gone))
+    redis.call('XDEL', STREAM[prio], unpack(gone))
+  end
+end
+if #done > 0 then
+  redis.call('ZREM', KEYS[1], unpack(done))
+  redis.call('HINCRBY', KEYS[3], 'total:completed', #done)
+end
+for _, counted in pairs(minutes) do count_minute(KEYS[2], counted[1], 'completed', counted[2]) end
+return out
