@@ -61,7 +61,8 @@ class Engine:
                 keys = self.keys
             else:
                 keys = QueueKeys.named(self.settings.queue, name)
-            found = self._queues[name] = Queue(self, keys)
+            limits = self.settings.flow.limits(name)
+            found = self._queues[name] = Queue(self, keys, limits=limits)
         return found
 
     def queue_at(self, keys: QueueKeys, decode: Decode | None = None) -> Queue:

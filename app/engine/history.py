@@ -173,7 +173,12 @@ async def oldest_waiting(queues: Sequence[Queue]) -> list[dict[str, dict[str, An
     """Per queue, per priority: `{"seconds": age of its oldest waiting task by the Redis
     clock (0 when none waits), "eval_id": that task or None}`. One script call per queue,
     all sent in one write (the script runner pipelines calls of one event-loop turn)."""
-    replies = await _all([q.scripts.run("oldest", list(q.keys.streams), [GROUP]) for q in queues])
+    replies = await _all(
+        [
+            q.scripts.run("oldest", [*q.keys.streams, *q.keys.tenant_streams], [GROUP])
+            for q in queues
+        ]
+    )
     return [_ages(reply) for reply in replies]
 
 

@@ -13,10 +13,11 @@ re-sends the call once, to that queue; a named queue that has no such record ask
 default queue (the id directory) first. So callers need not know a task's queue: one
 round trip with the right hint or for a task of the default queue, two for a task of a
 named queue without one. Transitions are reported to the engine's observer with the
-task's real priority, from the script's reply.
+task's real priority, from the script's reply. Fair share, RATE_LIMITS and
+QUEUE_MAX_IN_FLIGHT live in the claim script (docs/flow-control.md).
 
-Imports: client, keys, links, records, models, errors, settings (and structlog, orjson);
-the engine module only for typing.
+Imports: client, keys, links, records, models, errors, settings, flow_settings (and
+structlog, orjson); the engine module only for typing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from app.engine.keys import GROUP, QueueKeys
 from app.engine.links import MAX_DEPENDANTS
 from app.engine.records import render_record
 from app.errors import Conflict, Invalid, NotFound
+from app.flow_settings import NO_LIMITS, Limits
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
 from app.settings import RetryPolicy
 
@@ -68,6 +70,9 @@ class Claimed:
     wake_in: float | None  # seconds until the next scheduled task or lease expiry
     recreated: bool  # a consumer group was missing (Redis restarted empty, or cleared)
     tails: list[bytes] = field(default_factory=list)  # stream tails to block on when idle
+    # a limit held tasks back ('rate', 'in_flight'; '' none): wait `wake_in` (or for a
+    # 'release'), not for new entries (docs/flow-control.md)
+    held: str = ""
 
 
 def json_payload(payload: bytes) -> dict[str, Any]:
@@ -86,10 +91,15 @@ def start_arg(req: TaskRequest) -> str:
     return str(int(req.run_at * 1000)) if req.run_at else "0"
 
 
-def options_arg(req: TaskRequest) -> str:
-    """enqueue.lua's options (issue 15): '' when the task has no expiry and no dedup_key, so
-    the script's plain path reads no option at all; else a small JSON object."""
+def options_arg(req: TaskRequest, weights: str = "") -> str:
+    """enqueue.lua's options (issue 15): '' when the task has no expiry, no dedup_key and no
+    tenant and TENANT_WEIGHTS is unset, so the script's plain path reads no option at all;
+    else a small JSON object (`weights`: TENANT_WEIGHTS, for a position under fair share)."""
     opts: dict[str, Any] = {}
+    if req.tenant:
+        opts["n"] = req.tenant
+    if weights:
+        opts["w"] = weights
     if (expiry := req.expiry.arg()) is not None:
         opts["x"] = expiry
     if req.dedup:
@@ -154,7 +164,13 @@ def _missing(reply: Any) -> bool:
 class Queue:
     """The operations of one queue (see the module docstring)."""
 
-    def __init__(self, engine: Engine, keys: QueueKeys, decode: Decode | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        keys: QueueKeys,
+        decode: Decode | None = None,
+        limits: Limits = NO_LIMITS,
+    ) -> None:
         self.engine = engine
         self.keys = keys
         self.decode = decode or json_payload
@@ -162,6 +178,10 @@ class Queue:
         self.scripts = engine.scripts
         self.settings = engine.settings
         self.observer = engine.observer
+        self.limits = limits  # RATE_LIMITS, QUEUE_MAX_IN_FLIGHT (legacy queues)
+        self.weights = engine.settings.flow.weights_arg  # TENANT_WEIGHTS, as scripts take it
+        # complete.lua's wake channel: told 'release' when a slot frees under a cap
+        self.release_channel = keys.schedule_channel if limits.max_in_flight else ""
 
     # --- producers -----------------------------------------------------------------
 
@@ -178,12 +198,12 @@ class Queue:
         # the callback mark: '' none (no field at all), else '+' and the task's callback_url
         marked = req.callback_url is not None or s.storage_service_url
         argv.append("+" + (req.callback_url or "") if marked else "")
-        options = options_arg(req)
+        options = options_arg(req, self.weights)
         argv.append(options)
         if req.depends_on:
             allow = "1" if req.allow_failure else "0"
             argv += [allow, s.result_ttl, remote, *local]
-        keys += [k.expiries, k.dedup, k.dedup_ttl, k.deferred]
+        keys += [k.expiries, k.dedup, k.dedup_ttl, k.deferred, *k.fair_at(req.priority)]
         if req.depends_on:
             keys += [k.task(p) for p in local]
         return keys, argv
@@ -207,12 +227,12 @@ class Queue:
         of `priorities` only when given (CONSUME)."""
         k, s = self.keys, self.settings
         keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
-        keys += [k.dlq_index, k.paused, k.expiries, *k.effects]
+        keys += [k.dlq_index, k.paused, k.expiries, k.rate, *k.effects]
         argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
         argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
-        argv += [",".join(priorities), s.result_ttl]
+        argv += [",".join(priorities), s.result_ttl, self.weights, *self.limits.args()]
         reply = await self.scripts.run("claim", keys, argv)
-        items, wake_ms, recreated, tails, lost, expired = reply
+        items, wake_ms, recreated, tails, lost, expired, held = reply
         for eval_id, reason in lost:
             self._log_lost(eval_id, reason)
         self._expired(expired)
@@ -228,21 +248,25 @@ class Queue:
             for eval_id, entry, attempt, prio, payload, waited in items
         ]
         wake_in = None if int(wake_ms) < 0 else int(wake_ms) / 1000
-        return Claimed(tasks, wake_in, bool(recreated), list(tails))
+        if held:
+            self.observer.throttled(self.keys.queue, text(held))
+        return Claimed(tasks, wake_in, bool(recreated), list(tails), text(held))
 
     @translate_errors
     async def wait_for_work(
         self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
     ) -> None:
-        """Block (XREAD) until an entry is added after `tails` (from `claim`), or `timeout`;
-        only on the streams of `priorities` when given."""
-        last: dict[Any, Any] = dict(zip(self.keys.streams, tails, strict=True))
-        if tails and (taken := set(priorities)):
-            last = {
-                key: tail
-                for prio, key, tail in zip(PRIORITY_ORDER, self.keys.streams, tails, strict=True)
-                if prio in taken
-            }
+        """Block (XREAD) until an entry is added after `tails` (from `claim`: the priority
+        streams', then the tenant streams' while tenants' tasks exist), or `timeout`; only on
+        the streams of `priorities` when given."""
+        streams = (*self.keys.streams, *self.keys.tenant_streams)[: len(tails)]
+        prios = (*PRIORITY_ORDER, *PRIORITY_ORDER)
+        taken = set(priorities)
+        last: dict[Any, Any] = {
+            key: tail
+            for prio, key, tail in zip(prios, streams, tails, strict=False)
+            if not taken or prio in taken
+        }
         deadline = time.monotonic() + timeout
         while tails and (remaining := deadline - time.monotonic()) > 0:
             # Blocks are cut into slices shorter than the socket timeout, so one client
@@ -292,7 +316,7 @@ class Queue:
             k, s = q.keys, q.settings
             keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams, *k.effects]
             argv = [eval_id, *_fence_args(task), payload, s.result_ttl, GROUP, s.events_maxlen]
-            return q.scripts.run("complete", keys, [*argv, answer, k.q])
+            return q.scripts.run("complete", keys, [*argv, answer, k.q, q.release_channel])
 
         queue, reply = await self._by_id(send)
         if text(reply[0]) != "ok":
@@ -327,7 +351,8 @@ class Queue:
             k = q.keys
             keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq]
             keys += [*k.streams, k.dlq_index, k.expiries, *k.effects]
-            return q.scripts.run("fail", keys, [*argv, k.schedule_channel, answer, intervals, k.q])
+            argv_q = [k.schedule_channel, answer, intervals, k.q, "1" if q.release_channel else "0"]
+            return q.scripts.run("fail", keys, [*argv, *argv_q])
 
         queue, reply = await self._by_id(send)
         return queue._failed(eval_id, reply)
@@ -359,7 +384,7 @@ class Queue:
             argv += [task.eval_id, task.entry, task.attempt]
         if not held:
             return []
-        keys = [*k.streams, k.leases, *(k.task(t.eval_id) for t in held)]
+        keys = [*k.streams, k.leases, *k.tenant_streams, *(k.task(t.eval_id) for t in held)]
         lost = await self.scripts.run("renew", keys, argv)
         return [text(x) for x in lost]
 
@@ -391,7 +416,8 @@ class Queue:
 
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
-            return q.scripts.run("status", [k.task(eval_id), k.counters, *k.holes], [k.q])
+            keys = [k.task(eval_id), k.counters, *k.holes, *k.fair]
+            return q.scripts.run("status", keys, [k.q, q.weights])
 
         queue, reply = await self._by_id(send)
         if not reply:

@@ -1,0 +1,72 @@
+"""Flow control as operators see it: a queue's limits, its tasks in flight, its tenants.
+
+Read-only, two pipelined round trips per call however many queues: what `/status` and
+`/metrics` show of fair share (docs/flow-control.md). The tenants listed per priority are
+those next in line (smallest virtual times) that have tasks waiting, at most
+`TENANTS_SHOWN` of them, so the answer (and the metric's cardinality) stays bounded
+whatever tenants exist; `tenant_tasks` counts the waiting tasks of every tenant but
+`default`.
+
+Imports: client, queue, models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.engine.client import Redis, text, translate_errors
+from app.engine.queue import Queue
+from app.models import PRIORITY_ORDER
+
+TENANTS_SHOWN = 20  # per queue and priority, in /status and /metrics
+READ = TENANTS_SHOWN * 2  # tenants read per priority (idle ones are skipped)
+
+
+@translate_errors
+async def flow_of(client: Redis, queues: Sequence[Queue]) -> list[dict[str, Any]]:
+    """Per queue: `limits` (RATE_LIMITS, QUEUE_MAX_IN_FLIGHT), `in_flight` (its leases: every
+    processing task, in-process and pulled), and per priority where tenants' tasks wait, the
+    tenants next in line with their waiting tasks and virtual time."""
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        pipe.zcard(q.keys.leases)
+        pipe.hgetall(q.keys.counters)
+        for key in q.keys.vtimes:
+            pipe.zrange(key, 0, READ - 1, withscores=True)
+    first = await pipe.execute()
+    per = 2 + len(PRIORITY_ORDER)
+    rows = [first[i * per : (i + 1) * per] for i in range(len(queues))]
+    pipe = client.pipeline(transaction=False)
+    for q, (_, _, *tenants) in zip(queues, rows, strict=True):
+        for wait, listed in zip(q.keys.waiting, tenants, strict=True):
+            for name, _ in listed:
+                t = text(name)
+                pipe.zlexcount(wait, f"[{t}|", f"({t}}}")
+    backlogs = iter(await pipe.execute())
+    return [_view(q, row, backlogs) for q, row in zip(queues, rows, strict=True)]
+
+
+def _view(q: Queue, row: list[Any], backlogs: Any) -> dict[str, Any]:
+    in_flight, counters_raw, *tenants = row
+    counters = {text(k): int(v) for k, v in counters_raw.items()}
+    by_priority: dict[str, Any] = {}
+    for prio, listed in zip(PRIORITY_ORDER, tenants, strict=True):
+        p = prio.value
+        shown: list[dict[str, Any]] = []
+        for name, vtime in listed:
+            waiting = next(backlogs)
+            if text(name) == "default":
+                waiting = _default_waiting(counters, p)
+            if waiting and len(shown) < TENANTS_SHOWN:
+                shown.append({"tenant": text(name), "waiting": waiting, "vtime": float(vtime)})
+        total = counters.get(f"tq:{p}", 0)
+        if shown or total:
+            by_priority[p] = {"tenant_tasks": total, "next": shown}
+    return {"limits": q.limits.view(), "in_flight": int(in_flight), "tenants": by_priority}
+
+
+def _default_waiting(counters: dict[str, int], prio: str) -> int:
+    """Tenant `default`'s waiting tasks, by the priority stream's counters (holes left out:
+    a bound, exact when none was cancelled while queued)."""
+    return max(0, counters.get(f"seq:{prio}", 0) - counters.get(f"head:{prio}", 0))
