@@ -143,12 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--n", type=int, default=2000, help="tasks per run")
     args.add_argument("--rounds", type=int, default=5)
     args.add_argument("--against", action="append", default=[], metavar="NAME=PATH")
+    args.add_argument("--cases", default=",".join(CASES), help="of: " + ",".join(CASES))
     opts = args.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from app.redis_server import RedisServer
 
     trees = [(name, Path(path).resolve()) for name, path in (a.split("=", 1) for a in opts.against)]
-    runs: list[tuple[str, Path, str]] = [("this tree", ROOT, case) for case in CASES]
+    cases = [c for c in opts.cases.split(",") if c in CASES]
+    runs: list[tuple[str, Path, str]] = [("this tree", ROOT, case) for case in ["plain", *cases]]
+    runs = list(dict.fromkeys(runs))  # the plain case always, once
     runs += [(name, tree, "plain") for name, tree in trees]
     server = RedisServer(Path(tempfile.mkdtemp()), appendonly=False, unix_socket=False)
     server.start()

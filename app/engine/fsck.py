@@ -353,7 +353,7 @@ class Audit:
     async def _records(self, k: QueueKeys, ids: list[str]) -> list[Orphan]:
         s = self.settings
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, k.dlq_index, *k.holes]
-        keys += [k.events, k.expiries, *(k.task(i) for i in ids), *k.effects]
+        keys += [k.events, k.expiries, *k.fair, *(k.task(i) for i in ids), *k.effects]
         argv = [GROUP, k.q, s.events_maxlen, s.failure_ttl, s.result_ttl, k.schedule_channel]
         (rows,) = await self._script("fsck_records", keys, [*argv, *ids])
         return self._orphans(k.queue, rows)

@@ -145,11 +145,11 @@ class QueueKeys:
         (a dependant cancelled or released, a dedup_key let go: issue 15, listing), the
         callbacks stream (callbacks and relays) and a named queue's expiring zset, or a numbered
         queue's index and aliases and its reply queue's keys (an answer appended there).
-        First come the fair-share keys (`fair`, nine: a released dependant of a tenant
-        waits there, docs/flow-control.md), so a script finds them at the start of its
-        effects. Scripts that may finish a task take these last in KEYS, so every key they
-        touch is declared; the default queue's are fifteen."""
-        found = [*self.fair, self.scheduled, self.stats, self.expiries, self.dedup, self.deferred]
+        (A released dependant of a tenant goes through the schedule, so the fair-share keys
+        are not among these.) Scripts that may finish a task take these last in KEYS, so
+        every key they touch is declared; the default queue's are six, so its hot path
+        sends few more bytes."""
+        found = [self.scheduled, self.stats, self.expiries, self.dedup, self.deferred]
         if not self.is_numbered:  # a legacy queue: callbacks, relays; a named one's expiry
             found += [self.callbacks, self.expiring] if self.q else [self.callbacks]
             return found

@@ -227,7 +227,7 @@ class Queue:
         of `priorities` only when given (CONSUME)."""
         k, s = self.keys, self.settings
         keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
-        keys += [k.dlq_index, k.paused, k.expiries, k.rate, *k.effects]
+        keys += [k.dlq_index, k.paused, k.expiries, k.rate, *k.fair, *k.effects]
         argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
         argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
         argv += [",".join(priorities), s.result_ttl, self.weights, *self.limits.args()]
@@ -314,7 +314,8 @@ class Queue:
 
         def send(q: Queue) -> Awaitable[Any]:
             k, s = q.keys, q.settings
-            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams, *k.effects]
+            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
+            keys += [*k.tenant_streams, *k.effects]
             argv = [eval_id, *_fence_args(task), payload, s.result_ttl, GROUP, s.events_maxlen]
             return q.scripts.run("complete", keys, [*argv, answer, k.q, q.release_channel])
 
@@ -350,7 +351,7 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq]
-            keys += [*k.streams, k.dlq_index, k.expiries, *k.effects]
+            keys += [*k.streams, k.dlq_index, k.expiries, *k.tenant_streams, *k.effects]
             argv_q = [k.schedule_channel, answer, intervals, k.q, "1" if q.release_channel else "0"]
             return q.scripts.run("fail", keys, [*argv, *argv_q])
 
@@ -399,7 +400,7 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), *k.streams, *k.holes, k.scheduled, k.leases, k.events]
-            keys += [k.counters, k.expiries, *k.effects]
+            keys += [k.counters, k.expiries, *k.fair, *k.effects]
             return q.scripts.run("cancel", keys, [*argv, k.cancel_channel, k.q])
 
         queue, reply = await self._by_id(send)
@@ -435,7 +436,7 @@ class Queue:
         expiry (0.0: a batch was full, call again)."""
         k, s = self.keys, self.settings
         keys = [k.scheduled, k.counters, k.events, *k.streams, *k.holes]
-        keys += [k.expiries, k.dedup, k.dedup_ttl, *k.effects]
+        keys += [k.expiries, k.dedup, k.dedup_ttl, *k.fair, *k.effects]
         argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, s.events_maxlen, s.result_ttl]
         _, wait_ms, expired, full = await self.scripts.run("promote", keys, argv)
         self._expired(expired)

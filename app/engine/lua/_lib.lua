@@ -110,16 +110,6 @@ local function fair_keys(keys, i)
     vtime = {high = keys[i + 6], default = keys[i + 7], low = keys[i + 8]}}
 end
 
--- The same, derived from a queue's key prefix (same hash tag), where a script reaches a
--- queue it was not handed (a released dependant, an fsck repair).
-local function fair_keys_at(qp)
-  local keys = {}
-  for _, p in ipairs(PRIOS) do keys[#keys + 1] = qp .. 'stream:' .. p .. ':tenants' end
-  for _, p in ipairs(PRIOS) do keys[#keys + 1] = qp .. 'tenants:' .. p .. ':waiting' end
-  for _, p in ipairs(PRIOS) do keys[#keys + 1] = qp .. 'tenants:' .. p end
-  return fair_keys(keys, 1)
-end
-
 -- Park every undelivered entry of a tenant stream with `~waiting`; a missing group (first
 -- use, DELETE /tasks, a restart without data) is created from 0, parking what was left.
 local function park(k_stream)
@@ -281,23 +271,25 @@ end
 -- declare but records of the same queue.
 
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
--- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
--- allow, payload, run_at, attempts; `exp`: its expiry (ms) or nil.
+-- its `run_at` is still ahead. A tenant's task (fair share) is scheduled due now instead:
+-- the next claim or promoter moves it into its tenant's waiting order, so the scripts that
+-- finish tasks need not declare the fair-share keys (engine/keys.py, `effects`). `qp`: its
+-- queue's key prefix; `rec`: its state, prio, q, allow, payload, run_at, attempts; `exp`:
+-- its expiry (ms) or nil.
 local function release_child(k_child, cid, qp, rec, now, maxlen, exp)
   local prio, payload, run_at = rec[2], rec[5], tonumber(rec[6] or '0')
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
   redis.call('ZREM', qp .. 'deferred', cid)
   redis.call('HDEL', k_child, 'waiting')
-  if run_at > now then
-    redis.call('HSET', k_child, 'state', 'scheduled')
+  if run_at > now or redis.call('HEXISTS', k_child, 'tenant') == 1 then
+    run_at = math.max(run_at, now)
+    redis.call('HSET', k_child, 'state', 'scheduled', 'run_at', run_at)
     schedule(qp .. 'scheduled', qp .. 'schedule', cid, run_at)
     redis.call('HINCRBY', qp .. 'counters', 'scheduled:' .. prio, 1)
     event(qp .. 'events', maxlen, cid, 'scheduled')
     return
   end
-  local tenant = redis.call('HGET', k_child, 'tenant')
-  push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload, exp,
-    tenant and fair_keys_at(qp), tenant)
+  push(k_child, qp .. 'stream:' .. prio, qp .. 'counters', cid, prio, payload, exp)
   redis.call('HDEL', k_child, 'payload', 'run_at')
   event(qp .. 'events', maxlen, cid, 'queued')
 end

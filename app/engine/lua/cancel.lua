@@ -5,14 +5,13 @@
 -- through finished().
 -- KEYS: 1 task hash, 2 stream:high, 3 stream:default, 4 stream:low, 5 holes:high,
 --       6 holes:default, 7 holes:low, 8 scheduled, 9 leases, 10 events, 11 counters,
---       12 expiries (a waiting task with an expiry leaves it), 13… the queue's effects
---       (below; 13-21 its fair-share keys, keys.QueueKeys.fair: a tenant's queued task
---       leaves its tenant stream and waiting order, no hole: its position is counted there)
+--       12 expiries (a waiting task with an expiry leaves it), 13-21 fair share
+--       (keys.QueueKeys.fair): a tenant's queued task leaves its tenant stream and waiting
+--       order (no hole: its position is counted there), 22… the queue's effects (below)
 -- ARGV: 1 eval_id, 2 terminate ('1'/'0'), 3 group, 4 events maxlen, 5 result ttl s,
 --       6 cancel channel, 7 the queue assumed ('' = default)
--- then the queue's effects (engine/keys.py QueueKeys.effects: the fair-share keys, then
--- what finished() and the numbered-queue helpers of _lib.lua touch: dependants released
--- into the schedule or the fair-share structures, stats,
+-- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
+-- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
 -- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
 -- touched: records of this queue (dependants of the task, read from its record).
 -- Returns {'cancelled', previous state, priority} | {'missing'} | {'state', state}

@@ -17,20 +17,19 @@
 -- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 counters, 5 leases, 6 events,
 --       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index,
 --       13 paused flag (set: hand out nothing; due tasks are still promoted), 14 expiries,
---       15 the rate limit's GCRA state, 16… the queue's effects (below; 16-24 its fair-share
---       keys, keys.QueueKeys.fair: tenant streams, waiting orders, virtual times, each
---       high, default, low)
+--       15 the rate limit's GCRA state, 16-24 fair share (keys.QueueKeys.fair: tenant
+--       streams, waiting orders, virtual times, each high, default, low), 25… the queue's
+--       effects (below)
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit, 10 the priorities this
 --       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
 --       taken over when their lease lapses, 11 result ttl s (of expired tasks),
 --       12 TENANT_WEIGHTS ('name=w,…'), 13 RATE_LIMITS' emission interval in ms ('' = no
 --       rate limit), 14 its burst, 15 QUEUE_MAX_IN_FLIGHT ('' = none)
--- then the queue's effects (engine/keys.py QueueKeys.effects: the fair-share keys, then
--- what finished() and the numbered-queue helpers of _lib.lua touch: dependants released
--- into the schedule or the fair-share structures, stats, callbacks and relays, the
--- expiring zset, index, aliases, the reply queue's keys). Also touched: records of this
--- queue (dependants of the task, read from its record).
+-- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
+-- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
+-- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
+-- touched: records of this queue (dependants of the task, read from its record).
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
 --          when idle, {{eval_id, reason}...} of tasks dead-lettered because their stream

@@ -1,17 +1,16 @@
 -- Record a result: fenced; record update + XACK + XDEL + lease removal + event + PUBLISH.
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 stream:high, 6 stream:default,
---       7 stream:low, 8… the queue's effects (below; 8-10 are its tenant streams
---       high/default/low, where a tenant's task's entry is)
+--       7 stream:low, 8-10 tenant streams high/default/low (a tenant's task's entry),
+--       11… the queue's effects (below)
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 result JSON, 5 result ttl s, 6 group,
 --       7 events maxlen, 8 answer for the task's reply queue ('' for none; see
 --       answer_numbered in _lib.lua),
 --       9 the queue assumed ('' = default), 10 the queue's wake channel when it has a
 --       QUEUE_MAX_IN_FLIGHT ('' none): told 'release', a slot is free
--- then the queue's effects (engine/keys.py QueueKeys.effects: the fair-share keys, then what
--- finished() and the numbered-queue helpers of _lib.lua touch: dependants released into
--- the schedule or the fair-share structures, stats, callbacks and relays, the expiring
--- zset, index, aliases, the reply queue's keys). Also touched: records of this queue
--- (dependants of the task, read from its record).
+-- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
+-- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
+-- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
+-- touched: records of this queue (dependants of the task, read from its record).
 -- Returns {'ok', priority} or {'missing' | 'state' | 'stale' | 'expired' | 'queue', state or
 -- queue}
 local id = ARGV[1]

@@ -3,9 +3,8 @@
 -- Retry n waits min(max, base * exp^(n-1)); jitter keeps half and randomises the rest.
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 scheduled, 6 dlq,
 --       7 stream:high, 8 stream:default, 9 stream:low, 10 dlq index, 11 expiries (a
---       retrying task with an expiry waits there again, issue 15), 12… the queue's effects
---       (below; 12-14 are its tenant streams high/default/low, where a tenant's task's
---       entry is)
+--       retrying task with an expiry waits there again, issue 15), 12-14 tenant streams
+--       high/default/low (a tenant's task's entry), 15… the queue's effects (below)
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 error, 5 retry? ('1'/'0'), 6 default max retries,
 --       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
 --       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
@@ -16,9 +15,8 @@
 --       win over it, and either replaces the exponential formula (the last one repeats),
 --       19 the queue assumed ('' = default), 20 '1': tell the wake channel (16) 'release',
 --       a slot is free (the queue has a QUEUE_MAX_IN_FLIGHT)
--- then the queue's effects (engine/keys.py QueueKeys.effects: the fair-share keys, then
--- what finished() and the numbered-queue helpers of _lib.lua touch: dependants released
--- into the schedule or the fair-share structures, stats,
+-- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
+-- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
 -- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
 -- touched: records of this queue (dependants of the task, read from its record).
 -- Returns {'retrying', priority, due ms} | {'failed', priority} | {'failed', priority, 'lost',

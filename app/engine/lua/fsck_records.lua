@@ -6,21 +6,20 @@
 --   `expiries`; issue 15), deps_orphan (docs/operations.md, *fsck*, says what each means
 --   and what the repair does).
 -- KEYS: 1-3 stream:high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq, 8 dlq index,
---       9-11 holes:high/default/low, 12 events, 13 expiries, then one task hash per eval_id
---       below, then the queue's effects (engine/keys.py: what finished() may touch)
+--       9-11 holes:high/default/low, 12 events, 13 expiries, 14-22 fair share
+--       (keys.QueueKeys.fair), then one task hash per eval_id below, then the queue's
+--       effects (engine/keys.py: what finished() may touch)
 -- ARGV: 1 repair ('1'/'0'), 2 group, 3 the queue assumed ('' = the default queue),
 --       4 events maxlen, 5 failure ttl s, 6 result ttl s, 7 schedule channel,
---       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[13 + i])
+--       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[22 + i])
 -- Also touched: records of this queue (parents and dependants of the records checked, a
--- numbered queue item's index zset: its `ix`, an effects key), and the queue's fair-share
--- keys (a tenant's task: its tenant stream and waiting order, named from the counters
--- key's prefix; effects keys too).
+-- numbered queue item's index zset: its `ix`, an effects key).
 -- Records that are not tasks of this queue (the id directory's pointers, in the default
 -- queue's key space) are skipped.
 -- Returns {findings (see _fsck.lua)}
 local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
 local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
-local FAIR = fair_keys_at(string.sub(KEYS[4], 1, -9))  -- <prefix>counters
+local FAIR = fair_keys(KEYS, 14)
 local QK = {KEYS[7], KEYS[8], KEYS[12], KEYS[4]}  -- dlq, dlq index, events, counters
 local group, maxlen, failure_ttl = ARGV[2], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -196,5 +195,5 @@ local function check(k_task, id)
   if rec[10] then check_expiry(id, redis.call('HGET', k_task, 'state'), rec[10]) end
 end
 
-for i = 8, #ARGV do check(KEYS[i + 6], ARGV[i]) end
+for i = 8, #ARGV do check(KEYS[i + 15], ARGV[i]) end
 return {findings}

@@ -5,8 +5,8 @@
 -- (`dedup:ttl`) lets go of its dedup_key, unless an active or debounce task holds the key now.
 -- KEYS: 1 scheduled, 2 counters, 3 events, 4 stream:high, 5 stream:default, 6 stream:low,
 --       7 holes:high, 8 holes:default, 9 holes:low, 10 expiries, 11 dedup, 12 dedup ttl,
---       13… the queue's effects (engine/keys.py QueueKeys.effects: what finished() touches;
---       13-21 its fair-share keys, keys.QueueKeys.fair: where a tenant's task waits)
+--       13-21 fair share (keys.QueueKeys.fair: where a tenant's task waits), 22… the
+--       queue's effects (engine/keys.py QueueKeys.effects: what finished() touches)
 -- ARGV: 1 task key prefix, 2 limit, 3 events maxlen, 4 result ttl s (of expired tasks)
 -- Also touched: the tasks' records (records of this queue).
 -- Returns {moved, ms until the next due task or expiry or -1, {{eval_id, prio}...} expired,
