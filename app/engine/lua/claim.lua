@@ -162,7 +162,7 @@ local interval_us, burst, tat = tonumber(ARGV[13] or ''), tonumber(ARGV[14] or '
 if interval_us and count > 0 then
   interval_us = interval_us * 1000
   local room
-  room, tat = rate_room(KEYS[15], now * 1000, interval_us, burst)
+  room, tat = fair_lib().rate_room(KEYS[15], now * 1000, interval_us, burst)
   if room < count then count, held = room, 'rate' end
 end
 -- --- end of limits ---------------------------------------------------------------------
@@ -262,10 +262,11 @@ end
 -- The free slots of a level shared among its tenants; returns how many of the tasks
 -- met were not handed out (expired, dropped, lost), as read_new does.
 local function read_fair(prio, free)
-  local level = fair_level(FAIR, KEYS[4], HOLES[prio], prio)
-  fair_join_default(level)
+  local F = fair_lib()
+  local level = F.level(FAIR, KEYS[4], HOLES[prio], prio)
+  F.join_default(level)
   local skipped = 0
-  for _, c in ipairs(fair_plan(level, free, fair_weights(ARGV[12]))) do
+  for _, c in ipairs(F.plan(level, free, F.weights(ARGV[12]))) do
     if c.n > 0 then
       local before, missed = #out, 0
       if c.t == 'default' then
@@ -274,7 +275,7 @@ local function read_fair(prio, free)
         _, missed = take_tenant(prio, c.t, c.n)
       end
       skipped = skipped + missed
-      fair_advance(level, c, #out - before)
+      F.advance(level, c, #out - before)
     end
   end
   return skipped
@@ -292,7 +293,9 @@ for _, prio in ipairs(PRIOS) do
   end
   if count - #out <= 0 then break end
 end
-if tat then wake_rate = rate_take(KEYS[15], tat, #out, now * 1000, interval_us, burst) end
+if tat then
+  wake_rate = fair_lib().rate_take(KEYS[15], tat, #out, now * 1000, interval_us, burst)
+end
 if held ~= '' and #out < count then held = '' end  -- fewer than allowed: nothing is held
 
 -- Nothing more to hand out: say when to look again, and from which stream tails to block

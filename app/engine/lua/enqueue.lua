@@ -222,9 +222,9 @@ for i, p in ipairs(PRIOS) do
   if p == prio then
     local c = redis.call('HMGET', KEYS[3], 'head:' .. p, 'tq:' .. p)
     if tonumber(c[2] or '0') > 0 then  -- tenants' tasks wait here: fair share (_fair.lua)
-      local level = fair_level(fair_here(), KEYS[3], KEYS[5 + i], p)
-      local weights = fair_weights(opts and opts.w)
-      position = position + fair_place(level, tenant or 'default', seq, weights)
+      local F = fair_lib()
+      local level = F.level(fair_here(), KEYS[3], KEYS[5 + i], p)
+      position = position + F.place(level, tenant or 'default', seq, F.weights(opts and opts.w))
       break
     end
     local head = tonumber(c[1] or '0')

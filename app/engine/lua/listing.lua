@@ -101,7 +101,8 @@ local function position(prio_index, head, seq, ahead)
 end
 
 -- Fair share (the tenants' waiting tasks, _lib.lua and _fair.lua).
-local FAIR, WEIGHTS = fair_keys(KEYS, 8), fair_weights(ARGV[11])
+local F = fair_lib()
+local FAIR, WEIGHTS = fair_keys(KEYS, 8), F.weights(ARGV[11])
 
 -- Tenant `default`'s queued tasks at priority i: its stream's undelivered entries.
 local function stream_part(i, after, ahead)
@@ -109,7 +110,7 @@ local function stream_part(i, after, ahead)
   if after ~= '' then from = later(from, after) end
   local c = redis.call('HMGET', KEYS[4], 'head:' .. PRIOS[i], 'tq:' .. PRIOS[i])
   local head, fair = tonumber(c[1] or '0'), tonumber(c[2] or '0') > 0
-  local level = fair and fair_level(FAIR, KEYS[4], KEYS[4 + i], PRIOS[i])
+  local level = fair and F.level(FAIR, KEYS[4], KEYS[4 + i], PRIOS[i])
   while true do
     local n = chunk(1)
     local got = redis.call('XRANGE', KEYS[i], '(' .. from, '+', 'COUNT', n)
@@ -120,7 +121,7 @@ local function stream_part(i, after, ahead)
         local flat, rec = record(fields['id'])
         if rec['state'] == 'queued' and rec['entry'] == e[1] and tenant_ok(rec) then
           local seq = tonumber(rec['seq'])
-          local pos = level and ahead + fair_place(level, 'default', seq, WEIGHTS) or
+          local pos = level and ahead + F.place(level, 'default', seq, WEIGHTS) or
             position(i, head, seq, ahead)
           items[#items + 1] = {fields['id'], flat, pos, fields['payload'] or ''}
         end
@@ -134,7 +135,7 @@ end
 -- The other tenants' queued tasks at priority i: their waiting order (by tenant, FIFO).
 local function tenants_part(i, after, ahead)
   local p = PRIOS[i]
-  local level = fair_level(FAIR, KEYS[4], KEYS[4 + i], p)
+  local level = F.level(FAIR, KEYS[4], KEYS[4 + i], p)
   local from = tenant ~= '' and ('[' .. tenant .. '|') or '-'
   local to = tenant ~= '' and ('(' .. tenant .. '}') or '+'
   if after ~= '' then from = '(' .. after end
@@ -148,7 +149,7 @@ local function tenants_part(i, after, ahead)
       if rec['state'] == 'queued' and rec['tenant'] == t and rec['entry'] then
         local fields = entry_fields(FAIR.stream[p], rec['entry']) or {}
         if q_ok(id, fields['payload']) then
-          local pos = ahead + fair_place(level, t, tonumber(seq), WEIGHTS)
+          local pos = ahead + F.place(level, t, tonumber(seq), WEIGHTS)
           items[#items + 1] = {id, flat, pos, fields['payload'] or ''}
         end
       end

@@ -15,9 +15,10 @@ if task['state'] == 'queued' then
     if p == task['prio'] then
       local c = redis.call('HMGET', KEYS[2], 'head:' .. p, 'tq:' .. p)
       if tonumber(c[2] or '0') > 0 then  -- tenants' tasks wait here: fair share
-        local level = fair_level(fair_keys(KEYS, 6), KEYS[2], KEYS[2 + i], p)
-        position = position + fair_place(level, task['tenant'] or 'default', seq,
-          fair_weights(ARGV[2]))
+        local F = fair_lib()
+        local level = F.level(fair_keys(KEYS, 6), KEYS[2], KEYS[2 + i], p)
+        position = position + F.place(level, task['tenant'] or 'default', seq,
+          F.weights(ARGV[2]))
         break
       end
       local head = tonumber(c[1] or '0')
