@@ -9,7 +9,9 @@ keep this to seconds; waits poll the Redis clock with deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,9 +43,25 @@ def replica(spawn_service: Spawn, redis_url: str, queue: str) -> Callable[[], Pr
     return start
 
 
+async def call(process: Process, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request to a replica. A connection refused while the replica runs (a loaded
+    machine; the request was not sent, so any method is safe to send again) is tried
+    again for up to 15 s; a replica that exited fails the test with its log."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            async with httpx.AsyncClient(base_url=process.url, timeout=10) as http:
+                return await http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            if process.proc.poll() is not None:
+                raise AssertionError(f"replica exited:\n{process.output()}") from exc
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def api(process: Process, method: str, path: str, **kwargs: Any) -> Any:
-    async with httpx.AsyncClient(base_url=process.url, timeout=10) as http:
-        response = await http.request(method, path, **kwargs)
+    response = await call(process, method, path, **kwargs)
     assert response.status_code < 300, response.text
     return response.json()
 
@@ -78,12 +96,7 @@ async def fired_past(process: Process, tick: int) -> int:
 
 async def tasks_of(process: Process, ticks: Iterable[int]) -> list[int]:
     """The ticks whose task `s:<tick>` exists."""
-    found = []
-    async with httpx.AsyncClient(base_url=process.url, timeout=10) as http:
-        for tick in ticks:
-            if (await http.get(f"/tasks/s:{tick}")).status_code == 200:
-                found.append(tick)
-    return found
+    return [t for t in ticks if (await call(process, "GET", f"/tasks/s:{t}")).status_code == 200]
 
 
 def firings(*processes: Process) -> Counter[int]:

@@ -12,9 +12,10 @@
   `timeline_complete` is false when the stream no longer reaches back to the creation or
   the scan stopped early.
 
-Legacy queues only (default and named: their task records share one namespace, and the
-hash's `q` names the queue). Read-only, a few round trips: an operator's page, never a hot
-path.
+Legacy queues only (default and named): the default queue's record key of the id is the
+id directory (engine/keys.py), a pointer `{q, at}` for a task of a named queue, whose own
+record is then read on that queue's tag. Read-only, a few round trips: an operator's page,
+never a hot path.
 
 Imports: client, engine, queue, models, errors.
 """
@@ -32,17 +33,26 @@ from app.models import decode_json, iso_ms
 SCAN_LIMIT = 20_000  # events stream entries read for one timeline, at most
 PAGE = 1000
 CREATED = ("queued", "scheduled", "deferred", "cancelled")  # a task's first event
+# The creating script reads the clock once (TIME, the record's `created`); its XADD of the
+# creation event reads it again, so on a loaded server (descheduled mid-script) that event
+# may carry a later millisecond. A creation-state event of the task this close after
+# `created` is taken for the creation (a cancel or re-queue within it, with the creation
+# trimmed away between the two, is what this could mistake).
+CREATION_SLACK_MS = 1000
 
 
 @translate_errors
 async def detail(engine: Engine, eval_id: str) -> dict[str, Any]:
     """The payload, holder, dead letter and timeline of a task (see the module docstring);
     NotFound when its record is gone."""
-    found: Any = await engine.client.hgetall(engine.keys.task(eval_id))
+    found: Any = await engine.client.hgetall(engine.keys.directory(eval_id))
     rec: dict[bytes, bytes] = found  # bytes: the client does not decode replies
+    queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
+    if rec and b"state" not in rec:  # the id directory's pointer to a named queue's task
+        found = await engine.client.hgetall(queue.keys.task(eval_id))
+        rec = found
     if not rec:
         raise NotFound(f"no such task: {eval_id}")
-    queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
     payload, lease, dead = await _stored(queue, eval_id, rec)
     created = int(rec.get(b"created", 0))
     events, complete = await _timeline(queue, eval_id, created)
@@ -120,14 +130,16 @@ async def _timeline(
 
 def _whole(first: Any, found: list[dict[str, Any]], created_ms: int) -> bool:
     """The stream still holds the task's creation: it reaches back past it, or (an entry
-    of the same millisecond first) the task's first event found is its creation, written
-    in the same script and millisecond as the record's `created`."""
+    of the same millisecond or later first) the task's first event found is its creation,
+    written by the script that set the record's `created` (CREATION_SLACK_MS)."""
     if not first:
         return False
     first_ms = _ms(first[0][0])
     if first_ms < created_ms:
         return True
-    return bool(found) and found[0]["state"] in CREATED and _ms(found[0]["id"]) == created_ms
+    if not found or found[0]["state"] not in CREATED:
+        return False
+    return 0 <= _ms(found[0]["id"]) - created_ms <= CREATION_SLACK_MS
 
 
 def _ms(entry_id: bytes | str) -> int:

@@ -78,10 +78,13 @@ async def test_a_completed_task_has_no_payload_left(streams: Queue):
 
 
 async def test_a_named_queues_task_reads_that_queues_events(streams: Queue):
-    await streams.engine.queue("gpu").enqueue(req("d-n", queue="gpu"))
+    """Its record is on the named queue's tag: the id directory points there."""
+    await streams.engine.queue("gpu").enqueue(req("d-n", queue="gpu", metadata={"k": "v"}))
     found = await details(streams, "d-n")
-    assert found["queue"] == "gpu"
+    assert found["queue"] == "gpu" and found["state"] == "queued"
+    assert found["payload"]["metadata"] == {"k": "v"}
     assert [e["state"] for e in found["timeline"]] == ["queued"]
+    assert found["timeline_complete"] is True
 
 
 async def test_a_trimmed_events_stream_says_the_timeline_is_partial(streams: Queue):
@@ -93,6 +96,18 @@ async def test_a_trimmed_events_stream_says_the_timeline_is_partial(streams: Que
     found = await details(streams, "d-t")
     assert [e["state"] for e in found["timeline"]] == ["processing"]
     assert found["timeline_complete"] is False
+
+
+async def test_a_creation_event_a_little_after_created_still_makes_it_whole(streams: Queue):
+    """The creating script reads the clock for `created`, then its XADD reads it again: on
+    a loaded server the creation event may carry a later millisecond (here, 3 ms)."""
+    await streams.enqueue(req("d-slow"))
+    key = streams.keys.task("d-slow")
+    created = int(await raw(streams).hget(key, "created"))
+    await raw(streams).hset(key, "created", created - 3)
+    assert (await details(streams, "d-slow"))["timeline_complete"] is True
+    await raw(streams).hset(key, "created", created - detail.CREATION_SLACK_MS - 1000)
+    assert (await details(streams, "d-slow"))["timeline_complete"] is False  # not its creation
 
 
 async def test_an_unknown_task_is_not_found(streams: Queue):
