@@ -184,6 +184,27 @@ def _print(found: dict[tuple[str, str], list[dict[str, float]]], opts: Any, load
             f"{med:6.1f} / {min(cpu):5.1f} {statistics.median(script):6.1f} / "
             f"{min(script):5.1f} {med / base:8.0%}"
         )
+    # Each round runs every case once, minutes apart at most: the ratio of two runs of one
+    # round is less disturbed by the machine's drift than the ratio of two medians.
+    for (name, case), rows in found.items():
+        if name == "this tree" and case == "plain":
+            continue
+        pairs = list(zip(plain, rows, strict=True))
+        if name == "this tree":  # a feature over the plain path
+            what, ratios = (
+                f"{CASES[case]} / plain",
+                [r["redis_us"] / p["redis_us"] for p, r in pairs],
+            )
+        else:  # this tree's plain path over the other tree's
+            what, ratios = (
+                f"plain / {name}'s plain",
+                [p["redis_us"] / r["redis_us"] for p, r in pairs],
+            )
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        print(
+            f"{what}: Redis µs, median of the per-round ratios {statistics.median(ratios):.3f}"
+            f" (quartiles {q[0]:.3f}-{q[2]:.3f})"
+        )
 
 
 def _worker(argv: list[str]) -> None:

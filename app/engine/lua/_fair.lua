@@ -25,7 +25,9 @@ local function fair_lib()
 
   -- Waiting tasks of one tenant at one level: `default`'s are the priority stream's.
   local function fair_backlog(level, tenant)
-    if tenant == 'default' then return (queued_parts(level.counters, level.holes, level.prio)) end
+    if tenant == 'default' then
+      return select(2, queued_in(level.counters, level.holes, level.prio))
+    end
     return redis.call('ZLEXCOUNT', level.wait, '[' .. tenant .. '|', '(' .. tenant .. '}')
   end
 
@@ -34,7 +36,7 @@ local function fair_lib()
   -- nothing).
   local function fair_join_default(level)
     if redis.call('ZSCORE', level.vt, 'default') then return end
-    if fair_backlog(level, 'default') > 0 then fair_join(level.vt, 'default') end
+    if fair_backlog(level, 'default') > 0 then fair_fns().join(level.vt, 'default') end
   end
 
   -- A binary heap of candidates by (virtual time, load order).
@@ -193,8 +195,15 @@ local function fair_lib()
     end
     return math.max(0, math.ceil((tat - (burst - 1) * interval_us - now_us) / 1000))
   end
+  -- The fair-share keys of one priority, `keys[i]` to `keys[i + 2]` (enqueue.lua's), as
+  -- fair_keys (_lib.lua) gives them.
+  local function here(keys, i, prio)
+    return {stream = {[prio] = keys[i]}, waiting = {[prio] = keys[i + 1]},
+      vtime = {[prio] = keys[i + 2]}}
+  end
+
   FAIR_LIB = {weights = fair_weights, level = fair_level, join_default = fair_join_default,
     plan = fair_plan, advance = fair_advance, place = fair_place, rate_room = rate_room,
-    rate_take = rate_take}
+    rate_take = rate_take, here = here}
   return FAIR_LIB
 end

@@ -58,19 +58,16 @@ local function event(k_events, maxlen, id, state, attempt)
   trim_stats(k_stats, last, minute)
 end
 
--- Queued tasks of one priority level, in two parts: entries of its stream (tenant
--- `default`), enqueued (seq) minus delivered (head) minus cancelled while queued (holes
--- above head); and tasks of other tenants (`tq:<prio>`, fair share). O(log n).
-local function queued_parts(k_counters, k_holes, prio)
+-- Queued tasks of one priority level: entries of its stream (tenant `default`), enqueued
+-- (seq) minus delivered (head) minus cancelled while queued (holes above head), plus tasks
+-- of other tenants (`tq:<prio>`, fair share). Returns the total, then the two parts.
+-- O(log n).
+local function queued_in(k_counters, k_holes, prio)
   local c = redis.call('HMGET', k_counters, 'seq:' .. prio, 'head:' .. prio, 'tq:' .. prio)
   local head = tonumber(c[2] or '0')
   local own = tonumber(c[1] or '0') - head - redis.call('ZCOUNT', k_holes, '(' .. head, '+inf')
-  return own, tonumber(c[3] or '0')
-end
-
-local function queued_in(k_counters, k_holes, prio)
-  local own, tenants = queued_parts(k_counters, k_holes, prio)
-  return own + tenants
+  local tenants = tonumber(c[3] or '0')
+  return own + tenants, own, tenants
 end
 
 -- The fields of a live stream entry, nil when it is gone (XRANGE on one id is O(log n)).
@@ -98,10 +95,6 @@ end
 -- number them and `tq:<prio>` counts them (read with the stream's own counters for free).
 local FAIR_GROUP, PARKED = 'workers', '~waiting'  -- keys.GROUP; never a host:pid consumer
 
-local function fair_member(tenant, seq, id)
-  return tenant .. '|' .. string.format('%015d', seq) .. '|' .. id
-end
-
 -- A queue's fair-share keys from `keys` at `i` (engine/keys.py QueueKeys.fair: the tenant
 -- streams, waiting orders and virtual times, each high, default, low).
 local function fair_keys(keys, i)
@@ -110,48 +103,64 @@ local function fair_keys(keys, i)
     vtime = {high = keys[i + 6], default = keys[i + 7], low = keys[i + 8]}}
 end
 
--- Park every undelivered entry of a tenant stream with `~waiting`; a missing group (first
--- use, DELETE /tasks, a restart without data) is created from 0, parking what was left.
-local function park(k_stream)
-  local read = {'XREADGROUP', 'GROUP', FAIR_GROUP, PARKED, 'COUNT', 1000, 'STREAMS', k_stream, '>'}
-  local res = redis.pcall(unpack(read))
-  if type(res) == 'table' and res.err then
-    if not string.find(res.err, 'NOGROUP') then error(res.err) end
-    redis.call('XGROUP', 'CREATE', k_stream, FAIR_GROUP, '0', 'MKSTREAM')
-    redis.call(unpack(read))
+-- The waiting side's functions, made on first use (`fair_fns()`, once per call of a
+-- script): each closure a script defines costs every call of it (Redis runs the whole
+-- library each time), and the plain path (no tenant) needs none of these.
+local FAIR_FNS
+local function fair_fns()
+  if FAIR_FNS then return FAIR_FNS end
+  local function fair_member(tenant, seq, id)
+    return tenant .. '|' .. string.format('%015d', seq) .. '|' .. id
   end
+
+  -- Park every undelivered entry of a tenant stream with `~waiting`; a missing group (first
+  -- use, DELETE /tasks, a restart without data) is created from 0, parking what was left.
+  local function park(k_stream)
+    local read = {'XREADGROUP', 'GROUP', FAIR_GROUP, PARKED, 'COUNT', 1000, 'STREAMS', k_stream, '>'}
+    local res = redis.pcall(unpack(read))
+    if type(res) == 'table' and res.err then
+      if not string.find(res.err, 'NOGROUP') then error(res.err) end
+      redis.call('XGROUP', 'CREATE', k_stream, FAIR_GROUP, '0', 'MKSTREAM')
+      redis.call(unpack(read))
+    end
+  end
+
+  -- A tenant with waiting tasks is in its priority's virtual-time zset. One still there
+  -- (waiting, or idle but ahead of the others) keeps its time; one new, or back after the
+  -- others passed its time, starts at the smallest time there: max(its old time, the
+  -- minimum), so nobody saves up credit while idle.
+  local function fair_join(k_vt, tenant)
+    if redis.call('ZSCORE', k_vt, tenant) then return end
+    local front = redis.call('ZRANGE', k_vt, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', k_vt, front[2] or 0, tenant)
+  end
+
+  local function fair_push(k_task, k_counters, id, prio, payload, keys, tenant, exp)
+    local seq = redis.call('HINCRBY', k_counters, 'tseq:' .. prio, 1)
+    redis.call('HINCRBY', k_counters, 'tq:' .. prio, 1)
+    local entry
+    if exp then  -- its expiry, as in push: the claim meets it in the entry
+      entry = redis.call('XADD', keys.stream[prio], '*', 'id', id, 'payload', payload, 'x', exp)
+    else
+      entry = redis.call('XADD', keys.stream[prio], '*', 'id', id, 'payload', payload)
+    end
+    park(keys.stream[prio])
+    redis.call('ZADD', keys.waiting[prio], 0, fair_member(tenant, seq, id))
+    fair_join(keys.vtime[prio], tenant)
+    redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
+    return seq
+  end
+
+  -- A tenant stream left without entries is deleted (its group with it), so a queue whose
+  -- tenants' tasks are all done costs its claims nothing more (claim.lua's one EXISTS).
+  local function fair_tidy(k_stream)
+    if redis.call('XLEN', k_stream) == 0 then redis.call('DEL', k_stream) end
+  end
+  FAIR_FNS = {member = fair_member, park = park, join = fair_join, push = fair_push,
+    tidy = fair_tidy}
+  return FAIR_FNS
 end
 
--- A tenant with waiting tasks is in its priority's virtual-time zset. One still there
--- (waiting, or idle but ahead of the others) keeps its time; one new, or back after the
--- others passed its time, starts at the smallest time there: max(its old time, the
--- minimum), so nobody saves up credit while idle.
-local function fair_join(k_vt, tenant)
-  if redis.call('ZSCORE', k_vt, tenant) then return end
-  local front = redis.call('ZRANGE', k_vt, 0, 0, 'WITHSCORES')
-  redis.call('ZADD', k_vt, front[2] or 0, tenant)
-end
-
-local function fair_push(k_task, k_counters, id, prio, payload, keys, tenant, exp)
-  local seq = redis.call('HINCRBY', k_counters, 'tseq:' .. prio, 1)
-  redis.call('HINCRBY', k_counters, 'tq:' .. prio, 1)
-  local entry
-  if exp then  -- its expiry, as in push: the claim meets it in the entry
-    entry = redis.call('XADD', keys.stream[prio], '*', 'id', id, 'payload', payload, 'x', exp)
-  else
-    entry = redis.call('XADD', keys.stream[prio], '*', 'id', id, 'payload', payload)
-  end
-  park(keys.stream[prio])
-  redis.call('ZADD', keys.waiting[prio], 0, fair_member(tenant, seq, id))
-  fair_join(keys.vtime[prio], tenant)
-  redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
-  return seq
-end
--- A tenant stream left without entries is deleted (its group with it), so a queue whose
--- tenants' tasks are all done costs its claims nothing more (claim.lua's one EXISTS).
-local function fair_tidy(k_stream)
-  if redis.call('XLEN', k_stream) == 0 then redis.call('DEL', k_stream) end
-end
 -- --- end of fair share, the waiting side ----------------------------------------------
 
 -- Append a task to its priority stream: it becomes `queued` with the next sequence number.
@@ -159,7 +168,9 @@ end
 -- meets the entry sees it without reading the record; nil for none. A task of a tenant
 -- (its record's `tenant`) waits in the fair-share structures `fair` (fair_keys) instead.
 local function push(k_task, k_stream, k_counters, id, prio, payload, exp, fair, tenant)
-  if tenant then return fair_push(k_task, k_counters, id, prio, payload, fair, tenant, exp) end
+  if tenant then
+    return fair_fns().push(k_task, k_counters, id, prio, payload, fair, tenant, exp)
+  end
   local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
   local entry
   if exp then
@@ -424,8 +435,9 @@ local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
     local k_stream = Q.fair.stream[prio]
     redis.call('XACK', k_stream, FAIR_GROUP, rec[3])  -- parked, or just claimed
     redis.call('XDEL', k_stream, rec[3])
-    fair_tidy(k_stream)
-    if redis.call('ZREM', Q.fair.waiting[prio], fair_member(rec[6], tonumber(rec[4]), id)) == 1 then
+    local F = fair_fns()
+    F.tidy(k_stream)
+    if redis.call('ZREM', Q.fair.waiting[prio], F.member(rec[6], tonumber(rec[4]), id)) == 1 then
       redis.call('HINCRBY', Q.counters, 'tq:' .. prio, -1)
     end
   elseif state == 'queued' then

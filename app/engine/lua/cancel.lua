@@ -29,8 +29,9 @@ local k_stream = rec[7] and FAIR.stream[prio] or STREAM[prio]
 if state == 'queued' and rec[7] then
   redis.call('XACK', k_stream, ARGV[3], entry)  -- parked (_lib.lua, fair share)
   redis.call('XDEL', k_stream, entry)
-  fair_tidy(k_stream)
-  if redis.call('ZREM', FAIR.waiting[prio], fair_member(rec[7], tonumber(rec[4]), id)) == 1 then
+  local F = fair_fns()
+  F.tidy(k_stream)
+  if redis.call('ZREM', FAIR.waiting[prio], F.member(rec[7], tonumber(rec[4]), id)) == 1 then
     redis.call('HINCRBY', KEYS[11], 'tq:' .. prio, -1)
   end
 elseif state == 'queued' then
@@ -47,7 +48,7 @@ elseif state == 'deferred' then
 elseif state == 'processing' and ARGV[2] == '1' then
   redis.call('XACK', k_stream, ARGV[3], entry)
   redis.call('XDEL', k_stream, entry)
-  if rec[7] then fair_tidy(k_stream) end
+  if rec[7] then fair_fns().tidy(k_stream) end
   redis.call('ZREM', KEYS[9], id)
   redis.call(QUEUE_PUBLISH, ARGV[6], id)
 else

@@ -125,7 +125,7 @@ local function reclaim(id)
   end
   local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[3])
   if type(claimed) == 'table' and claimed.err and rec[6] and string.find(claimed.err, 'NOGROUP') then
-    park(k_stream)  -- a tenant stream's group, recreated with its entries parked: again
+    fair_fns().park(k_stream)  -- a tenant stream's group, recreated with its entries parked: again
     claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[3])
   end
   if type(claimed) == 'table' and claimed.err then
@@ -238,7 +238,7 @@ local function take_tenant(prio, tenant, n)
     if rec[1] == 'queued' and rec[2] then
       local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[2])
       if type(claimed) == 'table' and claimed.err and string.find(claimed.err, 'NOGROUP') then
-        park(k_stream)  -- its group was lost: recreated, with the entries parked again
+        fair_fns().park(k_stream)  -- its group was lost: recreated, with the entries parked again
         claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[2])
       end
       local fields = type(claimed) == 'table' and not claimed.err and claimed[1] and

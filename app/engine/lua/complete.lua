@@ -24,7 +24,7 @@ if refused then return refused end
 local k_stream = (rec[6] and TENANTS or STREAM)[rec[4]]
 redis.call('XACK', k_stream, ARGV[6], rec[2])
 redis.call('XDEL', k_stream, rec[2])
-if rec[6] then fair_tidy(k_stream) end
+if rec[6] then fair_fns().tidy(k_stream) end
 if (ARGV[10] or '') ~= '' then redis.call(QUEUE_PUBLISH, ARGV[10], 'release') end
 redis.call('ZREM', KEYS[2], id)
 redis.call('HSET', KEYS[1], 'state', 'completed', 'result', ARGV[4], 'finished', now)

@@ -73,10 +73,8 @@ if opts and opts.k then
 end
 local tenant = opts and opts.n or nil
 
--- The fair-share keys of its priority, as fair_keys gives them (made only when needed).
-local function fair_here()
-  return {stream = {[prio] = KEYS[16]}, waiting = {[prio] = KEYS[17]}, vtime = {[prio] = KEYS[18]}}
-end
+-- The fair-share keys of its priority (KEYS 16-18), made only for a tenant's task.
+local HERE = tenant and fair_lib().here(KEYS, 16, prio)
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local ptr = redis.call('HMGET', KEYS[1], 'state', 'q', 'at')
   if not ptr[1] and ptr[2] then return {'duplicate', ptr[2], ptr[3] or ''} end
@@ -214,7 +212,7 @@ if run_at > now then
   event(KEYS[5], maxlen, id, 'scheduled')
   return {'scheduled', 0}
 end
-local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload, exp, tenant and fair_here(), tenant)
+local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload, exp, HERE, tenant)
 adopt()
 event(KEYS[5], maxlen, id, 'queued')
 local position = 0
@@ -223,7 +221,7 @@ for i, p in ipairs(PRIOS) do
     local c = redis.call('HMGET', KEYS[3], 'head:' .. p, 'tq:' .. p)
     if tonumber(c[2] or '0') > 0 then  -- tenants' tasks wait here: fair share (_fair.lua)
       local F = fair_lib()
-      local level = F.level(fair_here(), KEYS[3], KEYS[5 + i], p)
+      local level = F.level(HERE or F.here(KEYS, 16, p), KEYS[3], KEYS[5 + i], p)
       position = position + F.place(level, tenant or 'default', seq, F.weights(opts and opts.w))
       break
     end

@@ -37,7 +37,7 @@ local payload = fields and fields['payload'] or ''
 redis.call('XACK', k_stream, ARGV[12], rec[2])
 redis.call('XDEL', k_stream, rec[2])
 redis.call('ZREM', KEYS[2], id)
-if rec[6] then fair_tidy(k_stream) end
+if rec[6] then fair_fns().tidy(k_stream) end
 if ARGV[20] == '1' then redis.call(QUEUE_PUBLISH, ARGV[16], 'release') end
 local max_retries = tonumber(ARGV[6])
 local ok, decoded = pcall(cjson.decode, payload)

@@ -34,19 +34,19 @@ end
 local function check_queued_tenant(k_task, id, rec)
   local prio, entry, tenant = rec[2], rec[3], rec[11]
   local k_stream, k_wait = FAIR.stream[prio], FAIR.waiting[prio]
-  local member = fair_member(tenant, tonumber(rec[7] or '0'), id)
+  local member = fair_fns().member(tenant, tonumber(rec[7] or '0'), id)
   local listed = k_wait and redis.call('ZSCORE', k_wait, member)
   if entry and k_stream and entry_fields(k_stream, entry) then
     if listed and redis.call('ZSCORE', FAIR.vtime[prio], tenant) then return end
     if listed then  -- its tenant has no virtual time: no claim would ever pick it
-      if REPAIR then fair_join(FAIR.vtime[prio], tenant) end
+      if REPAIR then fair_fns().join(FAIR.vtime[prio], tenant) end
       return report(id, 'queued_not_waiting', 'tenant ' .. tenant .. ' has no virtual time',
         'its tenant joined again', 1)
     end
     if REPAIR then
       redis.call('ZADD', k_wait, 0, member)
       redis.call('HINCRBY', KEYS[4], 'tq:' .. prio, 1)
-      fair_join(FAIR.vtime[prio], tenant)
+      fair_fns().join(FAIR.vtime[prio], tenant)
     end
     return report(id, 'queued_not_waiting', 'not in the waiting order of tenant ' .. tenant,
       'listed again', 1)
