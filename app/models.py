@@ -361,6 +361,7 @@ class Task:
     payload: dict[str, Any] = field(default_factory=dict)
     waited_ms: int | None = None  # queue wait before this delivery (from the claim)
     progress_url: str | None = None  # where the executor may POST progress (runtime/consumers)
+    part: int | None = None  # the partition it was claimed from (QUEUE_PARTITIONS); None: unknown
 
     @property
     def timeout(self) -> float | None:

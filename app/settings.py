@@ -169,6 +169,8 @@ class Settings:
         default_factory=dict
     )
     consume: Selection = field(default_factory=Selection.everything)
+    # QUEUE_PARTITIONS: legacy queue -> partitions (hash tags) it is spread over; absent = 1
+    queue_partitions: Mapping[str, int] = field(default_factory=dict)
     target_api_base_url: str | None = None
     public_url: str | None = None  # PUBLIC_URL: how executors reach this service (`base_url`)
     eas_targets: Mapping[str, str] = field(default_factory=dict)
@@ -281,6 +283,7 @@ class Settings:
             executor_limits=_executor_limits(r),
             queue_executors=queue_executors,
             consume=consume,
+            queue_partitions=_queue_partitions(r, queue),
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
             public_url=r.url("PUBLIC_URL", ("http", "https")),
             eas_targets=_eas_targets(r),
@@ -361,6 +364,25 @@ def _queue_executors(r: Reader) -> dict[str, tuple[tuple[str, ...], tuple[float,
             check_url("QUEUE_EXECUTORS", url, ("http", "https"))
         pools[queue] = (tuple(u.rstrip("/") for u in urls), _weights(found))
     return pools
+
+
+MAX_PARTITIONS = 64
+
+
+def _queue_partitions(r: Reader, default: str) -> dict[str, int]:
+    """QUEUE_PARTITIONS=`N` (the default queue) or `name=N,…` (docs/operations.md,
+    *Partitioned queues*); 1 is the same as absent."""
+    found: dict[str, int] = {}
+    for item in r.items("QUEUE_PARTITIONS"):
+        name, sep, count = item.rpartition("=")
+        name = name.strip() if sep else default
+        if not (NAMED_QUEUE_RE.match(name) or name == default) or name in found:
+            raise SettingsError(f"QUEUE_PARTITIONS: expected N or QUEUE=N,…, got {item!r}")
+        if not count.strip().isdigit() or not 1 <= int(count) <= MAX_PARTITIONS:
+            raise SettingsError(f"QUEUE_PARTITIONS: {name}: 1 to {MAX_PARTITIONS}, got {count!r}")
+        if int(count) > 1:
+            found[name] = int(count)
+    return found
 
 
 def _executors(r: Reader) -> list[tuple[str, float]]:

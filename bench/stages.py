@@ -238,7 +238,7 @@ STEPS = (
     ),
     Step(
         "cluster",
-        lambda p: "cluster partitions (stand-in: named queues on a 3-master cluster)",
+        lambda p: "cluster partitions (QUEUE_PARTITIONS on a 3-master cluster)",
         _cluster,
     ),
 )

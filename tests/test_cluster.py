@@ -45,9 +45,11 @@ from tests.engine import (
     test_listing,
     test_named_queues,
     test_pace,
+    test_partitions,
 )
 from tests.faultrig import Rig, Rigs, Spawn
 from tests.runtime import test_callbacks, test_consumers
+from tests.runtime import test_partitions as test_partitioned_service
 from tests.topologies import Cluster, direct
 from tests.web import test_progress, test_tasks
 
@@ -161,6 +163,58 @@ test_a_rate_allows_one_burst_then_one_start_per_interval = (
 )
 test_a_cap_bounds_the_tasks_in_flight = test_limits.test_a_cap_bounds_the_tasks_in_flight
 
+# issue 13 item 4: partitioned queues
+make_engine = test_partitions.make_engine
+test_tasks_spread_and_all_complete_exactly_once = (
+    test_partitions.test_tasks_spread_and_all_complete_exactly_once
+)
+test_fifo_within_each_partition_and_priority_within_it = (
+    test_partitions.test_fifo_within_each_partition_and_priority_within_it
+)
+test_inversion_across_partitions_is_bounded = (
+    test_partitions.test_inversion_across_partitions_is_bounded
+)
+test_position_sums_the_partitions = test_partitions.test_position_sums_the_partitions
+test_by_id_calls_without_a_queue_name_find_the_partition = (
+    test_partitions.test_by_id_calls_without_a_queue_name_find_the_partition
+)
+test_dependencies_across_partitions = test_partitions.test_dependencies_across_partitions
+test_growing_partitions_live_loses_no_task = (
+    test_partitions.test_growing_partitions_live_loses_no_task
+)
+service_partitioned = test_partitioned_service.service_partitioned
+test_pull_workers_take_from_every_partition = (
+    test_partitioned_service.test_pull_workers_take_from_every_partition
+)
+test_a_long_poll_wakes_for_a_task_of_any_partition = (
+    test_partitioned_service.test_a_long_poll_wakes_for_a_task_of_any_partition
+)
+test_dependencies_across_partitions_release_through_the_sender = (
+    test_partitioned_service.test_dependencies_across_partitions_release_through_the_sender
+)
+test_cancel_by_id_finds_every_partition = (
+    test_partitioned_service.test_cancel_by_id_finds_every_partition
+)
+test_a_process_with_the_old_count_finds_tasks_placed_by_the_new_one = (
+    test_partitions.test_a_process_with_the_old_count_finds_tasks_placed_by_the_new_one
+)
+test_events_follow_every_partition_and_resume_from_the_vector = (
+    test_partitioned_service.test_events_follow_every_partition_and_resume_from_the_vector
+)
+test_listing_pages_through_every_partition = (
+    test_partitioned_service.test_listing_pages_through_every_partition
+)
+test_dead_letters_of_every_partition = test_partitioned_service.test_dead_letters_of_every_partition
+test_detail_history_and_oldest_waiting_span_the_partitions = (
+    test_partitioned_service.test_detail_history_and_oldest_waiting_span_the_partitions
+)
+test_a_task_rebuilt_from_its_lease_renews_in_its_partition = (
+    test_partitions.test_a_task_rebuilt_from_its_lease_renews_in_its_partition
+)
+test_fsck_finds_a_busy_partitioned_queue_consistent = (
+    test_partitions.test_fsck_finds_a_busy_partitioned_queue_consistent
+)
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -263,6 +317,42 @@ async def test_eight_named_queues_use_all_three_masters_and_all_run(
         on_owner = direct(by_node[owner(name)]).hget(counters, "total:completed")
         assert on_owner == b"2", name  # read on that master itself: the keys live there
     assert len({owner(name) for name in names}) == 3
+
+
+def spread_name(cluster: Cluster, queue: str, parts: int) -> str:
+    """A default queue name whose `parts` partition tags use all three masters."""
+    for i in range(200):
+        name = f"{queue[:12]}{i}"
+        tags = [QueueKeys.default(name).partition(p).counters for p in range(parts)]
+        if len({cluster.owner(cluster.slot_of(t)).port for t in tags}) == 3:
+            return name
+    raise AssertionError("no spread name")
+
+
+async def test_a_partitioned_queue_runs_on_all_three_masters(
+    cluster: Cluster, make_service, make_executor, queue: str
+):
+    """QUEUE_PARTITIONS=4 on the default queue: the tasks are stored over all three
+    masters, every one runs exactly once through the service's consumers, each is found by
+    id, and each partition's keys are read on the master that owns its slot."""
+    name = spread_name(cluster, queue, 4)
+    executor = await make_executor()
+    svc = await make_service(queue=name, queue_partitions={name: 4}, executor_urls=(executor.url,))
+    ids = [f"p{i}" for i in range(60)]
+    batch = {"tasks": [{"eval_id": i, "code": "x"} for i in ids]}
+    answers = (await svc.http.post("/tasks/batch", json=batch)).json()["tasks"]
+    assert all(a.get("status") in ("queued", "completed") for a in answers), answers
+    for eval_id in ids:
+        await wait_for(has_state(svc, eval_id, "completed"))
+    by_node = {n.port: n for n in cluster.nodes}
+    per_master: dict[int, int] = {}
+    for part in range(4):
+        counters = QueueKeys.default(name).partition(part).counters
+        port = cluster.owner(cluster.slot_of(counters)).port
+        done = int(direct(by_node[port]).hget(counters, "total:completed") or 0)
+        per_master[port] = per_master.get(port, 0) + done
+    assert sum(per_master.values()) == 60 and len(per_master) == 3
+    assert all(n > 0 for n in per_master.values()), per_master
 
 
 async def test_noscript_on_a_primary_loads_the_script_there_only(cluster: Cluster, queue: str):

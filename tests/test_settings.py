@@ -472,3 +472,19 @@ def test_bad_otel_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env)
     assert str(info.value).startswith(f"{name}:"), str(info.value)
+
+
+# --- QUEUE_PARTITIONS (docs/operations.md, Partitioned queues) ---------------------------------
+
+
+def test_queue_partitions_for_the_default_queue_and_named_ones() -> None:
+    assert Settings.from_env({}).queue_partitions == {}
+    assert Settings.from_env({"QUEUE_PARTITIONS": "8"}).queue_partitions == {"evaluations": 8}
+    env = {"QUEUE_NAME": "jobs", "QUEUE_PARTITIONS": "4, gpu=2,cpu=1"}
+    assert Settings.from_env(env).queue_partitions == {"jobs": 4, "gpu": 2}  # 1: as absent
+
+
+@pytest.mark.parametrize("value", ["0", "65", "x", "gpu=", "gp#u=2", "gpu=2,gpu=3", "a/b=2"])
+def test_bad_queue_partitions_name_the_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match="^QUEUE_PARTITIONS"):
+        Settings.from_env({"QUEUE_PARTITIONS": value})

@@ -11,6 +11,7 @@ Imports: client, keys, links, queue, engine, history, records, models, errors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from app.engine import history, links
@@ -36,8 +37,12 @@ SWEEPS = 50  # promote batches per queue and housekeeping run (a safety net, not
 
 
 async def _used(engine: Engine) -> list[Queue]:
-    """The default queue and every named queue a task ever used (the registry)."""
-    return [engine.default, *(engine.queue(name) for name in await engine.named_queues())]
+    """The default queue and every named queue a task ever used (the registry) or
+    QUEUE_PARTITIONS names, each partition of a partitioned queue on its own."""
+    names = {*await engine.named_queues(), *engine.settings.queue_partitions}
+    names.discard(engine.settings.queue)
+    queues = [engine.default, *(engine.queue(name) for name in sorted(names))]
+    return [part for queue in queues for part in queue.parts]
 
 
 @translate_errors
@@ -76,7 +81,13 @@ async def _unlink_matching(client: Redis, pattern: str) -> int:
 @translate_errors
 async def set_paused(queue: Queue, paused: bool) -> None:
     """Pause: claims hand out nothing (in-process consumers and `GET /tasks/next`),
-    running tasks finish. Resume wakes idle consumers everywhere at once."""
+    running tasks finish. Resume wakes idle consumers everywhere at once. Every partition
+    of a partitioned queue."""
+    for part in queue.parts:
+        await _set_paused(part, paused)
+
+
+async def _set_paused(queue: Queue, paused: bool) -> None:
     k = queue.keys
     if paused:
         await queue.redis.set(k.paused, "1")
@@ -96,17 +107,31 @@ async def set_paused(queue: Queue, paused: bool) -> None:
 
 @translate_errors
 async def dlq_list(queue: Queue, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    """Dead letters, newest first."""
+    """Dead letters, newest first (a partitioned queue's merged by entry id, the time its
+    partition dead-lettered it: each partition is read up to `offset + limit`)."""
     pipe = queue.redis.pipeline(transaction=False)
-    pipe.xlen(queue.keys.dlq)
-    pipe.xrevrange(queue.keys.dlq, "+", "-", count=offset + limit)
-    count, entries = await pipe.execute()
-    return {"count": int(count), "tasks": [render_dead(e) for e in entries[offset:]]}
+    for part in queue.parts:
+        pipe.xlen(part.keys.dlq)
+        pipe.xrevrange(part.keys.dlq, "+", "-", count=offset + limit)
+    replies = await pipe.execute()
+    count = sum(int(n) for n in replies[::2])
+    entries = [e for found in replies[1::2] for e in found]
+    if queue.parts[1:]:
+        entries.sort(key=lambda e: tuple(int(x) for x in text(e[0]).split("-")), reverse=True)
+    return {"count": count, "tasks": [render_dead(e) for e in entries[offset : offset + limit]]}
+
+
+async def dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
+    """Queue a dead letter again with a fresh attempt count (in the partition holding it)."""
+    held = queue.candidates(eval_id) if queue.whole.parts[1:] else [queue]
+    for part in held[:-1]:
+        with suppress(NotFound):
+            return await _dlq_retry(part, eval_id)
+    return await _dlq_retry(held[-1], eval_id)
 
 
 @translate_errors
-async def dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
-    """Queue a dead letter again with a fresh attempt count."""
+async def _dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
     k = queue.keys
     keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams, k.stats]
     keys += k.fair
@@ -122,11 +147,20 @@ async def dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
     return {"eval_id": eval_id, "status": State.QUEUED.value}
 
 
-@translate_errors
 async def dlq_purge(
     queue: Queue, older_than: float | None = None, eval_id: str | None = None
 ) -> int:
-    """Remove dead letters: one, those older than `older_than` seconds, or all."""
+    """Remove dead letters: one, those older than `older_than` seconds, or all (in every
+    partition of a partitioned queue; one: in those that may hold it)."""
+    if eval_id is not None and queue.whole.parts[1:]:
+        held = queue.candidates(eval_id)
+    else:
+        held = list(queue.parts)
+    return sum([await _dlq_purge(part, older_than, eval_id) for part in held])
+
+
+@translate_errors
+async def _dlq_purge(queue: Queue, older_than: float | None, eval_id: str | None) -> int:
     k = queue.keys
     if eval_id is not None:
         return int(await queue.scripts.run("dlq_purge", [k.dlq, k.dlq_index], ["one", eval_id, 1]))
@@ -170,11 +204,11 @@ async def cleanup_queue(queue: Queue) -> dict[str, int] | None:
     lock_ms = max(1, int(s.cleanup_interval * 900))  # expires a little before the next run
     if not await queue.redis.set(k.cleanup_lock, consumer_name(), nx=True, px=lock_ms):
         return None
-    removed = await dlq_purge(queue, older_than=s.dlq_max_age_days * 86400)
+    removed = await _dlq_purge(queue, s.dlq_max_age_days * 86400, None)  # this partition's
     trimmed = await queue.redis.xtrim(k.events, maxlen=s.events_maxlen, approximate=True)
     hours = await history.rollup(queue)
     for _ in range(SWEEPS):  # a promoter's pass: due tasks queued, expired ones settled
-        if await queue.promote() != 0.0:
+        if await queue.promote_one() != 0.0:
             break
     done = {"dlq_removed": removed, "events_trimmed": int(trimmed), "hours_rolled": hours}
     if k.q:  # a named queue: pointers of its expired records leave the id directory

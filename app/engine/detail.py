@@ -14,16 +14,18 @@
 
 Legacy queues only (default and named): the default queue's record key of the id is the
 id directory (engine/keys.py), a pointer `{q, at}` for a task of a named queue, whose own
-record is then read on that queue's tag. Read-only, a few round trips: an operator's page,
+record is then read on that queue's tag; a partitioned queue's task is found in its
+partition (engine/partitions.py `locate`). Read-only, a few round trips: an operator's page,
 never a hot path.
 
-Imports: client, engine, queue, models, errors.
+Imports: client, partitions, engine, queue, models, errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.engine import partitions
 from app.engine.client import text, translate_errors
 from app.engine.engine import Engine
 from app.engine.queue import Queue
@@ -45,13 +47,10 @@ CREATION_SLACK_MS = 1000
 async def detail(engine: Engine, eval_id: str) -> dict[str, Any]:
     """The payload, holder, dead letter and timeline of a task (see the module docstring);
     NotFound when its record is gone."""
-    found: Any = await engine.client.hgetall(engine.keys.directory(eval_id))
+    queue = await partitions.locate(engine, eval_id)  # the id directory, then partitions
+    found: Any = await queue.redis.hgetall(queue.keys.task(eval_id)) if queue else {}
     rec: dict[bytes, bytes] = found  # bytes: the client does not decode replies
-    queue = engine.queue(text(rec[b"q"]) if rec.get(b"q") else None)
-    if rec and b"state" not in rec:  # the id directory's pointer to a named queue's task
-        found = await engine.client.hgetall(queue.keys.task(eval_id))
-        rec = found
-    if not rec:
+    if queue is None or not rec.get(b"state"):  # (a named queue's stale pointer: gone)
         raise NotFound(f"no such task: {eval_id}")
     payload, lease, dead = await _stored(queue, eval_id, rec)
     created = int(rec.get(b"created", 0))

@@ -53,17 +53,49 @@ class Engine:
         await self.client.aclose()
 
     def queue(self, name: str | None = None) -> Queue:
-        """The legacy queue `name` (None or QUEUE_NAME: the default queue), built once."""
+        """The legacy queue `name` (None or QUEUE_NAME: the default queue), built once, with
+        its partitions (QUEUE_PARTITIONS); `<name>#<i>` (`#<i>`: of the default queue) is
+        partition i, a routing name task records carry (engine/partitions.py)."""
         name = name or self.settings.queue
         found = self._queues.get(name)
         if found is None:
-            if name == self.settings.queue:
-                keys = self.keys
+            whole, mark, part = name.partition("#")
+            if mark:
+                found = self._partition(self.queue(whole or None), int(part))
             else:
-                keys = QueueKeys.named(self.settings.queue, name)
-            limits = self.settings.flow.limits(name)
-            found = self._queues[name] = Queue(self, keys, limits=limits)
+                found = self._queue(name)
+            self._queues[name] = found
         return found
+
+    def _queue(self, name: str) -> Queue:
+        if name == self.settings.queue:
+            keys = self.keys
+        else:
+            keys = QueueKeys.named(self.settings.queue, name)
+        found = Queue(self, keys, limits=self.settings.flow.limits(name))
+        count = self.settings.queue_partitions.get(name, 1)
+        if count > 1:
+            self.spread(found, (count,))
+        return found
+
+    def spread(self, queue: Queue, counts: Sequence[int]) -> None:
+        """Spread `queue` over max(`counts`) partitions, placing by `counts[0]`."""
+        parts = [self._partition(queue, i) for i in range(1, max(counts))]
+        queue.spread_over(parts, counts)
+
+    def spread_queues(self) -> list[Queue]:
+        """The partitioned queues (QUEUE_PARTITIONS, and those with a count history)."""
+        for name in self.settings.queue_partitions:
+            self.queue(name)
+        return [q for q in self._queues.values() if q.whole is q and q.parts[1:]]
+
+    def _partition(self, whole: Queue, part: int) -> Queue:
+        """Partition `part` of `whole`; one beyond its count (QUEUE_PARTITIONS lowered) is
+        still reachable by id, standing alone."""
+        if part < len(whole.parts):
+            return whole.parts[part]
+        keys = whole.keys.partition(part)
+        return self._queues.get(keys.route) or Queue(self, keys)
 
     def queue_at(self, keys: QueueKeys, decode: Decode | None = None) -> Queue:
         """A queue of other keys (a numbered queue of a wing above), on this engine."""
@@ -80,7 +112,8 @@ class Engine:
     async def knows(self, name: str) -> bool:
         """A named queue of this deployment: in QUEUE_EXECUTORS, seen by this process, or in
         the registry (one SISMEMBER the first time)."""
-        if name in self.settings.queue_executors or name in self._queues:
+        listed = (*self.settings.queue_executors, *self.settings.queue_partitions)
+        if name in listed or name in self._queues:
             return True
         return bool(await self.client.sismember(self.keys.registry, name))
 
@@ -91,7 +124,8 @@ class Engine:
 
     async def legacy_queues(self) -> list[Queue]:
         """The default queue, then every named queue (QUEUE_EXECUTORS, or ever used)."""
-        names = {*self.settings.queue_executors, *await self.named_queues()}
+        names = {*self.settings.queue_executors, *self.settings.queue_partitions}
+        names |= set(await self.named_queues())
         return [self.default, *(self.queue(n) for n in sorted(names - {self.settings.queue}))]
 
     @translate_errors
@@ -102,7 +136,7 @@ class Engine:
         `{eval_id, error, code}` in its place. A task whose parent is an earlier task of
         the batch is stored once that one is, and so is one whose dedup_key an earlier
         task of the batch carries (so the later one is deduplicated)."""
-        queues = [self.queue(req.queue) for req in reqs]
+        queues = [self.queue(req.queue).placed(req.eval_id) for req in reqs]
         stored: dict[str, asyncio.Future[None]] = {}
         after: dict[int, str] = {}  # item -> the eval_id of an earlier item with its dedup_key
         holders: dict[tuple[str, str], str] = {}

@@ -7,6 +7,11 @@ those next in line (smallest virtual times) that have tasks waiting, at most
 whatever tenants exist; `tenant_tasks` counts the waiting tasks of every tenant but
 `default`.
 
+A partitioned queue (QUEUE_PARTITIONS) is read in every partition and summed: `in_flight`
+and the waiting counts add up; a tenant waiting in several partitions is listed once, its
+`vtime` the smallest of its partitions' (each partition keeps its own virtual clock, so
+the figure orders tenants only roughly across partitions).
+
 Imports: client, queue, models.
 """
 
@@ -27,7 +32,38 @@ READ = TENANTS_SHOWN * 2  # tenants read per priority (idle ones are skipped)
 async def flow_of(client: Redis, queues: Sequence[Queue]) -> list[dict[str, Any]]:
     """Per queue: `limits` (RATE_LIMITS, QUEUE_MAX_IN_FLIGHT), `in_flight` (its leases: every
     processing task, in-process and pulled), and per priority where tenants' tasks wait, the
-    tenants next in line with their waiting tasks and virtual time."""
+    tenants next in line with their waiting tasks and virtual time; a partitioned queue's
+    partitions summed (module docstring)."""
+    parts = [part for q in queues for part in q.parts]
+    views = iter(await _flow_of_parts(client, parts))
+    return [_merged([next(views) for _ in q.parts]) for q in queues]
+
+
+def _merged(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """One queue's view from its partitions' (the first is the queue itself)."""
+    if len(views) == 1:
+        return views[0]
+    tenants: dict[str, Any] = {}
+    for view in views:
+        for prio, level in view["tenants"].items():
+            into = tenants.setdefault(prio, {"tenant_tasks": 0, "next": {}})
+            into["tenant_tasks"] += level["tenant_tasks"]
+            for row in level["next"]:
+                had = into["next"].get(row["tenant"])
+                if had is None:
+                    into["next"][row["tenant"]] = dict(row)
+                else:
+                    had["waiting"] += row["waiting"]
+                    had["vtime"] = min(had["vtime"], row["vtime"])
+    for level in tenants.values():
+        rows = sorted(level["next"].values(), key=lambda r: (r["vtime"], r["tenant"]))
+        level["next"] = rows[:TENANTS_SHOWN]
+    in_flight = sum(view["in_flight"] for view in views)
+    return {"limits": views[0]["limits"], "in_flight": in_flight, "tenants": tenants}
+
+
+async def _flow_of_parts(client: Redis, queues: Sequence[Queue]) -> list[dict[str, Any]]:
+    """`flow_of` of each queue (partition) alone."""
     pipe = client.pipeline(transaction=False)
     for q in queues:
         pipe.zcard(q.keys.leases)

@@ -195,7 +195,7 @@ class Audit:
         seconds, micros = await self.redis.time()
         self.report.started_ms = int(seconds) * 1000 + int(micros) // 1000
         targets = await self.targets()
-        self.report.queues = [t.keys.queue for t in targets]
+        self.report.queues = list(dict.fromkeys(t.keys.queue for t in targets))
         fair = await self._fair_targets(targets)
         passes = [p for t in targets for p in self._passes(t, t in fair)]
         names = [p.name for p in passes]
@@ -216,10 +216,12 @@ class Audit:
         return self.report
 
     async def targets(self) -> list[Target]:
-        """The default queue, every named queue, then the numbered queues handed in."""
+        """The default queue, every named queue (each partition of a partitioned one),
+        then the numbered queues handed in."""
         found = [
-            Target(queue.keys, _glob(queue.keys.task_prefix) + "*")
+            Target(part.keys, _glob(part.keys.task_prefix) + "*")
             for queue in await self.engine.legacy_queues()
+            for part in queue.parts
         ]
         return found + self.more
 

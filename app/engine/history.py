@@ -77,8 +77,9 @@ async def series(queue: Queue, resolution: str, points: int) -> list[dict[str, i
     first = last - points + 1
     if resolution == "minute":
         rows = await _minutes(queue, range(first, last + 1))
-    else:
-        rows = await _hours(queue, first, last)
+    else:  # each partition of a partitioned queue rolls up its own hours: summed here
+        per_part = await asyncio.gather(*(_hours(part, first, last) for part in queue.parts))
+        rows = [_summed(hour) for hour in zip(*per_part, strict=True)]
     return [
         {"at": (first + i) * step, **dict.fromkeys(SHOWN, 0), **row} for i, row in enumerate(rows)
     ]
@@ -95,13 +96,18 @@ async def _stats(queue: Queue) -> dict[int, dict[str, int]]:
 
 
 async def minute_counts(queue: Queue, minutes: range) -> list[dict[str, int]]:
-    """{state: count} of each minute of `minutes` (epoch minutes), one HMGET."""
+    """{state: count} of each minute of `minutes` (epoch minutes), one HMGET (per
+    partition of a partitioned queue, concurrently, summed)."""
     fields = [f"{m}:{st}" for m in minutes for st in STATES]
-    values = await queue.redis.hmget(queue.keys.stats, fields) if fields else []
     rows: list[dict[str, int]] = [{} for _ in minutes]
-    for i, value in enumerate(values):
-        if value is not None:
-            rows[i // len(STATES)][STATES[i % len(STATES)]] = int(value)
+    if not fields:
+        return rows
+    per_part = await asyncio.gather(*(p.redis.hmget(p.keys.stats, fields) for p in queue.parts))
+    for values in per_part:
+        for i, value in enumerate(values):
+            if value is not None:
+                row, state = rows[i // len(STATES)], STATES[i % len(STATES)]
+                row[state] = row.get(state, 0) + int(value)
     return rows
 
 
@@ -172,14 +178,22 @@ async def _roll(queue: Queue, hour: int) -> int:
 async def oldest_waiting(queues: Sequence[Queue]) -> list[dict[str, dict[str, Any]]]:
     """Per queue, per priority: `{"seconds": age of its oldest waiting task by the Redis
     clock (0 when none waits), "eval_id": that task or None}`. One script call per queue,
-    all sent in one write (the script runner pipelines calls of one event-loop turn)."""
-    replies = await _all(
-        [
-            q.scripts.run("oldest", [*q.keys.streams, *q.keys.tenant_streams], [GROUP])
-            for q in queues
-        ]
-    )
-    return [_ages(reply) for reply in replies]
+    all sent in one write (the script runner pipelines calls of one event-loop turn). A
+    partitioned queue: one call per partition, the oldest of them per priority."""
+    parts = [part for q in queues for part in q.parts]
+    calls = [
+        p.scripts.run("oldest", [*p.keys.streams, *p.keys.tenant_streams], [GROUP]) for p in parts
+    ]
+    ages = iter([_ages(reply) for reply in await _all(calls)])
+    return [_oldest([next(ages) for _ in q.parts]) for q in queues]
+
+
+def _oldest(per_part: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per priority, the oldest waiting task over a queue's partitions."""
+    return {
+        prio: max((ages[prio] for ages in per_part), key=lambda age: age["seconds"])
+        for prio in per_part[0]
+    }
 
 
 def _ages(reply: list[Any]) -> dict[str, dict[str, Any]]:

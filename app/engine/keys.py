@@ -14,6 +14,8 @@ shapes:
   directory: the default queue's record key of an id (`directory(eval_id)`) holds, for a
   task of a named queue, a *pointer* (a hash `{q: <name>, at: <ms>}`), so a by-id call
   without a queue name reads one key of the home tag to find its queue.
+- `QueueKeys.partition(part)`: partition `part` of a legacy queue spread over several
+  hash tags (QUEUE_PARTITIONS): `{<tag>#<part>}`; partition 0 is the queue's own tag.
 - `QueueKeys.numbered(tag, name, part)`: a queue whose items are numbered by a counter of
   their own (`counters.index`), with an `index` zset of the numbers still in the queue and
   an `aliases` hash (alias -> number); `part` nests a second one under the same tag, so one
@@ -45,6 +47,7 @@ class QueueKeys:
     q: str = ""  # a named legacy queue's name (its task hashes carry it as `q`); else ''
     home: str = ""  # the deployment's home tag (`ts:{QUEUE_NAME}:`); '' = `base`
     reply: QueueKeys | None = None  # a numbered queue's reply queue (same tag), if any
+    part: int = 0  # a partitioned queue's partition (`partition`); 0: the queue's own tag
     is_numbered: bool = False  # made by `numbered` (items numbered by a counter)
     counters: str = field(init=False, repr=False)
     leases: str = field(init=False, repr=False)
@@ -136,6 +139,25 @@ class QueueKeys:
         base = f"ts:{{{tag}}}:"
         prefix = base + (f"{part}:" if part else "")
         return cls(name, base, prefix, f"{prefix}task:", reply=reply, is_numbered=True)
+
+    def partition(self, part: int) -> QueueKeys:
+        """Partition `part` of this legacy queue (QUEUE_PARTITIONS, docs/operations.md,
+        *Partitioned queues*): partition 0 is the queue itself, so one partition is exactly
+        the unpartitioned layout; partition i > 0 has the tag `{<the queue's tag>#i}` (no
+        queue name holds `#`) and its records carry the routing name `<q>#i` (`#i` for
+        the default queue), which `Engine.queue` resolves back to this partition."""
+        if part == 0:
+            return self
+        tag = self.base[len("ts:{") : -len("}:")]
+        base = f"ts:{{{tag}#{part}}}:"
+        q = f"{self.q}#{part}"
+        return QueueKeys(self.queue, base, base, f"{base}task:", q=q, home=self.home, part=part)
+
+    @property
+    def route(self) -> str:
+        """The name `Engine.queue` resolves to this queue (or partition): `q`, or the
+        default queue's name."""
+        return self.q or self.queue
 
     @property
     def effects(self) -> list[str]:

@@ -25,7 +25,7 @@ Cost: a default-queue task without parents in other queues is one script, as bef
 named-queue task two (the claim, then the enqueue); each queue crossed by a dependency
 adds a link, and the stored task's parents are read once more.
 
-Imports: client, keys, models (and orjson); queue and engine only for typing.
+Imports: client, partitions, models (and orjson); queue and engine only for typing.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app.engine import partitions
 from app.engine.client import text
 from app.models import TaskRequest
 
@@ -52,6 +53,8 @@ TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 async def enqueue(queue: Queue, req: TaskRequest) -> Sequence[Any]:
     """enqueue.lua's reply for `req` in `queue`, after the directory and the links."""
+    if queue.whole.parts[1:]:
+        return await _into_partition(queue, req)
     if not queue.keys.q:
         return await _into_default(queue, req)
     claim = await _claim(queue, req)
@@ -75,6 +78,35 @@ async def _into_default(queue: Queue, req: TaskRequest) -> Sequence[Any]:
         remote = {text(pid): text(q) for pid, q in reply[1]}
         reply = await _across(queue, req, remote)
     return reply
+
+
+async def _into_partition(queue: Queue, req: TaskRequest) -> Sequence[Any]:
+    """A partition of a partitioned queue (engine/partitions.py): no directory claim (the
+    id's partition is its hash), so one script; parents are located first (the directory,
+    then the partitioned queues), and those in other partitions or queues linked as
+    dependencies across queues are. While the queue has several partition counts (a count
+    change, engine/partitions.py `history`), the id is first looked for where the other
+    counts place it (one EXISTS each), so it stays unique in the queue. A `dedup_key` is
+    refused: its index lives on one partition's tag while the task is placed by eval_id,
+    so two holders could be stored (docs/operations.md, partitions' limits)."""
+    if req.dedup is not None:
+        return ["unpartitionable"]
+    others = [q for q in queue.candidates(req.eval_id) if q is not queue]
+    if others:
+        held = await asyncio.gather(*(q.redis.exists(q.keys.task(req.eval_id)) for q in others))
+        if any(held):
+            return ["duplicate"]
+    if not req.depends_on:
+        return await _store(queue, req, ())
+    found = await asyncio.gather(*(partitions.locate(queue.engine, p) for p in req.depends_on))
+    where = dict(zip(req.depends_on, found, strict=True))
+    unknown = [p for p, q in where.items() if q is None]
+    if unknown:
+        return ["unknown", unknown]
+    remote = {p: q.keys.route for p, q in where.items() if q is not None and q is not queue}
+    if remote:
+        return await _across(queue, req, remote)
+    return await _store(queue, req, req.depends_on)
 
 
 async def _store(
@@ -169,7 +201,7 @@ async def _across(queue: Queue, req: TaskRequest, remote: dict[str, str]) -> Seq
 
 async def _link(parent_queue: Queue, ids: list[str], req: TaskRequest, child: Queue) -> Any:
     k = parent_queue.keys
-    argv = ["link", req.eval_id, child.keys.queue, MAX_DEPENDANTS, *ids]
+    argv = ["link", req.eval_id, child.keys.route, MAX_DEPENDANTS, *ids]
     return await parent_queue.scripts.run("link", [k.task(i) for i in ids], argv)
 
 

@@ -25,7 +25,7 @@ nothing to the hot path; they reach back as far as the stream's cap (about EVENT
 `q`) a page may hold fewer than `limit` tasks and still have a `next_cursor`: the budget
 ran out first. The cursor is opaque (base64url of JSON) and names its state.
 
-Imports: client, queue (typing), records, models, errors (and orjson).
+Imports: client, partitions, queue (typing), records, models, errors, settings (and orjson).
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app.engine import partitions
 from app.engine.client import text, translate_errors
 from app.engine.keys import GROUP
 from app.engine.records import render_record
 from app.errors import Invalid
 from app.models import State, decode_json, iso_ms
+from app.settings import MAX_PARTITIONS
 
 if TYPE_CHECKING:
     from app.engine.queue import Queue
@@ -75,6 +77,7 @@ class Page:
     tenant: str | None = None
     q: str | None = None
     cursor: tuple[str, str] | None = None
+    part: int = 0  # a partitioned queue's partition the cursor is in (engine/partitions.py)
 
     @classmethod
     def parse(
@@ -93,37 +96,48 @@ class Page:
             raise Invalid("tenant must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         if q and len(q) > MAX_Q:
             raise Invalid(f"q must be at most {MAX_Q} characters")
-        return cls(chosen, limit, tenant or None, q or None, decode_cursor(cursor, chosen))
+        parts, part = decode_cursor(cursor, chosen)
+        return cls(chosen, limit, tenant or None, q or None, parts, part)
 
     @property
     def mode(self) -> str:
         return MODES.get(self.state, "events")
 
 
-def encode_cursor(state: State, parts: tuple[str, str]) -> str:
-    raw = orjson.dumps({"s": state.value, "p": list(parts)})
+def encode_cursor(state: State, parts: tuple[str, str] | None, part: int = 0) -> str:
+    """`parts`: where listing.lua stopped (None: the start of partition `part`, a
+    partitioned queue's next one); `part` is left out for partition 0."""
+    doc: dict[str, Any] = {"s": state.value, "p": list(parts) if parts else None}
+    if part:
+        doc["i"] = part
+    raw = orjson.dumps(doc)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, state: State) -> tuple[str, str] | None:
-    """The cursor's two parts; Invalid unless it is one this listing handed out."""
+def decode_cursor(cursor: str | None, state: State) -> tuple[tuple[str, str] | None, int]:
+    """The cursor's two parts (None: a partition's start) and its partition; Invalid unless
+    it is one this listing handed out."""
     if not cursor:
-        return None
+        return None, 0
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         found = orjson.loads(raw)
     except (binascii.Error, ValueError):
         found = None
     parts = found.get("p") if isinstance(found, dict) else None
+    part = found.get("i", 0) if isinstance(found, dict) else None
     if (
         not isinstance(found, dict)
         or found.get("s") != state.value
-        or not isinstance(parts, list)
-        or len(parts) != 2
-        or not _parts_fit(MODES.get(state, "events"), parts)
+        or not isinstance(part, int)
+        or isinstance(part, bool)
+        or not 0 <= part < MAX_PARTITIONS
+        or not (parts is None and part > 0 or isinstance(parts, list) and len(parts) == 2)
+        or parts is not None
+        and not _parts_fit(MODES.get(state, "events"), parts)
     ):
         raise Invalid(f"cursor is malformed or not one of a listing of {state.value} tasks")
-    return str(parts[0]), str(parts[1])
+    return ((str(parts[0]), str(parts[1])) if parts is not None else None), part
 
 
 def _parts_fit(mode: str, parts: list[Any]) -> bool:
@@ -153,18 +167,49 @@ def _keys(queue: Queue, page: Page) -> list[str]:
 
 @translate_errors
 async def list_tasks(queue: Queue, page: Page) -> dict[str, Any]:
-    """`{"tasks": [records], "next_cursor"}`: one page of `page.state` in `queue`."""
-    argv: list[Any] = [page.mode, page.state.value, queue.keys.task_prefix, page.limit]
+    """`{"tasks": [records], "next_cursor"}`: one page of `page.state` in `queue`. A
+    partitioned queue is listed partition after partition (each in its own order), the
+    cursor naming the partition; queued tasks' positions are then estimated across the
+    partitions (engine/partitions.py), from one read of every partition's counters."""
+    parts = queue.parts
+    if page.part >= len(parts):
+        raise Invalid(f"cursor is malformed or not one of a listing of {page.state.value} tasks")
+    tasks: list[dict[str, Any]] = []
+    rows = await partitions.waiting(queue) if parts[1:] and page.mode == "queued" else None
+    at, cursor = page.part, page.cursor
+    while True:
+        found, more = await _one(parts[at], page, page.limit - len(tasks), cursor, rows)
+        tasks += found
+        if more is not None:
+            return {"tasks": tasks, "next_cursor": encode_cursor(page.state, more, at)}
+        at, cursor = at + 1, None
+        if at == len(parts):
+            return {"tasks": tasks, "next_cursor": None}
+        if len(tasks) >= page.limit:
+            return {"tasks": tasks, "next_cursor": encode_cursor(page.state, None, at)}
+
+
+@translate_errors
+async def _one(
+    queue: Queue,
+    page: Page,
+    limit: int,
+    cursor: tuple[str, str] | None,
+    rows: list[list[int]] | None,
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """One page of `queue` (a partition), and where it stopped (None: at the end)."""
+    argv: list[Any] = [page.mode, page.state.value, queue.keys.task_prefix, limit]
     argv += [BUDGET, page.tenant or "", page.q or "", GROUP]
-    argv += [*(page.cursor or ("", "")), queue.weights]
+    argv += [*(cursor or ("", "")), queue.weights]
     items, first, second, now = await queue.scripts.run("listing", _keys(queue, page), argv)
-    tasks = [_render(queue, page, item, int(now)) for item in items]
+    tasks = [_render(queue, page, item, int(now), rows) for item in items]
     more = text(first)
-    cursor = encode_cursor(page.state, (more, text(second))) if more else None
-    return {"tasks": tasks, "next_cursor": cursor}
+    return tasks, ((more, text(second)) if more else None)
 
 
-def _render(queue: Queue, page: Page, item: list[Any], now: int) -> dict[str, Any]:
+def _render(
+    queue: Queue, page: Page, item: list[Any], now: int, rows: list[list[int]] | None
+) -> dict[str, Any]:
     """One record of the page, with what its state adds (see docs/api.md)."""
     eval_id, flat, extra, payload = text(item[0]), item[1], item[2], item[3]
     rec = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -172,6 +217,8 @@ def _render(queue: Queue, page: Page, item: list[Any], now: int) -> dict[str, An
         view = _dead_view(eval_id, extra, queue.keys.queue)
     else:
         position = int(extra) if page.mode == "queued" else 0
+        if position and rows is not None:
+            position = partitions.estimate(rows, queue.keys.part, rec, position)
         view = render_record(eval_id, rec, position, queue.keys.queue)
     if page.mode == "processing":
         view["worker"] = text(rec.get(b"worker", extra))

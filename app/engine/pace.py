@@ -33,6 +33,7 @@ Imports: client, queue (typing), models, errors.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -105,9 +106,22 @@ def measure(now: Reading, samples: Sequence[Reading]) -> Pace | None:
     return Pace(now.at, started / span, arrivals)
 
 
-@translate_errors
 async def pace_of(queue: Queue) -> Pace | None:
-    """The queue's pace now (None: not known yet); keeps a sample now and then."""
+    """The queue's pace now (None: not known yet); keeps a sample now and then. A
+    partitioned queue's is the sum of its partitions' paces (each keeps its own samples),
+    over the partitions that have one: its positions count every partition
+    (engine/partitions.py `position`)."""
+    if not queue.parts[1:]:
+        return await _pace_one(queue)
+    found = [p for p in await asyncio.gather(*(_pace_one(q) for q in queue.parts)) if p]
+    if not found:
+        return None
+    arrivals = tuple(sum(col) for col in zip(*(p.arrivals for p in found), strict=True))
+    return Pace(max(p.now for p in found), sum(p.starts for p in found), arrivals)
+
+
+@translate_errors
+async def _pace_one(queue: Queue) -> Pace | None:
     k = queue.keys
     argv = [int(SAMPLE_EVERY * 1000), KEPT, int(TTL * 1000)]
     reading, samples = await queue.scripts.run("pace", [k.counters, k.pace], argv)

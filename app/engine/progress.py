@@ -93,7 +93,7 @@ async def report(queue: Queue, eval_id: str, sent: Report) -> dict[str, Any]:
         keys = [k.task(eval_id), k.leases, k.events, *k.streams]
         return q.scripts.run("progress", keys, [*argv, k.q])
 
-    owner, reply = await queue._by_id(send)  # the by-id router of the engine (queue.py)
+    owner, reply = await queue._by_id(eval_id, send)  # the by-id router of the engine (queue.py)
     if text(reply[0]) != "ok":
         raise refusal(reply)
     return {

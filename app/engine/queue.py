@@ -16,8 +16,16 @@ named queue without one. Transitions are reported to the engine's observer with 
 task's real priority, from the script's reply. Fair share, RATE_LIMITS and
 QUEUE_MAX_IN_FLIGHT live in the claim script (docs/flow-control.md).
 
-Imports: client, keys, links, records, models, errors, settings, flow_settings (and
-structlog, orjson); the engine module only for typing.
+A partitioned queue (QUEUE_PARTITIONS) is its partition 0 holding the others in `parts`:
+by-id calls go to the id's partition (`placed`), and claims, waits, renewals, promotion
+and notifications span them through engine/partitions.py's `Spread`; each `*_one`
+method is the plain one-queue operation. Unpartitioned, `parts` is `(self,)` and nothing
+else is read or sent. Fair share works within each partition (its keys are under the
+partition's tag); RATE_LIMITS and QUEUE_MAX_IN_FLIGHT are refused on a partitioned queue
+(settings.py), and a partition > 0 never has limits.
+
+Imports: client, keys, links, partitions, records, models, errors, settings,
+flow_settings (and structlog, orjson); the engine module only for typing.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from app.engine import links
+from app.engine import links, partitions
 from app.engine.client import (
     MAX_BLOCK_SLICE,
     create_groups,
@@ -119,6 +127,12 @@ def enqueued(req: TaskRequest, reply: Sequence[Any]) -> dict[str, Any]:
         raise Conflict(f"eval_id already exists: {req.eval_id}")
     if state == "unknown":
         raise Invalid(f"unknown parent(s): {', '.join(text(p) for p in reply[1])}")
+    if state == "unpartitionable":
+        raise Invalid(
+            "dedup_key is not supported on a partitioned queue (QUEUE_PARTITIONS): tasks are "
+            "placed by eval_id, so choose the eval_id from the key instead (a second task "
+            "with that eval_id is refused with 409), or use an unpartitioned queue"
+        )
     if state == "crowded":
         raise Invalid(
             f"parent {text(reply[1])} already has {MAX_DEPENDANTS} deferred dependants "
@@ -182,6 +196,30 @@ class Queue:
         self.weights = engine.settings.flow.weights_arg  # TENANT_WEIGHTS, as scripts take it
         # complete.lua's wake channel: told 'release' when a slot frees under a cap
         self.release_channel = keys.schedule_channel if limits.max_in_flight else ""
+        self.parts: tuple[Queue, ...] = (self,)  # a partitioned queue's partitions
+        self.whole: Queue = self  # the queue this partition belongs to
+        self.spread: partitions.Spread | None = None  # set when partitioned
+        self.counts: tuple[int, ...] = (1,)  # partition counts: now, then earlier ones
+
+    def spread_over(self, parts: Sequence[Queue], counts: Sequence[int]) -> None:
+        """Make this queue partition 0 of a queue spread over itself and `parts`, placing
+        new tasks by `counts[0]` (the others: earlier counts still being drained)."""
+        self.parts = (self, *parts)
+        self.counts = tuple(counts)
+        for part in parts:
+            part.whole = self
+        self.spread = partitions.Spread(self.parts)
+
+    def placed(self, eval_id: str) -> Queue:
+        """The partition of this queue that holds (or will hold) `eval_id`."""
+        whole = self.whole
+        return whole.parts[partitions.place(eval_id, whole.counts[0])] if whole.parts[1:] else self
+
+    def candidates(self, eval_id: str) -> list[Queue]:
+        """Every partition `eval_id` may be in: one per partition count of the history."""
+        whole = self.whole
+        found = [whole.parts[partitions.place(eval_id, n)] for n in whole.counts]
+        return list(dict.fromkeys(found))
 
     # --- producers -----------------------------------------------------------------
 
@@ -210,29 +248,42 @@ class Queue:
 
     @translate_errors
     async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
-        """Store one task; 409 (Conflict) when its eval_id is already known. A request its
-        dedup_key's holder answers stores nothing (`deduplicated` in the answer)."""
-        answer = enqueued(req, await links.enqueue(self, req))
+        """Store one task (in its partition, when partitioned); 409 (Conflict) when its
+        eval_id is already known. A request its dedup_key's holder answers stores nothing
+        (`deduplicated` in the answer)."""
+        answer = enqueued(req, await links.enqueue(self.placed(req.eval_id), req))
         if "deduplicated" not in answer:
             self.observer.enqueued(self.keys.queue, req.priority.value)
         return answer
 
     # --- consumers -----------------------------------------------------------------
 
-    @translate_errors
     async def claim(
         self, consumer: str, count: int, lease: float, priorities: Iterable[str] = ()
     ) -> Claimed:
         """Take up to `count` tasks (due ones promoted, lapsed leases first), leased `lease` s,
-        of `priorities` only when given (CONSUME)."""
+        of `priorities` only when given (CONSUME); over every partition when partitioned."""
+        if self.spread is not None:
+            return Claimed(*await self.spread.claim(consumer, count, lease, priorities))
+        claimed, _ = await self.claim_one(consumer, count, lease, priorities)
+        return claimed
+
+    @translate_errors
+    async def claim_one(
+        self, consumer: str, count: int, lease: float, priorities: Iterable[str] = ()
+    ) -> tuple[Claimed, str]:
+        """`claim` in this queue (partition) alone, and, for a partition, the best priority
+        still waiting in it (claim.lua's hint; '' none)."""
         k, s = self.keys, self.settings
         keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
         keys += [k.dlq_index, k.paused, k.expiries, k.rate, *k.fair, *k.effects]
         argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
         argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
         argv += [",".join(priorities), s.result_ttl, self.weights, *self.limits.args()]
+        if self.whole.parts[1:]:
+            argv.append("1")
         reply = await self.scripts.run("claim", keys, argv)
-        items, wake_ms, recreated, tails, lost, expired, held = reply
+        items, wake_ms, recreated, tails, lost, expired, held, *hint = reply
         for eval_id, reason in lost:
             self._log_lost(eval_id, reason)
         self._expired(expired)
@@ -244,31 +295,41 @@ class Queue:
                 priority=Priority(text(prio)),
                 payload=self.decode(payload),
                 waited_ms=int(waited),
+                part=k.part,
             )
             for eval_id, entry, attempt, prio, payload, waited in items
         ]
         wake_in = None if int(wake_ms) < 0 else int(wake_ms) / 1000
         if held:
             self.observer.throttled(self.keys.queue, text(held))
-        return Claimed(tasks, wake_in, bool(recreated), list(tails), text(held))
+        claimed = Claimed(tasks, wake_in, bool(recreated), list(tails), text(held))
+        return claimed, text(hint[0]) if hint else ""
 
-    @translate_errors
     async def wait_for_work(
         self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
     ) -> None:
         """Block (XREAD) until an entry is added after `tails` (from `claim`: the priority
         streams', then the tenant streams' while tenants' tasks exist), or `timeout`; only on
-        the streams of `priorities` when given."""
+        the streams of `priorities` when given; on every partition's."""
+        if self.spread is not None:
+            return await self.spread.wait_for_work(timeout, tails, priorities)
+        return await self.wait_one(timeout, tails, priorities)
+
+    @translate_errors
+    async def wait_one(
+        self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
+    ) -> None:
+        """`wait_for_work` on this queue's (partition's) own streams."""
         streams = (*self.keys.streams, *self.keys.tenant_streams)[: len(tails)]
         prios = (*PRIORITY_ORDER, *PRIORITY_ORDER)
         taken = set(priorities)
         last: dict[Any, Any] = {
             key: tail
             for prio, key, tail in zip(prios, streams, tails, strict=False)
-            if not taken or prio in taken
+            if tail and (not taken or prio in taken)
         }
         deadline = time.monotonic() + timeout
-        while tails and (remaining := deadline - time.monotonic()) > 0:
+        while last and (remaining := deadline - time.monotonic()) > 0:
             # Blocks are cut into slices shorter than the socket timeout, so one client
             # serves both: a hung Redis still fails fast, and long-polls still work.
             block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
@@ -285,22 +346,43 @@ class Queue:
         the script that buried it names it once, so this is logged once."""
         log.error("task_lost", queue=self.keys.queue, eval_id=text(eval_id), reason=text(reason))
 
-    async def _by_id(self, send: Callable[[Queue], Awaitable[Any]]) -> tuple[Queue, Any]:
-        """Run a by-id script with this queue's keys; when the task belongs to another
-        legacy queue (the reply `{'queue', name}`), once more with that queue's; when a
-        named queue has no such task, ask the default queue (the id directory) first."""
-        reply = await send(self)
+    async def _by_id(
+        self, eval_id: str, send: Callable[[Queue], Awaitable[Any]], task: Task | None = None
+    ) -> tuple[Queue, Any]:
+        """Run a by-id script in the partition of this queue that would hold `eval_id`
+        (this queue itself, unpartitioned); when the task belongs to another legacy queue
+        (the reply `{'queue', name}`), once more with that queue's; when it is not there,
+        ask the id directory, then the partitioned queues (`_located`)."""
+        parts = self.whole.parts
+        known = task.part if task and task.part is not None and task.part < len(parts) else None
+        first = parts[known] if known is not None else self.placed(eval_id)
+        reply = await send(first)
         if (name := _redirected(reply)) is not None:
             other = self.engine.queue(name or None)
             return other, await send(other)
-        if not self.keys.q or not _missing(reply):
-            return self, reply
+        if not _missing(reply):
+            return first, reply
+        if first is not self.engine.default:
+            pointed, found = await self._via_directory(send, first)
+            if pointed is not None:
+                return pointed, found
+        if self.settings.queue_partitions:
+            held = await partitions.elsewhere(self.engine, eval_id, first)
+            if held is not None:
+                return held, await send(held)
+        return first, reply
+
+    async def _via_directory(
+        self, send: Callable[[Queue], Awaitable[Any]], tried: Queue
+    ) -> tuple[Queue | None, Any]:
+        """Ask the default queue (the id directory) for a task `tried` lacks: its record,
+        or a pointer to its queue (then once more there); None when neither helps."""
         home = self.engine.default
         found = await send(home)
         if (name := _redirected(found)) is None:
-            return home, found
-        if name == self.keys.q:  # a stale pointer back here: the task is gone
-            return self, reply
+            return (None if _missing(found) else home), found
+        if name == tried.keys.q:  # a stale pointer back here: the task is gone
+            return None, found
         other = self.engine.queue(name or None)
         return other, await send(other)
 
@@ -319,7 +401,7 @@ class Queue:
             argv = [eval_id, *_fence_args(task), payload, s.result_ttl, GROUP, s.events_maxlen]
             return q.scripts.run("complete", keys, [*argv, answer, k.q, q.release_channel])
 
-        queue, reply = await self._by_id(send)
+        queue, reply = await self._by_id(eval_id, send, task)
         if text(reply[0]) != "ok":
             raise refusal(reply)
         self.observer.settled(queue.keys.queue, text(reply[1]), "completed")
@@ -355,7 +437,7 @@ class Queue:
             argv_q = [k.schedule_channel, answer, intervals, k.q, "1" if q.release_channel else "0"]
             return q.scripts.run("fail", keys, [*argv, *argv_q])
 
-        queue, reply = await self._by_id(send)
+        queue, reply = await self._by_id(eval_id, send, task)
         return queue._failed(eval_id, reply)
 
     def _failed(self, eval_id: str, reply: Sequence[Any]) -> dict[str, Any]:
@@ -376,9 +458,15 @@ class Queue:
             return {"eval_id": eval_id, "status": state, "queue": self.keys.queue}
         raise refusal(reply)
 
-    @translate_errors
     async def renew(self, consumer: str, tasks: Iterable[Task], lease: float) -> list[str]:
         """Extend the leases of running tasks; returns the eval_ids this consumer lost."""
+        if self.spread is not None:
+            return await self.spread.renew(consumer, list(tasks), lease)
+        return await self.renew_one(consumer, tasks, lease)
+
+    @translate_errors
+    async def renew_one(self, consumer: str, tasks: Iterable[Task], lease: float) -> list[str]:
+        """`renew` of tasks of this queue (partition)."""
         k, held = self.keys, list(tasks)
         argv: list[Any] = [GROUP, consumer, int(lease * 1000), k.task_prefix, k.schedule_channel]
         for task in held:
@@ -403,7 +491,7 @@ class Queue:
             keys += [k.counters, k.expiries, *k.fair, *k.effects]
             return q.scripts.run("cancel", keys, [*argv, k.cancel_channel, k.q])
 
-        queue, reply = await self._by_id(send)
+        queue, reply = await self._by_id(eval_id, send)
         if text(reply[0]) != State.CANCELLED:
             if text(reply[0]) == "state":
                 raise Conflict(f"task is {text(reply[1])}; cannot cancel")
@@ -420,20 +508,28 @@ class Queue:
             keys = [k.task(eval_id), k.counters, *k.holes, *k.fair]
             return q.scripts.run("status", keys, [k.q, q.weights])
 
-        queue, reply = await self._by_id(send)
+        queue, reply = await self._by_id(eval_id, send)
         if not reply:
             raise NotFound(f"no such task: {eval_id}")
         flat, position = reply
         rec = dict(zip(flat[::2], flat[1::2], strict=True))
+        if int(position) and queue.whole.parts[1:]:
+            position = await partitions.position(queue, rec, int(position))
         return render_record(eval_id, rec, int(position), queue.keys.queue)
 
     # --- the schedule, groups, notifications --------------------------------------------
 
-    @translate_errors
     async def promote(self) -> float | None:
         """Queue the scheduled/retrying tasks that are due, expire the waiting tasks whose
         expiry came, let go of lapsed throttle windows; seconds until the next due time or
-        expiry (0.0: a batch was full, call again)."""
+        expiry (0.0: a batch was full, call again). In every partition when partitioned."""
+        if self.spread is not None:
+            return await self.spread.promote()
+        return await self.promote_one()
+
+    @translate_errors
+    async def promote_one(self) -> float | None:
+        """`promote` in this queue (partition)."""
         k, s = self.keys, self.settings
         keys = [k.scheduled, k.counters, k.events, *k.streams, *k.holes]
         keys += [k.expiries, k.dedup, k.dedup_ttl, *k.fair, *k.effects]
@@ -445,14 +541,28 @@ class Queue:
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
 
     async def ensure_groups(self) -> None:
-        """Create the priority streams and their consumer group if missing."""
-        await create_groups(self.redis, self.keys.streams, GROUP)
+        """Create the priority streams and their consumer group if missing (each partition's,
+        after the partition count history was read: engine/partitions.py `history`)."""
+        if self.whole is self and (self.keys.q or self is self.engine.default):
+            await partitions.history(self)
+        for part in self.parts:
+            await create_groups(self.redis, part.keys.streams, GROUP)
 
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """("cancel", eval_id) for terminate=true cancels, ("schedule", due ms or "release")
         for new due times and released leases, from any process (pub/sub: at-most-once, so
         consumers also re-check on their own). Sharded pub/sub when the scripts publish so
-        (a cluster of Redis >= 7, see engine/scripts.py); `Unavailable` on any failure."""
+        (a cluster of Redis >= 7, see engine/scripts.py); `Unavailable` on any failure.
+        Every partition's, merged, when partitioned."""
+        if self.spread is not None:
+            async for item in self.spread.notifications():
+                yield item
+            return
+        async for item in self.own_notifications():
+            yield item
+
+    async def own_notifications(self) -> AsyncIterator[tuple[str, str]]:
+        """`notifications` of this queue (partition)'s own channels."""
         kinds = {self.keys.cancel_channel: "cancel", self.keys.schedule_channel: "schedule"}
         await self.scripts.prepare()
         async for channel, data in subscribed(self.redis, list(kinds), self.scripts.sharded_pubsub):

@@ -25,8 +25,9 @@ PROBE_TTL_MS = 60_000  # the /health write probe's key (one per process) expires
 
 @translate_errors
 async def counts(queue: Queue) -> dict[str, Any]:
-    """Counts per state and priority, totals, DLQ size and the pause flag."""
-    return (await counts_of(queue.redis, [queue.keys]))[0]
+    """Counts per state and priority, totals, DLQ size and the pause flag (summed over the
+    partitions of a partitioned queue)."""
+    return combined(await counts_of(queue.redis, [p.keys for p in queue.parts]))
 
 
 @translate_errors
@@ -34,27 +35,67 @@ async def health(queue: Queue) -> dict[str, Any]:
     """`counts`, plus a probe write (this process's probe key, expiring), so a Redis that
     refuses writes raises `WritesRefused`, in the same round trip."""
     probe = queue.keys.shared(f"probe:{consumer_name()}")
-    return (await counts_of(queue.redis, [queue.keys], probe))[0]
+    return combined(await counts_of(queue.redis, [p.keys for p in queue.parts], probe))
 
 
 @translate_errors
 async def consumers(queue: Queue) -> list[dict[str, Any]]:
-    """XINFO CONSUMERS of every priority stream, merged by consumer name."""
-    return (await consumers_of(queue.redis, [queue.keys]))[0]
+    """XINFO CONSUMERS of every priority stream (of every partition), merged by name."""
+    return merged_consumers(await consumers_of(queue.redis, [p.keys for p in queue.parts]))
 
 
 async def queues_overview(engine: Engine) -> dict[str, dict[str, Any]]:
     """Counts, consumers and oldest waiting tasks of every named legacy queue
-    (QUEUE_EXECUTORS, or used), in four round trips however many there are."""
+    (QUEUE_EXECUTORS, or used; a partitioned one's partitions summed), in four round trips
+    however many there are."""
     queues = (await engine.legacy_queues())[1:]
-    keys = [q.keys for q in queues]
+    keys = [p.keys for q in queues for p in q.parts]
     all_counts = await counts_of(engine.client, keys)
     all_consumers = await consumers_of(engine.client, keys)
     all_ages = await history.oldest_waiting(queues)
-    return {
-        k.queue: {**c, "consumers": who, "oldest_waiting": ages}
-        for k, c, who, ages in zip(keys, all_counts, all_consumers, all_ages, strict=True)
-    }
+    found: dict[str, dict[str, Any]] = {}
+    at = 0
+    for q, ages in zip(queues, all_ages, strict=True):
+        n = len(q.parts)
+        who = merged_consumers(all_consumers[at : at + n])
+        counted = combined(all_counts[at : at + n])
+        found[q.keys.queue] = {**counted, "consumers": who, "oldest_waiting": ages}
+        at += n
+    return found
+
+
+def combined(per_part: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The counts of a queue's partitions as one: numbers summed, paused if any is."""
+    if len(per_part) == 1:
+        return per_part[0]
+
+    def add(a: Any, b: Any) -> Any:
+        if isinstance(a, dict):
+            return {k: add(a.get(k, 0), b.get(k, 0)) for k in dict.fromkeys([*a, *b])}
+        if isinstance(a, bool):
+            return a or b
+        return a + b
+
+    total = per_part[0]
+    for more in per_part[1:]:
+        total = add(total, more)
+    return total
+
+
+def merged_consumers(per_part: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per consumer name over a queue's partitions: pending summed, least idle."""
+    if len(per_part) == 1:
+        return per_part[0]
+    rows: dict[str, dict[str, Any]] = {}
+    for part in per_part:
+        for row in part:
+            had = rows.setdefault(row["name"], {**row, "pending": 0, "priorities": []})
+            had["pending"] += row["pending"]
+            idle = [i for i in (had["idle_ms"], row["idle_ms"]) if i is not None]
+            had["idle_ms"] = min(idle) if idle else None
+            taken = {*had["priorities"], *row.get("priorities", [])}
+            had["priorities"] = [p.value for p in PRIORITY_ORDER if p.value in taken]
+    return list(rows.values())
 
 
 @translate_errors
@@ -193,7 +234,7 @@ async def events_tail(queue: Queue) -> str:
 async def minute_stats(queue: Queue, minutes: int) -> list[dict[str, int]]:
     """State changes per minute over the last `minutes` (oldest first), from the
     per-minute counts the scripts keep in the queue's stats hash (`<minute>:<state>`, 48 h;
-    event() in engine/lua/_lib.lua)."""
+    event() in engine/lua/_lib.lua); summed over the partitions of a partitioned queue."""
     now_s, _ = await queue.redis.time()  # (a cluster pipeline takes no TIME)
     first = int(now_s) // 60 - minutes + 1
     counts = await history.minute_counts(queue, range(first, first + minutes))

@@ -37,7 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from app.engine import audits, history
 from app.engine.flow import flow_of
-from app.engine.views import consumers_of, counts_of
+from app.engine.views import combined, consumers_of, counts_of, merged_consumers
 from app.errors import Unavailable
 from app.models import PRIORITY_ORDER
 
@@ -261,7 +261,7 @@ async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
         async with asyncio.timeout(SCRAPE_TIMEOUT):
             legacy = await engine.legacy_queues()
             queues += legacy[1:]
-            keys = [q.keys for q in queues]
+            keys = [p.keys for q in queues for p in q.parts]  # partitions summed below
             counts = await counts_of(engine.client, keys)
             consumers = await consumers_of(engine.client, keys)
             ages = await history.oldest_waiting(queues)
@@ -269,18 +269,24 @@ async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
             flows = dict(zip(names, await flow_of(engine.client, legacy), strict=True))
     except (Unavailable, TimeoutError):
         return None
-    return [
-        QueueSnapshot(
-            k.queue,
-            c["by_priority"],
-            c["dlq"],
-            len(who),
-            c["totals"].get("lost", 0),
-            {prio: age["seconds"] for prio, age in oldest.items()},
-            flows.get(k.queue, {}),
+    found, at = [], 0
+    for q, oldest in zip(queues, ages, strict=True):
+        n = len(q.parts)
+        c = combined(counts[at : at + n])
+        who = merged_consumers(consumers[at : at + n])
+        at += n
+        found.append(
+            QueueSnapshot(
+                q.keys.queue,
+                c["by_priority"],
+                c["dlq"],
+                len(who),
+                c["totals"].get("lost", 0),
+                {prio: age["seconds"] for prio, age in oldest.items()},
+                flows.get(q.keys.queue, {}),
+            )
         )
-        for k, c, who, oldest in zip(keys, counts, consumers, ages, strict=True)
-    ]
+    return found
 
 
 def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:

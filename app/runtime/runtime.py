@@ -128,8 +128,10 @@ class Runtime:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
 
     async def _streams(self) -> list[CallbackStream]:
-        """The callbacks streams of every legacy queue (each queue has its own)."""
-        return [CallbackStream(self.engine, q.keys) for q in await self.engine.legacy_queues()]
+        """The callbacks streams of every legacy queue (each queue, and each partition of a
+        partitioned one, has its own)."""
+        queues = await self.engine.legacy_queues()
+        return [CallbackStream(self.engine, p.keys) for q in queues for p in q.parts]
 
     async def stop_consuming(self, grace: float) -> None:
         """Consumers and components stop claiming; running tasks get `grace` s, then are

@@ -405,7 +405,7 @@ end
 -- task has consequences beyond it. Iterative, so a cascade through dependants needs no
 -- recursion. A task of a named queue also enters the queue's `expiring` zset (when its
 -- record expires), from which the housekeeping drops its pointer in the id directory
--- (admin.py). Tasks without callbacks, dependants, a dedup_key or a named queue cost one HMGET.
+-- (admin.py); not a partition's task (no pointer). Tasks without callbacks, dependants, a dedup_key or a named queue cost one HMGET.
 local function finished(k_task, id, state, now, maxlen, ttl)
   local todo = {{k_task, id, state}}
   local i = 1
@@ -415,7 +415,8 @@ local function finished(k_task, id, state, now, maxlen, ttl)
     if marks[1] then notify_callback(k, tid, st, now, maxlen) end
     if marks[2] then release_children(k, tid, st, now, maxlen, ttl, todo) end
     if marks[4] then release_dedup(k, tid, marks[4]) end
-    if marks[3] and marks[3] ~= '' then
+    -- (a partition's routing name, `<q>#i`: no pointer to drop, engine/partitions.py)
+    if marks[3] and marks[3] ~= '' and not string.find(marks[3], '#', 1, true) then
       redis.call('ZADD', base_of(k, tid) .. 'expiring', now + tonumber(ttl) * 1000, tid)
     end
     i = i + 1

@@ -25,7 +25,8 @@
 --       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
 --       taken over when their lease lapses, 11 result ttl s (of expired tasks),
 --       12 TENANT_WEIGHTS ('name=w,…'), 13 RATE_LIMITS' emission interval in ms ('' = no
---       rate limit), 14 its burst, 15 QUEUE_MAX_IN_FLIGHT ('' = none)
+--       rate limit), 14 its burst, 15 QUEUE_MAX_IN_FLIGHT ('' = none), 16 '1': a partition
+--       of a partitioned queue (engine/partitions.py): also answer the hint below
 -- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
 -- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
 -- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
@@ -36,7 +37,9 @@
 --          entry was lost (see reclaim), {{eval_id, prio}...} of tasks expired here, limit
 --          that held tasks back ('' none, 'rate', 'in_flight')}. `waited ms`: since the task
 --          entered its priority stream (queue wait). The tails are of the priority streams,
---          then, while tenants' tasks exist, of the tenant streams.
+--          then, while tenants' tasks exist, of the tenant streams. For a partition (ARGV
+--          16), an 8th element: the best priority this consumer takes that still has queued
+--          tasks (its own or tenants') after this claim ('' none).
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
@@ -320,5 +323,12 @@ if #out < count or paused or held ~= '' then
     tails[i] = last[1] and last[1][1] or '0-0'
   end
   if held == 'rate' then wake = wake_rate end
+end
+if ARGV[16] == '1' then
+  local best = ''
+  for i, prio in ipairs(PRIOS) do
+    if TAKES[prio] and queued_in(KEYS[4], KEYS[8 + i], prio) > 0 then best = prio break end
+  end
+  return {out, wake, recreated, tails, lost, expired, held, best}
 end
 return {out, wake, recreated, tails, lost, expired, held}
