@@ -272,6 +272,9 @@ class Settings:
         consume = Selection.everything()
         if "CONSUME" in env:
             consume = Selection.parse(env["CONSUME"], default=queue)
+        flow = flow_from(r)
+        queue_partitions = _queue_partitions(r, queue)
+        _check_partitioned_limits(queue_partitions, flow)
         return cls(
             host=r.text("HOST", "127.0.0.1"),
             port=r.number("PORT", 8081, int, 0, 65535),
@@ -283,7 +286,7 @@ class Settings:
             executor_limits=_executor_limits(r),
             queue_executors=queue_executors,
             consume=consume,
-            queue_partitions=_queue_partitions(r, queue),
+            queue_partitions=queue_partitions,
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
             public_url=r.url("PUBLIC_URL", ("http", "https")),
             eas_targets=_eas_targets(r),
@@ -324,7 +327,7 @@ class Settings:
             callback_allowed_hosts=_allowed_hosts(r),
             callback_timeout=r.number("CALLBACK_TIMEOUT", 10.0, float, 0.1, 300.0),
             tracing=tracing_from(r),
-            flow=flow_from(r),
+            flow=flow,
             durability=r.choice("DURABILITY", "async", DURABILITIES),
         )
 
@@ -383,6 +386,22 @@ def _queue_partitions(r: Reader, default: str) -> dict[str, int]:
         if int(count) > 1:
             found[name] = int(count)
     return found
+
+
+def _check_partitioned_limits(partitions: Mapping[str, int], flow: Flow) -> None:
+    """RATE_LIMITS and QUEUE_MAX_IN_FLIGHT keep one key per queue on its hash tag, which a
+    claim in another partition cannot touch on a cluster (one script, one slot): refused on
+    a partitioned queue (docs/flow-control.md, *Partitioned queues*)."""
+    for name in partitions:
+        limits = flow.limits(name)
+        which = ["RATE_LIMITS"] if limits.rate else []
+        which += ["QUEUE_MAX_IN_FLIGHT"] if limits.max_in_flight else []
+        if which:
+            raise SettingsError(
+                f"QUEUE_PARTITIONS: {name} is partitioned, so it cannot take {' or '.join(which)}"
+                " (a per-queue limit lives on one hash tag that claims in the queue's other"
+                " partitions cannot reach); drop one of the two settings for this queue"
+            )
 
 
 def _executors(r: Reader) -> list[tuple[str, float]]:

@@ -214,6 +214,13 @@ test_a_task_rebuilt_from_its_lease_renews_in_its_partition = (
 test_fsck_finds_a_busy_partitioned_queue_consistent = (
     test_partitions.test_fsck_finds_a_busy_partitioned_queue_consistent
 )
+# fair share on a partitioned queue: each partition's tenant keys on its own master
+test_fair_share_works_within_each_partition = (
+    test_partitions.test_fair_share_works_within_each_partition
+)
+test_an_idle_wait_with_tenants_waiting_wakes_for_any_partition = (
+    test_partitions.test_an_idle_wait_with_tenants_waiting_wakes_for_any_partition
+)
 
 pytestmark = pytest.mark.timeout(120)
 

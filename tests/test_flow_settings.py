@@ -63,3 +63,39 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     message = str(info.value)
     assert message.startswith(f"{name}:"), message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"QUEUE_PARTITIONS": "4", "RATE_LIMITS": "evaluations=10/s"}, "RATE_LIMITS"),
+        ({"QUEUE_PARTITIONS": "gpu=2", "QUEUE_MAX_IN_FLIGHT": "gpu=4"}, "QUEUE_MAX_IN_FLIGHT"),
+        (
+            {"QUEUE_PARTITIONS": "gpu=2", "RATE_LIMITS": "gpu=1/s", "QUEUE_MAX_IN_FLIGHT": "gpu=4"},
+            "RATE_LIMITS or QUEUE_MAX_IN_FLIGHT",
+        ),
+    ],
+)
+def test_a_partitioned_queue_refuses_limits(env: dict[str, str], named: str) -> None:
+    """A per-queue limit's key lives on one hash tag: a partitioned queue cannot have one."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    message = str(info.value)
+    queue = "evaluations" if env["QUEUE_PARTITIONS"] == "4" else "gpu"
+    assert message.startswith(f"QUEUE_PARTITIONS: {queue} is partitioned"), message
+    assert f"cannot take {named} " in message
+    assert "\n" not in message
+
+
+def test_limits_on_another_queue_than_the_partitioned_one() -> None:
+    """Only the combination on one queue is refused; fair share is fine everywhere."""
+    settings = Settings.from_env(
+        {
+            "QUEUE_PARTITIONS": "4",
+            "RATE_LIMITS": "gpu=10/s",
+            "QUEUE_MAX_IN_FLIGHT": "gpu=2",
+            "TENANT_WEIGHTS": "acme=3",
+        }
+    )
+    assert settings.queue_partitions == {"evaluations": 4}
+    assert settings.flow.limits("gpu") == Limits(Rate(10, 1.0), 2)
