@@ -12,16 +12,18 @@ and the waiting counts add up; a tenant waiting in several partitions is listed 
 `vtime` the smallest of its partitions' (each partition keeps its own virtual clock, so
 the figure orders tenants only roughly across partitions).
 
-Imports: client, queue, models.
+Imports: client, queue, flow_settings, models.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from app.engine.client import Redis, text, translate_errors
 from app.engine.queue import Queue
+from app.flow_settings import Rate
 from app.models import PRIORITY_ORDER
 
 TENANTS_SHOWN = 20  # per queue and priority, in /status and /metrics
@@ -31,7 +33,8 @@ READ = TENANTS_SHOWN * 2  # tenants read per priority (idle ones are skipped)
 @translate_errors
 async def flow_of(client: Redis, queues: Sequence[Queue]) -> list[dict[str, Any]]:
     """Per queue: `limits` (RATE_LIMITS, QUEUE_MAX_IN_FLIGHT), `in_flight` (its leases: every
-    processing task, in-process and pulled), and per priority where tenants' tasks wait, the
+    processing task, in-process and pulled), `rate` (`rate_state`, only with a rate limit),
+    and per priority where tenants' tasks wait, the
     tenants next in line with their waiting tasks and virtual time; a partitioned queue's
     partitions summed (module docstring)."""
     parts = [part for q in queues for part in q.parts]
@@ -59,7 +62,10 @@ def _merged(views: list[dict[str, Any]]) -> dict[str, Any]:
         rows = sorted(level["next"].values(), key=lambda r: (r["vtime"], r["tenant"]))
         level["next"] = rows[:TENANTS_SHOWN]
     in_flight = sum(view["in_flight"] for view in views)
-    return {"limits": views[0]["limits"], "in_flight": in_flight, "tenants": tenants}
+    merged = {"limits": views[0]["limits"], "in_flight": in_flight, "tenants": tenants}
+    if "rate" in views[0]:
+        merged["rate"] = views[0]["rate"]
+    return merged
 
 
 async def _flow_of_parts(client: Redis, queues: Sequence[Queue]) -> list[dict[str, Any]]:
@@ -70,9 +76,17 @@ async def _flow_of_parts(client: Redis, queues: Sequence[Queue]) -> list[dict[st
         pipe.hgetall(q.keys.counters)
         for key in q.keys.vtimes:
             pipe.zrange(key, 0, READ - 1, withscores=True)
+    rated = [(q, q.limits.rate) for q in queues if q.limits.rate is not None]
+    for q, _ in rated:
+        pipe.get(q.keys.rate)
+        pipe.time()
     first = await pipe.execute()
     per = 2 + len(PRIORITY_ORDER)
     rows = [first[i * per : (i + 1) * per] for i in range(len(queues))]
+    gcra = first[len(queues) * per :]
+    rates = {
+        id(q): rate_state(rate, gcra[2 * i], gcra[2 * i + 1]) for i, (q, rate) in enumerate(rated)
+    }
     pipe = client.pipeline(transaction=False)
     for q, (_, _, *tenants) in zip(queues, rows, strict=True):
         for wait, listed in zip(q.keys.waiting, tenants, strict=True):
@@ -80,7 +94,25 @@ async def _flow_of_parts(client: Redis, queues: Sequence[Queue]) -> list[dict[st
                 t = text(name)
                 pipe.zlexcount(wait, f"[{t}|", f"({t}}}")
     backlogs = iter(await pipe.execute())
-    return [_view(q, row, backlogs) for q, row in zip(queues, rows, strict=True)]
+    views = [_view(q, row, backlogs) for q, row in zip(queues, rows, strict=True)]
+    for q, view in zip(queues, views, strict=True):
+        if id(q) in rates:
+            view["rate"] = rates[id(q)]
+    return views
+
+
+def rate_state(rate: Rate, tat_raw: Any, now: Any) -> dict[str, int]:
+    """RATE_LIMITS' GCRA state (claim.lua, `rate_room` in _fair.lua) read as operators
+    want it: `available`, the starts allowed right now (the burst left), and `next_in_ms`,
+    when the next start is allowed (0 while some are available). By the Redis clock."""
+    interval_us = rate.interval_ms * 1000
+    now_us = int(now[0]) * 1_000_000 + int(now[1])
+    tat = max(int(text(tat_raw) or 0) if tat_raw else 0, now_us)
+    tolerance = (rate.n - 1) * interval_us
+    if tat > now_us + tolerance:
+        return {"available": 0, "next_in_ms": math.ceil((tat - tolerance - now_us) / 1000)}
+    available = min(rate.n, math.floor((now_us + tolerance - tat) / interval_us) + 1)
+    return {"available": available, "next_in_ms": 0}
 
 
 def _view(q: Queue, row: list[Any], backlogs: Any) -> dict[str, Any]:

@@ -351,6 +351,18 @@ def flow_families(snapshot: list[QueueSnapshot]) -> Iterator[Metric]:
         "RATE_LIMITS of a queue, in task starts per second",
         labels=("queue",),
     )
+    in_flight = GaugeMetricFamily(
+        "taskstream_queue_in_flight",
+        "Processing tasks of a queue with QUEUE_MAX_IN_FLIGHT, every replica and pull worker "
+        "(global; what the cap counts)",
+        labels=("queue",),
+    )
+    available = GaugeMetricFamily(
+        "taskstream_queue_rate_available",
+        "Task starts a queue's RATE_LIMITS allows right now (global; the burst left, 0 while "
+        "held)",
+        labels=("queue",),
+    )
     for queue in snapshot:
         for prio, level in queue.flow.get("tenants", {}).items():
             for row in level["next"]:
@@ -358,10 +370,13 @@ def flow_families(snapshot: list[QueueSnapshot]) -> Iterator[Metric]:
         limits = queue.flow.get("limits") or {}
         if limits.get("max_in_flight") is not None:
             cap.add_metric([queue.queue], limits["max_in_flight"])
+            in_flight.add_metric([queue.queue], queue.flow.get("in_flight", 0))
         if limits.get("rate"):
             n, _, unit = limits["rate"].partition("/")
             rate.add_metric([queue.queue], int(n) / (60 if unit == "m" else 1))
-    yield from (tenants, cap, rate)
+        if "rate" in queue.flow:
+            available.add_metric([queue.queue], queue.flow["rate"]["available"])
+    yield from (tenants, cap, rate, in_flight, available)
 
 
 async def read_audit(runtime: Runtime) -> audits.Totals | None:

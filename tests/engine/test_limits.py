@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from app.engine import flow
 from app.engine.queue import Queue
 from app.flow_settings import Flow, Rate
 from tests.conftest import wait_for
@@ -128,3 +129,29 @@ async def test_a_cap_wakes_consumers_when_a_slot_frees(
     await q.complete(task.eval_id, None, task)
     await asyncio.wait_for(listener, 5)
     assert heard == [("schedule", "release")]
+
+
+async def test_the_flow_view_shows_the_limits_state(
+    make_streams: Callable[..., Queue], queue: str
+) -> None:
+    """What /status and /metrics read (engine/flow.py): the starts a rate allows now (the
+    burst left) and when the next is allowed, and the tasks in flight under a cap."""
+    q = limited(make_streams, queue, rate=Rate(5, 60.0), cap=3)
+    view = (await flow.flow_of(q.redis, [q]))[0]
+    assert view["limits"] == {"rate": "5/m", "max_in_flight": 3}
+    assert view["rate"] == {"available": 5, "next_in_ms": 0} and view["in_flight"] == 0
+    await fill(q, 10)
+    first = await q.claim("c1", 2, 30)
+    assert len(first.tasks) == 2
+    view = (await flow.flow_of(q.redis, [q]))[0]
+    assert view["rate"] == {"available": 3, "next_in_ms": 0} and view["in_flight"] == 2
+    second = await q.claim("c1", 5, 30)
+    assert len(second.tasks) == 1 and second.held == "in_flight"  # the cap: 3 in flight
+    for task in [*first.tasks, *second.tasks]:
+        await q.complete(task.eval_id, None, task)
+    assert len((await q.claim("c1", 5, 30)).tasks) == 2  # the rate: 5 per minute
+    view = (await flow.flow_of(q.redis, [q]))[0]
+    assert view["rate"]["available"] == 0 and view["in_flight"] == 2
+    assert 11_000 <= view["rate"]["next_in_ms"] <= 12_000  # one interval: 12 s
+    unlimited = make_streams()
+    assert "rate" not in (await flow.flow_of(q.redis, [unlimited]))[0]

@@ -101,5 +101,29 @@ async def test_an_executors_max_bounds_its_calls(
     assert counts["executors"][0]["max_in_flight"] == 2
 
 
+async def test_status_and_metrics_show_the_limits_state(
+    make_service: MakeService, make_counting: MakeCounting, queue: str
+) -> None:
+    """Issue 15's "visible in /status and /metrics": the tasks in flight under a cap and
+    the starts a rate still allows, read from Redis (every replica's), with the limits."""
+    executor = await make_counting(hold=3.0)
+    flow = Flow(rates={queue: Rate(3, 60.0)}, max_in_flight={queue: 2})
+    svc = await make_service(executor_urls=(executor.url,), flow=flow, concurrency=4)
+    await batch(svc, 5, tenant="acme")
+    await wait_for(lambda: _at_least(executor, 2))
+    status = (await svc.http.get("/status")).json()["flow"]
+    assert status["limits"] == {"rate": "3/m", "max_in_flight": 2}
+    assert status["in_flight"] == 2
+    assert status["rate"] == {"available": 1, "next_in_ms": 0}
+    assert status["tenants"]["default"]["tenant_tasks"] == 3
+    metrics = await scrape(svc)
+    assert metrics.value("taskstream_queue_in_flight", queue=queue) == 2
+    assert metrics.value("taskstream_queue_max_in_flight", queue=queue) == 2
+    assert metrics.value("taskstream_queue_rate_available", queue=queue) == 1
+    assert metrics.value("taskstream_queue_rate_limit", queue=queue) == 3 / 60
+    waiting = metrics.value("taskstream_tenant_waiting", queue=queue, tenant="acme")
+    assert waiting == 3
+
+
 async def _at_least(executor: Counting, n: int) -> bool:
     return len(executor.starts) >= n
