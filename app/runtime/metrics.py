@@ -359,8 +359,7 @@ def flow_families(snapshot: list[QueueSnapshot]) -> Iterator[Metric]:
     )
     available = GaugeMetricFamily(
         "taskstream_queue_rate_available",
-        "Task starts a queue's RATE_LIMITS allows right now (global; the burst left, 0 while "
-        "held)",
+        "Task starts a queue's RATE_LIMITS allows right now (global; the burst left, 0 while held)",
         labels=("queue",),
     )
     for queue in snapshot:
