@@ -162,6 +162,7 @@ test_a_rate_allows_one_burst_then_one_start_per_interval = (
     test_limits.test_a_rate_allows_one_burst_then_one_start_per_interval
 )
 test_a_cap_bounds_the_tasks_in_flight = test_limits.test_a_cap_bounds_the_tasks_in_flight
+test_the_flow_view_shows_the_limits_state = test_limits.test_the_flow_view_shows_the_limits_state
 
 # issue 13 item 4: partitioned queues
 make_engine = test_partitions.make_engine

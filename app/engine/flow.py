@@ -1,6 +1,7 @@
 """Flow control as operators see it: a queue's limits, its tasks in flight, its tenants.
 
-Read-only, two pipelined round trips per call however many queues: what `/status` and
+Read-only, two pipelined round trips per call however many queues (a rate-limited
+queue's GCRA state in the first, one small script each): what `/status` and
 `/metrics` show of fair share (docs/flow-control.md). The tenants listed per priority are
 those next in line (smallest virtual times) that have tasks waiting, at most
 `TENANTS_SHOWN` of them, so the answer (and the metric's cardinality) stays bounded
@@ -17,6 +18,7 @@ Imports: client, queue, flow_settings, models.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -77,16 +79,11 @@ async def _flow_of_parts(client: Redis, queues: Sequence[Queue]) -> list[dict[st
         for key in q.keys.vtimes:
             pipe.zrange(key, 0, READ - 1, withscores=True)
     rated = [(q, q.limits.rate) for q in queues if q.limits.rate is not None]
-    for q, _ in rated:
-        pipe.get(q.keys.rate)
-        pipe.time()
-    first = await pipe.execute()
+    reads = [q.scripts.run("rate_state", [q.keys.rate], []) for q, _ in rated]
+    first, gcra = await asyncio.gather(pipe.execute(), asyncio.gather(*reads))
     per = 2 + len(PRIORITY_ORDER)
     rows = [first[i * per : (i + 1) * per] for i in range(len(queues))]
-    gcra = first[len(queues) * per :]
-    rates = {
-        id(q): rate_state(rate, gcra[2 * i], gcra[2 * i + 1]) for i, (q, rate) in enumerate(rated)
-    }
+    rates = {id(q): rate_state(rate, *gcra[i]) for i, (q, rate) in enumerate(rated)}
     pipe = client.pipeline(transaction=False)
     for q, (_, _, *tenants) in zip(queues, rows, strict=True):
         for wait, listed in zip(q.keys.waiting, tenants, strict=True):
@@ -101,13 +98,13 @@ async def _flow_of_parts(client: Redis, queues: Sequence[Queue]) -> list[dict[st
     return views
 
 
-def rate_state(rate: Rate, tat_raw: Any, now: Any) -> dict[str, int]:
+def rate_state(rate: Rate, tat_raw: Any, seconds: Any, micros: Any) -> dict[str, int]:
     """RATE_LIMITS' GCRA state (claim.lua, `rate_room` in _fair.lua) read as operators
     want it: `available`, the starts allowed right now (the burst left), and `next_in_ms`,
     when the next start is allowed (0 while some are available). By the Redis clock."""
     interval_us = rate.interval_ms * 1000
-    now_us = int(now[0]) * 1_000_000 + int(now[1])
-    tat = max(int(text(tat_raw) or 0) if tat_raw else 0, now_us)
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    tat = max(int(text(tat_raw) or 0), now_us)
     tolerance = (rate.n - 1) * interval_us
     if tat > now_us + tolerance:
         return {"available": 0, "next_in_ms": math.ceil((tat - tolerance - now_us) / 1000)}

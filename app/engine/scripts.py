@@ -68,6 +68,7 @@ CORE = (
     "callback_done",
     "progress",  # engine/progress.py
     "pace",  # engine/pace.py
+    "rate_state",  # engine/flow.py
     "directory",
     "unpoint",
     "link",
