@@ -106,11 +106,11 @@ async def test_status_and_metrics_show_the_limits_state(
 ) -> None:
     """Issue 15's "visible in /status and /metrics": the tasks in flight under a cap and
     the starts a rate still allows, read from Redis (every replica's), with the limits."""
-    executor = await make_counting(hold=3.0)
+    executor = await make_counting(hold=8.0)  # both still in flight while this reads
     flow = Flow(rates={queue: Rate(3, 60.0)}, max_in_flight={queue: 2})
     svc = await make_service(executor_urls=(executor.url,), flow=flow, concurrency=4)
     await batch(svc, 5, tenant="acme")
-    await wait_for(lambda: _at_least(executor, 2))
+    await wait_for(lambda: _at_least(executor, 2), timeout=20)
     status = (await svc.http.get("/status")).json()["flow"]
     assert status["limits"] == {"rate": "3/m", "max_in_flight": 2}
     assert status["in_flight"] == 2
