@@ -224,6 +224,66 @@ async def make_executor() -> AsyncIterator[Callable[..., Awaitable[StubExecutor]
         await stub.served.stop()
 
 
+@dataclass
+class Counting:
+    """A real loopback executor that records each start (monotonic time, eval_id), holds
+    every call `hold` seconds, and tracks the most calls it had open at once."""
+
+    hold: float = 0.0
+    starts: list[tuple[float, str]] = field(default_factory=list)
+    open: int = 0
+    most_open: int = 0
+    served: Served | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.served is not None
+        return self.served.url
+
+    @property
+    def order(self) -> list[str]:
+        return [eval_id for _, eval_id in self.starts]
+
+    async def _execute(self, request: Request) -> Response:
+        body = await request.json()
+        self.starts.append((time.monotonic(), body["eval_id"]))
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.open -= 1
+        return JSONResponse({"status": "success", "output": "", "exit_code": 0})
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/execute", self._execute, methods=["POST"]),
+                Route("/health", self._health, methods=["GET"]),
+            ]
+        )
+
+
+@pytest.fixture
+async def make_counting() -> AsyncIterator[Callable[..., Awaitable[Counting]]]:
+    started: list[Counting] = []
+
+    async def make(hold: float = 0.0) -> Counting:
+        counting = Counting(hold)
+        counting.served = await serve_asgi(counting.app())
+        started.append(counting)
+        return counting
+
+    yield make
+    for counting in started:
+        assert counting.served is not None
+        counting.served.server.force_exit = True
+        await counting.served.stop()
+
+
 @pytest.fixture
 async def executor(make_executor: Callable[..., Awaitable[StubExecutor]]) -> StubExecutor:
     return await make_executor()
