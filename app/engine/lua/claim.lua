@@ -244,7 +244,7 @@ local function take_tenant(prio, tenant, n)
   for _, member in ipairs(members) do
     local seq, id = string.match(member, '^[^|]*|(%d+)|(.+)$')
     local k_task = prefix .. id
-    local rec = redis.call('HMGET', k_task, 'state', 'entry')
+    local rec = redis.call('HMGET', k_task, 'state', 'entry', 'attempts')
     if rec[1] == 'queued' and rec[2] then
       local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[2])
       if type(claimed) == 'table' and claimed.err and string.find(claimed.err, 'NOGROUP') then
@@ -257,11 +257,10 @@ local function take_tenant(prio, tenant, n)
         lost[#lost + 1] = {id, lose(k_task, id, prio, rec[2], 'queued', QK, maxlen, now,
           failure_ttl, '0')}
       elseif fields['x'] and tonumber(fields['x']) <= now then  -- its expiry came first
-        local attempts = redis.call('HGET', k_task, 'attempts')
-        expire_here(k_task, id, {'queued', prio, rec[2], tonumber(seq), attempts, tenant}, group)
+        expire_here(k_task, id, {'queued', prio, rec[2], tonumber(seq), rec[3], tenant}, group)
       else
         -- (an entry not parked, after its group was lost, is handed out all the same)
-        deliver(k_task, id, rec[2], prio, fields['payload'] or '', fields['x'])
+        deliver(k_task, id, rec[2], prio, fields['payload'] or '', fields['x'], rec[3])
         given = given + 1
       end
     end
