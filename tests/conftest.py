@@ -553,7 +553,6 @@ def parse_python(source: str, filename: str = "<unknown>") -> ast.Module:
     mismatch". Seen here now and then under xdist on a loaded machine. The garbage
     collector is held off during the parse (a finaliser failing inside the constructor is
     one way in), and the spurious error gets one more try: the source is the same."""
-    gc.collect()
     gc.disable()
     try:
         try:

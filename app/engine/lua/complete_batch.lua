@@ -40,20 +40,41 @@ local function refused(rec, entry, attempt, deadline)
   return nil
 end
 
-local out, done, acked = {}, {}, {high = {}, default = {}, low = {}}
+local out, done, acked, recs, taken = {}, {}, {high = {}, default = {}, low = {}}, {}, {}
 local minutes = {}  -- epoch minute -> {an events entry of it, count}
+-- First every fence (reads only), then the acks: XACK / XDEL / ZREM are the first writes, and
+-- they are not refused out of memory, so (as in complete.lua, whose first write is XACK) a
+-- batch still settles when Redis is out of memory (`noeviction` refuses only a script's
+-- first write that may grow memory: settling existing work drains the backlog).
 for i = 1, n do
   local a = 6 + (i - 1) * 5
-  local id, k_task = ARGV[a], KEYS[6 + i]
-  local rec = redis.call('HMGET', k_task, unpack(FIELDS))
+  local rec = redis.call('HMGET', KEYS[6 + i], unpack(FIELDS))
   -- a tenant's task (fair share) is left to complete.lua: its entry is in a tenant stream
   local refusal = rec[11] and {'tenant'} or refused(rec, ARGV[a + 1], ARGV[a + 2], deadlines[i])
+  if not refusal and taken[ARGV[a]] then refusal = {'state', 'completed'} end  -- twice here
   if refusal then
     out[i] = refusal
   else
+    taken[ARGV[a]] = true
+    recs[i] = rec
     local gone = acked[rec[4]]
     gone[#gone + 1] = rec[2]
-    done[#done + 1] = id
+    done[#done + 1] = ARGV[a]
+  end
+end
+for _, prio in ipairs(PRIOS) do
+  local gone = acked[prio]
+  if #gone > 0 then
+    redis.call('XACK', STREAM[prio], group, unpack(gone))
+    redis.call('XDEL', STREAM[prio], unpack(gone))
+  end
+end
+if #done > 0 then redis.call('ZREM', KEYS[1], unpack(done)) end
+for i = 1, n do
+  local rec = recs[i]
+  if rec then
+    local a = 6 + (i - 1) * 5
+    local id, k_task = ARGV[a], KEYS[6 + i]
     redis.call('HSET', k_task, 'state', 'completed', 'result', ARGV[a + 3], 'finished', now_s)
     if rec[10] then
       redis.call('HDEL', k_task, 'entry', 'error')
@@ -75,16 +96,6 @@ for i = 1, n do
     out[i] = {'ok', rec[4]}
   end
 end
-for _, prio in ipairs(PRIOS) do
-  local gone = acked[prio]
-  if #gone > 0 then
-    redis.call('XACK', STREAM[prio], group, unpack(gone))
-    redis.call('XDEL', STREAM[prio], unpack(gone))
-  end
-end
-if #done > 0 then
-  redis.call('ZREM', KEYS[1], unpack(done))
-  redis.call('HINCRBY', KEYS[3], 'total:completed', #done)
-end
+if #done > 0 then redis.call('HINCRBY', KEYS[3], 'total:completed', #done) end
 for _, counted in pairs(minutes) do count_minute(KEYS[2], counted[1], 'completed', counted[2]) end
 return out
