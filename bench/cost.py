@@ -12,9 +12,10 @@ and no enqueue is in the drain's figures, and every task is drained inside the w
 - `engine_drains`: the same backlog, drained by bench/enginedrain.py (the service's
   runtime with a no-op executor in-process, no HTTP); median of 3.
 - `queued_memory`: 50,000 tasks with a 200-byte `code` queued, `used_memory` delta / N.
-- `VARIANTS`: hooks for per-feature costs (issue 15: fair share, rate limit, dedup): each
-  entry is a drain with extra service settings and task fields, reported beside the
-  plain drain. Empty until those settings exist.
+- `VARIANTS`: per-feature costs (issue 15): each entry is a drain with extra service
+  settings and task fields, reported beside the plain drain: fair share (every task of
+  one of two tenants), a rate limit and an in-flight cap (both set far above what the
+  drain reaches, so they cost their checks but hold nothing back).
 
 Each drain ends with the exactly-once check (bench/once.py) against the executions the
 stub (or the no-op executor) counted per eval_id.
@@ -61,17 +62,34 @@ MEDIAN_KEYS = (
 
 @dataclass(frozen=True)
 class Variant:
-    """A drain with a feature on (issue 15 hook): service env and task fields."""
+    """A drain with a feature on (issue 15): service env and task fields; task i also gets
+    `cycle[i % len(cycle)]` when `cycle` is given."""
 
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
     task: Mapping[str, Any] = field(default_factory=dict)
     note: str = ""
+    cycle: tuple[Mapping[str, Any], ...] = ()
 
 
-# Per-feature costs, measured beside the plain drain when listed here, e.g.
-# Variant("fair share", {"FAIR_SHARE": "tenant"}, {"metadata": {"tenant": "t1"}}).
-VARIANTS: tuple[Variant, ...] = ()
+# Per-feature costs, measured beside the plain drain (docs/flow-control.md, *What it costs*).
+VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "fair share",
+        cycle=({"tenant": "a"}, {"tenant": "b"}),
+        note="every task of one of two tenants",
+    ),
+    Variant(
+        "rate limit",
+        {"RATE_LIMITS": f"{QUEUE}=1000000/s"},
+        note="RATE_LIMITS far above the drain's rate: checked, never binding",
+    ),
+    Variant(
+        "in-flight cap",
+        {"QUEUE_MAX_IN_FLIGHT": f"{QUEUE}=100000"},
+        note="QUEUE_MAX_IN_FLIGHT far above CONCURRENCY: checked, never binding",
+    ),
+)
 
 
 def log(message: str) -> None:
@@ -291,7 +309,8 @@ def _median_batch(batches: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def _variant(bench: Bench, variant: Variant) -> dict[str, Any]:
     def make(i: int) -> dict[str, Any]:
-        return {"code": bench.code, **variant.task}
+        extra = variant.cycle[i % len(variant.cycle)] if variant.cycle else {}
+        return {"code": bench.code, **variant.task, **extra}
 
     slug = variant.name.replace(" ", "-")
     result, services, _ = await drain_once(bench, slug, make=make, extra_env=variant.env)

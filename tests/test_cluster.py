@@ -7,9 +7,9 @@ replica each (tests/topologies.py), started once per module (per xdist worker).
   priority, retries and backoff, the DLQ, cancel (terminate: pub/sub), scheduled tasks,
   named queues, pause, callbacks, PAI-EAS, pull workers and long polls (blocking reads),
   clear and fsck (SCAN on every primary), progress reports, listing (each kind of
-  structure), the pace behind ETAs, and what crosses hash tags: dependencies across
-  queues (relays), the id directory (by-id calls without a queue name), named queues'
-  callbacks; eight named queues spread over the three primaries.
+  structure), the pace behind ETAs, fair share and limits, and what crosses hash tags:
+  dependencies across queues (relays), the id directory (by-id calls without a queue
+  name), named queues' callbacks; eight named queues spread over the three primaries.
 - Faults under load, each ending with the total-queue report (tests/totalqueue.py, the rig
   of tests/faultrig.py): a primary killed with SIGKILL (its replica takes over), and the
   slot of a live queue migrated to another primary while tasks flow (MOVED and ASK
@@ -39,7 +39,9 @@ from tests.engine import (
     conftest,
     test_admin,
     test_cross_queue,
+    test_fair,
     test_fsck,
+    test_limits,
     test_listing,
     test_named_queues,
     test_pace,
@@ -149,6 +151,19 @@ test_finished_states_newest_first = test_listing.test_finished_states_newest_fir
 test_deferred_with_what_it_waits_for = test_listing.test_deferred_with_what_it_waits_for
 test_a_queue_that_starts_tasks_gets_a_pace = test_pace.test_a_queue_that_starts_tasks_gets_a_pace
 
+# fair share and limits (issue 15): the claim's fair-share and GCRA keys in one slot
+test_weights_split_the_starts = test_fair.test_weights_split_the_starts
+test_a_lapsed_lease_is_taken_over = test_fair.test_a_lapsed_lease_is_taken_over
+test_cancel_a_tenants_queued_task = test_fair.test_cancel_a_tenants_queued_task
+test_a_released_dependant_waits_under_its_tenant = (
+    test_fair.test_a_released_dependant_waits_under_its_tenant
+)
+test_a_rate_allows_one_burst_then_one_start_per_interval = (
+    test_limits.test_a_rate_allows_one_burst_then_one_start_per_interval
+)
+test_a_cap_bounds_the_tasks_in_flight = test_limits.test_a_cap_bounds_the_tasks_in_flight
+test_the_flow_view_shows_the_limits_state = test_limits.test_the_flow_view_shows_the_limits_state
+
 # issue 13 item 4: partitioned queues
 make_engine = test_partitions.make_engine
 test_tasks_spread_and_all_complete_exactly_once = (
@@ -199,6 +214,13 @@ test_a_task_rebuilt_from_its_lease_renews_in_its_partition = (
 )
 test_fsck_finds_a_busy_partitioned_queue_consistent = (
     test_partitions.test_fsck_finds_a_busy_partitioned_queue_consistent
+)
+# fair share on a partitioned queue: each partition's tenant keys on its own master
+test_fair_share_works_within_each_partition = (
+    test_partitions.test_fair_share_works_within_each_partition
+)
+test_an_idle_wait_with_tenants_waiting_wakes_for_any_partition = (
+    test_partitions.test_an_idle_wait_with_tenants_waiting_wakes_for_any_partition
 )
 
 pytestmark = pytest.mark.timeout(120)

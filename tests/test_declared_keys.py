@@ -31,9 +31,11 @@ from tests.engine import (
     test_dedup,
     test_dependencies,
     test_expiry,
+    test_fair,
     test_fsck,
     test_fsck_flow,
     test_history,
+    test_limits,
     test_listing,
     test_named_queues,
 )
@@ -112,6 +114,29 @@ CHECKED = [
     test_history.test_the_housekeeping_rolls_up,
     test_history.test_a_task_lifecycle_shows_in_the_current_hour,
     test_listing.test_deferred_with_what_it_waits_for,
+    # issue 15 items 1-2: fair share (tenant streams, waiting orders, virtual times) and the
+    # limits (the GCRA's key, the leases a cap counts)
+    test_fair.test_a_tenants_task_waits_parked_and_leaves_nothing_behind,
+    test_fair.test_tenant_default_takes_its_share,
+    test_fair.test_strict_priority_stays_across_levels,
+    test_fair.test_cancel_a_tenants_queued_task,
+    test_fair.test_a_lapsed_lease_is_taken_over,
+    test_fair.test_a_retried_task_waits_under_its_tenant_again,
+    test_fair.test_a_dead_letter_keeps_its_tenant,
+    test_fair.test_a_released_dependant_waits_under_its_tenant,
+    test_fair.test_fsck_finds_the_structures_consistent,
+    test_fair.test_queued_listing_shows_tenants_tasks_with_their_positions,
+    test_fair.test_processing_listing_leaves_out_waiting_tenants_tasks,
+    test_fair.test_oldest_waiting_counts_tenants_tasks,
+    test_fair.test_a_tenants_task_expires_from_its_waiting_order,
+    test_fair.test_a_tenants_task_is_deduplicated,
+    test_limits.test_a_rate_allows_one_burst_then_one_start_per_interval,
+    test_limits.test_the_rate_state_expires,
+    test_limits.test_a_cap_bounds_the_tasks_in_flight,
+    test_limits.test_a_cap_wakes_consumers_when_a_slot_frees,
+    test_fsck.test_a_tenants_task_missing_from_its_waiting_order_is_listed_again,
+    test_fsck.test_a_waiting_member_naming_no_task_is_removed,
+    test_fsck.test_tenant_task_counter_drift_is_recomputed,
 ]
 hub = test_fsck.hub
 for _test in CHECKED:

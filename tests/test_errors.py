@@ -20,6 +20,7 @@ from app.errors import (
     Unavailable,
     WritesRefused,
 )
+from tests.conftest import parse_python
 
 TREE = {
     Invalid: TaskstreamError,
@@ -63,7 +64,7 @@ def test_an_error_is_its_message_and_caught_as_a_taskstream_error(cls: type[Exce
 
 def test_errors_carry_no_http() -> None:
     """No status codes and no imports at all: the web wing maps classes to statuses."""
-    tree = ast.parse(inspect.getsource(errors))
+    tree = parse_python(inspect.getsource(errors))
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
     assert not [
         n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, int)

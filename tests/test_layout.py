@@ -20,6 +20,9 @@ NAMED = {
     "ts:{q}:dedup:ttl": "ts:{%(q)s}:dedup:ttl",
     "ts:{q}:counters": "ts:{%(q)s}:counters",
     "ts:{q}:holes:<prio>": "ts:{%(q)s}:holes:*",
+    "ts:{q}:stream:<prio>:tenants": "ts:{%(q)s}:stream:low:tenants",
+    "ts:{q}:tenants:<prio>:waiting": "ts:{%(q)s}:tenants:low:waiting",
+    "ts:{q}:tenants:<prio>": "ts:{%(q)s}:tenants:low",
     "ts:{q}:dlq": "ts:{%(q)s}:dlq",
     "ts:{q}:dlq:index": "ts:{%(q)s}:dlq:index",
     "ts:{q}:cleanup-lock": "ts:{%(q)s}:cleanup-lock",
@@ -65,6 +68,8 @@ async def test_every_key_the_docs_name_exists(service, redis_url, queue):
     assert dead.json()["status"] == "failed"
     assert (await http.post(f"/queues/{queue}/pause")).status_code == 200
     assert (await http.get("/health")).status_code == 200  # the write probe
+    fair = await http.post("/tasks", json={"code": "x", "priority": "low", "tenant": "acme"})
+    assert fair.json()["status"] == "queued"
     named = await http.post("/tasks", json={"code": "x", "queue": "gpu"})
     assert named.json()["status"] == "queued"
     gone = await http.post("/tasks", json={"eval_id": "g", "code": "x", "queue": "gpu"})

@@ -414,3 +414,15 @@ def test_expires_stays_relative_and_expires_at_absolute() -> None:
 def test_flow_control_fields_stay_out_of_the_payload() -> None:
     fields = {"dedup_key": "k", "expires": 5}
     assert TaskRequest.parse({"code": "x", **fields}).payload == {"code": "x"}
+
+
+def test_tenant() -> None:
+    def tenant(value: object) -> str | None:
+        return TaskRequest.parse({"code": "x", "tenant": value}).tenant
+
+    assert TaskRequest.parse({"code": "x"}).tenant is None
+    assert tenant("default") is None  # no tenant is tenant `default`
+    assert tenant("acme:eu-1.b_c") == "acme:eu-1.b_c"
+    for bad in ("", "a b", "x" * 65, 3, "a|b"):
+        with pytest.raises(Invalid, match="tenant"):
+            tenant(bad)

@@ -270,6 +270,10 @@ def test_log_levels_case_insensitive(level: str) -> None:
         ("EXECUTOR_URLS", "http://ok:1;weight=0"),
         ("EXECUTOR_URLS", "http://ok:1;weight=heavy"),
         ("EXECUTOR_URLS", "http://ok:1;share=2"),
+        ("EXECUTOR_URLS", "http://ok:1;max=0"),
+        ("EXECUTOR_URLS", "http://ok:1;max=1.5"),
+        ("EXECUTOR_URLS", "http://ok:1;max="),
+        ("QUEUE_EXECUTORS", "gpu=http://ok:1;max=x"),
         ("EXECUTOR_URLS", "http://host:port"),
         ("EXECUTOR_URLS", "http://"),
         ("TARGET_API_BASE_URL", "target/api"),
@@ -338,6 +342,20 @@ def test_executor_weights() -> None:
     assert s.executor_urls == ("http://a:1", "http://b:2")
     assert s.executor_weights == (3.0, 1.0)
     assert Settings.from_env({"EXECUTOR_URLS": "http://a:1,http://b:2"}).executor_weights == ()
+
+
+def test_executor_max_in_flight() -> None:
+    s = Settings.from_env(
+        {
+            "EXECUTOR_URLS": "http://a:1;max=2;weight=3, http://b:2/,http://c:3/;max=5",
+            "QUEUE_EXECUTORS": "gpu=http://g:1;max=1,http://h:1;weight=2;cpu=http://c:9",
+        }
+    )
+    assert s.executor_urls == ("http://a:1", "http://b:2", "http://c:3")
+    assert s.executor_weights == (3.0, 1.0, 1.0)
+    assert s.executor_limits == {"http://a:1": 2, "http://c:3": 5, "http://g:1": 1}
+    assert s.queue_executors["gpu"] == (("http://g:1", "http://h:1"), (1.0, 2.0))
+    assert s.queue_executors["cpu"] == (("http://c:9",), ())
 
 
 def test_callback_settings() -> None:

@@ -188,6 +188,7 @@ def _enqueue_parser(commands: Any) -> None:
     enqueue.add_argument("--priority", choices=("high", "default", "low"), default="default")
     enqueue.add_argument("--eval-id", metavar="ID", help="the task's id (default: generated)")
     enqueue.add_argument("--queue", metavar="NAME", help="a named queue (default: QUEUE_NAME)")
+    enqueue.add_argument("--tenant", metavar="NAME", help="fair share within its priority")
     enqueue.add_argument("--delay", type=non_negative, metavar="S", help="run in S seconds")
     enqueue.add_argument(
         "--wait", type=positive, metavar="S", help="wait up to S seconds for the outcome"

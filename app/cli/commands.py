@@ -220,6 +220,8 @@ async def enqueue_command(engine: Engine, args: argparse.Namespace) -> int:
         data["eval_id"] = args.eval_id
     if args.queue is not None:
         data["queue"] = args.queue
+    if args.tenant is not None:
+        data["tenant"] = args.tenant
     request = TaskRequest.parse(data)
     queue = engine.queue(request.queue)
     await queue.ensure_groups()

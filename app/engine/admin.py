@@ -53,7 +53,8 @@ async def clear(engine: Engine) -> int:
     for queue in await _used(engine):
         k = queue.keys
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, *k.holes, k.dlq_index]
-        keys += [k.deferred, k.pace, k.expiries, k.dedup, k.dedup_ttl, k.expiring]
+        keys += [k.deferred, k.pace, k.expiries, k.dedup, k.dedup_ttl, k.expiring, *k.fair]
+        keys.append(k.rate)
         removed += int(await queue.scripts.run("clear", keys, [GROUP, k.task_prefix]))
         await engine.client.xtrim(k.callbacks, maxlen=0)  # of cleared tasks: dropped
         removed += await _unlink_matching(engine.client, f"{k.task_prefix}*")
@@ -133,6 +134,7 @@ async def dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
 async def _dlq_retry(queue: Queue, eval_id: str) -> dict[str, Any]:
     k = queue.keys
     keys = [k.task(eval_id), k.dlq, k.dlq_index, k.counters, k.events, *k.streams, k.stats]
+    keys += k.fair
     argv = [eval_id, queue.settings.events_maxlen, k.q]
     reply = await queue.scripts.run("dlq_retry", keys, argv)
     if text(reply[0]) == "missing":

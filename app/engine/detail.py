@@ -75,8 +75,9 @@ async def _stored(
     k = queue.keys
     pipe = queue.redis.pipeline(transaction=False)
     entry, prio = rec.get(b"entry"), text(rec.get(b"prio", b"default"))
-    if entry:
-        pipe.xrange(k.stream(prio), entry, entry)
+    if entry:  # a tenant's task (fair share): its entry is in its tenant stream
+        stream = k.fair_at(prio)[0] if b"tenant" in rec else k.stream(prio)
+        pipe.xrange(stream, entry, entry)
     else:
         pipe.echo(b"")  # keeps the replies in place: no entry, no payload there
     pipe.zscore(k.leases, eval_id)

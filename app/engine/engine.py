@@ -72,7 +72,7 @@ class Engine:
             keys = self.keys
         else:
             keys = QueueKeys.named(self.settings.queue, name)
-        found = Queue(self, keys)
+        found = Queue(self, keys, limits=self.settings.flow.limits(name))
         count = self.settings.queue_partitions.get(name, 1)
         if count > 1:
             self.spread(found, (count,))

@@ -40,6 +40,7 @@ COUNTER_LIMIT = 10_000  # items a counter check may read in one script
 # the `action` every finding carries.
 CLASSES: dict[str, str] = {
     "queued_without_entry": "queued task whose stream entry is gone",
+    "queued_not_waiting": "queued task of a tenant missing from its waiting order",
     "processing_without_entry": "processing task whose stream entry is gone",
     "processing_without_lease": "processing task without a lease",
     "processing_not_pending": "processing task whose entry is not in the group's pending list",
@@ -56,6 +57,7 @@ CLASSES: dict[str, str] = {
     "dlq_index_orphan": "DLQ index field naming no dead letter",
     "dlq_unindexed": "dead letter missing from the DLQ index",
     "deps_orphan": "dependant mark of a parent that no deferred task waiting on it matches",
+    "waiting_orphan": "fair-share waiting member that is no queued task of that tenant",
     "eas_index_orphan": "PAI-EAS index member whose item is gone or finished",
     "eas_rid_orphan": "PAI-EAS requestId naming no item in the sink",
     "counter_drift": "per-state counter that disagrees with the structures",
@@ -194,7 +196,8 @@ class Audit:
         self.report.started_ms = int(seconds) * 1000 + int(micros) // 1000
         targets = await self.targets()
         self.report.queues = list(dict.fromkeys(t.keys.queue for t in targets))
-        passes = [p for t in targets for p in self._passes(t)]
+        fair = await self._fair_targets(targets)
+        passes = [p for t in targets for p in self._passes(t, t in fair)]
         names = [p.name for p in passes]
         resumed = resume is not None and resume[0] in names
         first = names.index(resume[0]) if resume and resumed else 0
@@ -238,13 +241,24 @@ class Audit:
 
     # --- the passes of one queue ---------------------------------------------------------
 
-    def _passes(self, t: Target) -> list[Pass]:
+    async def _fair_targets(self, targets: list[Target]) -> list[Target]:
+        """The queues where tenants' tasks exist (fair share): one EXISTS each, in one round
+        trip; the others' audits skip the tenant streams and waiting orders."""
+        pipe = self.redis.pipeline(transaction=False)
+        for t in targets:
+            pipe.exists(*t.keys.tenant_streams, *t.keys.waiting)
+        found = await pipe.execute()
+        return [t for t, n in zip(targets, found, strict=True) if n]
+
+    def _passes(self, t: Target, fair: bool = False) -> list[Pass]:
         k, label = t.keys, t.keys.prefix
         passes = [Pass(f"{label}records", "0", self._scan(t.records), self._records_of(k))]
         for prio, stream in zip(PRIORITY_ORDER, k.streams, strict=True):
             for mode, fetch in (("entries", self._xrange), ("pending", self._pending)):
                 check = self._entries_of(k, prio, mode)
                 passes.append(Pass(f"{label}{mode}:{prio.value}", "-", fetch(stream), check))
+        if fair:
+            passes += self._fair_passes(t)
         for kind, key in (("leases", k.leases), ("scheduled", k.scheduled)):
             passes.append(Pass(f"{label}{kind}", "0", self._zscan(key), self._refs_of(k, kind)))
         passes.append(Pass(f"{label}expiries", "0", self._zscan(k.expiries), self._refs_of(k)))
@@ -259,6 +273,19 @@ class Audit:
         if t.aliased:
             aliases = self._numbered(k, "rid")
             passes.append(Pass(f"{label}rid", "0", self._hscan(k.aliases), aliases))
+        return passes
+
+    def _fair_passes(self, t: Target) -> list[Pass]:
+        """The tenant streams' entries and pending entries, and the waiting orders."""
+        k, label, passes = t.keys, t.keys.prefix, []
+        for prio, stream, wait in zip(PRIORITY_ORDER, k.tenant_streams, k.waiting, strict=True):
+            for mode, fetch in (("entries", self._xrange), ("pending", self._pending)):
+                check = self._entries_of(k, prio, mode, stream)
+                passes.append(
+                    Pass(f"{label}{mode}:{prio.value}:tenants", "-", fetch(stream), check)
+                )
+            check = self._waiting_of(k, prio)
+            passes.append(Pass(f"{label}waiting:{prio.value}", "0", self._zscan(wait), check))
         return passes
 
     # --- listing -------------------------------------------------------------------------
@@ -328,18 +355,32 @@ class Audit:
     async def _records(self, k: QueueKeys, ids: list[str]) -> list[Orphan]:
         s = self.settings
         keys = [*k.streams, k.counters, k.leases, k.scheduled, k.dlq, k.dlq_index, *k.holes]
-        keys += [k.events, k.expiries, *(k.task(i) for i in ids), *k.effects]
+        keys += [k.events, k.expiries, *k.fair, *(k.task(i) for i in ids), *k.effects]
         argv = [GROUP, k.q, s.events_maxlen, s.failure_ttl, s.result_ttl, k.schedule_channel]
         (rows,) = await self._script("fsck_records", keys, [*argv, *ids])
         return self._orphans(k.queue, rows)
 
-    def _entries_of(self, k: QueueKeys, prio: Priority, mode: str) -> Check:
+    def _entries_of(
+        self, k: QueueKeys, prio: Priority, mode: str, stream: str | None = None
+    ) -> Check:
+        """Entries (or pending entries) of a priority stream, or of `stream`, its tenant
+        stream (fair share: the same checks; its entries carry no sequence number)."""
         i = PRIORITY_ORDER.index(prio)
 
         async def check(ids: list[str]) -> list[Orphan]:
-            keys = [k.streams[i], k.counters, k.holes[i], k.leases]
+            keys = [stream or k.streams[i], k.counters, k.holes[i], k.leases]
             argv = [GROUP, k.task_prefix, prio.value, k.q, mode, LEASE_INDEX_LIMIT, *ids]
             return self._orphans(k.queue, await self._script("fsck_entries", keys, argv))
+
+        return check
+
+    def _waiting_of(self, k: QueueKeys, prio: Priority) -> Check:
+        i = PRIORITY_ORDER.index(prio)
+
+        async def check(members: list[str]) -> list[Orphan]:
+            keys = [k.waiting[i], k.counters]
+            argv = [k.task_prefix, k.q, prio.value, *members]
+            return self._orphans(k.queue, await self._script("fsck_waiting", keys, argv))
 
         return check
 
@@ -381,7 +422,7 @@ class Audit:
         if self.flag == "0" and any(o.queue == k.queue for o in self.report.orphans):
             self.report.skipped.append(f"{k.queue}: counters (other orphans first)")
             return
-        keys = [*k.streams, k.counters, *k.holes, k.scheduled]
+        keys = [*k.streams, k.counters, *k.holes, k.scheduled, *k.waiting]
         argv = [k.task_prefix, k.q, COUNTER_LIMIT]
         rows, skipped = await self._script("fsck_counters", keys, argv)
         self.report.orphans += self._orphans(k.queue, rows)

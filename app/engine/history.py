@@ -181,7 +181,9 @@ async def oldest_waiting(queues: Sequence[Queue]) -> list[dict[str, dict[str, An
     all sent in one write (the script runner pipelines calls of one event-loop turn). A
     partitioned queue: one call per partition, the oldest of them per priority."""
     parts = [part for q in queues for part in q.parts]
-    calls = [p.scripts.run("oldest", list(p.keys.streams), [GROUP]) for p in parts]
+    calls = [
+        p.scripts.run("oldest", [*p.keys.streams, *p.keys.tenant_streams], [GROUP]) for p in parts
+    ]
     ages = iter([_ages(reply) for reply in await _all(calls)])
     return [_oldest([next(ages) for _ in q.parts]) for q in queues]
 

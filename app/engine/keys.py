@@ -32,6 +32,8 @@ from app.models import PRIORITY_ORDER, Priority
 
 GROUP = "workers"  # the consumer group of every priority stream
 CALLBACK_GROUP = "senders"  # the consumer group of the callbacks stream (engine/callbacks.py)
+# fair share: the pseudo-consumer holding tenants' waiting entries (engine/lua/_lib.lua)
+PARKED = "~waiting"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ class QueueKeys:
     fsck: str = field(init=False, repr=False)  # the audit's summary, totals, lock, cursor
     deferred: str = field(init=False, repr=False)  # zset: deferred tasks by creation (listing)
     pace: str = field(init=False, repr=False)  # list: samples of the counters (engine/pace.py)
+    # fair share (docs/flow-control.md), in PRIORITY_ORDER: the entries of tenants' tasks,
+    # their waiting order (`<tenant>|<seq>|<eval_id>`), the tenants' virtual times
+    tenant_streams: tuple[str, ...] = field(init=False, repr=False)
+    waiting: tuple[str, ...] = field(init=False, repr=False)
+    vtimes: tuple[str, ...] = field(init=False, repr=False)
+    rate: str = field(init=False, repr=False)  # RATE_LIMITS: the GCRA's theoretical arrival
 
     def __post_init__(self) -> None:
         p = self.prefix
@@ -101,6 +109,10 @@ class QueueKeys:
             "fsck": f"{b}fsck:",
             "deferred": f"{p}deferred",
             "pace": f"{p}pace",
+            "tenant_streams": tuple(f"{p}stream:{x.value}:tenants" for x in PRIORITY_ORDER),
+            "waiting": tuple(f"{p}tenants:{x.value}:waiting" for x in PRIORITY_ORDER),
+            "vtimes": tuple(f"{p}tenants:{x.value}" for x in PRIORITY_ORDER),
+            "rate": f"{p}rate",
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: set once, here
@@ -155,8 +167,10 @@ class QueueKeys:
         (a dependant cancelled or released, a dedup_key let go: issue 15, listing), the
         callbacks stream (callbacks and relays) and a named queue's expiring zset, or a numbered
         queue's index and aliases and its reply queue's keys (an answer appended there).
-        Scripts that may finish a task take these last in KEYS, so every key they touch
-        is declared; the default queue's are six, so its hot path sends few more bytes."""
+        (A released dependant of a tenant goes through the schedule, so the fair-share keys
+        are not among these.) Scripts that may finish a task take these last in KEYS, so
+        every key they touch is declared; the default queue's are six, so its hot path
+        sends few more bytes."""
         found = [self.scheduled, self.stats, self.expiries, self.dedup, self.deferred]
         if not self.is_numbered:  # a legacy queue: callbacks, relays; a named one's expiry
             found += [self.callbacks, self.expiring] if self.q else [self.callbacks]
@@ -166,6 +180,18 @@ class QueueKeys:
             r = self.reply
             found += [r.counters, r.index, r.aliases, r.stream("default"), r.events, r.stats]
         return found
+
+    @property
+    def fair(self) -> tuple[str, ...]:
+        """The fair-share keys as the scripts take them (`fair_keys` in _fair.lua): tenant
+        streams, waiting orders, virtual times, each high, default, low."""
+        return (*self.tenant_streams, *self.waiting, *self.vtimes)
+
+    def fair_at(self, priority: Priority | str) -> tuple[str, str, str]:
+        """The fair-share keys of one priority (enqueue.lua takes these alone): its tenant
+        stream, waiting order and virtual times."""
+        i = PRIORITY_ORDER.index(Priority(priority))
+        return self.tenant_streams[i], self.waiting[i], self.vtimes[i]
 
     def task(self, eval_id: str) -> str:
         return self.task_prefix + eval_id

@@ -3,11 +3,14 @@
 Each state is read from a structure of its own, in its own order, by `listing.lua`; a page
 looks at a bounded number of candidates (`BUDGET`, matching or not), never at every task:
 
-- queued: the priority streams after the group's last delivered id, in position order
-  (high, default, low; stream order within): XINFO GROUPS, XRANGE, and per task one
-  HGETALL and one ZCOUNT (its position);
-- processing: the group's pending entries (XPENDING), by priority then stream order: per
-  task one XPENDING step, one XRANGE of its entry, one HGETALL;
+- queued: per priority (high, default, low), the priority stream after the group's last
+  delivered id, in position order (XINFO GROUPS, XRANGE, and per task one HGETALL and one
+  ZCOUNT, its position), then the tenants' waiting order (fair share,
+  docs/flow-control.md: by tenant, FIFO within; ZRANGEBYLEX, per task one HGETALL, one
+  XRANGE of its entry and its position under fair share, O(tenants waiting) reads);
+- processing: the group's pending entries (XPENDING) of the priority streams, then of the
+  tenant streams (entries still waiting there, parked, are skipped), by stream then stream
+  order: per task one XPENDING step, one XRANGE of its entry, one HGETALL;
 - scheduled, retrying: the schedule zset they share, by due time: ZRANK, ZRANGE, one
   HGETALL per member (members of the other state count as candidates);
 - deferred: the queue's `deferred` zset (engine/keys.py), by creation time: as scheduled;
@@ -51,6 +54,7 @@ BUDGET = 500  # candidates looked at per page, matching or not (bench/listing.py
 MAX_Q = 256
 TENANT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ENTRY_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+WAITING_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\|\d{15}\|[A-Za-z0-9._:-]{1,128}$")
 SCORE_RE = re.compile(r"^-?\d{1,20}$")
 EVAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The mode of listing.lua that serves each state (final states not named: the events stream)
@@ -141,8 +145,10 @@ def _parts_fit(mode: str, parts: list[Any]) -> bool:
     first, second = parts
     if not isinstance(first, str) or not isinstance(second, str):
         return False
+    if mode == "queued" and first in ("4", "5", "6"):  # a tenants' waiting order (fair share)
+        return bool(WAITING_RE.fullmatch(second))
     if mode in ("queued", "processing"):
-        return first in ("1", "2", "3") and bool(ENTRY_RE.fullmatch(second))
+        return first in ("1", "2", "3", "4", "5", "6") and bool(ENTRY_RE.fullmatch(second))
     if mode == "zset":
         return bool(SCORE_RE.fullmatch(first) and EVAL_ID_RE.fullmatch(second))
     return bool(ENTRY_RE.fullmatch(first)) and second == ""
@@ -151,9 +157,9 @@ def _parts_fit(mode: str, parts: list[Any]) -> bool:
 def _keys(queue: Queue, page: Page) -> list[str]:
     k = queue.keys
     if page.mode == "queued":
-        return [*k.streams, k.counters, *k.holes]
+        return [*k.streams, k.counters, *k.holes, *k.fair]
     if page.mode == "processing":
-        return list(k.streams)
+        return [*k.streams, *k.tenant_streams]
     if page.mode == "zset":
         return [k.deferred if page.state == State.DEFERRED else k.scheduled]
     return [k.dlq if page.mode == "dlq" else k.events]
@@ -194,7 +200,7 @@ async def _one(
     """One page of `queue` (a partition), and where it stopped (None: at the end)."""
     argv: list[Any] = [page.mode, page.state.value, queue.keys.task_prefix, limit]
     argv += [BUDGET, page.tenant or "", page.q or "", GROUP]
-    argv += list(cursor or ("", ""))
+    argv += [*(cursor or ("", "")), queue.weights]
     items, first, second, now = await queue.scripts.run("listing", _keys(queue, page), argv)
     tasks = [_render(queue, page, item, int(now), rows) for item in items]
     more = text(first)

@@ -2,9 +2,9 @@
 
 The engine calls its observer right after each successful transition it was asked for
 (enqueue, complete, fail, cancel, re-drive, and the expiries a claim or promoter finds),
-with the queue's name and the task's real priority, read from the script's reply. The
-runtime's `Metrics` implements it; the default observer does nothing (the command line
-counts nothing).
+with the queue's name and the task's real priority, read from the script's reply, and after
+each claim a limit held back. The runtime's `Metrics` implements it; the default observer
+does nothing (the command line counts nothing).
 
 Imports: nothing of app.
 """
@@ -25,6 +25,10 @@ class Observer(Protocol):
     def redriven(self, queue: str, priority: str) -> None:
         """A dead letter of `queue` was queued again."""
 
+    def throttled(self, queue: str, limit: str) -> None:
+        """A claim of `queue` handed out fewer tasks than asked: `limit` (rate, in_flight)
+        held them back."""
+
 
 class NoObserver:
     """Counts nothing."""
@@ -36,4 +40,7 @@ class NoObserver:
         pass
 
     def redriven(self, queue: str, priority: str) -> None:
+        pass
+
+    def throttled(self, queue: str, limit: str) -> None:
         pass

@@ -2,7 +2,8 @@
 
 The pace comes from counters every queue already keeps, per priority, cumulatively, on
 the Redis clock: `head:<prio>` (the sequence number of the last task handed out, so it
-grows by one per start) and `seq:<prio>` (one per task entering the stream). `pace.lua`
+grows by one per start) and `seq:<prio>` (one per task entering the stream); under fair
+share (docs/flow-control.md) the tenants' tasks add `thead:<prio>` and `tseq:<prio>`. `pace.lua`
 reads them and keeps timed samples of them in the queue's `pace` list, at most one per
 `SAMPLE_EVERY` seconds, taken only when someone asks for an ETA (nothing on a task's path
 writes it; any replica may take the sample, the list is shared).

@@ -47,7 +47,13 @@ if TYPE_CHECKING:
     from app.engine.queue import Queue
 
 NONE = len(PRIORITY_ORDER)  # the hint rank of a partition with nothing waiting
+WIDTH = 2 * len(PRIORITY_ORDER)  # tails per partition: priority, then tenant streams
 RANK = {p.value: i for i, p in enumerate(PRIORITY_ORDER)}
+
+
+def _padded(tails: Sequence[bytes]) -> list[bytes]:
+    """One partition's tails as `Spread.claim` flattens them: WIDTH, b'' where none."""
+    return [*tails, *[b""] * (WIDTH - len(tails))]
 
 
 def place(eval_id: str, count: int) -> int:
@@ -78,13 +84,17 @@ class Spread:
 
     async def claim(
         self, consumer: str, count: int, lease: float, priorities: Iterable[str]
-    ) -> tuple[list[Any], float | None, bool, list[bytes]]:
+    ) -> tuple[list[Any], float | None, bool, list[bytes], str]:
         """Up to `count` tasks over the partitions, the soonest wake time, whether a group
-        was recreated, and the tails of every partition (in partition order) when all
-        were visited and the claim is still short, so the caller blocks (see `Claimed`)."""
+        was recreated, the tails of every partition (in partition order, WIDTH each, b''
+        padding what a partition does not watch) when all were visited and the claim is
+        still short, so the caller blocks (see `Claimed`), and the limit that held tasks
+        back when it held every partition ('' otherwise: the caller blocks on the others'
+        streams until the soonest wake time, which includes a held partition's)."""
         prios = list(priorities)
         tasks: list[Any] = []
         tails: dict[int, list[bytes]] = {}
+        held: set[str] = set()
         wake: float | None = None
         recreated = False
         for i in self.order():
@@ -95,10 +105,14 @@ class Spread:
             if got.wake_in is not None:
                 wake = got.wake_in if wake is None else min(wake, got.wake_in)
             if len(tasks) >= count:
-                return tasks, wake, recreated, []
+                return tasks, wake, recreated, [], ""
             tails[i] = got.tails
-        flat = [tail for i in range(len(self.parts)) for tail in tails[i]]
-        return tasks, wake, recreated, flat
+            if got.held:
+                held.add(got.held)
+        if len(held) == 1 and not any(tails.values()):
+            return tasks, wake, recreated, [], held.pop()
+        flat = [tail for i in range(len(self.parts)) for tail in _padded(tails[i])]
+        return tasks, wake, recreated, flat, ""
 
     async def wait_for_work(
         self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str]
@@ -106,9 +120,13 @@ class Spread:
         """Block on every partition's streams (after its `tails`); the first to wake wins."""
         prios = list(priorities)
         waits = [
-            asyncio.ensure_future(part.wait_one(timeout, tails[3 * i : 3 * i + 3], prios))
+            asyncio.ensure_future(part.wait_one(timeout, mine, prios))
             for i, part in enumerate(self.parts)
+            if any(mine := tails[WIDTH * i : WIDTH * i + WIDTH])
         ]
+        if not waits:  # every partition held by a limit: its wake time
+            await asyncio.sleep(timeout)
+            return
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for job in done:

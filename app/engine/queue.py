@@ -13,17 +13,19 @@ re-sends the call once, to that queue; a named queue that has no such record ask
 default queue (the id directory) first. So callers need not know a task's queue: one
 round trip with the right hint or for a task of the default queue, two for a task of a
 named queue without one. Transitions are reported to the engine's observer with the
-task's real priority, from the script's reply.
+task's real priority, from the script's reply. Fair share, RATE_LIMITS and
+QUEUE_MAX_IN_FLIGHT live in the claim script (docs/flow-control.md).
 
 A partitioned queue (QUEUE_PARTITIONS) is its partition 0 holding the others in `parts`:
 by-id calls go to the id's partition (`placed`), and claims, waits, renewals, promotion
 and notifications span them through engine/partitions.py's `Spread`; each `*_one`
 method is the plain one-queue operation. Unpartitioned, `parts` is `(self,)` and nothing
-else is read or sent.
+else is read or sent. Fair share works within each partition (its keys are under the
+partition's tag); RATE_LIMITS and QUEUE_MAX_IN_FLIGHT are refused on a partitioned queue
+(settings.py), and a partition > 0 never has limits.
 
-Imports: client, keys, links, partitions, records, models, errors, settings (and
-structlog, orjson);
-the engine module only for typing.
+Imports: client, keys, links, partitions, records, models, errors, settings,
+flow_settings (and structlog, orjson); the engine module only for typing.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from app.engine.records import render_record
 from app.engine.scripts import ANSWERING
 from app.engine.settle import Completions
 from app.errors import Conflict, Invalid, NotFound
+from app.flow_settings import NO_LIMITS, Limits
 from app.models import PRIORITY_ORDER, Priority, State, Task, TaskRequest, iso_ms
 from app.settings import RetryPolicy
 
@@ -77,6 +80,9 @@ class Claimed:
     wake_in: float | None  # seconds until the next scheduled task or lease expiry
     recreated: bool  # a consumer group was missing (Redis restarted empty, or cleared)
     tails: list[bytes] = field(default_factory=list)  # stream tails to block on when idle
+    # a limit held tasks back ('rate', 'in_flight'; '' none): wait `wake_in` (or for a
+    # 'release'), not for new entries (docs/flow-control.md)
+    held: str = ""
 
 
 def json_payload(payload: bytes) -> dict[str, Any]:
@@ -95,10 +101,15 @@ def start_arg(req: TaskRequest) -> str:
     return str(int(req.run_at * 1000)) if req.run_at else "0"
 
 
-def options_arg(req: TaskRequest) -> str:
-    """enqueue.lua's options (issue 15): '' when the task has no expiry and no dedup_key, so
-    the script's plain path reads no option at all; else a small JSON object."""
+def options_arg(req: TaskRequest, weights: str = "") -> str:
+    """enqueue.lua's options (issue 15): '' when the task has no expiry, no dedup_key and no
+    tenant and TENANT_WEIGHTS is unset, so the script's plain path reads no option at all;
+    else a small JSON object (`weights`: TENANT_WEIGHTS, for a position under fair share)."""
     opts: dict[str, Any] = {}
+    if req.tenant:
+        opts["n"] = req.tenant
+    if weights:
+        opts["w"] = weights
     if (expiry := req.expiry.arg()) is not None:
         opts["x"] = expiry
     if req.dedup:
@@ -169,7 +180,13 @@ def _missing(reply: Any) -> bool:
 class Queue:
     """The operations of one queue (see the module docstring)."""
 
-    def __init__(self, engine: Engine, keys: QueueKeys, decode: Decode | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        keys: QueueKeys,
+        decode: Decode | None = None,
+        limits: Limits = NO_LIMITS,
+    ) -> None:
         self.engine = engine
         self.keys = keys
         self.decode = decode or json_payload
@@ -177,6 +194,10 @@ class Queue:
         self.scripts = engine.scripts
         self.settings = engine.settings
         self.observer = engine.observer
+        self.limits = limits  # RATE_LIMITS, QUEUE_MAX_IN_FLIGHT (legacy queues)
+        self.weights = engine.settings.flow.weights_arg  # TENANT_WEIGHTS, as scripts take it
+        # complete.lua's wake channel: told 'release' when a slot frees under a cap
+        self.release_channel = keys.schedule_channel if limits.max_in_flight else ""
         self.parts: tuple[Queue, ...] = (self,)  # a partitioned queue's partitions
         self.whole: Queue = self  # the queue this partition belongs to
         self.spread: partitions.Spread | None = None  # set when partitioned
@@ -218,12 +239,12 @@ class Queue:
         # the callback mark: '' none (no field at all), else '+' and the task's callback_url
         marked = req.callback_url is not None or s.storage_service_url
         argv.append("+" + (req.callback_url or "") if marked else "")
-        options = options_arg(req)
+        options = options_arg(req, self.weights)
         argv.append(options)
         if req.depends_on:
             allow = "1" if req.allow_failure else "0"
             argv += [allow, s.result_ttl, remote, *local]
-        keys += [k.expiries, k.dedup, k.dedup_ttl, k.deferred]
+        keys += [k.expiries, k.dedup, k.dedup_ttl, k.deferred, *k.fair_at(req.priority)]
         if req.depends_on:
             keys += [k.task(p) for p in local]
         return keys, argv
@@ -258,14 +279,14 @@ class Queue:
         still waiting in it (claim.lua's hint; '' none)."""
         k, s = self.keys, self.settings
         keys = [*k.streams, k.counters, k.leases, k.events, k.scheduled, k.dlq, *k.holes]
-        keys += [k.dlq_index, k.paused, k.expiries, *k.effects]
+        keys += [k.dlq_index, k.paused, k.expiries, k.rate, *k.fair, *k.effects]
         argv: list[Any] = [GROUP, consumer, count, int(lease * 1000), s.lease_max_lapses]
         argv += [s.events_maxlen, k.task_prefix, s.failure_ttl, PROMOTE_LIMIT]
-        argv += [",".join(priorities), s.result_ttl]
+        argv += [",".join(priorities), s.result_ttl, self.weights, *self.limits.args()]
         if self.whole.parts[1:]:
             argv.append("1")
         reply = await self.scripts.run("claim", keys, argv)
-        items, wake_ms, recreated, tails, lost, expired, *hint = reply
+        items, wake_ms, recreated, tails, lost, expired, held, *hint = reply
         for eval_id, reason in lost:
             self._log_lost(eval_id, reason)
         self._expired(expired)
@@ -282,14 +303,17 @@ class Queue:
             for eval_id, entry, attempt, prio, payload, waited in items
         ]
         wake_in = None if int(wake_ms) < 0 else int(wake_ms) / 1000
-        claimed = Claimed(tasks, wake_in, bool(recreated), list(tails))
+        if held:
+            self.observer.throttled(self.keys.queue, text(held))
+        claimed = Claimed(tasks, wake_in, bool(recreated), list(tails), text(held))
         return claimed, text(hint[0]) if hint else ""
 
     async def wait_for_work(
         self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
     ) -> None:
-        """Block (XREAD) until an entry is added after `tails` (from `claim`), or `timeout`;
-        only on the streams of `priorities` when given; on every partition's."""
+        """Block (XREAD) until an entry is added after `tails` (from `claim`: the priority
+        streams', then the tenant streams' while tenants' tasks exist), or `timeout`; only on
+        the streams of `priorities` when given; on every partition's."""
         if self.spread is not None:
             return await self.spread.wait_for_work(timeout, tails, priorities)
         return await self.wait_one(timeout, tails, priorities)
@@ -299,15 +323,16 @@ class Queue:
         self, timeout: float, tails: Sequence[bytes], priorities: Iterable[str] = ()
     ) -> None:
         """`wait_for_work` on this queue's (partition's) own streams."""
-        last: dict[Any, Any] = dict(zip(self.keys.streams, tails, strict=True))
-        if tails and (taken := set(priorities)):
-            last = {
-                key: tail
-                for prio, key, tail in zip(PRIORITY_ORDER, self.keys.streams, tails, strict=True)
-                if prio in taken
-            }
+        streams = (*self.keys.streams, *self.keys.tenant_streams)[: len(tails)]
+        prios = (*PRIORITY_ORDER, *PRIORITY_ORDER)
+        taken = set(priorities)
+        last: dict[Any, Any] = {
+            key: tail
+            for prio, key, tail in zip(prios, streams, tails, strict=False)
+            if tail and (not taken or prio in taken)
+        }
         deadline = time.monotonic() + timeout
-        while tails and (remaining := deadline - time.monotonic()) > 0:
+        while last and (remaining := deadline - time.monotonic()) > 0:
             # Blocks are cut into slices shorter than the socket timeout, so one client
             # serves both: a hung Redis still fails fast, and long-polls still work.
             block_ms = max(1, int(min(remaining, MAX_BLOCK_SLICE) * 1000))
@@ -374,9 +399,10 @@ class Queue:
 
         def send(q: Queue) -> Awaitable[Any]:
             k, s = q.keys, q.settings
-            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams, *k.effects]
+            keys = [k.task(eval_id), k.leases, k.events, k.counters, *k.streams]
+            keys += [*k.tenant_streams, *k.effects]
             argv = [eval_id, *_fence_args(task), payload, s.result_ttl, GROUP, s.events_maxlen]
-            return q.scripts.run("complete", keys, [*argv, answer, k.q])
+            return q.scripts.run("complete", keys, [*argv, answer, k.q, q.release_channel])
 
         queue, reply = await self._by_id(eval_id, send, task)
         if text(reply[0]) != "ok":
@@ -389,14 +415,20 @@ class Queue:
     ) -> str:
         """`complete`, settled with the other completions of its queue (partition) in the same
         event-loop turn by one script call (engine/settle.py). Calls answered to a client
-        (`answering()`, where durability may add a check) and tasks of another queue take
-        `complete`'s path."""
-        if ANSWERING.get():
-            return await self.complete(eval_id, result, task, answer)
+        (`answering()`, where durability may add a check), tasks of another queue, a
+        tenant's task (its entry is in a tenant stream: fair share) and every task of a
+        queue with QUEUE_MAX_IN_FLIGHT (the freed slot is announced) take `complete`'s
+        path."""
         target = self.placed(eval_id)  # a partitioned queue's task: its partition's batch
+        if ANSWERING.get() or target.release_channel:  # (a cap: complete.lua tells a slot)
+            return await self.complete(eval_id, result, task, answer)
         reply = await target.completions.complete(eval_id, orjson.dumps(result), task, answer)
         elsewhere = target.keys.q or target.whole.parts[1:]  # (where `complete` looks further)
-        if _redirected(reply) is not None or (elsewhere and _missing(reply)):
+        if (
+            text(reply[0]) == "tenant"
+            or _redirected(reply) is not None
+            or (elsewhere and _missing(reply))
+        ):
             return await self.complete(eval_id, result, task, answer)
         if text(reply[0]) != "ok":
             raise refusal(reply)
@@ -429,8 +461,9 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), k.leases, k.events, k.counters, k.scheduled, k.dlq]
-            keys += [*k.streams, k.dlq_index, k.expiries, *k.effects]
-            return q.scripts.run("fail", keys, [*argv, k.schedule_channel, answer, intervals, k.q])
+            keys += [*k.streams, k.dlq_index, k.expiries, *k.tenant_streams, *k.effects]
+            argv_q = [k.schedule_channel, answer, intervals, k.q, "1" if q.release_channel else "0"]
+            return q.scripts.run("fail", keys, [*argv, *argv_q])
 
         queue, reply = await self._by_id(eval_id, send, task)
         return queue._failed(eval_id, reply)
@@ -468,7 +501,7 @@ class Queue:
             argv += [task.eval_id, task.entry, task.attempt]
         if not held:
             return []
-        keys = [*k.streams, k.leases, *(k.task(t.eval_id) for t in held)]
+        keys = [*k.streams, k.leases, *k.tenant_streams, *(k.task(t.eval_id) for t in held)]
         lost = await self.scripts.run("renew", keys, argv)
         return [text(x) for x in lost]
 
@@ -483,7 +516,7 @@ class Queue:
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
             keys = [k.task(eval_id), *k.streams, *k.holes, k.scheduled, k.leases, k.events]
-            keys += [k.counters, k.expiries, *k.effects]
+            keys += [k.counters, k.expiries, *k.fair, *k.effects]
             return q.scripts.run("cancel", keys, [*argv, k.cancel_channel, k.q])
 
         queue, reply = await self._by_id(eval_id, send)
@@ -500,7 +533,8 @@ class Queue:
 
         def send(q: Queue) -> Awaitable[Any]:
             k = q.keys
-            return q.scripts.run("status", [k.task(eval_id), k.counters, *k.holes], [k.q])
+            keys = [k.task(eval_id), k.counters, *k.holes, *k.fair]
+            return q.scripts.run("status", keys, [k.q, q.weights])
 
         queue, reply = await self._by_id(eval_id, send)
         if not reply:
@@ -526,7 +560,7 @@ class Queue:
         """`promote` in this queue (partition)."""
         k, s = self.keys, self.settings
         keys = [k.scheduled, k.counters, k.events, *k.streams, *k.holes]
-        keys += [k.expiries, k.dedup, k.dedup_ttl, *k.effects]
+        keys += [k.expiries, k.dedup, k.dedup_ttl, *k.fair, *k.effects]
         argv: list[Any] = [k.task_prefix, PROMOTE_LIMIT, s.events_maxlen, s.result_ttl]
         _, wait_ms, expired, full = await self.scripts.run("promote", keys, argv)
         self._expired(expired)

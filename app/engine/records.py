@@ -28,6 +28,7 @@ def render_dead(item: tuple[bytes, dict[bytes, bytes]]) -> dict[str, Any]:
         "task": {
             "eval_id": eval_id,
             "priority": text(fields.get(b"prio", b"default")),
+            "tenant": text(fields.get(b"tenant", b"default")),
             "language": "python",
             "metadata": {},
             **payload,
@@ -50,6 +51,7 @@ def render_record(
         "status": state,
         "queue": queue,
         "priority": text(rec.get(b"prio", b"default")),
+        "tenant": text(rec.get(b"tenant", b"default")),
         "attempts": int(rec.get(b"attempts", 0)),
         "created_at": iso_ms(rec.get(b"created")),
         "started_at": iso_ms(rec.get(b"started")),

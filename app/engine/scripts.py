@@ -2,10 +2,10 @@
 
 One `engine/lua/<operation>.lua` per atomic transition; each opens with a header comment
 listing KEYS and ARGV. Every script is compiled with a one-line header (`QUEUE_PUBLISH`,
-below) and the engine's library prepended (`_lib.lua`, `_fence.lua`; the audit's also
-`_fsck.lua`), so each keeps one SHA per mode. A wing above brings scripts of its own with
-`Scripts.load(package, names, prelude)`: they are compiled on the same library, and run
-by the same runner, under their own names.
+below) and the engine's library prepended (`_lib.lua`, `_fence.lua`; the claim, enqueue
+and status scripts also `_fair.lua`, the audit's `_fsck.lua`), so each keeps one SHA per
+mode. A wing above brings scripts of its own with `Scripts.load(package, names, prelude)`:
+they are compiled on the same library, and run by the same runner, under their own names.
 
 Each script carries only the part of the library it uses (`library_for`). Redis runs a
 script's whole chunk on every EVALSHA, so every `local function` of the library makes a
@@ -68,23 +68,23 @@ from app.engine.client import (
 from app.errors import Unavailable
 
 LIBRARY = ("_lib.lua", "_fence.lua")  # the engine's helpers, before every script
+# Scripts that share free slots among tenants or place a task under fair share also get
+# `_fair.lua` (every function a library defines is made on each call of a script).
+FAIR = ("enqueue", "claim", "status", "listing")
 CORE = (
-    "enqueue",
-    "claim",
     "complete",
     "complete_batch",  # engine/settle.py
     "fail",
     "renew",
     "cancel",
-    "status",
     "clear",
     "promote",
     "dlq_retry",
     "dlq_purge",
     "callback_done",
     "progress",  # engine/progress.py
-    "listing",  # engine/listing.py
     "pace",  # engine/pace.py
+    "rate_state",  # engine/flow.py
     "directory",
     "unpoint",
     "link",
@@ -99,6 +99,7 @@ AUDIT = (
     "fsck_dlq",
     "fsck_numbered",
     "fsck_counters",
+    "fsck_waiting",
     "fsck_dedup",
 )
 # Read-only or housekeeping scripts of engine/history.py: the oldest waiting entry of each
@@ -305,6 +306,7 @@ class Scripts:
         self._prepared = False
         self._preparing = asyncio.Lock()
         self._confirm: bytes | None = None
+        self.load("app.engine", FAIR, ("_fair.lua",))
         self.load("app.engine", CORE)
         self.load("app.engine", AUDIT, ("_fsck.lua",))
         self.load("app.engine", HISTORY)

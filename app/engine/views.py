@@ -16,7 +16,7 @@ from typing import Any
 from app.engine import history
 from app.engine.client import Redis, consumer_name, raise_translated, text, translate_errors
 from app.engine.engine import Engine
-from app.engine.keys import GROUP, QueueKeys
+from app.engine.keys import GROUP, PARKED, QueueKeys
 from app.engine.queue import Queue
 from app.models import PRIORITY_ORDER, State
 
@@ -110,14 +110,14 @@ async def counts_of(
         pipe.hgetall(k.counters)
         pipe.xlen(k.dlq)
         pipe.exists(k.paused)
-        for key in k.streams:
+        for key in (*k.streams, *k.tenant_streams):
             pipe.xpending(key, GROUP)
     if probe is not None:
         pipe.set(probe, b"1", px=PROBE_TTL_MS)
     first = await pipe.execute(raise_on_error=False)
     if probe is not None and isinstance(wrote := first.pop(), Exception):
         raise_translated(wrote)
-    per = 3 + len(PRIORITY_ORDER)
+    per = 3 + 2 * len(PRIORITY_ORDER)
     rows = [first[i * per : (i + 1) * per] for i in range(len(queues))]
     pipe = client.pipeline(transaction=False)
     counters_of = []
@@ -137,51 +137,62 @@ async def counts_of(
 
 @translate_errors
 async def consumers_of(client: Redis, queues: Sequence[QueueKeys]) -> list[list[dict[str, Any]]]:
-    """XINFO CONSUMERS of every priority stream of several queues in one round trip, merged
-    per queue by consumer name."""
+    """XINFO CONSUMERS of every priority stream (and tenant stream) of several queues in one
+    round trip, merged per queue by consumer name."""
     pipe = client.pipeline(transaction=False)
     for k in queues:
-        for key in k.streams:
+        for key in (*k.streams, *k.tenant_streams):
             pipe.xinfo_consumers(key, GROUP)
     replies = await pipe.execute(raise_on_error=False)
-    return [
-        _merged(replies[i * len(PRIORITY_ORDER) : (i + 1) * len(PRIORITY_ORDER)])
-        for i in range(len(queues))
-    ]
+    per = 2 * len(PRIORITY_ORDER)
+    return [_merged(replies[i * per : (i + 1) * per]) for i in range(len(queues))]
 
 
 def _merged(per_priority: list[Any]) -> list[dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
-    for prio, rows in zip(PRIORITY_ORDER, per_priority, strict=True):
+    for prio, rows in zip((*PRIORITY_ORDER, *PRIORITY_ORDER), per_priority, strict=True):
         if isinstance(rows, Exception):
             continue  # no group yet
         for row in rows:
             name = text(row["name"])
+            if name == PARKED:
+                continue  # fair share's waiting tasks, not a consumer (engine/lua/_lib.lua)
             entry = merged.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
             entry["pending"] += int(row["pending"])
             idle = int(row["idle"])
             entry["idle_ms"] = idle if entry["idle_ms"] is None else min(idle, entry["idle_ms"])
-            entry.setdefault("priorities", []).append(prio.value)
+            if prio.value not in (seen := entry.setdefault("priorities", [])):
+                seen.append(prio.value)
     return list(merged.values())
 
 
 def _in_flight(reply: Any) -> int:
-    """Pending count from XPENDING's summary form (an error when the group is missing)."""
+    """Pending count from XPENDING's summary form (an error when the group is missing),
+    but for the entries parked by fair share (tasks still waiting)."""
     if isinstance(reply, Exception) or not reply:
         return 0
-    return int(reply["pending"])
+    parked = sum(
+        int(row["pending"]) for row in reply.get("consumers") or () if text(row["name"]) == PARKED
+    )
+    return int(reply["pending"]) - parked
 
 
 def _summarise(
     counters: dict[str, int], dlq: int, holes: list[int], pending: list[Any]
 ) -> dict[str, Any]:
+    """Counts by state and priority: queued ones from the counters (tenant `default`'s in
+    the priority stream, the others' `tq:<prio>`), processing ones from XPENDING of the
+    priority and tenant streams."""
+    tenants_pending = pending[len(PRIORITY_ORDER) :]
     waiting = (State.QUEUED, State.PROCESSING, State.SCHEDULED, State.RETRYING, State.DEFERRED)
     by_state: dict[str, dict[str, int]] = {s.value: {} for s in waiting}
-    for prio, prio_holes, prio_pending in zip(PRIORITY_ORDER, holes, pending, strict=True):
+    rows = zip(PRIORITY_ORDER, holes, pending, tenants_pending, strict=False)
+    for prio, prio_holes, prio_pending, tenant_pending in rows:
         p = prio.value
         head = counters.get(f"head:{p}", 0)
-        by_state["queued"][p] = counters.get(f"seq:{p}", 0) - head - int(prio_holes)
-        by_state["processing"][p] = _in_flight(prio_pending)
+        queued = counters.get(f"seq:{p}", 0) - head - int(prio_holes) + counters.get(f"tq:{p}", 0)
+        by_state["queued"][p] = queued
+        by_state["processing"][p] = _in_flight(prio_pending) + _in_flight(tenant_pending)
         by_state["scheduled"][p] = counters.get(f"scheduled:{p}", 0)
         by_state["retrying"][p] = counters.get(f"retrying:{p}", 0)
         by_state["deferred"][p] = counters.get(f"deferred:{p}", 0)

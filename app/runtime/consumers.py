@@ -105,7 +105,15 @@ class ConsumerPool:
 
     @property
     def free_slots(self) -> int:
-        return self.settings.concurrency - len(self.running)
+        """CONCURRENCY, or less when every healthy executor has a `;max=N` (their sum),
+        minus what runs."""
+        capacity = self.executors.capacity
+        slots = (
+            self.settings.concurrency
+            if capacity is None
+            else min(self.settings.concurrency, capacity)
+        )
+        return slots - len(self.running)
 
     def start(self) -> None:
         """Start claiming (when executors are configured), renewing and listening for cancels."""
@@ -149,6 +157,13 @@ class ConsumerPool:
         while True:
             await self._slot_free.wait()
             await self.executors.available.wait()
+            if self.free_slots <= 0:  # the executors' `;max=N` are taken: a task must end
+                if self.running:
+                    self._slot_free.clear()  # set again when one ends
+                else:
+                    await asyncio.sleep(MAX_IDLE)  # no task to wake it (a health change)
+                continue
+            self._released.clear()  # a 'release' from now on counts for a held claim
             try:
                 claimed = await self.queue.claim(
                     self.consumer, self.free_slots, self.settings.lease_timeout, self.priorities
@@ -161,7 +176,9 @@ class ConsumerPool:
                 log.warning("consumer_group_recreated", queue=self.queue.keys.queue)
             for task in claimed.tasks:
                 self._spawn(task)
-            if claimed.tails:  # fewer than asked for: the streams are drained, so wait
+            if claimed.held:  # a limit held tasks back: wait for it, not for new entries
+                await self._held(claimed)
+            elif claimed.tails:  # fewer than asked for: the streams are drained, so wait
                 await self._idle(claimed)
 
     async def _idle(self, claimed: Claimed) -> None:
@@ -174,6 +191,15 @@ class ConsumerPool:
         )
         if won(read) and isinstance(error := read.exception(), Unavailable):
             await self.redis_watch.lost(error)  # logged once; the next claim logs the return
+
+    async def _held(self, claimed: Claimed) -> None:
+        """RATE_LIMITS: sleep exactly until the next start is allowed (the claim says when);
+        QUEUE_MAX_IN_FLIGHT: until a slot frees anywhere ('release' on the wake channel) or
+        the next lease expiry, at most MAX_IDLE (a lost message costs no more)."""
+        wake_in = claimed.wake_in
+        timeout = MAX_IDLE if wake_in is None else min(MAX_IDLE, wake_in)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout)
 
     def _spawn(self, task: Task) -> None:
         task.progress_url = self._progress[0] + task.eval_id + self._progress[1]
@@ -368,7 +394,9 @@ class Workers:
             pool = executors if executors is not None and name == settings.queue else None
             if pool is None:
                 urls, weights = settings.executors_for(name)
-                pool = ExecutorPool(urls, settings.health_interval, weights)
+                pool = ExecutorPool(
+                    urls, settings.health_interval, weights, limits=settings.executor_limits
+                )
             if runnable_only and not pool.executors:
                 log.warning(
                     "worker_queue_skipped", queue=name, reason="no executors for this queue"
@@ -381,7 +409,8 @@ class Workers:
         # /status and /metrics show the default queue's pool, consumed or not.
         self.default = self.pools.get(settings.queue) or ConsumerPool(
             engine.default,
-            executors or ExecutorPool((), settings.health_interval),
+            executors
+            or ExecutorPool((), settings.health_interval, limits=settings.executor_limits),
             settings,
             consumer,
             metrics=metrics,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +84,7 @@ class Executor:
     failures: int = 0
     latency_ms: float | None = None  # exponentially weighted moving average
     weight: float = 1.0  # share of the load among healthy executors (EXECUTOR_URLS ;weight=)
+    max_in_flight: int | None = None  # `;max=N`: calls open on it at most (per pool)
     last_error: str | None = None
     checked_at: float | None = None
 
@@ -109,6 +110,7 @@ class Executor:
             "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
             "last_error": self.last_error,
             "weight": self.weight,
+            "max_in_flight": self.max_in_flight,
             "success_rate": round(self.succeeded / done, 4)
             if (done := self.succeeded + self.failures)
             else None,
@@ -158,18 +160,21 @@ class ExecutorPool:
     weights: Sequence[float] = ()  # one per URL; empty: all 1
     call: ExecutorCall = field(default_factory=ProtocolCall)
     checked: bool = True
+    limits: Mapping[str, int] = field(default_factory=dict)  # URL -> `;max=N`
     executors: list[Executor] = field(init=False)
     available: asyncio.Event = field(init=False)
+    _freed: asyncio.Event = field(init=False)  # a call ended or health changed: pick again
     _health_task: asyncio.Task[None] | None = field(init=False, default=None)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         weights = list(self.weights) or [1.0] * len(self.urls)
         self.executors = [
-            Executor(url.rstrip("/"), weight=weight)
+            Executor(url.rstrip("/"), weight=weight, max_in_flight=self.limits.get(url.rstrip("/")))
             for url, weight in zip(self.urls, weights, strict=True)
         ]
         self.available = asyncio.Event()
+        self._freed = asyncio.Event()
 
     async def start(self) -> None:
         """Check health once now, then every `health_interval` in the background."""
@@ -217,11 +222,26 @@ class ExecutorPool:
             self.available.set()
         else:
             self.available.clear()
+        self._freed.set()
+
+    @property
+    def capacity(self) -> int | None:
+        """Calls the healthy executors take at once when every one has a `;max=N` (their
+        sum), else None: no bound but CONCURRENCY. Consumers claim no more than this."""
+        healthy = [e.max_in_flight for e in self.executors if e.healthy]
+        if not healthy or any(m is None for m in healthy):
+            return None
+        return sum(m for m in healthy if m is not None)
 
     def pick(self) -> Executor | None:
-        """Healthy executor with the least load for its weight (in flight / weight); ties go
-        to the one furthest behind its share (routed / weight), then round-robin."""
-        healthy = [e for e in self.executors if e.healthy]
+        """Healthy executor with the least load for its weight (in flight / weight), among
+        those under their `;max=N`; ties go to the one furthest behind its share (routed /
+        weight), then round-robin."""
+        healthy = [
+            e
+            for e in self.executors
+            if e.healthy and (e.max_in_flight is None or e.in_flight < e.max_in_flight)
+        ]
         if not healthy:
             return None
         least = min(e.in_flight / e.weight for e in healthy)
@@ -236,8 +256,9 @@ class ExecutorPool:
         return any(e.weight != 1.0 for e in self.executors)
 
     async def execute(self, task: Task, timeout: float) -> Execution:
-        """Run one attempt of `task` on the best executor, bounded by `timeout` seconds."""
-        executor = self.pick()
+        """Run one attempt of `task` on the best executor, bounded by `timeout` seconds;
+        while every healthy executor has its `;max=N` calls open, the attempt waits."""
+        executor = await self._acquire()
         if executor is None:
             return Execution(Outcome.NETWORK, error="no healthy executor")
         executor.in_flight += 1
@@ -251,9 +272,20 @@ class ExecutorPool:
             execution = Execution(Outcome.NETWORK, error=f"{self.call.peer} unreachable: {exc}")
         finally:
             executor.in_flight -= 1
+            self._freed.set()
         executor.record(time.perf_counter() - started, execution.outcome is Outcome.SUCCESS)
         execution.executor = executor.url
         return execution
+
+    async def _acquire(self) -> Executor | None:
+        """The executor to call (`pick`), once one is under its `;max=N`; None when none is
+        healthy."""
+        while True:
+            executor = self.pick()
+            if executor is not None or not any(e.healthy for e in self.executors):
+                return executor
+            self._freed.clear()
+            await self._freed.wait()
 
     def _mark_down(self, executor: Executor, exc: Exception) -> None:
         """A failed connect takes the executor out of routing until its next good health check."""

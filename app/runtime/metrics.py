@@ -14,8 +14,8 @@ call durations into it, the callback sender its deliveries. Each `Runtime` has i
 a registry of its own, so several in one process (the tests) never share counters. The
 text exposition is built here; the web wing serves it.
 
-Imports: engine (views, audits, history), errors, models (and prometheus_client); the runtime only
-for typing.
+Imports: engine (views, audits, history, flow), errors, models (and prometheus_client);
+the runtime only for typing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncio
 import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -36,6 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from app.engine import audits, history
+from app.engine.flow import flow_of
 from app.engine.views import combined, consumers_of, counts_of, merged_consumers
 from app.errors import Unavailable
 from app.models import PRIORITY_ORDER
@@ -159,6 +160,7 @@ class Metrics:
             WAIT_BUCKETS,
         )
         self.callbacks: dict[str, int] = {"delivered": 0, "failed": 0}  # per target
+        self.held: dict[tuple[str, str], int] = {}  # (queue, limit) -> claims held back
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -175,6 +177,15 @@ class Metrics:
         for outcome, value in self.callbacks.items():
             callbacks.add_metric([outcome], value)
         yield callbacks
+        held = CounterMetricFamily(
+            "taskstream_claims_held",
+            "Claims of this process that a limit held back (RATE_LIMITS: rate, "
+            "QUEUE_MAX_IN_FLIGHT: in_flight): tasks waited, queued, for the limit",
+            labels=("queue", "limit"),
+        )
+        for (queue, limit), value in sorted(self.held.items()):
+            held.add_metric([queue, limit], value)
+        yield held
 
     # the engine's observer (engine/observer.py)
 
@@ -190,6 +201,9 @@ class Metrics:
 
     def redriven(self, queue: str, priority: str) -> None:
         self.redriven_total.inc(queue, priority)
+
+    def throttled(self, queue: str, limit: str) -> None:
+        self.held[(queue, limit)] = self.held.get((queue, limit), 0) + 1
 
     def count_callbacks(self, outcome: str, n: int = 1) -> None:
         """Targets of finished callbacks: `delivered` (a 2xx) or `failed` (retries spent)."""
@@ -234,6 +248,7 @@ class QueueSnapshot:
     consumers: int
     lost: int = 0  # tasks dead-lettered because their stream entry was deleted (total:lost)
     oldest: dict[str, float] = field(default_factory=dict)  # priority -> seconds waited
+    flow: dict[str, Any] = field(default_factory=dict)  # engine/flow.py (legacy queues)
 
 
 async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
@@ -244,11 +259,14 @@ async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
     queues = [engine.default, *runtime.component_queues()]
     try:
         async with asyncio.timeout(SCRAPE_TIMEOUT):
-            queues += (await engine.legacy_queues())[1:]
+            legacy = await engine.legacy_queues()
+            queues += legacy[1:]
             keys = [p.keys for q in queues for p in q.parts]  # partitions summed below
             counts = await counts_of(engine.client, keys)
             consumers = await consumers_of(engine.client, keys)
             ages = await history.oldest_waiting(queues)
+            names = [q.keys.queue for q in legacy]
+            flows = dict(zip(names, await flow_of(engine.client, legacy), strict=True))
     except (Unavailable, TimeoutError):
         return None
     found, at = [], 0
@@ -265,6 +283,7 @@ async def read_redis(runtime: Runtime) -> list[QueueSnapshot] | None:
                 len(who),
                 c["totals"].get("lost", 0),
                 {prio: age["seconds"] for prio, age in oldest.items()},
+                flows.get(q.keys.queue, {}),
             )
         )
     return found
@@ -294,6 +313,7 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
         "Tasks dead-lettered because their stream entry was deleted under them (global)",
         labels=("queue",),
     )
+    yield from flow_families(snapshot)
     oldest = GaugeMetricFamily(
         "taskstream_oldest_waiting_seconds",
         "Age of the oldest waiting (queued, undelivered) task per queue and priority, by the "
@@ -311,6 +331,51 @@ def redis_families(snapshot: list[QueueSnapshot] | None) -> Iterator[Metric]:
         consumers.add_metric([queue.queue], queue.consumers)
         lost.add_metric([queue.queue], queue.lost)
     yield from (length, oldest, dlq, consumers, lost)
+
+
+def flow_families(snapshot: list[QueueSnapshot]) -> Iterator[Metric]:
+    """Fair share and limits (docs/flow-control.md): the tenants next in line per queue and
+    priority (at most engine.flow.TENANTS_SHOWN each: the cardinality stays bounded however
+    many tenants exist) and the configured limits."""
+    tenants = GaugeMetricFamily(
+        "taskstream_tenant_waiting",
+        "Waiting tasks of the tenants next in line per queue and priority (global; at most "
+        "20 tenants each, those with the smallest virtual times)",
+        labels=("queue", "priority", "tenant"),
+    )
+    cap = GaugeMetricFamily(
+        "taskstream_queue_max_in_flight", "QUEUE_MAX_IN_FLIGHT of a queue", labels=("queue",)
+    )
+    rate = GaugeMetricFamily(
+        "taskstream_queue_rate_limit",
+        "RATE_LIMITS of a queue, in task starts per second",
+        labels=("queue",),
+    )
+    in_flight = GaugeMetricFamily(
+        "taskstream_queue_in_flight",
+        "Processing tasks of a queue with QUEUE_MAX_IN_FLIGHT, every replica and pull worker "
+        "(global; what the cap counts)",
+        labels=("queue",),
+    )
+    available = GaugeMetricFamily(
+        "taskstream_queue_rate_available",
+        "Task starts a queue's RATE_LIMITS allows right now (global; the burst left, 0 while held)",
+        labels=("queue",),
+    )
+    for queue in snapshot:
+        for prio, level in queue.flow.get("tenants", {}).items():
+            for row in level["next"]:
+                tenants.add_metric([queue.queue, prio, row["tenant"]], row["waiting"])
+        limits = queue.flow.get("limits") or {}
+        if limits.get("max_in_flight") is not None:
+            cap.add_metric([queue.queue], limits["max_in_flight"])
+            in_flight.add_metric([queue.queue], queue.flow.get("in_flight", 0))
+        if limits.get("rate"):
+            n, _, unit = limits["rate"].partition("/")
+            rate.add_metric([queue.queue], int(n) / (60 if unit == "m" else 1))
+        if "rate" in queue.flow:
+            available.add_metric([queue.queue], queue.flow["rate"]["available"])
+    yield from (tenants, cap, rate, in_flight, available)
 
 
 async def read_audit(runtime: Runtime) -> audits.Totals | None:

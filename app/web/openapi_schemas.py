@@ -92,6 +92,14 @@ TASK_IN: dict[str, Any] = {
             "at-least-once. http/https with a host; a host outside CALLBACK_ALLOWED_HOSTS "
             "(when set) is refused with 422",
         },
+        "tenant": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._:-]{1,64}$",
+            "default": "default",
+            "description": "fair share: within one priority, tenants with waiting tasks share "
+            "the free slots by weight (TENANT_WEIGHTS, default 1), FIFO within a tenant "
+            "(docs/flow-control.md)",
+        },
         "traceparent": {
             "type": "string",
             "description": "this task's W3C trace context, instead of the request's "
@@ -175,7 +183,12 @@ TASK_OUT: dict[str, Any] = {
             ]
         },
         "priority": {"enum": ["high", "default", "low"]},
-        "position": {"type": "integer", "description": "queued only; 1 = next"},
+        "position": {
+            "type": "integer",
+            "description": "queued only; 1 = next; under fair share the expected start order "
+            "(docs/flow-control.md)",
+        },
+        "tenant": {"type": "string", "description": "`default` when none was given"},
         "attempts": {"type": "integer"},
         "created_at": {"type": ["string", "null"], "format": "date-time"},
         "started_at": {"type": ["string", "null"], "format": "date-time"},

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.engine import admin, audits, history, views
+from app.engine import admin, audits, flow, history, views
 from app.errors import NotFound, Unavailable, WritesRefused
 from app.runtime.drain import Drain
 from app.runtime.metrics import CONTENT_TYPE
@@ -123,6 +123,7 @@ async def status(request: Request) -> Response:
             **counts,
             "oldest_waiting": (await history.oldest_waiting([engine.default]))[0],
             "consumers": await views.consumers(engine.default),
+            "flow": (await flow.flow_of(engine.client, [engine.default]))[0],
             "process": {
                 "consumer": pool.consumer,
                 "concurrency": runtime.settings.concurrency,
@@ -142,6 +143,9 @@ async def status(request: Request) -> Response:
 async def named_overview(runtime: Runtime) -> dict[str, Any]:
     """`queues_overview` with this process's executors of each queue it consumes."""
     overview = await views.queues_overview(runtime.engine)
+    queues = [runtime.engine.queue(name) for name in overview]
+    for queue, row in zip(queues, await flow.flow_of(runtime.engine.client, queues), strict=True):
+        overview[queue.keys.queue]["flow"] = row
     for name, row in overview.items():
         if name in runtime.workers.pools:
             row["executors"] = runtime.workers.pools[name].executors.views()

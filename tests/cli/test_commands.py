@@ -139,6 +139,12 @@ async def test_enqueue_with_delay_is_scheduled(redis_url: str, queue: str, qstre
     assert (await qstreams.get(answer["eval_id"]))["status"] == "scheduled"
 
 
+async def test_enqueue_with_a_tenant(redis_url: str, queue: str, qstreams: Queue):
+    code, out, err = await arun("enqueue", "x", "--tenant", "acme", env=env_of(redis_url, queue))
+    assert code == 0, err
+    assert (await qstreams.get(orjson.loads(out)["eval_id"]))["tenant"] == "acme"
+
+
 async def test_enqueue_reads_code_from_stdin(redis_url: str, queue: str, qstreams: Queue):
     code, out, err = await arun(
         "enqueue",

@@ -78,6 +78,10 @@ async def fill(redis_url: str, queue: str) -> None:
         ("serve", "EXECUTOR_URLS", "nope"),
         ("serve", "CONCURRENCY", "many"),
         ("serve", "RETRY_JITTER", "maybe"),
+        ("serve", "RATE_LIMITS", "evaluations=10/h"),
+        ("serve", "QUEUE_MAX_IN_FLIGHT", "evaluations=0"),
+        ("serve", "TENANT_WEIGHTS", "acme=heavy"),
+        ("serve", "EXECUTOR_URLS", "http://e:1;max=0"),
         ("info", "PORT", "abc"),
         ("info", "REDIS_URL", "http://x"),
     ],
@@ -87,6 +91,18 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(command: str, name: str, 
     assert result.returncode == 2, result
     line = one_line(result.stderr)
     assert name in line
+    assert result.stdout == ""
+
+
+def test_a_partitioned_queue_with_a_limit_exits_2_naming_both():
+    """QUEUE_PARTITIONS with RATE_LIMITS on the same queue: the bad-setting path (exit 2,
+    one line naming the queue and why), before anything connects."""
+    env = {"QUEUE_PARTITIONS": "gpu=3", "RATE_LIMITS": "gpu=5/s", "REDIS_URL": dead_redis_url()}
+    result = run("serve", env=env)
+    assert result.returncode == 2, result
+    line = one_line(result.stderr)
+    assert "QUEUE_PARTITIONS" in line and "gpu" in line and "RATE_LIMITS" in line, line
+    assert "hash tag" in line, line
     assert result.stdout == ""
 
 

@@ -1,7 +1,6 @@
-"""The client's methods for routes of CONTRACT.md "Flow control and scheduling" that are
-being built on other branches (issue 15): schedules, progress, task listing,
-deduplication, tenants, expiry. Written against the contract; the lead removes each skip
-when its routes land (schedules, progress and listing have)."""
+"""The client's methods for routes of CONTRACT.md "Flow control and scheduling" (issue 15):
+schedules, progress, task listing, deduplication, tenants, expiry. Written against the
+contract before the routes landed, each skipped until its routes did; all have now."""
 
 from __future__ import annotations
 
@@ -14,8 +13,6 @@ import pytest
 from taskstream_client import AsyncClient, Conflict, Job, NotFound, State, Worker
 from tests.client.conftest import in_thread
 from tests.conftest import wait_for
-
-pending = pytest.mark.skip(reason="server routes land with issue 15")
 
 
 def test_schedules(api):
@@ -112,7 +109,6 @@ def test_deduplication_answers_the_surviving_task(api):
     assert answers[0].deduplicated and answers[0].eval_id == first.eval_id
 
 
-@pending
 def test_tenant_and_expiry(api):
     api.enqueue("x", eval_id="tn", tenant="acme")
     assert api.get("tn").tenant == "acme"

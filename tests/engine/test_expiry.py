@@ -214,6 +214,9 @@ async def test_promoter_reports_expiries_to_the_observer(streams: Queue) -> None
         def redriven(self, *args: Any) -> None:
             pass
 
+        def throttled(self, *args: Any) -> None:
+            pass
+
     streams.observer = Recorder()
     await streams.enqueue(req("o1", expires=0.05, priority="low"))
     await swept(streams, "o1")

@@ -581,6 +581,44 @@ async def test_sparse_counter_drift_is_recomputed_from_the_sequence_numbers(
     assert [(await streams.get(f"s{i}"))["position"] for i in (0, 2, 4, 5)] == [1, 2, 3, 4]
 
 
+# --- fair share (docs/flow-control.md, *In Redis*) ------------------------------------------------
+
+
+async def test_a_tenants_task_missing_from_its_waiting_order_is_listed_again(
+    qstreams: Queue, run_fsck: Fsck
+):
+    streams = qstreams
+    await add(streams, "t1", tenant="acme")
+    k, r = streams.keys, raw(streams)
+    member = "acme|000000000000001|t1"
+    assert await r.zrem(k.waiting[1], member) == 1  # lost from the order (and its count)
+    await r.hincrby(k.counters, "tq:default", -1)
+    await found_then_repaired(run_fsck, [("queued_not_waiting", "t1")])
+    assert await r.zrange(k.waiting[1], 0, -1) == [member.encode()]
+    assert (await streams.claim("w", 5, 30)).tasks[0].eval_id == "t1"
+
+
+async def test_a_waiting_member_naming_no_task_is_removed(qstreams: Queue, run_fsck: Fsck):
+    streams = qstreams
+    await add(streams, "t1", tenant="acme")
+    k, r = streams.keys, raw(streams)
+    ghost = "acme|000000000000009|ghost"
+    await r.zadd(k.waiting[1], {ghost: 0})
+    await r.hincrby(k.counters, "tq:default", 1)
+    assert (await views.counts(streams))["states"]["queued"] == 2
+    await found_then_repaired(run_fsck, [("waiting_orphan", ghost)])
+    assert (await views.counts(streams))["states"]["queued"] == 1
+    assert [t.eval_id for t in (await streams.claim("w", 5, 30)).tasks] == ["t1"]
+
+
+async def test_tenant_task_counter_drift_is_recomputed(qstreams: Queue, run_fsck: Fsck):
+    streams = qstreams
+    await add(streams, "t1", tenant="acme", priority="low")
+    await raw(streams).hincrby(streams.keys.counters, "tq:low", 3)
+    await found_then_repaired(run_fsck, [("counter_drift", "tq:low")])
+    assert (await views.counts(streams))["states"]["queued"] == 1
+
+
 # --- named queues and PAI-EAS services ---------------------------------------------------------
 
 

@@ -5,18 +5,21 @@ growing N on a live queue. The same flows run on the cluster in tests/test_clust
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from app.engine import links
+from app.engine import flow, links
 from app.engine.client import text
 from app.engine.engine import Engine
 from app.engine.fsck import Audit
 from app.engine.partitions import place
 from app.engine.queue import Queue
 from app.errors import Conflict, Invalid
+from app.flow_settings import Flow
 from app.models import Task
 from app.settings import Settings
 from tests.engine.conftest import req
@@ -294,3 +297,70 @@ async def test_a_dedup_key_is_refused_and_nothing_is_stored(make_engine):
     answers = await engine.enqueue_many([req("d2", dedup_key="k"), req("d3")])
     assert answers[0]["code"] == 422 and answers[1]["status"] == "queued"
     assert not any([await part.redis.exists(part.keys.task("d2")) for part in queue.parts])
+
+
+async def test_fair_share_works_within_each_partition(client, make_settings):
+    """TENANT_WEIGHTS on a partitioned queue: each partition keeps its tenants' streams,
+    waiting orders and virtual times under its own tag and shares its starts by weight;
+    claims over the whole queue keep the split; /status's flow view sums the partitions."""
+    settings = make_settings(flow=Flow({"a": 3.0}))
+    engine = Engine(
+        client, make_settings(flow=Flow({"a": 3.0}), queue_partitions={settings.queue: 2})
+    )
+    queue = engine.default
+    for tenant in ("a", "b"):
+        for i in range(200):
+            await queue.enqueue(req(f"{tenant}{i}", tenant=tenant))
+    parts = queue.parts
+    for part in parts:  # each partition's fair-share keys, under its own tag
+        assert part.keys.tenant_streams[1].startswith(part.keys.base)
+        assert await client.exists(part.keys.tenant_streams[1], part.keys.waiting[1]) == 2
+        assert {text(t) for t in await client.zrange(part.keys.vtimes[1], 0, -1)} == {"a", "b"}
+    view = (await flow.flow_of(client, [queue]))[0]
+    level = view["tenants"]["default"]
+    assert level["tenant_tasks"] == 400
+    assert {row["tenant"]: row["waiting"] for row in level["next"]} == {"a": 200, "b": 200}
+
+    for part in parts:  # within one partition: 3 to 1
+        started: list[str] = []
+        while len(started) < 40:
+            claimed, _ = await part.claim_one("c1", 4, 30)
+            for task in claimed.tasks:
+                started.append(task.eval_id)
+                await part.complete(task.eval_id, None, task)
+        share = Counter(e[0] for e in started)
+        assert share == {"a": 30, "b": 10}, (part.keys.part, share)
+    started = []
+    while len(started) < 80:  # over the whole queue: the same split
+        claimed = await queue.claim("c1", 4, 30)
+        for task in claimed.tasks:
+            started.append(task.eval_id)
+            await queue.complete(task.eval_id, None, task)
+    share = Counter(e[0] for e in started)
+    assert share == {"a": 60, "b": 20}, share
+    view = (await flow.flow_of(client, [queue]))[0]
+    assert view["tenants"]["default"]["tenant_tasks"] == 400 - 160
+    assert view["in_flight"] == 0 and view["limits"] == {"rate": None, "max_in_flight": None}
+
+
+async def test_an_idle_wait_with_tenants_waiting_wakes_for_any_partition(make_engine):
+    """Tenants' tasks waiting where this consumer does not take: each partition's claim
+    reports six tails (priority and tenant streams) or three; the spread pads them to six
+    each, and the wait still wakes for a new task of any partition."""
+    engine = make_engine(parts=3)
+    queue = engine.default
+    for i in range(6):
+        await queue.enqueue(req(f"t{i}", tenant="acme", priority="low"))
+    claimed = await queue.claim("c1", 4, 30, ["high"])
+    assert claimed.tasks == [] and claimed.held == ""
+    assert len(claimed.tails) == 6 * len(queue.parts)
+    holding = {place(f"t{i}", 3) for i in range(6)}
+    for i in range(3):
+        mine = claimed.tails[6 * i : 6 * i + 6]
+        assert all(mine[:3]) and all(mine[3:]) == (i in holding), (i, mine)
+    wait = asyncio.ensure_future(queue.wait_for_work(10, claimed.tails, ["high"]))
+    await asyncio.sleep(0.05)
+    assert not wait.done()
+    await queue.enqueue(req("h", priority="high"))
+    await asyncio.wait_for(wait, 5)
+    assert [t.eval_id for t in (await queue.claim("c1", 4, 30, ["high"])).tasks] == ["h"]

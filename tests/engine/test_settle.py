@@ -135,3 +135,20 @@ async def test_a_task_of_a_named_queue_is_found_from_the_default_queue(
     task = await claim_one(named)
     assert await engine.default.complete_soon("n1", {"ok": True}, task) == "side"
     assert (await named.get("n1"))["status"] == "completed"
+
+
+async def test_a_tenants_task_in_a_turn_is_completed_on_its_own_stream(
+    streams: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fair share keeps a tenant's entry in a tenant stream, which the batch does not ack:
+    the batch hands such a task back and `complete` settles it."""
+    plain = await claimed(streams, 3, "p")
+    fair = await claimed(streams, 3, "t", tenant="acme")
+    calls = count_calls(streams, monkeypatch)
+    await asyncio.gather(*(streams.complete_soon(t.eval_id, 1, t) for t in [*plain, *fair]))
+    assert calls.count("complete_batch") == 1 and calls.count("complete") == 3
+    for task in [*plain, *fair]:
+        assert (await streams.get(task.eval_id))["status"] == "completed"
+    assert await stream_lengths(streams) == [0, 0, 0]
+    tenant_lengths = [await raw(streams).exists(k) for k in streams.keys.tenant_streams]
+    assert tenant_lengths == [0, 0, 0]  # emptied, so deleted

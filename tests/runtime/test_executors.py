@@ -526,3 +526,24 @@ async def test_distinct_idempotency_keys_equal_attempts(make_service, queue, res
     assert len({key for key, _ in sent}) == attempts
     # the exact failure: a re-send within attempt 1 (4 requests, 3 attempts; or 2 and 1)
     assert (len(sent), attempts) == ((4, 3) if resets == "always" else (2, 1))
+
+
+async def test_max_in_flight_holds_calls_until_one_ends(make_counting) -> None:
+    busy, free = await make_counting(hold=0.2), await make_counting(hold=0.0)
+    pool = ExecutorPool([busy.url], 0.2, limits={busy.url: 1})
+    await pool.start()
+    try:
+        assert pool.capacity == 1
+        tasks = [Task(f"t{i}", "0-1", 1, Priority.DEFAULT) for i in range(3)]
+        done = await asyncio.gather(*(pool.execute(t, 5) for t in tasks))
+        assert [d.outcome for d in done] == [Outcome.SUCCESS] * 3
+        assert busy.most_open == 1
+        assert pool.views()[0]["max_in_flight"] == 1
+    finally:
+        await pool.close()
+    mixed = ExecutorPool([busy.url, free.url], 0.2, limits={busy.url: 1})
+    await mixed.start()
+    try:
+        assert mixed.capacity is None  # one executor has no bound: CONCURRENCY alone
+    finally:
+        await mixed.close()

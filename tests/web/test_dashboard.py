@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): counts match
-/status, a DLQ retry click re-queues the task, events appear live, pause/resume works, the
+/status, a DLQ retry click re-queues the task, the flow-control table lists a queue's
+waiting tenants, events appear live, pause/resume works, the
 schedules list shows a schedule and its pause / resume buttons work; a screenshot is saved
 in the test's temp dir. The other pages (task browser, task page, history) are in
 test_dashboard_pages.py; the `page` fixture is in conftest.py."""
@@ -63,6 +64,13 @@ async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     await row.wait_for(timeout=10_000)
     assert (await row.locator("td:nth-child(2)").inner_text()).strip() == "1"  # queued
     await page.locator('#plot-queue option[value="gpu"]').wait_for(state="attached")
+
+    # fair share: tenants' waiting tasks per queue and priority, the tenants next in line
+    acme = {"eval_id": "dash-acme", "code": "x", "queue": "gpu", "tenant": "acme"}
+    assert (await service.http.post("/tasks", json=acme)).is_success
+    flow_row = page.locator('#flow tbody tr[data-queue="gpu"]')
+    await flow_row.wait_for(timeout=10_000)
+    assert "default: 1 (acme 1)" in await flow_row.locator("td:nth-child(6)").inner_text()
 
     # pause and resume from the page
     await page.click("#pause")

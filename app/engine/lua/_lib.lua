@@ -63,12 +63,16 @@ local function event(k_events, maxlen, id, state, attempt)
   if state ~= 'processing' then count_minute(k_events, entry, state, 1) end
 end
 
--- Queued entries of one priority level: enqueued (seq) minus delivered (head)
--- minus cancelled while queued (holes above head). O(log n).
+-- Queued tasks of one priority level: entries of its stream (tenant `default`), enqueued
+-- (seq) minus delivered (head) minus cancelled while queued (holes above head), plus tasks
+-- of other tenants (`tq:<prio>`, fair share). Returns the total, then the two parts.
+-- O(log n).
 local function queued_in(k_counters, k_holes, prio)
-  local seq = tonumber(redis.call('HGET', k_counters, 'seq:' .. prio) or '0')
-  local head = tonumber(redis.call('HGET', k_counters, 'head:' .. prio) or '0')
-  return seq - head - redis.call('ZCOUNT', k_holes, '(' .. head, '+inf')
+  local c = redis.call('HMGET', k_counters, 'seq:' .. prio, 'head:' .. prio, 'tq:' .. prio)
+  local head = tonumber(c[2] or '0')
+  local own = tonumber(c[1] or '0') - head - redis.call('ZCOUNT', k_holes, '(' .. head, '+inf')
+  local tenants = tonumber(c[3] or '0')
+  return own + tenants, own, tenants
 end
 
 -- The fields of a live stream entry, nil when it is gone (XRANGE on one id is O(log n)).
@@ -84,10 +88,94 @@ local function entry_payload(k_stream, entry)
   return fields and fields['payload'] or ''
 end
 
+-- --- fair share, the waiting side (docs/flow-control.md; the claim side is _fair.lua) ------
+-- A task of a tenant other than `default` waits in its priority's tenant stream
+-- (`stream:<prio>:tenants`), where its entry is read at once by the pseudo-consumer
+-- `~waiting` of group `workers` ("parked"): a claim hands it out of stream order with
+-- XCLAIM (only a pending entry can be claimed), and from then on renewal, lease takeover,
+-- settling and fsck treat it as any entry of a priority stream. Its place in line is the
+-- member `<tenant>|<seq>|<eval_id>` of `tenants:<prio>:waiting` (every score 0: a tenant's
+-- members are one lexical range in FIFO order, `|` sorting after every character a tenant
+-- name may hold); `tenants:<prio>` holds the tenants' virtual times; counters `tseq:<prio>`
+-- number them and `tq:<prio>` counts them (read with the stream's own counters for free).
+local FAIR_GROUP, PARKED = 'workers', '~waiting'  -- keys.GROUP; never a host:pid consumer
+
+-- A queue's fair-share keys from `keys` at `i` (engine/keys.py QueueKeys.fair: the tenant
+-- streams, waiting orders and virtual times, each high, default, low).
+local function fair_keys(keys, i)
+  return {stream = {high = keys[i], default = keys[i + 1], low = keys[i + 2]},
+    waiting = {high = keys[i + 3], default = keys[i + 4], low = keys[i + 5]},
+    vtime = {high = keys[i + 6], default = keys[i + 7], low = keys[i + 8]}}
+end
+
+-- The waiting side's functions, made on first use (`fair_fns()`, once per call of a
+-- script): each closure a script defines costs every call of it (Redis runs the whole
+-- library each time), and the plain path (no tenant) needs none of these.
+local FAIR_FNS
+local function fair_fns()
+  if FAIR_FNS then return FAIR_FNS end
+  local function fair_member(tenant, seq, id)
+    return tenant .. '|' .. string.format('%015d', seq) .. '|' .. id
+  end
+
+  -- Park every undelivered entry of a tenant stream with `~waiting`; a missing group (first
+  -- use, DELETE /tasks, a restart without data) is created from 0, parking what was left.
+  local function park(k_stream)
+    local read = {'XREADGROUP', 'GROUP', FAIR_GROUP, PARKED, 'COUNT', 1000, 'STREAMS', k_stream, '>'}
+    local res = redis.pcall(unpack(read))
+    if type(res) == 'table' and res.err then
+      if not string.find(res.err, 'NOGROUP') then error(res.err) end
+      redis.call('XGROUP', 'CREATE', k_stream, FAIR_GROUP, '0', 'MKSTREAM')
+      redis.call(unpack(read))
+    end
+  end
+
+  -- A tenant with waiting tasks is in its priority's virtual-time zset. One still there
+  -- (waiting, or idle but ahead of the others) keeps its time; one new, or back after the
+  -- others passed its time, starts at the smallest time there: max(its old time, the
+  -- minimum), so nobody saves up credit while idle.
+  local function fair_join(k_vt, tenant)
+    if redis.call('ZSCORE', k_vt, tenant) then return end
+    local front = redis.call('ZRANGE', k_vt, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', k_vt, front[2] or 0, tenant)
+  end
+
+  local function fair_push(k_task, k_counters, id, prio, payload, keys, tenant, exp)
+    local seq = redis.call('HINCRBY', k_counters, 'tseq:' .. prio, 1)
+    redis.call('HINCRBY', k_counters, 'tq:' .. prio, 1)
+    local entry
+    if exp then  -- its expiry, as in push: the claim meets it in the entry
+      entry = redis.call('XADD', keys.stream[prio], '*', 'id', id, 'payload', payload, 'x', exp)
+    else
+      entry = redis.call('XADD', keys.stream[prio], '*', 'id', id, 'payload', payload)
+    end
+    park(keys.stream[prio])
+    redis.call('ZADD', keys.waiting[prio], 0, fair_member(tenant, seq, id))
+    fair_join(keys.vtime[prio], tenant)
+    redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
+    return seq
+  end
+
+  -- A tenant stream left without entries is deleted (its group with it), so a queue whose
+  -- tenants' tasks are all done costs its claims nothing more (claim.lua's one EXISTS).
+  local function fair_tidy(k_stream)
+    if redis.call('XLEN', k_stream) == 0 then redis.call('DEL', k_stream) end
+  end
+  FAIR_FNS = {member = fair_member, park = park, join = fair_join, push = fair_push,
+    tidy = fair_tidy}
+  return FAIR_FNS
+end
+
+-- --- end of fair share, the waiting side ----------------------------------------------
+
 -- Append a task to its priority stream: it becomes `queued` with the next sequence number.
 -- `exp`: its expiry (epoch ms, issue 15), carried in the entry as `x` so the claim that
--- meets the entry sees it without reading the record; nil for none.
-local function push(k_task, k_stream, k_counters, id, prio, payload, exp)
+-- meets the entry sees it without reading the record; nil for none. A task of a tenant
+-- (its record's `tenant`) waits in the fair-share structures `fair` (fair_keys) instead.
+local function push(k_task, k_stream, k_counters, id, prio, payload, exp, fair, tenant)
+  if tenant then
+    return fair_fns().push(k_task, k_counters, id, prio, payload, fair, tenant, exp)
+  end
   local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
   local entry
   if exp then
@@ -199,15 +287,19 @@ end
 -- declare but records of the same queue.
 
 -- A deferred task whose last parent finished: queued at its priority, or scheduled when
--- its `run_at` is still ahead. `qp`: its queue's key prefix; `rec`: its state, prio, q,
--- allow, payload, run_at, attempts; `exp`: its expiry (ms) or nil.
+-- its `run_at` is still ahead. A tenant's task (fair share) is scheduled due now instead:
+-- the next claim or promoter moves it into its tenant's waiting order, so the scripts that
+-- finish tasks need not declare the fair-share keys (engine/keys.py, `effects`). `qp`: its
+-- queue's key prefix; `rec`: its state, prio, q, allow, payload, run_at, attempts; `exp`:
+-- its expiry (ms) or nil.
 local function release_child(k_child, cid, qp, rec, now, maxlen, exp)
   local prio, payload, run_at = rec[2], rec[5], tonumber(rec[6] or '0')
   redis.call('HINCRBY', qp .. 'counters', 'deferred:' .. prio, -1)
   redis.call('ZREM', qp .. 'deferred', cid)
   redis.call('HDEL', k_child, 'waiting')
-  if run_at > now then
-    redis.call('HSET', k_child, 'state', 'scheduled')
+  if run_at > now or redis.call('HEXISTS', k_child, 'tenant') == 1 then
+    run_at = math.max(run_at, now)
+    redis.call('HSET', k_child, 'state', 'scheduled', 'run_at', run_at)
     schedule(qp .. 'scheduled', qp .. 'schedule', cid, run_at)
     redis.call('HINCRBY', qp .. 'counters', 'scheduled:' .. prio, 1)
     event(qp .. 'events', maxlen, cid, 'scheduled')
@@ -340,11 +432,21 @@ end
 -- it started becomes `expired`: terminal, not run, not dead-lettered, counted
 -- (`total:expired`), its dependants handled as a cancelled parent's (finished()). `Q`: its
 -- queue's keys {stream = {prio -> key}, holes = {prio -> key}, scheduled, counters, events,
--- expiries}; `rec`: its state, prio, entry, seq, attempts; `group`: given when the entry was
--- just read by the group (a claim met it), so it is acked rather than left as a hole.
+-- expiries, fair (fair_keys)}; `rec`: its state, prio, entry, seq, attempts, tenant (nil:
+-- `default`); `group`: given when the entry was just read by the group (a claim met it), so
+-- it is acked rather than left as a hole.
 local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
   local state, prio = rec[1], rec[2]
-  if state == 'queued' then
+  if state == 'queued' and rec[6] then  -- a tenant's task (fair share): rec[6] its tenant
+    local k_stream = Q.fair.stream[prio]
+    redis.call('XACK', k_stream, FAIR_GROUP, rec[3])  -- parked, or just claimed
+    redis.call('XDEL', k_stream, rec[3])
+    local F = fair_fns()
+    F.tidy(k_stream)
+    if redis.call('ZREM', Q.fair.waiting[prio], F.member(rec[6], tonumber(rec[4]), id)) == 1 then
+      redis.call('HINCRBY', Q.counters, 'tq:' .. prio, -1)
+    end
+  elseif state == 'queued' then
     if group then
       redis.call('XACK', Q.stream[prio], group, rec[3])
     else
@@ -380,10 +482,11 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
   if old then redis.call('XDEL', k_dlq, old) end
   local dead = {'id', id, 'prio', prio, 'error', err, 'detail', detail, 'attempts', attempts,
     'failed_at', now, 'payload', payload}
-  -- the callback mark travels with the dead letter, so a re-drive keeps it even after
-  -- the record expired (FAILURE_TTL is shorter than DLQ_MAX_AGE_DAYS)
-  local cb = redis.call('HGET', k_task, 'cb')
-  if cb then dead[#dead + 1], dead[#dead + 2] = 'cb', cb end
+  -- the callback mark (and the tenant) travel with the dead letter, so a re-drive keeps
+  -- them even after the record expired (FAILURE_TTL is shorter than DLQ_MAX_AGE_DAYS)
+  local marks = redis.call('HMGET', k_task, 'cb', 'tenant')
+  if marks[1] then dead[#dead + 1], dead[#dead + 2] = 'cb', marks[1] end
+  if marks[2] then dead[#dead + 1], dead[#dead + 2] = 'tenant', marks[2] end
   local dlq_id = redis.call('XADD', k_dlq, '*', unpack(dead))
   redis.call('HSET', k_dlq_index, id, dlq_id)
   redis.call('HSET', k_task, 'state', 'failed', 'error', err, 'finished', now, 'dlq', dlq_id)
@@ -418,12 +521,13 @@ end
 -- lease is gone, or its entry left the group's pending list) while its entry still holds
 -- the payload: queued again under a new entry at the back of its priority. A holder still
 -- running it is fenced off (the entry changed). The old entry was delivered (its sequence
--- number is at or below `head`), so no hole is needed.
+-- number is at or below `head`), so no hole is needed. A tenant's task (`tenant`; its entry
+-- is in `k_stream`, the tenant stream) waits in the fair-share structures `fair` again.
 local function requeue(k_task, k_stream, k_counters, k_leases, k_events, group, id, prio, entry,
-                       payload, maxlen)
+                       payload, maxlen, fair, tenant)
   redis.call('XACK', k_stream, group, entry)
   redis.call('XDEL', k_stream, entry)
   redis.call('ZREM', k_leases, id)
-  push(k_task, k_stream, k_counters, id, prio, payload)
+  push(k_task, k_stream, k_counters, id, prio, payload, nil, fair, tenant)
   event(k_events, maxlen, id, 'queued')
 end

@@ -6,18 +6,27 @@
 --      stream entry was deleted is dead-lettered as lost, one whose entry is no longer
 --      pending is queued again (see reclaim);
 --   3. XREADGROUP '>' on high, then default, then low, only as much as is still free; an
---      entry whose expiry (`x`, issue 15) has come is settled `expired`, not handed out.
+--      entry whose expiry (`x`, issue 15) has come is settled `expired`, not handed out;
+--      at a level where tenants' tasks wait, the free slots are shared by weighted fair
+--      queuing (_fair.lua): tenant `default` reads its priority stream, the others' tasks
+--      are XCLAIMed from the tenant stream (take_tenant);
+--   RATE_LIMITS and QUEUE_MAX_IN_FLIGHT (ARGV 13-15) bound how many are handed out, and the
+--   reply says when a limit held tasks back (then `wake` is when to look again).
 -- Each delivery bumps `attempts`: (entry, attempts) is the fencing token of the holder.
 -- A missing group (Redis restarted empty, DELETE /tasks) is recreated here.
 -- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4 counters, 5 leases, 6 events,
 --       7 scheduled, 8 dlq, 9 holes:high, 10 holes:default, 11 holes:low, 12 dlq index,
 --       13 paused flag (set: hand out nothing; due tasks are still promoted), 14 expiries,
---       15… the queue's effects (below)
+--       15 the rate limit's GCRA state, 16-24 fair share (keys.QueueKeys.fair: tenant
+--       streams, waiting orders, virtual times, each high, default, low), 25… the queue's
+--       effects (below)
 -- ARGV: 1 group, 2 consumer, 3 count, 4 lease ms, 5 max lapses, 6 events maxlen,
 --       7 task key prefix, 8 failure ttl s, 9 promote limit, 10 the priorities this
 --       consumer takes, comma-separated ('' = all; CONSUME): others are neither read nor
---       taken over when their lease lapses, 11 result ttl s (of expired tasks), 12 '1': a
---       partition of a partitioned queue (engine/partitions.py): also answer the hint below
+--       taken over when their lease lapses, 11 result ttl s (of expired tasks),
+--       12 TENANT_WEIGHTS ('name=w,…'), 13 RATE_LIMITS' emission interval in ms ('' = no
+--       rate limit), 14 its burst, 15 QUEUE_MAX_IN_FLIGHT ('' = none), 16 '1': a partition
+--       of a partitioned queue (engine/partitions.py): also answer the hint below
 -- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
 -- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
 -- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
@@ -25,15 +34,18 @@
 -- Returns {{{eval_id, entry, attempt, prio, payload, waited ms}...}, ms until the next due
 --          task or lease expiry (-1: none), groups recreated (0/1), {tail id of each stream}
 --          when idle, {{eval_id, reason}...} of tasks dead-lettered because their stream
---          entry was lost (see reclaim), {{eval_id, prio}...} of tasks expired here}.
---          `waited ms`: since the task entered its priority stream (queue wait). For a
---          partition (ARGV 12), a 7th element: the best priority this consumer takes that
---          still has queued tasks after this claim ('' none).
+--          entry was lost (see reclaim), {{eval_id, prio}...} of tasks expired here, limit
+--          that held tasks back ('' none, 'rate', 'in_flight')}. `waited ms`: since the task
+--          entered its priority stream (queue wait). The tails are of the priority streams,
+--          then, while tenants' tasks exist, of the tenant streams. For a partition (ARGV
+--          16), an 8th element: the best priority this consumer takes that still has queued
+--          tasks (its own or tenants') after this claim ('' none).
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, max_lapses, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local prefix, failure_ttl = ARGV[7], ARGV[8]
 local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
 local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
+local FAIR = fair_keys(KEYS, 16)
 local now = now_ms()
 local out, recreated = {}, 0
 local TAKES = {}
@@ -43,7 +55,7 @@ if everything then TAKES = {high = true, default = true, low = true} end
 
 local expired = {}  -- {eval_id, prio} of tasks expired here (issue 15)
 local Q = {stream = STREAM, holes = HOLES, scheduled = KEYS[7], counters = KEYS[4],
-  events = KEYS[6], expiries = KEYS[14]}
+  events = KEYS[6], expiries = KEYS[14], fair = FAIR}
 
 local function expire_here(k_task, id, rec, group)
   expire(k_task, id, rec, Q, now, maxlen, ARGV[11], group)
@@ -71,11 +83,12 @@ end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, ARGV[9])) do
   local k_task = prefix .. id
-  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'attempts')
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'attempts',
+    'tenant')
   if rec[4] and tonumber(rec[4]) <= now and (rec[1] == 'scheduled' or rec[1] == 'retrying') then
     expire_here(k_task, id, {rec[1], rec[2], nil, nil, rec[5]})
   elseif rec[1] == 'scheduled' or rec[1] == 'retrying' then
-    push(k_task, STREAM[rec[2]], KEYS[4], id, rec[2], rec[3], rec[4])
+    push(k_task, STREAM[rec[2]], KEYS[4], id, rec[2], rec[3], rec[4], FAIR, rec[6])
     redis.call('HINCRBY', KEYS[4], rec[1] .. ':' .. rec[2], -1)
     redis.call('HDEL', k_task, 'payload', 'run_at')
     event(KEYS[6], maxlen, id, 'queued')
@@ -93,13 +106,13 @@ local QK = {KEYS[8], KEYS[12], KEYS[6], KEYS[4]}  -- dlq, dlq index, events, cou
 -- -> queued again. Either way it never stays `processing` with a dead worker's name.
 local function reclaim(id)
   local k_task = prefix .. id
-  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts')
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts', 'tenant')
   if rec[1] ~= 'processing' then
     redis.call('ZREM', KEYS[5], id)
     return
   end
   if not TAKES[rec[2]] then return end  -- left to a consumer of its priority
-  local k_stream = STREAM[rec[2]]
+  local k_stream = rec[6] and FAIR.stream[rec[2]] or STREAM[rec[2]]
   local fields = rec[3] and entry_fields(k_stream, rec[3])
   if not fields then
     if rec[3] then redis.call('XACK', k_stream, group, rec[3]) end
@@ -121,6 +134,10 @@ local function reclaim(id)
     return
   end
   local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[3])
+  if type(claimed) == 'table' and claimed.err and rec[6] and string.find(claimed.err, 'NOGROUP') then
+    fair_fns().park(k_stream)  -- a tenant stream's group, recreated with its entries parked: again
+    claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[3])
+  end
   if type(claimed) == 'table' and claimed.err then
     if not string.find(claimed.err, 'NOGROUP') then error(claimed.err) end
     -- group lost: recreated from 0 below, so read_new delivers the entry again
@@ -131,14 +148,34 @@ local function reclaim(id)
   end
   if #claimed == 0 or not claimed[1] then
     requeue(k_task, k_stream, KEYS[4], KEYS[5], KEYS[6], group, id, rec[2], rec[3],
-      fields['payload'] or '', maxlen)
+      fields['payload'] or '', maxlen, FAIR, rec[6])
     return
   end
   deliver(k_task, id, rec[3], rec[2], fields['payload'] or '', nil, rec[5])
 end
 
-local paused = redis.call('EXISTS', KEYS[13]) == 1
+-- One EXISTS answers the usual case (not paused, no tenant's task anywhere) at no extra
+-- cost; only when it counts something are the keys told apart.
+local paused, fair_on, tenants_used = false, {}, false
+if redis.call('EXISTS', KEYS[13], KEYS[16], KEYS[17], KEYS[18], KEYS[19], KEYS[20], KEYS[21]) > 0 then
+  paused = redis.call('EXISTS', KEYS[13]) == 1
+  for _, p in ipairs(PRIOS) do
+    fair_on[p] = redis.call('EXISTS', FAIR.waiting[p]) == 1
+    tenants_used = tenants_used or fair_on[p] or redis.call('EXISTS', FAIR.stream[p]) == 1
+  end
+end
 if paused then count = 0 end
+
+-- --- limits (RATE_LIMITS, QUEUE_MAX_IN_FLIGHT): fewer may be handed out than asked -------
+local held, wake_rate = '', -1
+local interval_us, burst, tat = tonumber(ARGV[13] or ''), tonumber(ARGV[14] or ''), nil
+if interval_us and count > 0 then
+  interval_us = interval_us * 1000
+  local room
+  room, tat = fair_lib().rate_room(KEYS[15], now * 1000, interval_us, burst)
+  if room < count then count, held = room, 'rate' end
+end
+-- --- end of limits ---------------------------------------------------------------------
 -- A consumer of some priorities only looks further down the lapsed leases (they may be of
 -- priorities it does not take), and sets no wake time by them (it re-checks when idle).
 local lapsed_limit = count
@@ -185,15 +222,90 @@ local function read_new(prio, n)
   return skipped
 end
 
+-- QUEUE_MAX_IN_FLIGHT: tasks taken over above were in flight already (still leased);
+-- new ones only while the queue's leases (every processing task) are fewer than the cap.
+local cap = tonumber(ARGV[15] or '')
+if cap and count > #out then
+  local room = math.max(0, cap - redis.call('ZCARD', KEYS[5]))
+  if room < count - #out then count, held = #out + room, 'in_flight' end
+end
+
+-- --- fair share: a tenant's tasks, XCLAIMed from its priority's tenant stream ----------
+-- Returns how many were handed out, and how many were not (expired, lost, gone).
+local function take_tenant(prio, tenant, n)
+  local k_wait, k_stream = FAIR.waiting[prio], FAIR.stream[prio]
+  local members = redis.call('ZRANGEBYLEX', k_wait, '[' .. tenant .. '|', '(' .. tenant .. '}',
+    'LIMIT', 0, n)
+  if #members == 0 then return 0, 0 end
+  redis.call('ZREM', k_wait, unpack(members))
+  redis.call('HINCRBY', KEYS[4], 'tq:' .. prio, -#members)
+  redis.call('HINCRBY', KEYS[4], 'thead:' .. prio, #members)  -- taken out of line (the pace)
+  local given = 0
+  for _, member in ipairs(members) do
+    local seq, id = string.match(member, '^[^|]*|(%d+)|(.+)$')
+    local k_task = prefix .. id
+    local rec = redis.call('HMGET', k_task, 'state', 'entry', 'attempts')
+    if rec[1] == 'queued' and rec[2] then
+      local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[2])
+      if type(claimed) == 'table' and claimed.err and string.find(claimed.err, 'NOGROUP') then
+        fair_fns().park(k_stream)  -- its group was lost: recreated, with the entries parked again
+        claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[2])
+      end
+      local fields = type(claimed) == 'table' and not claimed.err and claimed[1] and
+        claimed[1][2] and to_map(claimed[1][2]) or entry_fields(k_stream, rec[2])
+      if not fields then
+        lost[#lost + 1] = {id, lose(k_task, id, prio, rec[2], 'queued', QK, maxlen, now,
+          failure_ttl, '0')}
+      elseif fields['x'] and tonumber(fields['x']) <= now then  -- its expiry came first
+        expire_here(k_task, id, {'queued', prio, rec[2], tonumber(seq), rec[3], tenant}, group)
+      else
+        -- (an entry not parked, after its group was lost, is handed out all the same)
+        deliver(k_task, id, rec[2], prio, fields['payload'] or '', fields['x'], rec[3])
+        given = given + 1
+      end
+    end
+  end
+  return given, #members - given
+end
+
+-- The free slots of a level shared among its tenants; returns how many of the tasks
+-- met were not handed out (expired, dropped, lost), as read_new does.
+local function read_fair(prio, free)
+  local F = fair_lib()
+  local level = F.level(FAIR, KEYS[4], HOLES[prio], prio)
+  F.join_default(level)
+  local skipped = 0
+  for _, c in ipairs(F.plan(level, free, F.weights(ARGV[12]))) do
+    if c.n > 0 then
+      local before, missed = #out, 0
+      if c.t == 'default' then
+        missed = read_new(prio, c.n)
+      else
+        _, missed = take_tenant(prio, c.t, c.n)
+      end
+      skipped = skipped + missed
+      F.advance(level, c, #out - before)
+    end
+  end
+  return skipped
+end
+-- --- end of fair share -----------------------------------------------------------------
+
 -- Entries dropped or expired on the way take no slot: read on for the rest, so no entry
 -- is left behind the stream tails the caller then blocks on.
 for _, prio in ipairs(PRIOS) do
   if TAKES[prio] then
     local skipped = 1
-    while skipped > 0 and count - #out > 0 do skipped = read_new(prio, count - #out) end
+    while skipped > 0 and count - #out > 0 do
+      skipped = (fair_on[prio] and read_fair or read_new)(prio, count - #out)
+    end
   end
   if count - #out <= 0 then break end
 end
+if tat then
+  wake_rate = fair_lib().rate_take(KEYS[15], tat, #out, now * 1000, interval_us, burst)
+end
+if held ~= '' and #out < count then held = '' end  -- fewer than allowed: nothing is held
 
 for i = 1, #leased, 2000 do
   redis.call('ZADD', KEYS[5], unpack(leased, i, math.min(i + 1999, #leased)))
@@ -203,7 +315,7 @@ end
 -- (taken here, atomically with the reads, so an entry added after this script wakes the
 -- caller's XREAD instead of being missed until the timeout).
 local wake, tails = -1, {}
-if #out < count or paused then
+if #out < count or paused or held ~= '' then
   -- paused: no wake time (resuming announces itself on the wake channel)
   local timed = {KEYS[5], KEYS[7]}
   if paused then timed = {} elseif not everything then timed = {KEYS[7]} end
@@ -213,16 +325,20 @@ if #out < count or paused then
       wake = math.max(0, tonumber(first[2]) - now)
     end
   end
-  for i = 1, 3 do
-    local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  local streams = {KEYS[1], KEYS[2], KEYS[3]}
+  if tenants_used then streams = {KEYS[1], KEYS[2], KEYS[3], KEYS[16], KEYS[17], KEYS[18]} end
+  for i, k in ipairs(streams) do
+    if held ~= '' then break end  -- held by a limit: wait for it, not for new entries
+    local last = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)
     tails[i] = last[1] and last[1][1] or '0-0'
   end
+  if held == 'rate' then wake = wake_rate end
 end
-if ARGV[12] == '1' then
+if ARGV[16] == '1' then
   local best = ''
   for i, prio in ipairs(PRIOS) do
     if TAKES[prio] and queued_in(KEYS[4], KEYS[8 + i], prio) > 0 then best = prio break end
   end
-  return {out, wake, recreated, tails, lost, expired, best}
+  return {out, wake, recreated, tails, lost, expired, held, best}
 end
-return {out, wake, recreated, tails, lost, expired}
+return {out, wake, recreated, tails, lost, expired, held}

@@ -12,11 +12,13 @@
 --       reply queue ('' for none)
 -- Also touched: records of this queue (dependants of the tasks, read from their records).
 -- Returns one reply per task, in order, as complete.lua's: {'ok', priority} or
--- {'missing' | 'state' | 'stale' | 'expired' | 'queue', state or queue}
+-- {'missing' | 'state' | 'stale' | 'expired' | 'queue', state or queue}, or {'tenant'}: a
+-- fair-share task, not settled here (the caller sends it to complete.lua)
 local ttl, group, maxlen, assumed = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local n = tonumber(ARGV[5])
 local STREAM = {high = KEYS[4], default = KEYS[5], low = KEYS[6]}
-local FIELDS = {'state', 'entry', 'attempts', 'prio', 'q', 'cb', 'kids', 'dk', 'ix', 'error'}
+local FIELDS = {'state', 'entry', 'attempts', 'prio', 'q', 'cb', 'kids', 'dk', 'ix', 'error',
+  'tenant'}
 local now = now_ms()
 local now_s = tostring(now)  -- formatted once, not per task
 
@@ -44,7 +46,8 @@ for i = 1, n do
   local a = 6 + (i - 1) * 5
   local id, k_task = ARGV[a], KEYS[6 + i]
   local rec = redis.call('HMGET', k_task, unpack(FIELDS))
-  local refusal = refused(rec, ARGV[a + 1], ARGV[a + 2], deadlines[i])
+  -- a tenant's task (fair share) is left to complete.lua: its entry is in a tenant stream
+  local refusal = rec[11] and {'tenant'} or refused(rec, ARGV[a + 1], ARGV[a + 2], deadlines[i])
   if refusal then
     out[i] = refusal
   else

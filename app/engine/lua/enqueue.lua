@@ -9,7 +9,9 @@
 -- KEYS: 1 task hash, 2 stream of its priority, 3 counters, 4 scheduled zset, 5 events,
 --       6 holes:high, 7 holes:default, 8 holes:low, 9 stats, 10 callbacks, 11 expiring,
 --       12 expiries zset, 13 dedup hash, 14 dedup ttl zset, 15 deferred zset,
---       16… (with depends_on) the task hashes of the parents in this queue, as ARGV 13…
+--       16-18 fair share at its priority (keys.QueueKeys.fair_at: tenant stream, waiting
+--       order, virtual times; a tenant's task waits there, see fair_push in _lib.lua),
+--       19… (with depends_on) the task hashes of the parents in this queue, as ARGV 13…
 -- ARGV: 1 eval_id, 2 priority, 3 payload (JSON), 4 run time: '0' now, '+<ms>' a delay
 --       after the Redis clock (TIME), '<ms>' an absolute epoch time (past: now), 5 events maxlen,
 --       6 schedule channel (told about new due times, so promoters can sleep until then),
@@ -17,7 +19,8 @@
 --       the task's callback_url ('+' alone when only STORAGE_SERVICE_URL applies; the hash
 --       field `cb` holds what follows the '+'; see notify_callback in _lib.lua),
 --       9 options: '' none, else JSON {x?: expiry ('+<ms>' after the Redis clock or '<ms>'
---       epoch), k?: dedup_key, m?: dedup mode, t?: dedup ttl ms},
+--       epoch), k?: dedup_key, m?: dedup mode, t?: dedup ttl ms, n?: tenant (fair share;
+--       none: `default`), w?: TENANT_WEIGHTS 'name=w,…' (for a position under fair share)},
 --       only with depends_on: 10 allow_failure ('1'/'0'), 11 result ttl s, 12 with parents
 --       of other queues, every parent in order as JSON [[eval_id, state]…]: the state
 --       linking it answered (engine/links.py), '' for a parent of this queue ('' when all
@@ -68,6 +71,10 @@ if opts and opts.k then
   local reply = deduplicate()
   if reply then return reply end
 end
+local tenant = opts and opts.n or nil
+
+-- The fair-share keys of its priority (KEYS 16-18), made only for a tenant's task.
+local HERE = tenant and fair_lib().here(KEYS, 16, prio)
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local ptr = redis.call('HMGET', KEYS[1], 'state', 'q', 'at')
   if not ptr[1] and ptr[2] then return {'duplicate', ptr[2], ptr[3] or ''} end
@@ -100,6 +107,7 @@ end
 local function mark()
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'q', ARGV[7]) end
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'cb', string.sub(ARGV[8], 2)) end
+  if tenant then redis.call('HSET', KEYS[1], 'tenant', tenant) end
 end
 
 -- A parent's release (or cancel cascade) is one script: its deferred children are capped
@@ -115,7 +123,7 @@ local function check_parents(allow)
     if not allow and not reason then reason = 'dependency ' .. pid .. ' ' .. state end
   end
   for i = 13, #ARGV do
-    local rec = redis.call('HMGET', KEYS[i + 3], 'state', 'q', 'kids')
+    local rec = redis.call('HMGET', KEYS[i + 6], 'state', 'q', 'kids')
     local state = rec[1]
     if not state and rec[2] and rec[2] ~= ARGV[7] then
       elsewhere[#elsewhere + 1] = {ARGV[i], rec[2]}
@@ -171,8 +179,8 @@ local function with_parents()
     'waiting', #pending + #remote)
   if run_at > 0 then redis.call('HSET', KEYS[1], 'run_at', run_at) end
   for _, i in ipairs(pending) do
-    redis.call('HSET', KEYS[i + 3], 'd:' .. id, '')
-    redis.call('HINCRBY', KEYS[i + 3], 'kids', 1)
+    redis.call('HSET', KEYS[i + 6], 'd:' .. id, '')
+    redis.call('HINCRBY', KEYS[i + 6], 'kids', 1)
   end
   for _, pid in ipairs(remote) do redis.call('HSET', KEYS[1], 'w:' .. pid, 1) end
   local others = {}
@@ -206,13 +214,20 @@ if run_at > now then
   event(KEYS[5], maxlen, id, 'scheduled')
   return {'scheduled', 0}
 end
-local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload, exp)
+local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload, exp, HERE, tenant)
 adopt()
 event(KEYS[5], maxlen, id, 'queued')
 local position = 0
 for i, p in ipairs(PRIOS) do
   if p == prio then
-    local head = tonumber(redis.call('HGET', KEYS[3], 'head:' .. p) or '0')
+    local c = redis.call('HMGET', KEYS[3], 'head:' .. p, 'tq:' .. p)
+    if tonumber(c[2] or '0') > 0 then  -- tenants' tasks wait here: fair share (_fair.lua)
+      local F = fair_lib()
+      local level = F.level(HERE or F.here(KEYS, 16, p), KEYS[3], KEYS[5 + i], p)
+      position = position + F.place(level, tenant or 'default', seq, F.weights(opts and opts.w))
+      break
+    end
+    local head = tonumber(c[1] or '0')
     position = position + seq - head - redis.call('ZCOUNT', KEYS[5 + i], '(' .. head, '+inf')
     break
   end

@@ -3,7 +3,8 @@
 -- Retry n waits min(max, base * exp^(n-1)); jitter keeps half and randomises the rest.
 -- KEYS: 1 task hash, 2 leases, 3 events, 4 counters, 5 scheduled, 6 dlq,
 --       7 stream:high, 8 stream:default, 9 stream:low, 10 dlq index, 11 expiries (a
---       retrying task with an expiry waits there again, issue 15), 12… the queue's effects
+--       retrying task with an expiry waits there again, issue 15), 12-14 tenant streams
+--       high/default/low (a tenant's task's entry), 15… the queue's effects (below)
 -- ARGV: 1 eval_id, 2 entry, 3 attempt, 4 error, 5 retry? ('1'/'0'), 6 default max retries,
 --       7 base ms, 8 exponential base, 9 max ms, 10 jitter random [0,1) or -1,
 --       11 failure ttl s, 12 group, 13 events maxlen, 14 published result JSON,
@@ -12,7 +13,8 @@
 --       item carrying the error, see answer_numbered in _lib.lua), 18 the policy's interval
 --       list in ms, comma-separated ('' for none); a task's own `retry_intervals` (seconds)
 --       win over it, and either replaces the exponential formula (the last one repeats),
---       19 the queue assumed ('' = default)
+--       19 the queue assumed ('' = default), 20 '1': tell the wake channel (16) 'release',
+--       a slot is free (the queue has a QUEUE_MAX_IN_FLIGHT)
 -- then the queue's effects (engine/keys.py QueueKeys.effects: what finished() and the
 -- numbered-queue helpers of _lib.lua touch: dependants released into the schedule, stats,
 -- callbacks and relays, the expiring zset, index, aliases, the reply queue's keys). Also
@@ -23,17 +25,20 @@
 -- {'missing' | 'state' | 'stale' | 'expired', state}
 local id = ARGV[1]
 local STREAM = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
+local TENANTS = {high = KEYS[12], default = KEYS[13], low = KEYS[14]}
 local misrouted = wrong_queue(KEYS[1], ARGV[19])
 if misrouted then return misrouted end
 local now = now_ms()
 local refused, rec = fence(KEYS[1], KEYS[2], id, ARGV[2], ARGV[3], now)
 if refused then return refused end
-local k_stream, prio, attempts = STREAM[rec[4]], rec[4], tonumber(rec[3])
+local k_stream, prio, attempts = (rec[6] and TENANTS or STREAM)[rec[4]], rec[4], tonumber(rec[3])
 local fields = entry_fields(k_stream, rec[2])  -- nil: the entry was deleted under the holder
 local payload = fields and fields['payload'] or ''
 redis.call('XACK', k_stream, ARGV[12], rec[2])
 redis.call('XDEL', k_stream, rec[2])
 redis.call('ZREM', KEYS[2], id)
+if rec[6] then fair_fns().tidy(k_stream) end
+if ARGV[20] == '1' then redis.call(QUEUE_PUBLISH, ARGV[16], 'release') end
 local max_retries = tonumber(ARGV[6])
 local ok, decoded = pcall(cjson.decode, payload)
 if ok and type(decoded) == 'table' and tonumber(decoded['max_retries']) then

@@ -9,9 +9,12 @@
 --                      seq - head <= LIMIT, recompute the holes from the numbers present.
 --   scheduled:<prio>, retrying:<prio>  must equal the schedule's members whose record is in
 --                      that state (when the schedule has at most LIMIT members). Repair: set.
+--   tq:<prio>          tasks of tenants waiting at the priority (fair share) must equal the
+--                      members of its waiting order (KEYS 9-11). Repair: set.
 -- Class: counter_drift. (`deferred:<prio>` is not audited: no structure lists deferred
 -- tasks, and a count taken over a live SCAN is not exact.)
--- KEYS: 1-3 stream:high/default/low, 4 counters, 5-7 holes:high/default/low, 8 scheduled
+-- KEYS: 1-3 stream:high/default/low, 4 counters, 5-7 holes:high/default/low, 8 scheduled,
+--       9-11 the fair-share waiting orders high/default/low
 -- ARGV: 1 repair ('1'/'0'), 2 task key prefix, 3 the queue assumed ('' = default), 4 LIMIT
 -- Also touched, derived from the task key prefix (same hash tag): the scheduled tasks'
 -- records (read only).
@@ -117,6 +120,18 @@ local function check_schedule()
   end
 end
 
+local function check_tenants()
+  for i, prio in ipairs(PRIOS) do
+    local said, held = counter('tq:' .. prio), redis.call('ZCARD', KEYS[8 + i])
+    if said ~= held then
+      if REPAIR then redis.call('HSET', KEYS[4], 'tq:' .. prio, held) end
+      report('tq:' .. prio, 'counter_drift', 'the counter says ' .. said ..
+        ' tenant tasks wait, the waiting order holds ' .. held, 'set to ' .. held, 1)
+    end
+  end
+end
+
 for i, prio in ipairs(PRIOS) do check_queued(i, prio) end
 check_schedule()
+check_tenants()
 return {findings, skipped}

@@ -1,15 +1,17 @@
 -- fsck (issue 11): check a batch of task records of one queue against the queue's
 -- structures, atomically; with repair, fix each record that would otherwise stay stuck.
--- Classes: queued_without_entry, processing_without_entry, processing_without_lease,
---   processing_not_pending, schedule_missing, deferred_stuck, eas_index_missing,
---   expiry_missing (a waiting task with an expiry, missing from `expiries`; issue 15),
---   deps_orphan (docs/operations.md, *fsck*, says what each means and what the repair does).
+-- Classes: queued_without_entry, queued_not_waiting, processing_without_entry,
+--   processing_without_lease, processing_not_pending, schedule_missing, deferred_stuck,
+--   eas_index_missing, expiry_missing (a waiting task with an expiry, missing from
+--   `expiries`; issue 15), deps_orphan (docs/operations.md, *fsck*, says what each means
+--   and what the repair does).
 -- KEYS: 1-3 stream:high/default/low, 4 counters, 5 leases, 6 scheduled, 7 dlq, 8 dlq index,
---       9-11 holes:high/default/low, 12 events, 13 expiries, then one task hash per eval_id
---       below, then the queue's effects (engine/keys.py: what finished() may touch)
+--       9-11 holes:high/default/low, 12 events, 13 expiries, 14-22 fair share
+--       (keys.QueueKeys.fair), then one task hash per eval_id below, then the queue's
+--       effects (engine/keys.py: what finished() may touch)
 -- ARGV: 1 repair ('1'/'0'), 2 group, 3 the queue assumed ('' = the default queue),
 --       4 events maxlen, 5 failure ttl s, 6 result ttl s, 7 schedule channel,
---       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[13 + i])
+--       8… the eval_ids (ARGV[7 + i] is the eval_id of KEYS[22 + i])
 -- Also touched: records of this queue (parents and dependants of the records checked, a
 -- numbered queue item's index zset: its `ix`, an effects key).
 -- Records that are not tasks of this queue (the id directory's pointers, in the default
@@ -17,6 +19,7 @@
 -- Returns {findings (see _fsck.lua)}
 local STREAM = {high = KEYS[1], default = KEYS[2], low = KEYS[3]}
 local HOLES = {high = KEYS[9], default = KEYS[10], low = KEYS[11]}
+local FAIR = fair_keys(KEYS, 14)
 local QK = {KEYS[7], KEYS[8], KEYS[12], KEYS[4]}  -- dlq, dlq index, events, counters
 local group, maxlen, failure_ttl = ARGV[2], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -27,8 +30,40 @@ local function gone(prio, entry)
   return 'stream entry ' .. (entry or '(none)') .. ' of ' .. (prio or '?') .. ' is gone'
 end
 
+-- A tenant's queued task: its entry in its tenant stream and its member in the waiting order.
+local function check_queued_tenant(k_task, id, rec)
+  local prio, entry, tenant = rec[2], rec[3], rec[11]
+  local k_stream, k_wait = FAIR.stream[prio], FAIR.waiting[prio]
+  local member = fair_fns().member(tenant, tonumber(rec[7] or '0'), id)
+  local listed = k_wait and redis.call('ZSCORE', k_wait, member)
+  if entry and k_stream and entry_fields(k_stream, entry) then
+    if listed and redis.call('ZSCORE', FAIR.vtime[prio], tenant) then return end
+    if listed then  -- its tenant has no virtual time: no claim would ever pick it
+      if REPAIR then fair_fns().join(FAIR.vtime[prio], tenant) end
+      return report(id, 'queued_not_waiting', 'tenant ' .. tenant .. ' has no virtual time',
+        'its tenant joined again', 1)
+    end
+    if REPAIR then
+      redis.call('ZADD', k_wait, 0, member)
+      redis.call('HINCRBY', KEYS[4], 'tq:' .. prio, 1)
+      fair_fns().join(FAIR.vtime[prio], tenant)
+    end
+    return report(id, 'queued_not_waiting', 'not in the waiting order of tenant ' .. tenant,
+      'listed again', 1)
+  end
+  if REPAIR then
+    if listed then
+      redis.call('ZREM', k_wait, member)
+      redis.call('HINCRBY', KEYS[4], 'tq:' .. prio, -1)
+    end
+    lose(k_task, id, prio, entry, 'queued', QK, maxlen, now, failure_ttl, rec[4])
+  end
+  report(id, 'queued_without_entry', gone(prio, entry), LOST, 1)
+end
+
 local function check_queued(k_task, id, rec)
   local prio, entry = rec[2], rec[3]
+  if rec[11] then return check_queued_tenant(k_task, id, rec) end
   if entry and STREAM[prio] and entry_fields(STREAM[prio], entry) then return end
   if REPAIR then
     -- its sequence number still counts as queued: a hole keeps positions and counts exact
@@ -43,7 +78,7 @@ end
 
 local function check_processing(k_task, id, rec)
   local prio, entry = rec[2], rec[3]
-  local k_stream = STREAM[prio] or KEYS[2]
+  local k_stream = (rec[11] and FAIR.stream or STREAM)[prio] or KEYS[2]
   local fields = entry and entry_fields(k_stream, entry)
   local deadline = redis.call('ZSCORE', KEYS[5], id)
   local live = deadline and tonumber(deadline) >= now
@@ -61,7 +96,7 @@ local function check_processing(k_task, id, rec)
   if not deadline then
     if REPAIR then
       requeue(k_task, k_stream, KEYS[4], KEYS[5], KEYS[12], group, id, prio, entry,
-        fields['payload'] or '', maxlen)
+        fields['payload'] or '', maxlen, FAIR, rec[11])
     end
     return report(id, 'processing_without_lease',
       'no lease: nobody can settle it and no claim takes it over', 're-queued', 1)
@@ -71,7 +106,7 @@ local function check_processing(k_task, id, rec)
     if live then return report(id, 'processing_not_pending', detail, HOLDER, 0) end
     if REPAIR then
       requeue(k_task, k_stream, KEYS[4], KEYS[5], KEYS[12], group, id, prio, entry,
-        fields['payload'] or '', maxlen)
+        fields['payload'] or '', maxlen, FAIR, rec[11])
     end
     report(id, 'processing_not_pending', detail, 're-queued', 1)
   end
@@ -141,7 +176,7 @@ end
 
 local function check(k_task, id)
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'attempts', 'q', 'run_at',
-    'seq', 'ix', 'kids', 'exp')
+    'seq', 'ix', 'kids', 'exp', 'tenant')
   if not rec[1] then return end  -- a pointer, or expired or settled and gone since listed
   if (rec[5] or '') ~= ARGV[3] then return end
   local state = rec[1]
@@ -160,5 +195,5 @@ local function check(k_task, id)
   if rec[10] then check_expiry(id, redis.call('HGET', k_task, 'state'), rec[10]) end
 end
 
-for i = 8, #ARGV do check(KEYS[i + 6], ARGV[i]) end
+for i = 8, #ARGV do check(KEYS[i + 15], ARGV[i]) end
 return {findings}

@@ -4,11 +4,17 @@
 -- looked at per call, matching or not, so a filtered page may come back short with a cursor
 -- to continue from.
 -- Modes (ARGV[1]) and their KEYS:
---   queued      1-3 stream:high/default/low, 4 counters, 5-7 holes:high/default/low:
---               the entries after the group's last delivered id, high then default then
---               low (position order); cursor {priority index, entry id}
---   processing  1-3 streams: the group's pending entries (XPENDING), by priority then
---               entry id; cursor {priority index, entry id}
+--   queued      1-3 stream:high/default/low, 4 counters, 5-7 holes:high/default/low, 8-16
+--               fair share (keys.QueueKeys.fair): per priority, high then default then
+--               low, the entries after the group's last delivered id (tenant `default`, in
+--               position order; cursor {priority index, entry id}), then the tenants'
+--               waiting tasks (fair share), by tenant, FIFO within (cursor {priority index
+--               + 3, waiting member}); each with its position (under fair share, the
+--               expected start order: _fair.lua)
+--   processing  1-3 streams, 4-6 tenant streams: the group's pending entries (XPENDING),
+--               by stream then entry id (the tenants' entries still parked with `~waiting`
+--               are skipped, at most 10 × the budget per call); cursor {stream index, entry
+--               id}
 --   zset        1 a zset of task ids (the schedule: due time; `deferred`: creation time),
 --               ascending; cursor {score, member}
 --   events      1 the events stream, newest first: the tasks whose last event is the
@@ -16,7 +22,7 @@
 --   dlq         1 the DLQ stream, newest first; cursor {entry id}
 -- ARGV: 1 mode, 2 state, 3 task key prefix, 4 limit, 5 budget (candidates per call),
 --       6 tenant ('' = any), 7 q ('' = any: an eval_id prefix or a metadata value),
---       8 group, 9 and 10 the cursor ('' = from the start)
+--       8 group, 9 and 10 the cursor ('' = from the start), 11 TENANT_WEIGHTS (queued)
 -- Also read, derived from ARGV[3] (same hash tag): the candidates' records.
 -- Returns {items, cursor part 1 ('' = no more), cursor part 2, Redis time ms}; an item is
 -- {eval_id, flat HGETALL of its record, extra, payload ('' unknown)}: extra is the
@@ -94,53 +100,114 @@ local function position(prio_index, head, seq, ahead)
   return ahead + seq - head - redis.call('ZCOUNT', KEYS[4 + prio_index], '(' .. head, '(' .. seq)
 end
 
-local function queued_page(first, after)
-  local ahead = 0
-  for i = 1, first - 1 do ahead = ahead + queued_in(KEYS[4], KEYS[4 + i], PRIOS[i]) end
-  for i = first, 3 do
-    local from = delivered(KEYS[i])
-    if i == first and after ~= '' then from = later(from, after) end
-    local head = tonumber(redis.call('HGET', KEYS[4], 'head:' .. PRIOS[i]) or '0')
-    while true do
-      local n = chunk(1)
-      local got = redis.call('XRANGE', KEYS[i], '(' .. from, '+', 'COUNT', n)
-      for _, e in ipairs(got) do
-        scanned, from = scanned + 1, e[1]
-        local fields = to_map(e[2])
-        if q_ok(fields['id'], fields['payload']) then
-          local flat, rec = record(fields['id'])
-          if rec['state'] == 'queued' and rec['entry'] == e[1] and tenant_ok(rec) then
-            local pos = position(i, head, tonumber(rec['seq']), ahead)
-            items[#items + 1] = {fields['id'], flat, pos, fields['payload'] or ''}
-          end
+-- Fair share (the tenants' waiting tasks, _lib.lua and _fair.lua).
+local F = fair_lib()
+local FAIR, WEIGHTS = fair_keys(KEYS, 8), F.weights(ARGV[11])
+
+-- Tenant `default`'s queued tasks at priority i: its stream's undelivered entries.
+local function stream_part(i, after, ahead)
+  local from = delivered(KEYS[i])
+  if after ~= '' then from = later(from, after) end
+  local c = redis.call('HMGET', KEYS[4], 'head:' .. PRIOS[i], 'tq:' .. PRIOS[i])
+  local head, fair = tonumber(c[1] or '0'), tonumber(c[2] or '0') > 0
+  local level = fair and F.level(FAIR, KEYS[4], KEYS[4 + i], PRIOS[i])
+  while true do
+    local n = chunk(1)
+    local got = redis.call('XRANGE', KEYS[i], '(' .. from, '+', 'COUNT', n)
+    for _, e in ipairs(got) do
+      scanned, from = scanned + 1, e[1]
+      local fields = to_map(e[2])
+      if q_ok(fields['id'], fields['payload']) then
+        local flat, rec = record(fields['id'])
+        if rec['state'] == 'queued' and rec['entry'] == e[1] and tenant_ok(rec) then
+          local seq = tonumber(rec['seq'])
+          local pos = level and ahead + F.place(level, 'default', seq, WEIGHTS) or
+            position(i, head, seq, ahead)
+          items[#items + 1] = {fields['id'], flat, pos, fields['payload'] or ''}
         end
-        if full() then return {i, e[1]} end
       end
-      if #got < n then break end
+      if full() then return {i, e[1]} end
+    end
+    if #got < n then return nil end
+  end
+end
+
+-- The other tenants' queued tasks at priority i: their waiting order (by tenant, FIFO).
+local function tenants_part(i, after, ahead)
+  local p = PRIOS[i]
+  local level = F.level(FAIR, KEYS[4], KEYS[4 + i], p)
+  local from = tenant ~= '' and ('[' .. tenant .. '|') or '-'
+  local to = tenant ~= '' and ('(' .. tenant .. '}') or '+'
+  if after ~= '' then from = '(' .. after end
+  while true do
+    local n = chunk(1)
+    local got = redis.call('ZRANGEBYLEX', FAIR.waiting[p], from, to, 'LIMIT', 0, n)
+    for _, member in ipairs(got) do
+      scanned, from = scanned + 1, '(' .. member
+      local t, seq, id = string.match(member, '^([^|]*)|(%d+)|(.+)$')
+      local flat, rec = record(id or '')
+      if rec['state'] == 'queued' and rec['tenant'] == t and rec['entry'] then
+        local fields = entry_fields(FAIR.stream[p], rec['entry']) or {}
+        if q_ok(id, fields['payload']) then
+          local pos = ahead + F.place(level, t, tonumber(seq), WEIGHTS)
+          items[#items + 1] = {id, flat, pos, fields['payload'] or ''}
+        end
+      end
+      if full() then return {i + 3, member} end
+    end
+    if #got < n then return nil end
+  end
+end
+
+local function queued_page(first, after)
+  local from_prio = first > 3 and first - 3 or first
+  local ahead = 0
+  for i = 1, from_prio - 1 do ahead = ahead + queued_in(KEYS[4], KEYS[4 + i], PRIOS[i]) end
+  for i = from_prio, 3 do
+    local done
+    if first <= 3 or i > from_prio then
+      local skip = tenant ~= '' and tenant ~= 'default'  -- its tasks are not in the stream
+      done = not skip and stream_part(i, i == first and after or '', ahead)
+      if done then return done end
+    end
+    if tenant ~= 'default' then
+      done = tenants_part(i, (first > 3 and i == from_prio) and after or '', ahead)
+      if done then return done end
     end
     ahead = ahead + queued_in(KEYS[4], KEYS[4 + i], PRIOS[i])
   end
   return nil
 end
 
+-- One pending entry of stream i: listed when its task is processing with it.
+local function pending_one(i, p)
+  local entry = redis.call('XRANGE', KEYS[i], p[1], p[1])
+  local fields = entry[1] and to_map(entry[1][2]) or {}
+  if not (fields['id'] and q_ok(fields['id'], fields['payload'])) then return end
+  local flat, rec = record(fields['id'])
+  if rec['state'] == 'processing' and rec['entry'] == p[1] and tenant_ok(rec) then
+    items[#items + 1] = {fields['id'], flat, p[2], fields['payload'] or ''}
+  end
+end
+
 local function processing_page(first, after)
-  for i = first, 3 do
+  local parked = 0  -- tenants' waiting entries skipped (they are not processing)
+  for i = first, #KEYS do
     local from = (i == first and after ~= '') and ('(' .. after) or '-'
     while true do
       local n = chunk(1)
       local got = redis.pcall('XPENDING', KEYS[i], group, from, '+', n)
       if type(got) ~= 'table' or got.err then break end
       for _, p in ipairs(got) do
-        scanned, from = scanned + 1, '(' .. p[1]
-        local entry = redis.call('XRANGE', KEYS[i], p[1], p[1])
-        local fields = entry[1] and to_map(entry[1][2]) or {}
-        if fields['id'] and q_ok(fields['id'], fields['payload']) then
-          local flat, rec = record(fields['id'])
-          if rec['state'] == 'processing' and rec['entry'] == p[1] and tenant_ok(rec) then
-            items[#items + 1] = {fields['id'], flat, p[2], fields['payload'] or ''}
-          end
+        from = '(' .. p[1]
+        if p[2] == PARKED then
+          parked = parked + 1
+          if parked >= 10 * budget then return {i, p[1]} end
+        else
+          scanned = scanned + 1
+          pending_one(i, p)
+          if full() then return {i, p[1]} end
         end
-        if full() then return {i, p[1]} end
       end
       if #got < n then break end
     end

@@ -4,10 +4,26 @@
 -- cancelled while queued is deleted (cancel.lua), so the first one left is still waiting.
 -- An entry id's first part is the Redis time of its XADD, when the task began to wait (a
 -- scheduled or retrying task: when it was promoted into the stream). O(log n) per stream.
--- KEYS: 1 stream:high, 2 stream:default, 3 stream:low
+-- Fair share: the tasks of tenants wait in the tenant stream of their priority, parked with
+-- the pseudo-consumer `~waiting` (_lib.lua); its first pending entry is the oldest of them.
+-- KEYS: 1 stream:high, 2 stream:default, 3 stream:low, 4-6 the tenant streams (optional)
 -- ARGV: 1 group
 -- Returns {now ms, {entry id, eval_id} or {} per priority, in KEYS order}
 local out = {now_ms()}
+
+local function entry_ms(entry)
+  return tonumber(string.match(entry, '^%d+'))
+end
+
+-- The oldest waiting task of the tenants at one priority, or nil.
+local function oldest_parked(k_stream)
+  if not k_stream then return nil end
+  local got = redis.pcall('XPENDING', k_stream, ARGV[1], '-', '+', 1, PARKED)
+  if type(got) ~= 'table' or got.err or #got == 0 then return nil end
+  local fields = entry_fields(k_stream, got[1][1])
+  return {got[1][1], fields and fields['id'] or ''}
+end
+
 for i = 1, 3 do
   local start = '-'
   if redis.call('EXISTS', KEYS[i]) == 1 then
@@ -17,10 +33,9 @@ for i = 1, 3 do
     end
   end
   local first = redis.call('XRANGE', KEYS[i], start, '+', 'COUNT', 1)
-  if #first == 0 then
-    out[#out + 1] = {}
-  else
-    out[#out + 1] = {first[1][1], to_map(first[1][2])['id'] or ''}
-  end
+  local found = first[1] and {first[1][1], to_map(first[1][2])['id'] or ''}
+  local parked = oldest_parked(KEYS[3 + i])
+  if parked and (not found or entry_ms(parked[1]) < entry_ms(found[1])) then found = parked end
+  out[#out + 1] = found or {}
 end
 return out

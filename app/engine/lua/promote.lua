@@ -5,15 +5,17 @@
 -- (`dedup:ttl`) lets go of its dedup_key, unless an active or debounce task holds the key now.
 -- KEYS: 1 scheduled, 2 counters, 3 events, 4 stream:high, 5 stream:default, 6 stream:low,
 --       7 holes:high, 8 holes:default, 9 holes:low, 10 expiries, 11 dedup, 12 dedup ttl,
---       13… the queue's effects (engine/keys.py QueueKeys.effects: what finished() touches)
+--       13-21 fair share (keys.QueueKeys.fair: where a tenant's task waits), 22… the
+--       queue's effects (engine/keys.py QueueKeys.effects: what finished() touches)
 -- ARGV: 1 task key prefix, 2 limit, 3 events maxlen, 4 result ttl s (of expired tasks)
 -- Also touched: the tasks' records (records of this queue).
 -- Returns {moved, ms until the next due task or expiry or -1, {{eval_id, prio}...} expired,
 --          1 when a batch was full (more may be due now) else 0}
 local STREAM = {high = KEYS[4], default = KEYS[5], low = KEYS[6]}
 local HOLES = {high = KEYS[7], default = KEYS[8], low = KEYS[9]}
+local FAIR = fair_keys(KEYS, 13)
 local Q = {stream = STREAM, holes = HOLES, scheduled = KEYS[1], counters = KEYS[2],
-  events = KEYS[3], expiries = KEYS[10]}
+  events = KEYS[3], expiries = KEYS[10], fair = FAIR}
 local now = now_ms()
 local moved, expired, full = 0, {}, 0
 
@@ -26,9 +28,9 @@ end
 
 for _, id in ipairs(due(KEYS[1])) do
   local k_task = ARGV[1] .. id
-  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp')
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'tenant')
   if rec[1] == 'scheduled' or rec[1] == 'retrying' then
-    push(k_task, STREAM[rec[2]], KEYS[2], id, rec[2], rec[3], rec[4])
+    push(k_task, STREAM[rec[2]], KEYS[2], id, rec[2], rec[3], rec[4], FAIR, rec[5])
     redis.call('HINCRBY', KEYS[2], rec[1] .. ':' .. rec[2], -1)
     redis.call('HDEL', k_task, 'payload', 'run_at')
     event(KEYS[3], ARGV[3], id, 'queued')
@@ -40,7 +42,7 @@ end
 -- A member that is not waiting (it started, or finished) just leaves the zset.
 for _, id in ipairs(due(KEYS[10])) do
   local k_task = ARGV[1] .. id
-  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'seq', 'attempts')
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'seq', 'attempts', 'tenant')
   if WAITING[rec[1]] then
     expire(k_task, id, rec, Q, now, ARGV[3], ARGV[4])
     expired[#expired + 1] = {id, rec[2]}

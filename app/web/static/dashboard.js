@@ -26,7 +26,21 @@ async function refreshStatus() {
   fill($("#executors tbody"), status.executors.map((e) => [e.url, e.healthy ? "yes" : "no", e.in_flight, e.routed, e.failures, e.latency_ms]));
   syncQueueChoices([status.queue, ...Object.keys(status.queues || {}), ...(status.eas || []).flatMap((r) => [r.service, r.service + "/sink"])]);
   fill($("#named tbody"), Object.entries(status.queues || {}).map(([n, q]) => [n, ...states.map((s) => q.states[s]), oldestOf(q.oldest_waiting), q.dlq, q.consumers.length, q.paused ? "yes" : "no"]));
+  showFlow([[status.queue, status.flow], ...Object.entries(status.queues || {}).map(([n, q]) => [n, q.flow])]);
   fill($("#eas tbody"), (status.eas || []).map((r) => [r.service, r.target, r.input.queued, r.input.processing, r.input.retrying, r.input.dlq, r.sink.length, r.input.consumers.length + r.sink.consumers.length]));
+}
+
+// Fair share and limits (docs/flow-control.md): a row per queue with a limit or tenants'
+// tasks waiting; per priority, the tenants' waiting tasks and the first few next in line.
+function showFlow(flows) {
+  const shown = flows.filter(([, f]) => f && (f.limits.rate || f.limits.max_in_flight != null || Object.keys(f.tenants).length));
+  const tenants = (f) => PRIOS.filter((p) => f.tenants[p]).map((p) => {
+    const next = f.tenants[p].next.slice(0, 3).map((t) => `${t.tenant} ${t.waiting}`).join(", ");
+    return `${p}: ${f.tenants[p].tenant_tasks}` + (next ? ` (${next})` : "");
+  }).join(" · ");
+  const rows = shown.map(([name, f]) => [name, f.limits.rate, f.rate ? (f.rate.available || `0, next in ${f.rate.next_in_ms} ms`) : null, f.limits.max_in_flight, f.in_flight, tenants(f) || null]);
+  fill($("#flow tbody"), rows);
+  shown.forEach(([name], i) => { $("#flow tbody").children[i].dataset.queue = name; });
 }
 
 // The age of the oldest waiting task per priority (taskstream_oldest_waiting_seconds), as
