@@ -7,6 +7,20 @@ and status scripts also `_fair.lua`, the audit's `_fsck.lua`), so each keeps one
 mode. A wing above brings scripts of its own with `Scripts.load(package, names, prelude)`:
 they are compiled on the same library, and run by the same runner, under their own names.
 
+Each script carries only the part of the library it uses (`library_for`). Redis runs a
+script's whole chunk on every EVALSHA, so every `local function` of the library makes a
+closure on every call of every script, used or not: measured with callgrind, a handful of
+extra definitions cost 5.5 % of Redis's instructions per task. The library files are cut
+into their top-level statements (each with the comment above it); a script gets those
+defining a name its body uses, then, transitively, those their own code uses, in library
+order (a library function calls only what was defined above it, as Lua's `local` scoping
+requires, so the order keeps that true). Names are matched as Lua identifiers outside
+comments and strings, and not after `.` or `:` (fields): a false match only adds a
+definition. Hence the library's rules: every top-level statement starts in column 0 and
+its continuation lines are indented (or are the closing `end`, `}` or `)`); a top-level
+`local` only defines (it has no side effect a script could miss); a statement that
+defines no name (a bare call) goes to every script.
+
 The header defines `QUEUE_PUBLISH`: `'SPUBLISH'` on a Redis Cluster whose servers have
 sharded pub/sub (Redis >= 7), else `'PUBLISH'`. A script that publishes on a queue's own
 channels (they carry the queue's hash tag) calls `redis.call(QUEUE_PUBLISH, channel, m)`;
@@ -23,6 +37,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -138,18 +153,94 @@ def lua_folder(package: str) -> Traversable:
 def compile_scripts(
     package: str, names: tuple[str, ...], prelude: tuple[str, ...] = (), publish: str = "PUBLISH"
 ) -> dict[str, tuple[str, str]]:
-    """name -> (source, sha1) of `<package>/lua/<name>.lua`, each with the header, the
-    engine's library and then `prelude` (files of that folder) prepended. Read once per
-    process and mode."""
+    """name -> (source, sha1) of `<package>/lua/<name>.lua`, each with the header and the
+    statements it uses (`library_for`) of the engine's library and then `prelude` (files of
+    that folder) prepended. Read once per process and mode."""
     folder = lua_folder(package)
     head = HEADER.format(publish)
-    head += "".join((lua_folder("app.engine") / name).read_text() for name in LIBRARY)
-    head += "".join((folder / name).read_text() for name in prelude)
+    library = "".join((lua_folder("app.engine") / name).read_text() for name in LIBRARY)
+    library += "".join((folder / name).read_text() for name in prelude)
     compiled = {}
     for name in names:
-        source = head + (folder / f"{name}.lua").read_text()
+        body = (folder / f"{name}.lua").read_text()
+        source = head + library_for(library, body) + body
         compiled[name] = (source, hashlib.sha1(source.encode()).hexdigest())
     return compiled
+
+
+# Comments and string literals (long forms too), blanked before looking for names.
+_NOISE = re.compile(
+    r"--\[(=*)\[.*?\]\1\]|--[^\n]*|\[(=*)\[.*?\]\2\]"  # comments, long strings
+    r"|'(?:\\.|[^'\\\n])*'"  # quoted strings
+    r'|"(?:\\.|[^"\\\n])*"',
+    re.DOTALL,
+)
+# A name used: an identifier not preceded by a single `.` or `:` (a field or a method).
+_NAME = re.compile(r"(?:(?<=\.\.)|(?<![\w.:]))[A-Za-z_]\w*")
+# Column-0 lines that continue a statement rather than start one.
+_CONTINUES = re.compile(r"(?:end|else|elseif|until)\b|[})\]]")
+# What a top-level statement defines: `local function f`, `local a, b = …`, `function
+# t.f(…)`, `a.b, c = …` (a forward-declared local assigned later): the base names.
+_DEFINES = re.compile(r"(?:local\s+function|local|function)\s+([\w.:,\s]+?)\s*(?:[=(]|$)")
+_ASSIGNS = re.compile(r"([\w.\[\]'\"]+(?:\s*,\s*[\w.\[\]'\"]+)*)\s*=(?!=)")
+
+
+def _names(code: str) -> set[str]:
+    return set(_NAME.findall(_NOISE.sub(" ", code)))
+
+
+@dataclass(frozen=True)
+class _Statement:
+    text: str  # with the comment lines above it
+    defines: frozenset[str]  # empty: kept for every script
+    uses: frozenset[str]
+
+
+@functools.lru_cache(maxsize=8)
+def _statements(library: str) -> tuple[_Statement, ...]:
+    """The library's top-level statements, in order (see the module docstring)."""
+    pieces: list[list[str]] = [[]]
+    comments: list[str] = []  # column-0 comment and blank lines, for the next statement
+    for line in library.splitlines(keepends=True):
+        if not line.strip() or line.startswith("--"):
+            comments.append(line)
+        elif line[0].isspace() or _CONTINUES.match(line):
+            pieces[-1] += comments + [line]
+            comments = []
+        else:
+            pieces.append(comments + [line])
+            comments = []
+    pieces[-1] += comments
+    statements: list[_Statement] = []
+    for lines in pieces:
+        text = "".join(lines)
+        code = _NOISE.sub(" ", text).strip()
+        first = code.split("\n", 1)[0]
+        match = _DEFINES.match(first) or _ASSIGNS.match(first)
+        targets = match.group(1) if match else ""
+        defines = {re.split(r"[.:\[]", t.strip())[0] for t in targets.split(",") if t.strip()}
+        if text:
+            statements.append(_Statement(text, frozenset(defines), frozenset(_names(code))))
+    return tuple(statements)
+
+
+def library_for(library: str, body: str) -> str:
+    """The statements of `library` that `body` uses, directly or through each other, in
+    library order (see the module docstring)."""
+    statements = _statements(library)
+    kept = [not s.defines for s in statements]
+    wanted = _names(body)
+    for s in statements:  # names used by statements every script gets
+        if not s.defines:
+            wanted |= s.uses
+    changed = True
+    while changed:
+        changed = False
+        for i, s in enumerate(statements):
+            if not kept[i] and s.defines & wanted:
+                kept[i] = changed = True
+                wanted |= s.uses
+    return "".join(s.text for s, keep in zip(statements, kept, strict=True) if keep)
 
 
 @dataclass(eq=False)
