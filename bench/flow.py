@@ -1,6 +1,6 @@
-"""What flow control costs Redis per task: fair share on, a rate limit on, a cap on, beside
-the plain path (docs/flow-control.md, *What it costs*); and the plain path of other code
-trees (main, say) measured in the same run.
+"""What flow control costs Redis per task: fair share on, a rate limit on, a cap on, a
+dedup_key on each task, beside the plain path (docs/flow-control.md, *What it costs*); and
+the plain path of other code trees (main, say) measured in the same run.
 
 `python -m bench.flow [--n N] [--rounds R] [--against NAME=PATH ...]` (defaults: 2,000
 tasks per run, 5 rounds). Not part of `python -m bench`: it starts its own redis-server
@@ -38,6 +38,7 @@ CASES: dict[str, str] = {  # name -> what it is, as the table shows it
     "fair1": "fair share: tenant + default",
     "rate": "RATE_LIMITS (never binding)",
     "cap": "QUEUE_MAX_IN_FLIGHT (never binding)",
+    "dedup": "dedup_key on every task (all distinct)",
 }
 
 
@@ -46,6 +47,8 @@ def _fields(case: str, i: int) -> dict[str, Any]:
         return {"tenant": "ab"[i % 2]}
     if case == "fair1":
         return {"tenant": "a"} if i % 2 else {}
+    if case == "dedup":  # the index written and let go, no request deduplicated
+        return {"dedup_key": f"k{i}"}
     return {}
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import wait_for
 
 
@@ -23,6 +25,7 @@ async def dead_letter(service, eval_id: str) -> None:
     assert failed.json()["status"] == "failed"
 
 
+@pytest.mark.timeout(90)  # a dozen steps in Chromium, each waiting up to 10 s for the page
 async def test_dashboard_in_chromium(service, page, tmp_path: Path):
     await dead_letter(service, "dead-1")
     for i in range(3):
