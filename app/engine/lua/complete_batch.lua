@@ -26,18 +26,12 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[6 + (i - 1) * 5] end
 local deadlines = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 
--- The fence of _fence.lua and the queue check of wrong_queue (_lib.lua) on one read: nil
+-- The queue check of wrong_queue (_lib.lua) and the fence of _fence.lua on one read: nil
 -- when the caller holds the task, else the refusal.
 local function refused(rec, entry, attempt, deadline)
   local q = rec[5] or ''
   if q ~= assumed and (q ~= '' or rec[1]) then return {'queue', q} end
-  if not rec[1] then return {'missing'} end
-  if rec[1] ~= 'processing' then return {'state', rec[1]} end
-  if (entry ~= '' and entry ~= rec[2]) or (attempt ~= '' and attempt ~= rec[3]) then
-    return {'stale', rec[1]}
-  end
-  if not deadline or tonumber(deadline) < now then return {'expired', rec[1]} end
-  return nil
+  return holder_refusal(rec, entry, attempt) or lease_refusal(rec, deadline, now)
 end
 
 local out, done, acked, recs, taken = {}, {}, {high = {}, default = {}, low = {}}, {}, {}
