@@ -134,7 +134,8 @@ class ProtocolCall:
 
     async def __call__(self, executor: Executor, task: Task, timeout: float) -> Execution:
         body = orjson.dumps(task.executor_body())
-        headers = {IDEMPOTENCY_HEADER: task.idempotency_key, **headers_of(task.payload)}
+        headers = headers_of(task.payload)  # a new dict, ours to add to
+        headers[IDEMPOTENCY_HEADER] = task.idempotency_key
         try:
             answer = await executor.origin.request(
                 "POST", "/execute", body, headers=headers, timeout=timeout

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_IDLE_CONNECTIONS = 64
+MAX_HEADS = 16  # request heads kept per origin (executor calls use two: execute, health)
 
 
 @functools.cache
@@ -149,15 +150,30 @@ class Origin:
         self.prefix = parts.path.rstrip("/")
         netloc = parts.netloc.rsplit("@", 1)[-1]
         self._host_header = netloc.encode()
+        # the request line and the fixed header text, per (method, path, content type)
+        self._heads: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
 
     def _request(
         self, method: str, path: str, body: bytes, content_type: str, headers: str
     ) -> bytes:
-        head = (
-            f"{method} {self.prefix + path or '/'} HTTP/1.1\r\n{headers}"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        ).encode()
-        return head + b"Host: " + self._host_header + b"\r\n\r\n" + body
+        key = (method, path, content_type)
+        parts = self._heads.get(key)
+        if parts is None:
+            parts = (
+                f"{method} {self.prefix + path or '/'} HTTP/1.1\r\n".encode(),
+                f"Content-Type: {content_type}\r\nContent-Length: ".encode(),
+            )
+            if len(self._heads) < MAX_HEADS:  # (callbacks' paths are not bounded)
+                self._heads[key] = parts
+        line, typed = parts
+        return b"%b%b%b%d\r\nHost: %b\r\n\r\n%b" % (
+            line,
+            headers.encode(),
+            typed,
+            len(body),
+            self._host_header,
+            body,
+        )
 
     async def _connect(self, deadline: float | None = None) -> _Connection:
         """A new connection, within `connect_timeout` (ConnectFailed) and the request's
@@ -204,7 +220,9 @@ class Origin:
         The server may have read the request before the connection failed, so the re-send
         can run it twice: callers that need to tell send a key in `headers` (executor calls
         send `Idempotency-Key`), which the re-send repeats byte for byte."""
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        extra = (
+            "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
+        )
         raw = self._request(method, path, body, content_type, extra)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         conn = self._take()
