@@ -56,6 +56,9 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
 
 from app.engine.client import (
     COMMAND_TIMEOUT,
@@ -592,7 +595,10 @@ async def _write(conn: Any, data: bytes) -> None:
     closes the connection the same way (the caller disconnects it)."""
     if not conn.is_connected:  # as send_packed_command does
         await conn.connect_check_health(check_health=False)
-    await conn._send_packed_command((data,))
+    try:
+        await conn._send_packed_command((data,))
+    except OSError as exc:  # as send_packed_command reports it (the caller disconnects)
+        raise RedisConnectionError(f"Error while writing to socket: {exc!r}") from exc
 
 
 def _owner(client: RedisCluster, keys: Sequence[Any]) -> ClusterNode:
