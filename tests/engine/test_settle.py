@@ -4,6 +4,7 @@ batch ends exactly as `complete` ends it, and each caller gets its own answer.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from app.engine import settle, views
+from app.engine.client import subscribed
 from app.engine.engine import Engine
 from app.engine.keys import GROUP
 from app.engine.queue import Queue
@@ -276,31 +278,35 @@ async def test_a_batch_leaves_what_complete_leaves_with_tenants_and_a_cap(
     assert [e[b"id"] for e in got["callbacks"]] == [b"a1"]
 
 
-async def releases(q: Queue, act: Callable[[], Any]) -> list[bytes]:
-    """The messages on `q`'s wake channel while `act` runs: a marker published after it
-    ends the wait (one server, so it arrives after whatever `act` caused)."""
-    pubsub = raw(q).pubsub()
-    heard: list[bytes] = []
+async def releases(q: Queue, act: Callable[[], Any]) -> list[str]:
+    """The messages on `q`'s wake channel while `act` runs (SPUBLISH on a cluster of Redis
+    >= 7, as the scripts): markers published before it (until one is heard: subscribed)
+    and after it (one server orders them) bound the window."""
+    channel = q.keys.schedule_channel
+    await q.scripts.prepare()
+    heard = subscribed(q.redis, [channel], q.scripts.sharded_pubsub)
+    got: list[str] = []
+
+    async def collect() -> None:
+        async for _, data in heard:
+            got.append(data)
+
+    async def said(marker: str) -> bool:
+        if marker not in got:
+            await q.redis.execute_command(q.scripts.publish, channel, marker)
+        return marker in got
+
+    job = asyncio.create_task(collect())
     try:
-        await pubsub.subscribe(q.keys.schedule_channel)
-
-        async def marked() -> bool:
-            message = await pubsub.get_message(timeout=0.05)
-            if message is not None and message["type"] in ("message", b"message"):
-                heard.append(message["data"])
-            return bool(heard) and heard[-1] == b"end"
-
-        async def confirmed() -> bool:
-            message = await pubsub.get_message(timeout=0.05)
-            return message is not None and message["type"] in ("subscribe", b"subscribe")
-
-        await wait_for(confirmed, timeout=5)
+        await wait_for(lambda: said("ready"), timeout=5, interval=0.05)
         await act()
-        await raw(q).publish(q.keys.schedule_channel, "end")
-        await wait_for(marked, timeout=5)
+        await q.redis.execute_command(q.scripts.publish, channel, "end")
+        await wait_for(lambda: asyncio.sleep(0, "end" in got), timeout=5)
     finally:
-        await pubsub.aclose()
-    return heard[:-1]
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+    return [m for m in got if m not in ("ready", "end")]
 
 
 async def test_a_capped_queue_settles_in_one_call_and_tells_release_once(
@@ -316,7 +322,7 @@ async def test_a_capped_queue_settles_in_one_call_and_tells_release_once(
     async def settle_all() -> None:
         await asyncio.gather(*(q.complete_soon(t.eval_id, {}, t) for t in first.tasks))
 
-    assert await releases(q, settle_all) == [b"release"]
+    assert await releases(q, settle_all) == ["release"]
     assert calls == ["complete_batch"]
     assert await raw(q).zcard(q.keys.leases) == 0
     second = await q.claim("c2", 5, 30)
