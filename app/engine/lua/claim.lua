@@ -201,8 +201,10 @@ local function read_new(prio, n)
   for _, item in ipairs(res[1][2]) do
     local fields = to_map(item[2])
     local k_task = prefix .. fields['id']
-    head = fields['n']
-    local rec = redis.call('HMGET', k_task, 'entry', 'attempts')
+    local rec = redis.call('HMGET', k_task, 'entry', 'attempts', 'seq')
+    -- the entry's sequence number: its record's (entry_seq); an entry of an earlier version
+    -- carries it too. An orphan's is unknown: head moves on with the next live entry.
+    head = fields['n'] or (rec[1] == item[1] and rec[3]) or head
     if rec[1] ~= item[1] then
       -- orphan entry (its record was cleared): drop it
       redis.call('XACK', k_stream, group, item[1])

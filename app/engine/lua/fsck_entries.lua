@@ -34,7 +34,9 @@ local function check_entry(entry)
   if not why then return end
   if REPAIR then
     redis.call('XACK', KEYS[1], group, entry)
-    -- never delivered: its sequence number counts as queued until a hole says otherwise
+    -- never delivered: its sequence number counts as queued until a hole says otherwise.
+    -- Only an entry of an earlier version carries it (`n`); no record holds an orphan, so
+    -- for the others the counter check (fsck_counters) recomputes the holes.
     local head = tonumber(redis.call('HGET', KEYS[2], 'head:' .. ARGV[4]) or '0')
     if tonumber(fields['n'] or '0') > head then redis.call('ZADD', KEYS[3], fields['n'], entry) end
     redis.call('XDEL', KEYS[1], entry)
