@@ -88,6 +88,19 @@ local function entry_payload(k_stream, entry)
   return fields and fields['payload'] or ''
 end
 
+-- Issue 14: a task queued at its creation has no `created` in its record while it waits:
+-- the id of its stream entry (XADDed by the creating script) holds that time. The record
+-- gets it when the task leaves the queue (delivered, cancelled, expired, dead-lettered),
+-- before it lets go of the entry; readers of a waiting record take the entry's time
+-- (engine/records.py created_ms).
+local function created_of(entry)
+  return string.match(entry, '^%d+')
+end
+
+local function keep_created(k_task, entry)
+  if entry then redis.call('HSETNX', k_task, 'created', created_of(entry)) end
+end
+
 -- The sequence number of a priority stream's entry `entry` (fields `fields`): its `n`
 -- (entries written before issue 14's memory change), else the `seq` of the record that
 -- holds it (`prefix`: the task key prefix); nil for an entry no record holds (an orphan).
@@ -475,6 +488,7 @@ local function expire(k_task, id, rec, Q, now, maxlen, ttl, group)
     redis.call('HDEL', k_task, 'waiting')
     leave_parents(k_task, id)
   end
+  if state == 'queued' then keep_created(k_task, rec[3]) end
   redis.call('HSET', k_task, 'state', 'expired', 'finished', now,
     'error', 'expired before it started')
   redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')
@@ -497,11 +511,12 @@ local function bury(k_task, k_dlq, k_dlq_index, k_events, k_counters, maxlen, id
     'failed_at', now, 'payload', payload}
   -- the callback mark (and the tenant) travel with the dead letter, so a re-drive keeps
   -- them even after the record expired (FAILURE_TTL is shorter than DLQ_MAX_AGE_DAYS)
-  local marks = redis.call('HMGET', k_task, 'cb', 'tenant')
+  local marks = redis.call('HMGET', k_task, 'cb', 'tenant', 'created', 'entry')
   if marks[1] then dead[#dead + 1], dead[#dead + 2] = 'cb', marks[1] end
   if marks[2] then dead[#dead + 1], dead[#dead + 2] = 'tenant', marks[2] end
   local dlq_id = redis.call('XADD', k_dlq, '*', unpack(dead))
   redis.call('HSET', k_dlq_index, id, dlq_id)
+  if not marks[3] then keep_created(k_task, marks[4]) end  -- (lost while queued)
   redis.call('HSET', k_task, 'state', 'failed', 'error', err, 'finished', now, 'dlq', dlq_id)
   redis.call('HDEL', k_task, 'payload', 'run_at', 'entry')
   redis.call('EXPIRE', k_task, ttl)

@@ -56,6 +56,7 @@ else
 end
 if rec[6] then redis.call('ZREM', KEYS[12], id) end
 local now = now_ms()
+if state == 'queued' then keep_created(KEYS[1], entry) end  -- its time was its entry's
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now)
 redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
