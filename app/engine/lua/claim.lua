@@ -68,7 +68,8 @@ end
 -- Numbers go to Redis as strings made once (each Lua number passed to redis.call is
 -- formatted with printf again).
 -- `created`: the record's; a task queued at its creation has none while it waits (its
--- entry's id holds the time, issue 14), so its first delivery writes it.
+-- entry's id holds the time, issue 14), so its first delivery writes it, and `prio` (a
+-- waiting record of priority `default` has none: see push in _lib.lua).
 local leased, now_s, until_s = {}, tostring(now), tostring(now + lease_ms)
 local function deliver(k_task, id, entry, prio, payload, exp, attempts, created)
   if exp then redis.call('ZREM', KEYS[14], id) end
@@ -76,10 +77,10 @@ local function deliver(k_task, id, entry, prio, payload, exp, attempts, created)
   local attempt_s = tostring(attempt)
   if created then
     redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
-      'worker', consumer)
+      'worker', consumer, 'prio', prio)
   else
     redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
-      'worker', consumer, 'created', created_of(entry))
+      'worker', consumer, 'prio', prio, 'created', created_of(entry))
   end
   leased[#leased + 1], leased[#leased + 2] = until_s, id
   event(KEYS[6], maxlen, id, 'processing', attempt_s)
@@ -92,6 +93,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0
   local k_task = prefix .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'attempts',
     'tenant')
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if rec[4] and tonumber(rec[4]) <= now and (rec[1] == 'scheduled' or rec[1] == 'retrying') then
     expire_here(k_task, id, {rec[1], rec[2], nil, nil, rec[5]})
   elseif rec[1] == 'scheduled' or rec[1] == 'retrying' then
@@ -115,6 +117,7 @@ local function reclaim(id)
   local k_task = prefix .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts', 'tenant',
     'created')
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if rec[1] ~= 'processing' then
     redis.call('ZREM', KEYS[5], id)
     return

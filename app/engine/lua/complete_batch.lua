@@ -43,6 +43,7 @@ local minutes = {}  -- epoch minute -> {an events entry of it, count}
 for i = 1, n do
   local a = 6 + (i - 1) * 5
   local rec = redis.call('HMGET', KEYS[6 + i], unpack(FIELDS))
+  rec[4] = rec[4] or 'default'  -- (absent while queued: push in _lib.lua)
   -- a tenant's task (fair share) is left to complete.lua: its entry is in a tenant stream
   local refusal = rec[11] and {'tenant'} or refused(rec, ARGV[a + 1], ARGV[a + 2], deadlines[i])
   if not refusal and taken[ARGV[a]] then refusal = {'state', 'completed'} end  -- twice here

@@ -105,7 +105,7 @@ local function check_schedule()
   for _, id in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
     local rec = redis.call('HMGET', ARGV[2] .. id, 'state', 'prio', 'q')
     if (rec[1] == 'scheduled' or rec[1] == 'retrying') and (rec[3] or '') == ARGV[3] then
-      local name = rec[1] .. ':' .. rec[2]
+      local name = rec[1] .. ':' .. (rec[2] or 'default')
       tally[name] = (tally[name] or 0) + 1
     end
   end
