@@ -49,6 +49,10 @@ async def test_other_priorities_and_later_starts_keep_their_fields(streams: Queu
     await streams.enqueue(req("r-later", delay=60))
     later = await record(streams, "r-later")
     assert b"created" in later and later[b"prio"] == b"default"
+    await streams.enqueue(req("r-tenant", tenant="acme"))  # its entry: the tenant stream's
+    tenant = await record(streams, "r-tenant")
+    assert b"created" not in tenant and tenant[b"prio"] == b"default"
+    assert (await streams.get("r-tenant"))["created_at"] == iso_ms(entry_ms(tenant))
 
 
 async def test_a_task_that_leaves_the_queue_unstarted_keeps_its_creation_time(streams: Queue):
