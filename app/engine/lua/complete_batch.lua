@@ -68,6 +68,7 @@ local minutes = {}  -- epoch minute -> {an events entry of it, count}
 for i = 1, n do
   local a = FIRST + (i - 1) * 5
   local rec = redis.call('HMGET', KEYS[TASKS + i], unpack(FIELDS))
+  rec[4] = rec[4] or 'default'  -- (absent while queued: push in _lib.lua)
   local refusal = refused(rec, ARGV[a + 1], ARGV[a + 2], deadlines[i])
   if not refusal and taken[ARGV[a]] then refusal = {'state', 'completed'} end  -- twice here
   if refusal then

@@ -200,8 +200,9 @@ if #ARGV > 9 then
   if reply then return reply end
 else
   -- no `attempts` field until the first delivery (absent reads as 0): 16 B less per queued
-  -- task, a smaller listpack size class (issue 14)
-  redis.call('HSET', KEYS[1], 'created', now)
+  -- task, a smaller listpack size class (issue 14); nor `created` while a task queued at
+  -- once waits: its entry's id holds the time (created_of in _lib.lua), another 16 B
+  if run_at > now then redis.call('HSET', KEYS[1], 'created', now) end
   mark()
 end
 redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
