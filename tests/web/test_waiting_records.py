@@ -100,3 +100,23 @@ async def test_an_eas_item_shows_its_creation_time(make_service: Any, svc: str, 
     response = await sink_status(service, svc, index)
     assert response.status_code in (200, 202), response.text
     assert start <= ms(response.json()["created_at"]) <= await server_ms(client)
+
+
+async def test_an_orphan_entry_at_the_tail_leaves_no_phantom_task(
+    service: Service, client: Any, streams: Queue
+):
+    """An entry whose record is gone (an operator's DEL, an eviction) carries no sequence
+    number any more: the claim that drops it must still count it handed out, or a
+    phantom task stays queued — in the counts and ahead of every later task."""
+    await enqueue(service, eval_id="o1")
+    await enqueue(service, eval_id="o2")
+    await client.delete(streams.keys.task("o2"))
+    assert (await pull(service))["eval_id"] == "o1"
+    response = await service.http.get("/tasks/next")  # this claim meets o2's entry: dropped
+    assert response.status_code == 204, response.text
+    assert await client.xlen(streams.keys.stream("default")) == 1  # (o1's, in flight)
+    status = (await service.http.get("/status")).json()
+    assert status["states"]["queued"] == 0, status
+    assert (await enqueue(service, eval_id="o3"))["position"] == 1
+    assert (await get(service, "o3"))["position"] == 1
+    assert [t["position"] for t in await listed(service, "queued")] == [1]
