@@ -292,10 +292,12 @@ async def test_queued_without_entry_is_dead_lettered_and_positions_stay_exact(
     streams = qstreams
     for eval_id in ("a", "b", "c"):
         await add(streams, eval_id)
+    created = (await streams.get("a"))["created_at"]  # (its lost entry's id held it)
     await raw(streams).xdel(streams.keys.stream("default"), await entry_of(streams, "a"))
     await found_then_repaired(run_fsck, [("queued_without_entry", "a")])
     record = await streams.get("a")
     assert record["status"] == "failed"
+    assert record["created_at"] == created and record["priority"] == "default"
     assert record["error"].startswith("stream entry lost: ") and "queued" in record["error"]
     assert (await dlq_errors(streams))["a"] == record["error"]
     assert (await streams.get("b"))["position"] == 1

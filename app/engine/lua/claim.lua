@@ -208,7 +208,7 @@ local function read_new(prio, n)
       'STREAMS', k_stream, '>')
   end
   if not res or not res[1] then return 0 end
-  local head, skipped = nil, 0
+  local head, skipped, orphan = nil, 0, nil
   for _, item in ipairs(res[1][2]) do
     local fields = to_map(item[2])
     local k_task = prefix .. fields['id']
@@ -216,8 +216,10 @@ local function read_new(prio, n)
     -- the entry's sequence number: its record's (entry_seq); an entry of an earlier version
     -- carries it too. An orphan's is unknown: head moves on with the next live entry.
     head = fields['n'] or (rec[1] == item[1] and rec[3]) or head
+    orphan = nil
     if rec[1] ~= item[1] then
       -- orphan entry (its record was cleared): drop it
+      orphan = not fields['n'] and item[1]
       redis.call('XACK', k_stream, group, item[1])
       redis.call('XDEL', k_stream, item[1])
       skipped = skipped + 1
@@ -228,6 +230,13 @@ local function read_new(prio, n)
       deliver(k_task, fields['id'], item[1], prio, fields['payload'], fields['x'], rec[2],
         rec[4])
     end
+  end
+  -- An orphan read last, with no entry after it (none left to hand out): every sequence
+  -- number of the priority was handed out or is a hole, so head is the counter's. Without
+  -- this its unknown number would count as a queued task (and put every later task one
+  -- place back) until the next live entry is read.
+  if orphan and #redis.call('XRANGE', k_stream, '(' .. orphan, '+', 'COUNT', 1) == 0 then
+    head = redis.call('HGET', KEYS[4], 'seq:' .. prio) or head
   end
   if head then
     redis.call('HSET', KEYS[4], 'head:' .. prio, head)
