@@ -35,6 +35,7 @@ from tests.engine import (
     test_fsck,
     test_fsck_flow,
     test_history,
+    test_intake,
     test_limits,
     test_listing,
     test_named_queues,
@@ -137,6 +138,10 @@ CHECKED = [
     test_fsck.test_a_tenants_task_missing_from_its_waiting_order_is_listed_again,
     test_fsck.test_a_waiting_member_naming_no_task_is_removed,
     test_fsck.test_tenant_task_counter_drift_is_recomputed,
+    # issue 14: enqueues batched per event-loop turn (enqueue_batch.lua)
+    test_intake.test_a_batch_answers_and_writes_as_single_enqueues_one_after_the_other,
+    test_intake.test_a_named_queue_batch_through_enqueue_many,
+    test_intake.test_a_partitioned_queue_sends_one_batch_per_partition,
 ]
 hub = test_fsck.hub
 for _test in CHECKED:
