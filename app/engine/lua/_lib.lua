@@ -140,7 +140,7 @@ local function fair_fns()
     redis.call('ZADD', k_vt, front[2] or 0, tenant)
   end
 
-  local function fair_push(k_task, k_counters, id, prio, payload, keys, tenant, exp)
+  local function fair_push(k_task, k_counters, id, prio, payload, keys, tenant, exp, created)
     local seq = redis.call('HINCRBY', k_counters, 'tseq:' .. prio, 1)
     redis.call('HINCRBY', k_counters, 'tq:' .. prio, 1)
     local entry
@@ -153,6 +153,7 @@ local function fair_fns()
     redis.call('ZADD', keys.waiting[prio], 0, fair_member(tenant, seq, id))
     fair_join(keys.vtime[prio], tenant)
     redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
+    if created then redis.call('HSET', k_task, 'created', created) end
     return seq
   end
 
@@ -172,18 +173,27 @@ end
 -- `exp`: its expiry (epoch ms, issue 15), carried in the entry as `x` so the claim that
 -- meets the entry sees it without reading the record; nil for none. A task of a tenant
 -- (its record's `tenant`) waits in the fair-share structures `fair` (fair_keys) instead.
-local function push(k_task, k_stream, k_counters, id, prio, payload, exp, fair, tenant)
+-- `created`: a new task's creation time (text), written by the same HSET (_enqueue.lua),
+-- or nil. The sequence number is turned into text once (each number handed to redis.call
+-- is formatted with snprintf, a few thousand instructions).
+local function push(k_task, k_stream, k_counters, id, prio, payload, exp, fair, tenant, created)
   if tenant then
-    return fair_fns().push(k_task, k_counters, id, prio, payload, fair, tenant, exp)
+    return fair_fns().push(k_task, k_counters, id, prio, payload, fair, tenant, exp, created)
   end
-  local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, 1)
+  local seq = redis.call('HINCRBY', k_counters, 'seq:' .. prio, '1')
+  local n = string.format('%d', seq)
   local entry
   if exp then
-    entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload, 'x', exp)
+    entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', n, 'payload', payload, 'x', exp)
   else
-    entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', seq, 'payload', payload)
+    entry = redis.call('XADD', k_stream, '*', 'id', id, 'n', n, 'payload', payload)
   end
-  redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', seq, 'entry', entry)
+  if created then
+    redis.call('HSET', k_task, 'created', created, 'state', 'queued', 'prio', prio, 'seq', n,
+      'entry', entry)
+  else
+    redis.call('HSET', k_task, 'state', 'queued', 'prio', prio, 'seq', n, 'entry', entry)
+  end
   return seq
 end
 

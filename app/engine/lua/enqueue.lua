@@ -96,7 +96,7 @@ local function with_parents(_, _, run_at)
     deps = {}
     for _, link in ipairs(cjson.decode(ARGV[12])) do deps[#deps + 1] = link[1] end
   end
-  redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0, 'prio', prio,
+  redis.call('HSET', KEYS[1], 'created', Q.now_s, 'attempts', 0, 'prio', prio,
     'deps', cjson.encode(deps))
   mark(Q, T)
   if allow then redis.call('HSET', KEYS[1], 'allow', 1) end
