@@ -7,29 +7,22 @@
 -- `Q` is the queue as one script call sees it, shared by the tasks of the call: keys
 -- counters, scheduled, events, expiries, dedup, dedup_ttl; stream and holes (prio -> key);
 -- fair_at (prio -> where that priority's three fair-share keys start in KEYS); maxlen,
--- channel, q (the named queue, '' default), weights (TENANT_WEIGHTS); and what the call
--- keeps and pays once: now (TIME, read on first use), fair (prio -> the fair-share keys,
--- made on first use), levels (each priority's counters, for positions), created (tasks
--- created) and tally (events per minute and state), the last two written by enqueue_done
--- at the end of the call. The scripts make it with `fair`, `levels` and `tally` empty and
--- `created` 0. `T` is one task: {id, key (its hash), prio, payload, run (the run time
--- argument), cb (the callback mark), opts (decoded options or nil)}; enqueue_task adds its
--- tenant and expiry.
-
--- The Redis clock (ms), read once per call, on first use; also as text (Q.now_s: formatted
--- once, not per task).
-local function now_of(Q)
-  if not Q.now then
-    Q.now = now_ms()
-    Q.now_s = string.format('%d', Q.now)
-  end
-  return Q.now
-end
+-- channel, q (the named queue, '' default), weights (TENANT_WEIGHTS, or false); now (the
+-- Redis clock, ms: TIME once per call) and now_s (the same as text, formatted once); and
+-- what the call keeps: fair (prio -> the fair-share keys, made on first use), levels (prio
+-- -> its counters, for positions), created (tasks created) and the events' per-minute
+-- counts (run_ms, run_state, run_entry, run_n: the current run of events of one ms and
+-- state; runs: the runs before it), the last two written once by enqueue_done. `T` is one
+-- task: {id, key (its hash), prio, payload, run (the run time argument), cb (the callback
+-- mark), opts (decoded options or nil), tenant (or false), exp (its expiry, set here)}.
+-- Every field a script or this file sets is in the tables' constructors (false when
+-- unset): a key added later makes Lua rehash the table, which cost more than the Redis
+-- commands it saves (callgrind).
 
 -- A time argument: '+<ms>' after the Redis clock, else epoch ms. A delay counts from this
 -- server's clock, never from the clock of the process that sent it.
 local function moment(arg, Q)
-  if string.sub(arg, 1, 1) == '+' then return now_of(Q) + tonumber(string.sub(arg, 2)) end
+  if string.sub(arg, 1, 1) == '+' then return Q.now + tonumber(string.sub(arg, 2)) end
   return tonumber(arg)
 end
 
@@ -46,29 +39,38 @@ local function fair_of(Q, prio)
 end
 
 -- An event of the task (state change) on the events stream; its per-minute count is added
--- up and written once per call (enqueue_done), as complete_batch.lua does.
+-- up and written once per call (enqueue_done), as complete_batch.lua does: events of one
+-- ms and state in a row are one run (Q.run_*), earlier runs wait in Q.runs.
 local function note(Q, id, state)
   local entry = redis.call('XADD', Q.events, 'MAXLEN', '~', Q.maxlen, '*',
     'id', id, 'state', state, 'attempt', '')
   local ms = string.match(entry, '^%d+')
-  local last = Q.tally[#Q.tally]
-  if last and last.ms == ms and last.state == state then  -- (the same ms: the same minute)
-    last.n = last.n + 1
-  else
-    local minute = math.floor(tonumber(ms) / 60000)
-    Q.tally[#Q.tally + 1] = {ms = ms, minute = minute, state = state, entry = entry, n = 1}
+  if ms == Q.run_ms and state == Q.run_state then
+    Q.run_n = Q.run_n + 1
+    return
   end
+  if Q.run_n > 0 then Q.runs[#Q.runs + 1] = {Q.run_entry, Q.run_state, Q.run_n} end
+  Q.run_ms, Q.run_state, Q.run_entry, Q.run_n = ms, state, entry, 1
 end
 
--- What a call pays once, at its end: `total:enqueued` and the per-minute stats.
+-- What a call pays once, at its end: `total:enqueued` and the per-minute stats (one
+-- HINCRBY per minute and state).
 local function enqueue_done(Q)
   if Q.created > 0 then redis.call('HINCRBY', Q.counters, 'total:enqueued', Q.created) end
-  local seen = {}
-  for _, t in ipairs(Q.tally) do  -- (merged per minute and state, in first-seen order)
-    local k = t.minute .. ':' .. t.state
-    if seen[k] then seen[k].n = seen[k].n + t.n else seen[k] = t; seen[#seen + 1] = t end
+  if Q.run_n == 0 then return end
+  if #Q.runs == 0 then return count_minute(Q.events, Q.run_entry, Q.run_state, Q.run_n) end
+  local runs, merged, order = Q.runs, {}, {}
+  runs[#runs + 1] = {Q.run_entry, Q.run_state, Q.run_n}
+  for _, r in ipairs(runs) do
+    local k = math.floor(tonumber(string.match(r[1], '^%d+')) / 60000) .. ':' .. r[2]
+    if merged[k] then
+      merged[k][3] = merged[k][3] + r[3]
+    else
+      merged[k] = r
+      order[#order + 1] = r
+    end
   end
-  for _, t in ipairs(seen) do count_minute(Q.events, t.entry, t.state, t.n) end
+  for _, r in ipairs(order) do count_minute(Q.events, r[1], r[2], r[3]) end
 end
 
 -- Issue 15: the task the dedup_key names (hash Q.dedup), if it answers this request:
@@ -83,10 +85,10 @@ local function deduplicate(Q, T)
   local state = redis.call('HGET', k_held, 'state')
   if opts.m == 'throttle' then
     local until_ms = redis.call('ZSCORE', Q.dedup_ttl, opts.k)
-    if not until_ms or tonumber(until_ms) <= now_of(Q) then return nil end
+    if not until_ms or tonumber(until_ms) <= Q.now then return nil end
   elseif opts.m == 'debounce' then
     if state ~= 'scheduled' then return nil end
-    local due = now_of(Q) + opts.t
+    local due = Q.now + opts.t
     redis.call('HSET', k_held, 'payload', T.payload, 'run_at', due)
     redis.call('ZADD', Q.scheduled, due, held)  -- later than before: no promoter needs waking
   elseif not (WAITING[state] or state == 'processing') then
@@ -104,7 +106,7 @@ local function adopt(Q, T)
   if opts.k then
     redis.call('HSET', Q.dedup, opts.k, T.id)
     if opts.m == 'throttle' then
-      redis.call('ZADD', Q.dedup_ttl, now_of(Q) + opts.t, opts.k)
+      redis.call('ZADD', Q.dedup_ttl, Q.now + opts.t, opts.k)
     else
       redis.call('HSET', T.key, 'dk', opts.k)
     end
@@ -162,13 +164,12 @@ local function enqueue_task(Q, T, parents)
     local reply = deduplicate(Q, T)
     if reply then return reply end
   end
-  T.tenant = opts and opts.n or nil
   if redis.call('EXISTS', T.key) == 1 then
     local ptr = redis.call('HMGET', T.key, 'state', 'q', 'at')
     if not ptr[1] and ptr[2] then return {'duplicate', ptr[2], ptr[3] or ''} end
     return {'duplicate'}
   end
-  local now = now_of(Q)
+  local now = Q.now
   local run_at = moment(T.run, Q)
   T.exp = opts and opts.x and moment(opts.x, Q)
   -- a task with parents: its `parents` wrote its first fields; else `created` goes with the

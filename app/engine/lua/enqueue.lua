@@ -35,14 +35,17 @@
 -- {'cancelled', reason} when a parent already failed;
 -- {'deduplicated', eval_id, state or false} when the dedup_key's holder answers the request.
 local id, prio = ARGV[1], ARGV[2]
+local opts = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
+local now = now_ms()
 local Q = {counters = KEYS[3], scheduled = KEYS[4], events = KEYS[5], expiries = KEYS[12],
   dedup = KEYS[13], dedup_ttl = KEYS[14], stream = {[prio] = KEYS[2]},
   holes = {high = KEYS[6], default = KEYS[7], low = KEYS[8]}, fair_at = {[prio] = 16},
-  maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7], fair = {}, levels = {}, tally = {},
-  created = 0}
+  maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7], weights = opts and opts.w or false,
+  now = now, now_s = string.format('%d', now), fair = {[prio] = false},
+  levels = {high = false, default = false, low = false}, created = 0,
+  run_ms = false, run_state = false, run_entry = false, run_n = 0, runs = {}}
 local T = {id = id, key = KEYS[1], prio = prio, payload = ARGV[3], run = ARGV[4], cb = ARGV[8],
-  opts = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil}
-Q.weights = T.opts and T.opts.w
+  opts = opts, tenant = opts and opts.n or false, exp = false}
 
 -- A parent's release (or cancel cascade) is one script: its deferred children are capped
 -- so that script stays short (queue.MAX_DEPENDANTS; ~0.3 s per 10,000).
@@ -89,7 +92,6 @@ local function with_parents(_, _, run_at)
   local checked = check_parents(allow)
   if type(checked[1]) == 'string' then return checked end
   local pending, remote, reason = checked[1], checked[2], checked[3]
-  local now = now_of(Q)
   local deps = {}
   for i = 13, #ARGV do deps[#deps + 1] = ARGV[i] end
   if ARGV[12] ~= '' then
