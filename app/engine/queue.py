@@ -197,7 +197,8 @@ class Queue:
         self.observer = engine.observer
         self.limits = limits  # RATE_LIMITS, QUEUE_MAX_IN_FLIGHT (legacy queues)
         self.weights = engine.settings.flow.weights_arg  # TENANT_WEIGHTS, as scripts take it
-        # complete.lua's wake channel: told 'release' when a slot frees under a cap
+        # complete.lua's and complete_batch.lua's wake channel: told 'release' when slots free
+        # under a cap
         self.release_channel = keys.schedule_channel if limits.max_in_flight else ""
         self.parts: tuple[Queue, ...] = (self,)  # a partitioned queue's partitions
         self.whole: Queue = self  # the queue this partition belongs to
@@ -434,21 +435,16 @@ class Queue:
         self, eval_id: str, result: Any, task: Task | None = None, answer: bytes = b""
     ) -> str:
         """`complete`, settled with the other completions of its queue (partition) in the same
-        event-loop turn by one script call (engine/settle.py). Calls answered to a client
-        (`answering()`, where durability may add a check), tasks of another queue, a
-        tenant's task (its entry is in a tenant stream: fair share) and every task of a
-        queue with QUEUE_MAX_IN_FLIGHT (the freed slot is announced) take `complete`'s
-        path."""
+        event-loop turn by one script call (engine/settle.py), tenants' tasks (fair share)
+        and capped queues' (QUEUE_MAX_IN_FLIGHT: one 'release' per batch) included. Calls
+        answered to a client (`answering()`, where durability may add a check) and tasks
+        of another queue take `complete`'s path."""
         target = self.placed(eval_id)  # a partitioned queue's task: its partition's batch
-        if ANSWERING.get() or target.release_channel:  # (a cap: complete.lua tells a slot)
+        if ANSWERING.get():
             return await self.complete(eval_id, result, task, answer)
         reply = await target.completions.complete(eval_id, orjson.dumps(result), task, answer)
         elsewhere = target.keys.q or target.whole.parts[1:]  # (where `complete` looks further)
-        if (
-            text(reply[0]) == "tenant"
-            or _redirected(reply) is not None
-            or (elsewhere and _missing(reply))
-        ):
+        if _redirected(reply) is not None or (elsewhere and _missing(reply)):
             return await self.complete(eval_id, result, task, answer)
         if text(reply[0]) != "ok":
             raise refusal(reply)

@@ -172,9 +172,11 @@ local function enqueue_task(Q, T, parents)
   local now = Q.now
   local run_at = moment(T.run, Q)
   T.exp = opts and opts.x and moment(opts.x, Q)
-  -- a task with parents: its `parents` wrote its first fields; else `created` goes with the
-  -- record's state in one HSET. No `attempts` field until the first delivery (absent reads
-  -- as 0): 16 B less per queued task, a smaller listpack size class (issue 14).
+  -- a task with parents: its `parents` wrote its first fields. No `attempts` field until
+  -- the first delivery (absent reads as 0): 16 B less per queued task, a smaller listpack
+  -- size class (issue 14); nor `created` while a task queued at once waits: its entry's
+  -- id holds the time (created_of in _lib.lua), another 16 B. A scheduled task's goes with
+  -- its state in one HSET.
   local created = nil
   if parents then
     local reply = parents(Q, T, run_at)
@@ -200,8 +202,7 @@ local function enqueue_task(Q, T, parents)
     return {'scheduled', 0}
   end
   local fair = T.tenant and fair_of(Q, prio)
-  local seq = push(T.key, Q.stream[prio], Q.counters, id, prio, T.payload, T.exp, fair, T.tenant,
-    created)
+  local seq = push(T.key, Q.stream[prio], Q.counters, id, prio, T.payload, T.exp, fair, T.tenant)
   local L = Q.levels[prio]  -- (read by an earlier task of the call: count this one in)
   if L and T.tenant then L.tq = L.tq + 1 elseif L then L.seq = seq end
   adopt(Q, T)
