@@ -20,10 +20,10 @@ durability check (engine/scripts.py), and every caller of a batch it fails gets
 Tasks with parents (depends_on) take `enqueue.lua` alone (engine/links.py): their checks
 read the parents' records, which a batch would have to declare per task.
 
-Cost (redis-server instructions per enqueued task under callgrind, 200-byte `code`): 255k
-with one `enqueue.lua` call each before; 120k in batches of 10, 101k in batches of 200. A
-task alone in its turn costs 293k: the shared body's functions and tables are made on
-every call (Redis runs a script's whole chunk each time), 13 % more than the old
+Cost (redis-server instructions per enqueued task under callgrind, 200-byte `code`): 242k
+with one `enqueue.lua` call each before; 116k in batches of 10, 96k in batches of 200. A
+task alone in its turn costs 290k: the shared body's functions and tables are made on
+every call (Redis runs a script's whole chunk each time), 20 % more than the old
 single-task script; it is the path of an idle queue.
 
 Imports: client, scripts (and redis); queue and models only for typing.
