@@ -35,6 +35,7 @@ from tests.engine import (
     test_fsck,
     test_fsck_flow,
     test_history,
+    test_intake,
     test_limits,
     test_listing,
     test_named_queues,
@@ -142,6 +143,10 @@ CHECKED = [
     test_settle.test_a_batch_leaves_what_complete_leaves_with_tenants_and_a_cap,
     test_settle.test_a_capped_queue_settles_in_one_call_and_tells_release_once,
     test_settle.test_a_tenant_stream_with_waiting_entries_is_kept,
+    # issue 14: enqueues batched per event-loop turn (enqueue_batch.lua)
+    test_intake.test_a_batch_answers_and_writes_as_single_enqueues_one_after_the_other,
+    test_intake.test_a_named_queue_batch_through_enqueue_many,
+    test_intake.test_a_partitioned_queue_sends_one_batch_per_partition,
 ]
 hub = test_fsck.hub
 for _test in CHECKED:
