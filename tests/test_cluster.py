@@ -46,6 +46,7 @@ from tests.engine import (
     test_named_queues,
     test_pace,
     test_partitions,
+    test_settle,
 )
 from tests.faultrig import Rig, Rigs, Spawn
 from tests.runtime import test_callbacks, test_consumers
@@ -163,6 +164,13 @@ test_a_rate_allows_one_burst_then_one_start_per_interval = (
 )
 test_a_cap_bounds_the_tasks_in_flight = test_limits.test_a_cap_bounds_the_tasks_in_flight
 test_the_flow_view_shows_the_limits_state = test_limits.test_the_flow_view_shows_the_limits_state
+# issue 14: a batch of completions with tenants and a cap (the 'release' SPUBLISHed)
+test_a_batch_leaves_what_complete_leaves_with_tenants_and_a_cap = (
+    test_settle.test_a_batch_leaves_what_complete_leaves_with_tenants_and_a_cap
+)
+test_a_capped_queue_settles_in_one_call_and_tells_release_once = (
+    test_settle.test_a_capped_queue_settles_in_one_call_and_tells_release_once
+)
 
 # issue 13 item 4: partitioned queues
 make_engine = test_partitions.make_engine

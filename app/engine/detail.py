@@ -18,7 +18,7 @@ record is then read on that queue's tag; a partitioned queue's task is found in 
 partition (engine/partitions.py `locate`). Read-only, a few round trips: an operator's page,
 never a hot path.
 
-Imports: client, partitions, engine, queue, models, errors.
+Imports: client, partitions, engine, queue, records, models, errors.
 """
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ from app.engine import partitions
 from app.engine.client import text, translate_errors
 from app.engine.engine import Engine
 from app.engine.queue import Queue
+from app.engine.records import created_ms
 from app.errors import NotFound
 from app.models import decode_json, iso_ms
 
 SCAN_LIMIT = 20_000  # events stream entries read for one timeline, at most
 PAGE = 1000
 CREATED = ("queued", "scheduled", "deferred", "cancelled")  # a task's first event
-# The creating script reads the clock once (TIME, the record's `created`); its XADD of the
-# creation event reads it again, so on a loaded server (descheduled mid-script) that event
-# may carry a later millisecond. A creation-state event of the task this close after
+# The creating script reads the clock once (TIME, the record's `created`; for a task queued
+# at once, its stream entry's XADD, records.created_ms); its XADD of the creation event reads
+# it again, so on a loaded server (descheduled mid-script) that event may carry a later
+# millisecond. A creation-state event of the task this close after
 # `created` is taken for the creation (a cancel or re-queue within it, with the creation
 # trimmed away between the two, is what this could mistake).
 CREATION_SLACK_MS = 1000
@@ -53,7 +55,7 @@ async def detail(engine: Engine, eval_id: str) -> dict[str, Any]:
     if queue is None or not rec.get(b"state"):  # (a named queue's stale pointer: gone)
         raise NotFound(f"no such task: {eval_id}")
     payload, lease, dead = await _stored(queue, eval_id, rec)
-    created = int(rec.get(b"created", 0))
+    created = int(created_ms(rec) or 0)
     events, complete = await _timeline(queue, eval_id, created)
     return {
         "eval_id": eval_id,

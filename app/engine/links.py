@@ -112,6 +112,10 @@ async def _into_partition(queue: Queue, req: TaskRequest) -> Sequence[Any]:
 async def _store(
     queue: Queue, req: TaskRequest, local: Sequence[str], links: str = ""
 ) -> Sequence[Any]:
+    """enqueue.lua's reply: a task without parents is stored with the other enqueues of its
+    queue in this event-loop turn (engine/intake.py), one with parents alone."""
+    if not req.depends_on:
+        return await queue.intake.enqueue(req)
     keys, argv = queue.enqueue_args(req, local, links)
     reply: Sequence[Any] = await queue.scripts.run("enqueue", keys, argv)
     return reply

@@ -24,8 +24,8 @@ else is read or sent. Fair share works within each partition (its keys are under
 partition's tag); RATE_LIMITS and QUEUE_MAX_IN_FLIGHT are refused on a partitioned queue
 (settings.py), and a partition > 0 never has limits.
 
-Imports: client, keys, links, partitions, records, models, errors, settings,
-flow_settings (and structlog, orjson); the engine module only for typing.
+Imports: client, intake, keys, links, partitions, records, scripts, settle, models, errors,
+settings, flow_settings (and structlog, orjson); the engine module only for typing.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from app.engine.client import (
     text,
     translate_errors,
 )
+from app.engine.intake import Intake
 from app.engine.keys import GROUP, QueueKeys
 from app.engine.links import MAX_DEPENDANTS
 from app.engine.records import render_record
@@ -196,13 +197,15 @@ class Queue:
         self.observer = engine.observer
         self.limits = limits  # RATE_LIMITS, QUEUE_MAX_IN_FLIGHT (legacy queues)
         self.weights = engine.settings.flow.weights_arg  # TENANT_WEIGHTS, as scripts take it
-        # complete.lua's wake channel: told 'release' when a slot frees under a cap
+        # complete.lua's and complete_batch.lua's wake channel: told 'release' when slots free
+        # under a cap
         self.release_channel = keys.schedule_channel if limits.max_in_flight else ""
         self.parts: tuple[Queue, ...] = (self,)  # a partitioned queue's partitions
         self.whole: Queue = self  # the queue this partition belongs to
         self.spread: partitions.Spread | None = None  # set when partitioned
         self.counts: tuple[int, ...] = (1,)  # partition counts: now, then earlier ones
         self.completions = Completions(self)
+        self.intake = Intake(self)  # enqueues batched per event-loop turn (engine/intake.py)
 
     def spread_over(self, parts: Sequence[Queue], counts: Sequence[int]) -> None:
         """Make this queue partition 0 of a queue spread over itself and `parts`, placing
@@ -235,12 +238,8 @@ class Queue:
         keys = [k.task(req.eval_id), k.stream(req.priority), k.counters, k.scheduled, k.events]
         keys += [*k.holes, k.stats, k.callbacks, k.expiring]
         argv: list[Any] = [req.eval_id, req.priority.value, req.encoded_payload(), start_arg(req)]
-        argv += [s.events_maxlen, k.schedule_channel, k.q]
-        # the callback mark: '' none (no field at all), else '+' and the task's callback_url
-        marked = req.callback_url is not None or s.storage_service_url
-        argv.append("+" + (req.callback_url or "") if marked else "")
-        options = options_arg(req, self.weights)
-        argv.append(options)
+        argv += [s.events_maxlen, k.schedule_channel, k.q, self._callback_mark(req)]
+        argv.append(options_arg(req, self.weights))
         if req.depends_on:
             allow = "1" if req.allow_failure else "0"
             argv += [allow, s.result_ttl, remote, *local]
@@ -249,11 +248,33 @@ class Queue:
             keys += [k.task(p) for p in local]
         return keys, argv
 
+    def enqueue_batch_args(self, reqs: Sequence[TaskRequest]) -> tuple[list[str], list[Any]]:
+        """enqueue_batch.lua's KEYS and ARGV for `reqs` (none with parents) in this queue
+        (engine/intake.py)."""
+        k, s = self.keys, self.settings
+        keys = [k.counters, k.scheduled, k.events, k.stats, *k.streams, *k.holes, k.expiries]
+        keys += [k.dedup, k.dedup_ttl]
+        keys += [key for prio in PRIORITY_ORDER for key in k.fair_at(prio)]
+        keys += [k.task(req.eval_id) for req in reqs]
+        argv: list[Any] = [s.events_maxlen, k.schedule_channel, k.q, self.weights, len(reqs)]
+        for req in reqs:
+            argv += [req.eval_id, req.priority.value, req.encoded_payload(), start_arg(req)]
+            argv += [self._callback_mark(req), options_arg(req)]
+        return keys, argv
+
+    def _callback_mark(self, req: TaskRequest) -> str:
+        """The enqueue scripts' callback mark: '' none (no field at all), else '+' and the
+        task's callback_url ('+' alone when only STORAGE_SERVICE_URL applies)."""
+        marked = req.callback_url is not None or self.settings.storage_service_url
+        return "+" + (req.callback_url or "") if marked else ""
+
     @translate_errors
     async def enqueue(self, req: TaskRequest) -> dict[str, Any]:
         """Store one task (in its partition, when partitioned); 409 (Conflict) when its
         eval_id is already known. A request its dedup_key's holder answers stores nothing
-        (`deduplicated` in the answer)."""
+        (`deduplicated` in the answer). A task without parents is stored with the other
+        enqueues of its queue (partition) in the same event-loop turn, by one script call
+        (engine/intake.py)."""
         answer = enqueued(req, await links.enqueue(self.placed(req.eval_id), req))
         if "deduplicated" not in answer:
             self.observer.enqueued(self.keys.queue, req.priority.value)
@@ -414,21 +435,16 @@ class Queue:
         self, eval_id: str, result: Any, task: Task | None = None, answer: bytes = b""
     ) -> str:
         """`complete`, settled with the other completions of its queue (partition) in the same
-        event-loop turn by one script call (engine/settle.py). Calls answered to a client
-        (`answering()`, where durability may add a check), tasks of another queue, a
-        tenant's task (its entry is in a tenant stream: fair share) and every task of a
-        queue with QUEUE_MAX_IN_FLIGHT (the freed slot is announced) take `complete`'s
-        path."""
+        event-loop turn by one script call (engine/settle.py), tenants' tasks (fair share)
+        and capped queues' (QUEUE_MAX_IN_FLIGHT: one 'release' per batch) included. Calls
+        answered to a client (`answering()`, where durability may add a check) and tasks
+        of another queue take `complete`'s path."""
         target = self.placed(eval_id)  # a partitioned queue's task: its partition's batch
-        if ANSWERING.get() or target.release_channel:  # (a cap: complete.lua tells a slot)
+        if ANSWERING.get():
             return await self.complete(eval_id, result, task, answer)
         reply = await target.completions.complete(eval_id, orjson.dumps(result), task, answer)
         elsewhere = target.keys.q or target.whole.parts[1:]  # (where `complete` looks further)
-        if (
-            text(reply[0]) == "tenant"
-            or _redirected(reply) is not None
-            or (elsewhere and _missing(reply))
-        ):
+        if _redirected(reply) is not None or (elsewhere and _missing(reply)):
             return await self.complete(eval_id, result, task, answer)
         if text(reply[0]) != "ok":
             raise refusal(reply)

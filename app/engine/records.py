@@ -53,7 +53,7 @@ def render_record(
         "priority": text(rec.get(b"prio", b"default")),
         "tenant": text(rec.get(b"tenant", b"default")),
         "attempts": int(rec.get(b"attempts", 0)),
-        "created_at": iso_ms(rec.get(b"created")),
+        "created_at": iso_ms(created_ms(rec)),
         "started_at": iso_ms(rec.get(b"started")),
         "completed_at": iso_ms(rec.get(b"finished")),
         "result": decode_json(rec.get(b"result")),
@@ -85,6 +85,16 @@ def _callback_view(rec: dict[bytes, bytes]) -> dict[str, Any]:
     if b"cb_error" in rec:
         view["error"] = text(rec[b"cb_error"])
     return view
+
+
+def created_ms(rec: dict[bytes, bytes]) -> bytes | None:
+    """A task's creation time (epoch ms): its record's `created`, or, for a task queued at
+    its creation and still waiting, its stream entry's time (issue 14: the record gets
+    `created` when the task leaves the queue; _lib.lua created_of)."""
+    if b"created" in rec:
+        return rec[b"created"]
+    entry = rec.get(b"entry")
+    return entry.partition(b"-")[0] if entry else None
 
 
 def render_progress(stored: bytes | None) -> dict[str, Any] | None:

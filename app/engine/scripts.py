@@ -2,10 +2,11 @@
 
 One `engine/lua/<operation>.lua` per atomic transition; each opens with a header comment
 listing KEYS and ARGV. Every script is compiled with a one-line header (`QUEUE_PUBLISH`,
-below) and the engine's library prepended (`_lib.lua`, `_fence.lua`; the claim, enqueue
-and status scripts also `_fair.lua`, the audit's `_fsck.lua`), so each keeps one SHA per
-mode. A wing above brings scripts of its own with `Scripts.load(package, names, prelude)`:
-they are compiled on the same library, and run by the same runner, under their own names.
+below) and the engine's library prepended (`_lib.lua`, `_fence.lua`; the claim, enqueue,
+status and listing scripts also `_fair.lua`, the two enqueue scripts then `_enqueue.lua`,
+their shared per-task body, the audit's `_fsck.lua`), so each keeps one SHA per mode. A
+wing above brings scripts of its own with `Scripts.load(package, names, prelude)`: they
+are compiled on the same library, and run by the same runner, under their own names.
 
 Each script carries only the part of the library it uses (`library_for`). Redis runs a
 script's whole chunk on every EVALSHA, so every `local function` of the library makes a
@@ -73,7 +74,9 @@ from app.errors import Unavailable
 LIBRARY = ("_lib.lua", "_fence.lua")  # the engine's helpers, before every script
 # Scripts that share free slots among tenants or place a task under fair share also get
 # `_fair.lua` (every function a library defines is made on each call of a script).
-FAIR = ("enqueue", "claim", "status", "listing")
+FAIR = ("claim", "status", "listing")
+# The enqueue scripts share their per-task body (`_enqueue.lua`, after `_fair.lua`).
+ENQUEUE = ("enqueue", "enqueue_batch")  # enqueue_batch: engine/intake.py
 CORE = (
     "complete",
     "complete_batch",  # engine/settle.py
@@ -113,6 +116,7 @@ HISTORY = ("oldest", "rollup")
 # `answering()`. Claims and renewals never need it (a lost one is delivered again).
 CONFIRMED = (
     "enqueue",
+    "enqueue_batch",
     "directory",
     "link",
     "complete",
@@ -313,6 +317,7 @@ class Scripts:
         self._cluster = isinstance(client, RedisCluster)
         self._idle: list[Any] = []  # connections of the one server, between exchanges
         self.load("app.engine", FAIR, ("_fair.lua",))
+        self.load("app.engine", ENQUEUE, ("_fair.lua", "_enqueue.lua"))
         self.load("app.engine", CORE)
         self.load("app.engine", AUDIT, ("_fsck.lua",))
         self.load("app.engine", HISTORY)

@@ -3,11 +3,13 @@
 A consumer pool finishes tasks one at a time, but many in the same event-loop turn (their
 executor answers arrive together). Each used to cost a `complete.lua` call of its own; now
 the completions a queue is asked for in one turn wait for the end of that turn and go out
-as one script call (issue 14: the script call, TIME, the lease ZREM, XACK / XDEL and the
-counters are paid once per batch; the fence, the record, the event and the PUBLISH stay per
-task). Each caller still gets its own answer: the script's reply for its task, exactly what
-`complete.lua` would have answered (`Queue.complete_soon` turns it into the same result or
-exception).
+as one script call (issue 14: the script call, TIME, the lease ZREM, XACK / XDEL, the
+counters and, under QUEUE_MAX_IN_FLIGHT, the 'release' of the freed slots are paid once per
+batch; the fence, the record, the event and the PUBLISH on `evaluation:completed` stay per
+task). A tenant's task (fair share) is settled in the batch too: the call declares the
+queue's tenant streams. Each caller still gets its own answer: the script's reply for its
+task, exactly what `complete.lua` would have answered (`Queue.complete_soon` turns it into
+the same result or exception).
 
 Imports: keys; queue only for typing.
 """
@@ -63,10 +65,11 @@ class Completions:
 
     async def _send(self, batch: list[_Pending]) -> None:
         k, s = self.queue.keys, self.queue.settings
-        keys = [k.leases, k.events, k.counters, *k.streams]
+        keys = [k.leases, k.events, k.counters, *k.streams, *k.tenant_streams]
         keys += [k.task(p.eval_id) for p in batch]
         keys += k.effects
-        argv: list[Any] = [s.result_ttl, GROUP, s.events_maxlen, k.q, len(batch)]
+        argv: list[Any] = [s.result_ttl, GROUP, s.events_maxlen, k.q, self.queue.release_channel]
+        argv.append(len(batch))
         for p in batch:
             entry, attempt = (p.task.entry, p.task.attempt) if p.task else ("", "")
             argv += [p.eval_id, entry, attempt, p.result, p.answer]

@@ -190,4 +190,4 @@ async def test_plain_enqueue_writes_no_option_structure(streams: Queue) -> None:
     for key in (streams.keys.dedup, streams.keys.dedup_ttl, streams.keys.expiries):
         assert await raw(streams).exists(key) == 0
     entry = (await raw(streams).xrange(streams.keys.stream("default")))[0][1]
-    assert set(entry) == {b"id", b"n", b"payload"}
+    assert set(entry) == {b"id", b"payload"}  # the sequence number is the record's (issue 14)

@@ -292,10 +292,12 @@ async def test_queued_without_entry_is_dead_lettered_and_positions_stay_exact(
     streams = qstreams
     for eval_id in ("a", "b", "c"):
         await add(streams, eval_id)
+    created = (await streams.get("a"))["created_at"]  # (its lost entry's id held it)
     await raw(streams).xdel(streams.keys.stream("default"), await entry_of(streams, "a"))
     await found_then_repaired(run_fsck, [("queued_without_entry", "a")])
     record = await streams.get("a")
     assert record["status"] == "failed"
+    assert record["created_at"] == created and record["priority"] == "default"
     assert record["error"].startswith("stream entry lost: ") and "queued" in record["error"]
     assert (await dlq_errors(streams))["a"] == record["error"]
     assert (await streams.get("b"))["position"] == 1
@@ -454,10 +456,29 @@ async def test_entry_orphan_of_a_deleted_record_is_dropped_and_counts_stay_exact
         await add(streams, eval_id)
     entry = await entry_of(streams, "x2")
     await raw(streams).delete(streams.keys.task("x2"))  # an operator's DEL
+    # (its sequence number lived only in the record, issue 14: the one its neighbours free)
     await found_then_repaired(run_fsck, [("entry_orphan", entry)])
     assert await raw(streams).xlen(streams.keys.stream("default")) == 2
     assert (await views.counts(streams))["states"]["queued"] == 2
     assert (await streams.get("x3"))["position"] == 2
+
+
+async def test_entry_orphans_between_a_delivered_task_a_hole_and_the_tail_keep_counts_exact(
+    qstreams: Queue, run_fsck: Fsck
+):
+    """An orphan's sequence number is the one its live neighbours (or head and the counter
+    at the ends) leave free, holes aside (issue 14: entries carry none)."""
+    streams = qstreams
+    for i in range(1, 6):
+        await add(streams, f"y{i}")
+    await claim_one(streams)  # y1: delivered, head 1
+    await streams.cancel("y2")  # hole 2
+    orphans = [await entry_of(streams, "y3"), await entry_of(streams, "y5")]
+    for eval_id in ("y3", "y5"):
+        await raw(streams).delete(streams.keys.task(eval_id))
+    await found_then_repaired(run_fsck, [("entry_orphan", e) for e in orphans])
+    assert (await views.counts(streams))["states"]["queued"] == 1
+    assert (await streams.get("y4"))["position"] == 1
 
 
 async def test_pel_orphan_and_lease_orphan_of_a_deleted_running_task(

@@ -7,7 +7,16 @@ import re
 
 from app.engine.queue import Queue
 from app.engine.schedules import SCRIPTS as SCHEDULES
-from app.engine.scripts import AUDIT, CORE, FAIR, HISTORY, compile_scripts, library_for, lua_folder
+from app.engine.scripts import (
+    AUDIT,
+    CORE,
+    ENQUEUE,
+    FAIR,
+    HISTORY,
+    compile_scripts,
+    library_for,
+    lua_folder,
+)
 from tests.engine.conftest import claim_ids, raw, req
 
 
@@ -112,7 +121,7 @@ async def test_pruned_library_runs_with_its_dependencies(streams: Queue) -> None
 async def test_every_script_loads_under_its_stable_sha(streams: Queue) -> None:
     client = raw(streams)
     groups = [(FAIR, ("_fair.lua",)), (CORE, ()), (AUDIT, ("_fsck.lua",)), (HISTORY, ())]
-    groups.append((SCHEDULES, ()))
+    groups += [(SCHEDULES, ()), (ENQUEUE, ("_fair.lua", "_enqueue.lua"))]
     for publish in ("PUBLISH", "SPUBLISH"):
         for names, prelude in groups:
             compiled = compile_scripts("app.engine", names, prelude, publish)
@@ -122,6 +131,9 @@ async def test_every_script_loads_under_its_stable_sha(streams: Queue) -> None:
                 assert sha == hashlib.sha1(source.encode()).hexdigest()
                 assert await client.script_load(source) == sha
     fair = compile_scripts("app.engine", FAIR, ("_fair.lua",))
-    assert "local function fence" not in fair["enqueue"][0]  # pruned
+    enqueue = compile_scripts("app.engine", ENQUEUE, ("_fair.lua", "_enqueue.lua"))
+    assert "local function fence" not in enqueue["enqueue"][0]  # pruned
+    assert "local function enqueue_task" in enqueue["enqueue_batch"][0]  # the shared body
+    assert "local function finished" not in enqueue["enqueue_batch"][0]  # (parents' only)
     assert "local function fair_lib" in fair["claim"][0]  # the prelude's, when used
     assert "local function fence" in compile_scripts("app.engine", CORE)["complete"][0]

@@ -22,7 +22,7 @@ end
 local function eas_drop(prefix, id, commit, now, maxlen, ttl, group)
   local k_task = prefix .. 'task:' .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'seq', 'attempts')
-  local state, prio, entry = rec[1], rec[2], rec[3]
+  local state, prio, entry = rec[1], rec[2] or 'default', rec[3]  -- (absent while queued)
   if not state then
     redis.call('ZREM', prefix .. 'index', id)
     return 0

@@ -25,7 +25,9 @@ local function payload_of(id)
   local k_task = prefix .. 'task:' .. id
   local rec = redis.call('HMGET', k_task, 'entry', 'prio', 'payload')
   if rec[3] then return eas_payload(k_task, rec[3]) end
-  if rec[1] then return eas_payload(k_task, entry_payload(prefix .. 'stream:' .. rec[2], rec[1])) end
+  if rec[1] then  -- (`prio` absent while queued: push in _lib.lua)
+    return eas_payload(k_task, entry_payload(prefix .. 'stream:' .. (rec[2] or 'default'), rec[1]))
+  end
   return nil
 end
 

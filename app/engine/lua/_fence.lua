@@ -24,6 +24,7 @@ end
 -- its entry is in the priority stream; else in the tenant stream of that priority).
 local function fence(k_task, k_leases, id, entry, attempt, now)
   local rec = redis.call('HMGET', k_task, 'state', 'entry', 'attempts', 'prio', 'exp', 'tenant')
+  rec[4] = rec[4] or 'default'  -- (absent while queued: push in _lib.lua)
   local refusal = holder_refusal(rec, entry, attempt)
   if refusal then return refusal, rec end
   return lease_refusal(rec, redis.call('ZSCORE', k_leases, id), now), rec

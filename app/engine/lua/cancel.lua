@@ -23,7 +23,7 @@ local misrouted = wrong_queue(KEYS[1], ARGV[7])
 if misrouted then return misrouted end
 local rec = redis.call('HMGET', KEYS[1], 'state', 'prio', 'entry', 'seq', 'attempts', 'exp',
   'tenant')
-local state, prio, entry = rec[1], rec[2], rec[3]
+local state, prio, entry = rec[1], rec[2] or 'default', rec[3]  -- (absent while queued)
 if not state then return {'missing'} end
 local k_stream = rec[7] and FAIR.stream[prio] or STREAM[prio]
 if state == 'queued' and rec[7] then
@@ -56,6 +56,7 @@ else
 end
 if rec[6] then redis.call('ZREM', KEYS[12], id) end
 local now = now_ms()
+if state == 'queued' then keep_created(KEYS[1], entry) end  -- its time was its entry's
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now)
 redis.call('HDEL', KEYS[1], 'payload', 'run_at', 'entry')
 redis.call('EXPIRE', KEYS[1], ARGV[5])

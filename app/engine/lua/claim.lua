@@ -67,13 +67,21 @@ end
 -- every task is delivered (`leased`).
 -- Numbers go to Redis as strings made once (each Lua number passed to redis.call is
 -- formatted with printf again).
+-- `created`: the record's; a task queued at its creation has none while it waits (its
+-- entry's id holds the time, issue 14), so its first delivery writes it, and `prio` (a
+-- waiting record of priority `default` has none: see push in _lib.lua).
 local leased, now_s, until_s = {}, tostring(now), tostring(now + lease_ms)
-local function deliver(k_task, id, entry, prio, payload, exp, attempts)
+local function deliver(k_task, id, entry, prio, payload, exp, attempts, created)
   if exp then redis.call('ZREM', KEYS[14], id) end
   local attempt = tonumber(attempts or '0') + 1
   local attempt_s = tostring(attempt)
-  redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
-    'worker', consumer)
+  if created then
+    redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
+      'worker', consumer, 'prio', prio)
+  else
+    redis.call('HSET', k_task, 'attempts', attempt_s, 'state', 'processing', 'started', now_s,
+      'worker', consumer, 'prio', prio, 'created', created_of(entry))
+  end
   leased[#leased + 1], leased[#leased + 2] = until_s, id
   event(KEYS[6], maxlen, id, 'processing', attempt_s)
   -- an entry id's first part is the Redis time of its XADD: the wait needs no extra read
@@ -85,6 +93,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0
   local k_task = prefix .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'attempts',
     'tenant')
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if rec[4] and tonumber(rec[4]) <= now and (rec[1] == 'scheduled' or rec[1] == 'retrying') then
     expire_here(k_task, id, {rec[1], rec[2], nil, nil, rec[5]})
   elseif rec[1] == 'scheduled' or rec[1] == 'retrying' then
@@ -106,7 +115,9 @@ local QK = {KEYS[8], KEYS[12], KEYS[6], KEYS[4]}  -- dlq, dlq index, events, cou
 -- -> queued again. Either way it never stays `processing` with a dead worker's name.
 local function reclaim(id)
   local k_task = prefix .. id
-  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts', 'tenant')
+  local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'lapses', 'attempts', 'tenant',
+    'created')
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if rec[1] ~= 'processing' then
     redis.call('ZREM', KEYS[5], id)
     return
@@ -151,7 +162,7 @@ local function reclaim(id)
       fields['payload'] or '', maxlen, FAIR, rec[6])
     return
   end
-  deliver(k_task, id, rec[3], rec[2], fields['payload'] or '', nil, rec[5])
+  deliver(k_task, id, rec[3], rec[2], fields['payload'] or '', nil, rec[5], rec[7])
 end
 
 -- One EXISTS answers the usual case (not paused, no tenant's task anywhere) at no extra
@@ -197,14 +208,18 @@ local function read_new(prio, n)
       'STREAMS', k_stream, '>')
   end
   if not res or not res[1] then return 0 end
-  local head, skipped = nil, 0
+  local head, skipped, orphan = nil, 0, nil
   for _, item in ipairs(res[1][2]) do
     local fields = to_map(item[2])
     local k_task = prefix .. fields['id']
-    head = fields['n']
-    local rec = redis.call('HMGET', k_task, 'entry', 'attempts')
+    local rec = redis.call('HMGET', k_task, 'entry', 'attempts', 'seq', 'created')
+    -- the entry's sequence number: its record's (entry_seq); an entry of an earlier version
+    -- carries it too. An orphan's is unknown: head moves on with the next live entry.
+    head = fields['n'] or (rec[1] == item[1] and rec[3]) or head
+    orphan = nil
     if rec[1] ~= item[1] then
       -- orphan entry (its record was cleared): drop it
+      orphan = not fields['n'] and item[1]
       redis.call('XACK', k_stream, group, item[1])
       redis.call('XDEL', k_stream, item[1])
       skipped = skipped + 1
@@ -212,8 +227,16 @@ local function read_new(prio, n)
       expire_here(k_task, fields['id'], {'queued', prio, item[1], head, rec[2]}, group)
       skipped = skipped + 1
     else
-      deliver(k_task, fields['id'], item[1], prio, fields['payload'], fields['x'], rec[2])
+      deliver(k_task, fields['id'], item[1], prio, fields['payload'], fields['x'], rec[2],
+        rec[4])
     end
+  end
+  -- An orphan read last, with no entry after it (none left to hand out): every sequence
+  -- number of the priority was handed out or is a hole, so head is the counter's. Without
+  -- this its unknown number would count as a queued task (and put every later task one
+  -- place back) until the next live entry is read.
+  if orphan and #redis.call('XRANGE', k_stream, '(' .. orphan, '+', 'COUNT', 1) == 0 then
+    head = redis.call('HGET', KEYS[4], 'seq:' .. prio) or head
   end
   if head then
     redis.call('HSET', KEYS[4], 'head:' .. prio, head)
@@ -244,7 +267,7 @@ local function take_tenant(prio, tenant, n)
   for _, member in ipairs(members) do
     local seq, id = string.match(member, '^[^|]*|(%d+)|(.+)$')
     local k_task = prefix .. id
-    local rec = redis.call('HMGET', k_task, 'state', 'entry', 'attempts')
+    local rec = redis.call('HMGET', k_task, 'state', 'entry', 'attempts', 'created')
     if rec[1] == 'queued' and rec[2] then
       local claimed = redis.pcall('XCLAIM', k_stream, group, consumer, 0, rec[2])
       if type(claimed) == 'table' and claimed.err and string.find(claimed.err, 'NOGROUP') then
@@ -260,7 +283,7 @@ local function take_tenant(prio, tenant, n)
         expire_here(k_task, id, {'queued', prio, rec[2], tonumber(seq), rec[3], tenant}, group)
       else
         -- (an entry not parked, after its group was lost, is handed out all the same)
-        deliver(k_task, id, rec[2], prio, fields['payload'] or '', fields['x'], rec[3])
+        deliver(k_task, id, rec[2], prio, fields['payload'] or '', fields['x'], rec[3], rec[4])
         given = given + 1
       end
     end

@@ -1,5 +1,6 @@
--- Enqueue one task atomically: duplicate check + record + stream entry (or schedule) + event.
--- With parents (depends_on), every check comes before any write: unknown parents refuse the
+-- Enqueue one task atomically: duplicate check + record + stream entry (or schedule) + event
+-- (enqueue_task in _enqueue.lua, whose semantics enqueue_batch.lua shares). With parents
+-- (depends_on, here only), every check comes before any write: unknown parents refuse the
 -- task; a failed, cancelled or expired parent (without allow_failure) creates it `cancelled`;
 -- parents still running make it `deferred` (each parent of this queue gets a `d:<id>` mark,
 -- each of another queue was linked before this call: the task gets a `w:<parent>` mark, and
@@ -33,82 +34,18 @@
 -- named here are tasks of other queues (nothing written: the caller links them first);
 -- {'cancelled', reason} when a parent already failed;
 -- {'deduplicated', eval_id, state or false} when the dedup_key's holder answers the request.
-local id, prio, payload, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local id, prio = ARGV[1], ARGV[2]
 local opts = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
-
--- A time argument: '+<ms>' after the Redis clock, else epoch ms. A delay counts from this
--- server's clock, never from the clock of the process that sent it.
-local function moment(arg, now)
-  if string.sub(arg, 1, 1) == '+' then return now + tonumber(string.sub(arg, 2)) end
-  return tonumber(arg)
-end
-
--- Issue 15: the task the dedup_key names (hash KEYS[13]), if it answers this request:
--- `active` while it is live; `throttle` while the key's window (zset KEYS[14]) is open;
--- `debounce` while it is still scheduled: it takes this payload and its due time moves to
--- now + ttl. Returns the reply, or nil to create a task.
-local function deduplicate()
-  local held = redis.call('HGET', KEYS[13], opts.k)
-  if not held then return nil end
-  local k_held = string.sub(KEYS[1], 1, #KEYS[1] - #id) .. held
-  local state = redis.call('HGET', k_held, 'state')
-  if opts.m == 'throttle' then
-    local until_ms = redis.call('ZSCORE', KEYS[14], opts.k)
-    if not until_ms or tonumber(until_ms) <= now_ms() then return nil end
-  elseif opts.m == 'debounce' then
-    if state ~= 'scheduled' then return nil end
-    local due = now_ms() + opts.t
-    redis.call('HSET', k_held, 'payload', payload, 'run_at', due)
-    redis.call('ZADD', KEYS[4], due, held)  -- later than before: no promoter needs waking
-  elseif not (WAITING[state] or state == 'processing') then
-    return nil
-  end
-  redis.call('HINCRBY', KEYS[3], 'total:deduplicated', 1)
-  return {'deduplicated', held, state or false}
-end
-
-if opts and opts.k then
-  local reply = deduplicate()
-  if reply then return reply end
-end
-local tenant = opts and opts.n or nil
-
--- The fair-share keys of its priority (KEYS 16-18), made only for a tenant's task.
-local HERE = tenant and fair_lib().here(KEYS, 16, prio)
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local ptr = redis.call('HMGET', KEYS[1], 'state', 'q', 'at')
-  if not ptr[1] and ptr[2] then return {'duplicate', ptr[2], ptr[3] or ''} end
-  return {'duplicate'}
-end
 local now = now_ms()
-local run_at = moment(ARGV[4], now)
-local exp = opts and opts.x and moment(opts.x, now)
-
--- Issue 15: a live task just created takes its dedup_key (throttle: for the ttl; active and
--- debounce: until it is terminal, see release_dedup in _lib.lua) and joins `expiries`.
-local function adopt()
-  if not opts then return end
-  if opts.k then
-    redis.call('HSET', KEYS[13], opts.k, id)
-    if opts.m == 'throttle' then
-      redis.call('ZADD', KEYS[14], now + opts.t, opts.k)
-    else
-      redis.call('HSET', KEYS[1], 'dk', opts.k)
-    end
-  end
-  if exp then
-    redis.call('HSET', KEYS[1], 'exp', exp)
-    schedule(KEYS[12], ARGV[6], id, exp)  -- an earlier expiry wakes the promoters
-  end
-end
-
--- Marks written before anything else can happen to the task: a named queue's task names
--- it (`q`); a task with callbacks carries `cb`.
-local function mark()
-  if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'q', ARGV[7]) end
-  if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'cb', string.sub(ARGV[8], 2)) end
-  if tenant then redis.call('HSET', KEYS[1], 'tenant', tenant) end
-end
+local Q = {counters = KEYS[3], scheduled = KEYS[4], events = KEYS[5], expiries = KEYS[12],
+  dedup = KEYS[13], dedup_ttl = KEYS[14], stream = {[prio] = KEYS[2]},
+  holes = {high = KEYS[6], default = KEYS[7], low = KEYS[8]}, fair_at = {[prio] = 16},
+  maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7], weights = opts and opts.w or false,
+  now = now, now_s = string.format('%d', now), fair = {[prio] = false},
+  levels = {high = false, default = false, low = false}, created = 0,
+  run_ms = false, run_state = false, run_entry = false, run_n = 0, runs = {}}
+local T = {id = id, key = KEYS[1], prio = prio, payload = ARGV[3], run = ARGV[4], cb = ARGV[8],
+  opts = opts, tenant = opts and opts.n or false, exp = false}
 
 -- A parent's release (or cancel cascade) is one script: its deferred children are capped
 -- so that script stays short (queue.MAX_DEPENDANTS; ~0.3 s per 10,000).
@@ -148,9 +85,9 @@ local function check_parents(allow)
   return {pending, remote, reason}
 end
 
--- A task with parents: created cancelled or deferred (a reply), or nil when every parent
--- is already done (the caller queues it as usual).
-local function with_parents()
+-- A task with parents (enqueue_task's `parents`, in _enqueue.lua): created cancelled or
+-- deferred (a reply), or nil when every parent is already done (then it is queued as usual).
+local function with_parents(_, _, run_at)
   local allow = ARGV[10] == '1'
   local checked = check_parents(allow)
   if type(checked[1]) == 'string' then return checked end
@@ -161,21 +98,21 @@ local function with_parents()
     deps = {}
     for _, link in ipairs(cjson.decode(ARGV[12])) do deps[#deps + 1] = link[1] end
   end
-  redis.call('HSET', KEYS[1], 'created', now, 'attempts', 0, 'prio', prio,
+  redis.call('HSET', KEYS[1], 'created', Q.now_s, 'attempts', 0, 'prio', prio,
     'deps', cjson.encode(deps))
-  mark()
+  mark(Q, T)
   if allow then redis.call('HSET', KEYS[1], 'allow', 1) end
   if not reason and #pending == 0 and #remote == 0 then return nil end
-  redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
+  Q.created = Q.created + 1
   if reason then
     redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', now, 'error', reason)
     redis.call('EXPIRE', KEYS[1], ARGV[11])
     redis.call('HINCRBY', KEYS[3], 'total:cancelled', 1)
-    event(KEYS[5], maxlen, id, 'cancelled')
-    finished(KEYS[1], id, 'cancelled', now, maxlen, ARGV[11])
+    note(Q, id, 'cancelled')
+    finished(KEYS[1], id, 'cancelled', now, ARGV[5], ARGV[11])
     return {'cancelled', reason}
   end
-  redis.call('HSET', KEYS[1], 'state', 'deferred', 'payload', payload,
+  redis.call('HSET', KEYS[1], 'state', 'deferred', 'payload', ARGV[3],
     'waiting', #pending + #remote)
   if run_at > 0 then redis.call('HSET', KEYS[1], 'run_at', run_at) end
   for _, i in ipairs(pending) do
@@ -190,47 +127,11 @@ local function with_parents()
   if #others > 0 then redis.call('HSET', KEYS[1], 'xdeps', cjson.encode(others)) end
   redis.call('HINCRBY', KEYS[3], 'deferred:' .. prio, 1)
   redis.call('ZADD', KEYS[15], now, id)
-  adopt()
-  event(KEYS[5], maxlen, id, 'deferred')
+  adopt(Q, T)
+  note(Q, id, 'deferred')
   return {'deferred', 0}
 end
 
-if #ARGV > 9 then
-  local reply = with_parents()
-  if reply then return reply end
-else
-  -- no `attempts` field until the first delivery (absent reads as 0): 16 B less per queued
-  -- task, a smaller listpack size class (issue 14)
-  redis.call('HSET', KEYS[1], 'created', now)
-  mark()
-end
-redis.call('HINCRBY', KEYS[3], 'total:enqueued', 1)
-if run_at > now then
-  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'prio', prio, 'payload', payload,
-    'run_at', run_at)
-  schedule(KEYS[4], ARGV[6], id, run_at)
-  redis.call('HINCRBY', KEYS[3], 'scheduled:' .. prio, 1)
-  adopt()
-  event(KEYS[5], maxlen, id, 'scheduled')
-  return {'scheduled', 0}
-end
-local seq = push(KEYS[1], KEYS[2], KEYS[3], id, prio, payload, exp, HERE, tenant)
-adopt()
-event(KEYS[5], maxlen, id, 'queued')
-local position = 0
-for i, p in ipairs(PRIOS) do
-  if p == prio then
-    local c = redis.call('HMGET', KEYS[3], 'head:' .. p, 'tq:' .. p)
-    if tonumber(c[2] or '0') > 0 then  -- tenants' tasks wait here: fair share (_fair.lua)
-      local F = fair_lib()
-      local level = F.level(HERE or F.here(KEYS, 16, p), KEYS[3], KEYS[5 + i], p)
-      position = position + F.place(level, tenant or 'default', seq, F.weights(opts and opts.w))
-      break
-    end
-    local head = tonumber(c[1] or '0')
-    position = position + seq - head - redis.call('ZCOUNT', KEYS[5 + i], '(' .. head, '+inf')
-    break
-  end
-  position = position + queued_in(KEYS[3], KEYS[5 + i], p)
-end
-return {'queued', position}
+local reply = enqueue_task(Q, T, #ARGV > 9 and with_parents or nil)
+enqueue_done(Q)
+return reply

@@ -17,7 +17,7 @@
 --       9-11 the fair-share waiting orders high/default/low
 -- ARGV: 1 repair ('1'/'0'), 2 task key prefix, 3 the queue assumed ('' = default), 4 LIMIT
 -- Also touched, derived from the task key prefix (same hash tag): the scheduled tasks'
--- records (read only).
+-- records and the records the stream entries name (read only).
 -- Returns {findings (see _fsck.lua), {names of the checks skipped as too large}}
 local LIMIT = tonumber(ARGV[4])
 local skipped = {}
@@ -31,13 +31,15 @@ local function holes_above(k_holes, head)
 end
 
 -- Delivered entries still in the stream (n <= head), and the first undelivered one's n;
--- nil when more than LIMIT are delivered (then the check is skipped).
+-- nil when more than LIMIT are delivered (then the check is skipped). An entry's n is its
+-- record's `seq` (entry_seq); an orphan (no record holds it) counts as delivered: it is no
+-- queued task (fsck_entries drops it).
 local function delivered_prefix(k_stream, head)
   local delivered, start = 0, '-'
   while delivered <= LIMIT do
     local batch = redis.call('XRANGE', k_stream, start, '+', 'COUNT', 100)
     for _, item in ipairs(batch) do
-      local n = tonumber(to_map(item[2])['n'] or '0')
+      local n = entry_seq(ARGV[2], item[1], to_map(item[2])) or 0
       if n > head then return delivered, n end
       delivered = delivered + 1
     end
@@ -53,7 +55,7 @@ local function recompute_holes(k_stream, k_holes, head, seq)
   repeat
     local batch = redis.call('XRANGE', k_stream, start, '+', 'COUNT', 500)
     for _, item in ipairs(batch) do
-      local n = tonumber(to_map(item[2])['n'] or '0')
+      local n = entry_seq(ARGV[2], item[1], to_map(item[2])) or 0
       if n > head then present[n] = true end
     end
     if #batch > 0 then start = '(' .. batch[#batch][1] end
@@ -103,7 +105,7 @@ local function check_schedule()
   for _, id in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
     local rec = redis.call('HMGET', ARGV[2] .. id, 'state', 'prio', 'q')
     if (rec[1] == 'scheduled' or rec[1] == 'retrying') and (rec[3] or '') == ARGV[3] then
-      local name = rec[1] .. ':' .. rec[2]
+      local name = rec[1] .. ':' .. (rec[2] or 'default')
       tally[name] = (tally[name] or 0) + 1
     end
   end

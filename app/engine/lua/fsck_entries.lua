@@ -27,6 +27,42 @@ local function not_held(fields, entry)
   return nil
 end
 
+-- Whether the group handed out `entry` already (it is at or before its last delivered id).
+local function delivered(entry)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = to_map(g)
+    if info['name'] == group then return not id_before(info['last-delivered-id'], entry) end
+  end
+  return false
+end
+
+-- The sequence number of an orphan entry. Only entries of earlier versions carry it (`n`;
+-- issue 14: it is the record's `seq`, and no record holds an orphan). Numbers grow with
+-- entry ids, so an undelivered orphan's lies between those of the entries around it, above
+-- head, and is the one number there that no hole accounts for. nil when it was delivered
+-- (no hole is due) or that is ambiguous (another orphan or lost entry beside it): then
+-- the counter check (fsck_counters) recomputes the holes.
+local function orphan_seq(entry, fields, head)
+  if fields['n'] then return tonumber(fields['n']) end
+  if delivered(entry) then return nil end
+  local prev = redis.call('XREVRANGE', KEYS[1], '(' .. entry, '-', 'COUNT', 1)[1]
+  local nxt = redis.call('XRANGE', KEYS[1], '(' .. entry, '+', 'COUNT', 1)[1]
+  local low = math.max(head, prev and entry_seq(prefix, prev[1], to_map(prev[2])) or head)
+  local high = nxt and entry_seq(prefix, nxt[1], to_map(nxt[2])) or
+    tonumber(redis.call('HGET', KEYS[2], 'seq:' .. ARGV[4]) or '0') + 1
+  if high - low > 10000 then return nil end  -- (too wide to tell; the counter check may)
+  local holed, found = {}, nil
+  local holes = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. low, '(' .. high, 'WITHSCORES')
+  for i = 2, #holes, 2 do holed[tonumber(holes[i])] = true end
+  for s = low + 1, high - 1 do
+    if not holed[s] then
+      if found then return nil end
+      found = s
+    end
+  end
+  return found
+end
+
 local function check_entry(entry)
   local fields = entry_fields(KEYS[1], entry)
   if not fields then return end
@@ -36,7 +72,8 @@ local function check_entry(entry)
     redis.call('XACK', KEYS[1], group, entry)
     -- never delivered: its sequence number counts as queued until a hole says otherwise
     local head = tonumber(redis.call('HGET', KEYS[2], 'head:' .. ARGV[4]) or '0')
-    if tonumber(fields['n'] or '0') > head then redis.call('ZADD', KEYS[3], fields['n'], entry) end
+    local n = orphan_seq(entry, fields, head)
+    if n and n > head then redis.call('ZADD', KEYS[3], n, entry) end
     redis.call('XDEL', KEYS[1], entry)
   end
   report(entry, 'entry_orphan', why, 'deleted', 1)

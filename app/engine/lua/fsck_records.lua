@@ -178,6 +178,7 @@ local function check(k_task, id)
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'attempts', 'q', 'run_at',
     'seq', 'ix', 'kids', 'exp', 'tenant')
   if not rec[1] then return end  -- a pointer, or expired or settled and gone since listed
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if (rec[5] or '') ~= ARGV[3] then return end
   local state = rec[1]
   if state == 'queued' then

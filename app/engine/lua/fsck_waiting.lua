@@ -15,7 +15,8 @@ local function why_orphan(member)
   if not rec[1] then return 'no record' end
   if (rec[2] or '') ~= ARGV[3] then return 'a task of queue ' .. rec[2] end
   if rec[1] ~= 'queued' then return 'the task is ' .. rec[1] end
-  if rec[3] ~= tenant or tonumber(rec[4] or '-1') ~= tonumber(seq) or rec[5] ~= ARGV[4] then
+  local prio = rec[5] or 'default'  -- (absent while queued: push in _lib.lua)
+  if rec[3] ~= tenant or tonumber(rec[4] or '-1') ~= tonumber(seq) or prio ~= ARGV[4] then
     return 'the task waits as ' .. fair_fns().member(rec[3] or 'default', tonumber(rec[4] or '0'), id) ..
       ' (' .. (rec[5] or '?') .. ')'
   end

@@ -29,6 +29,7 @@ end
 for _, id in ipairs(due(KEYS[1])) do
   local k_task = ARGV[1] .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'payload', 'exp', 'tenant')
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if rec[1] == 'scheduled' or rec[1] == 'retrying' then
     push(k_task, STREAM[rec[2]], KEYS[2], id, rec[2], rec[3], rec[4], FAIR, rec[5])
     redis.call('HINCRBY', KEYS[2], rec[1] .. ':' .. rec[2], -1)
@@ -43,6 +44,7 @@ end
 for _, id in ipairs(due(KEYS[10])) do
   local k_task = ARGV[1] .. id
   local rec = redis.call('HMGET', k_task, 'state', 'prio', 'entry', 'seq', 'attempts', 'tenant')
+  rec[2] = rec[2] or 'default'  -- (absent while queued: push in _lib.lua)
   if WAITING[rec[1]] then
     expire(k_task, id, rec, Q, now, ARGV[3], ARGV[4])
     expired[#expired + 1] = {id, rec[2]}

@@ -12,7 +12,7 @@ local position = 0
 if task['state'] == 'queued' then
   local seq = tonumber(task['seq'])
   for i, p in ipairs(PRIOS) do
-    if p == task['prio'] then
+    if p == (task['prio'] or 'default') then  -- (absent while queued: push in _lib.lua)
       local c = redis.call('HMGET', KEYS[2], 'head:' .. p, 'tq:' .. p)
       if tonumber(c[2] or '0') > 0 then  -- tenants' tasks wait here: fair share
         local F = fair_lib()
