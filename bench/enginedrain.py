@@ -26,6 +26,7 @@ import uvloop
 
 from app.logs import configure
 from app.models import Outcome, Task
+from app.runtime import heap
 from app.runtime.executors import Execution, Executor, ExecutorPool
 from app.runtime.runtime import Runtime
 from app.settings import Settings
@@ -59,6 +60,7 @@ async def run(out: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    heap.settle()  # as `taskstream worker` and `serve` do once started
     out.with_suffix(".ready").write_text("ready\n")
     try:
         await stop.wait()

@@ -37,6 +37,7 @@ from app.engine.client import fsync_problem
 from app.errors import TaskstreamError
 from app.logs import configure
 from app.redis_server import RedisServer
+from app.runtime import heap
 from app.runtime.aio import first_completed
 from app.runtime.burst import until_drained
 from app.runtime.drain import Drain
@@ -79,6 +80,11 @@ class Server(uvicorn.Server):
             return
         self.forced_by = sig
         self.should_exit = self.force_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # the lifespan (the runtime) is up: what exists now stays
+            heap.settle()
 
     def _kick(self) -> None:
         if self.drain.kick():
@@ -240,6 +246,7 @@ async def work(settings: Settings, redis_url: str, burst: bool) -> int:
         await runtime.engine.close()
         raise
     await runtime.start()
+    heap.settle()
     queues = sorted(runtime.workers.pools)
     log.info("worker_started", queues=queues, burst=burst, consume=settings.consume.text)
     try:

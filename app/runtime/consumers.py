@@ -224,15 +224,19 @@ class ConsumerPool:
 
     async def _attempt_plain(self, task: Task) -> None:
         """Execute once and settle; one `task_attempt` log line when INFO is on."""
-        if self.metrics is not None:
-            self.metrics.observe_wait(self.queue.keys.queue, task.waited_ms)
-        await self.executors.available.wait()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.observe_wait(self.queue.keys.queue, task.waited_ms)
+        executors = self.executors
+        if not executors.available.is_set():  # (an await of a set Event costs a coroutine)
+            await executors.available.wait()
         started = time.perf_counter()
-        execution = await self.executors.execute(task, task.timeout or self.settings.task_timeout)
-        if self.metrics is not None:
-            self.metrics.observe_runtime(self.queue.keys.queue, time.perf_counter() - started)
+        execution = await executors.execute(task, task.timeout or self.settings.task_timeout)
+        if metrics is not None:
+            metrics.observe_runtime(self.queue.keys.queue, time.perf_counter() - started)
         status = await self._settle(task, execution)
-        self._log_attempt(execution, status, started)
+        if self._log_attempts:
+            self._log_attempt(execution, status, started)
 
     async def _attempt_traced(self, task: Task) -> None:
         """`_attempt_plain` inside a process span: the executor request carries the span's
@@ -251,7 +255,8 @@ class ConsumerPool:
             with attempt.settle() as settling:
                 status = await self._settle(task, execution)
                 settling.done(status)
-        self._log_attempt(execution, status, started)
+        if self._log_attempts:
+            self._log_attempt(execution, status, started)
 
     @staticmethod
     def _log_attempt(execution: Execution, status: str, started: float) -> None:
@@ -267,17 +272,27 @@ class ConsumerPool:
 
     async def _settle(self, task: Task, execution: Execution) -> str:
         """Write the outcome; retry while Redis is away, give up once the lease is lost."""
+        began = time.monotonic()
+        try:
+            return await self._write_outcome(task, execution)
+        except (Conflict, NotFound) as exc:
+            return f"discarded: {exc}"
+        except Unavailable:
+            return await self._settle_later(task, execution, began + self.settings.lease_timeout)
+
+    async def _settle_later(self, task: Task, execution: Execution, deadline: float) -> str:
+        """`_settle` once Redis was away: again with backoff until `deadline` (monotonic)."""
         backoff = Backoff(cap=1.0)
-        deadline = time.monotonic() + self.settings.lease_timeout
         while True:
+            if time.monotonic() > deadline:
+                return "discarded: redis unavailable past the lease"
+            await backoff.sleep()
             try:
                 return await self._write_outcome(task, execution)
             except (Conflict, NotFound) as exc:
                 return f"discarded: {exc}"
             except Unavailable:
-                if time.monotonic() > deadline:
-                    return "discarded: redis unavailable past the lease"
-                await backoff.sleep()
+                continue
 
     async def _write_outcome(self, task: Task, execution: Execution) -> str:
         self.settled += 1

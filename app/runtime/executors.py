@@ -134,10 +134,12 @@ class ProtocolCall:
 
     async def __call__(self, executor: Executor, task: Task, timeout: float) -> Execution:
         body = orjson.dumps(task.executor_body())
-        headers = {IDEMPOTENCY_HEADER: task.idempotency_key, **headers_of(task.payload)}
+        headers = headers_of(task.payload)  # a new dict, ours to add to
+        headers[IDEMPOTENCY_HEADER] = task.idempotency_key
         try:
-            async with asyncio.timeout(timeout):
-                answer = await executor.origin.request("POST", "/execute", body, headers=headers)
+            answer = await executor.origin.request(
+                "POST", "/execute", body, headers=headers, timeout=timeout
+            )
         except TimeoutError:
             return Execution(Outcome.RETRYABLE, error=f"task timed out after {timeout:g}s")
         except ConnectFailed:
@@ -166,6 +168,7 @@ class ExecutorPool:
     _freed: asyncio.Event = field(init=False)  # a call ended or health changed: pick again
     _health_task: asyncio.Task[None] | None = field(init=False, default=None)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
+    _bounded: bool = field(init=False, default=False)  # some executor has a `;max=N`
 
     def __post_init__(self) -> None:
         weights = list(self.weights) or [1.0] * len(self.urls)
@@ -173,6 +176,7 @@ class ExecutorPool:
             Executor(url.rstrip("/"), weight=weight, max_in_flight=self.limits.get(url.rstrip("/")))
             for url, weight in zip(self.urls, weights, strict=True)
         ]
+        self._bounded = any(e.max_in_flight is not None for e in self.executors)
         self.available = asyncio.Event()
         self._freed = asyncio.Event()
 
@@ -206,8 +210,7 @@ class ExecutorPool:
 
     async def _probe(self, executor: Executor) -> None:
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT):
-                answer = await executor.origin.request("GET", "/health")
+            answer = await executor.origin.request("GET", "/health", timeout=HEALTH_TIMEOUT)
             healthy, error = 200 <= answer.status < 300, f"health answered {answer.status}"
         except (WireError, TimeoutError) as exc:
             healthy, error = False, f"health check failed: {exc.__class__.__name__}"
@@ -228,6 +231,8 @@ class ExecutorPool:
     def capacity(self) -> int | None:
         """Calls the healthy executors take at once when every one has a `;max=N` (their
         sum), else None: no bound but CONCURRENCY. Consumers claim no more than this."""
+        if not self._bounded:  # (asked on every claim and start of a task)
+            return None
         healthy = [e.max_in_flight for e in self.executors if e.healthy]
         if not healthy or any(m is None for m in healthy):
             return None
@@ -237,6 +242,11 @@ class ExecutorPool:
         """Healthy executor with the least load for its weight (in flight / weight), among
         those under their `;max=N`; ties go to the one furthest behind its share (routed /
         weight), then round-robin."""
+        if len(self.executors) == 1:  # the usual deployment: no choice to make
+            only = self.executors[0]
+            if only.healthy and (only.max_in_flight is None or only.in_flight < only.max_in_flight):
+                return only
+            return None
         healthy = [
             e
             for e in self.executors
@@ -258,7 +268,9 @@ class ExecutorPool:
     async def execute(self, task: Task, timeout: float) -> Execution:
         """Run one attempt of `task` on the best executor, bounded by `timeout` seconds;
         while every healthy executor has its `;max=N` calls open, the attempt waits."""
-        executor = await self._acquire()
+        executor = self.pick()
+        if executor is None:
+            executor = await self._acquire()
         if executor is None:
             return Execution(Outcome.NETWORK, error="no healthy executor")
         executor.in_flight += 1
@@ -272,7 +284,8 @@ class ExecutorPool:
             execution = Execution(Outcome.NETWORK, error=f"{self.call.peer} unreachable: {exc}")
         finally:
             executor.in_flight -= 1
-            self._freed.set()
+            if not self._freed.is_set():
+                self._freed.set()
         executor.record(time.perf_counter() - started, execution.outcome is Outcome.SUCCESS)
         execution.executor = executor.url
         return execution

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_IDLE_CONNECTIONS = 64
+MAX_HEADS = 16  # request heads kept per origin (executor calls use two: execute, health)
 
 
 @functools.cache
@@ -99,6 +100,12 @@ class _Connection(asyncio.Protocol):
         if self.future is not None and not self.future.done():
             self.future.set_exception(exc)
 
+    def expire(self) -> None:
+        """The caller's deadline passed before the answer: TimeoutError, and the connection
+        closed (the answer may still come, on a connection nobody reads)."""
+        self._fail(TimeoutError())
+        self.close()
+
     def send(self, request: bytes, max_body: int | None = None) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self.future = asyncio.get_running_loop().create_future()
@@ -143,25 +150,48 @@ class Origin:
         self.prefix = parts.path.rstrip("/")
         netloc = parts.netloc.rsplit("@", 1)[-1]
         self._host_header = netloc.encode()
+        # the request line and the fixed header text, per (method, path, content type)
+        self._heads: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
 
     def _request(
         self, method: str, path: str, body: bytes, content_type: str, headers: str
     ) -> bytes:
-        head = (
-            f"{method} {self.prefix + path or '/'} HTTP/1.1\r\n{headers}"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        ).encode()
-        return head + b"Host: " + self._host_header + b"\r\n\r\n" + body
+        key = (method, path, content_type)
+        parts = self._heads.get(key)
+        if parts is None:
+            parts = (
+                f"{method} {self.prefix + path or '/'} HTTP/1.1\r\n".encode(),
+                f"Content-Type: {content_type}\r\nContent-Length: ".encode(),
+            )
+            if len(self._heads) < MAX_HEADS:  # (callbacks' paths are not bounded)
+                self._heads[key] = parts
+        line, typed = parts
+        return b"%b%b%b%d\r\nHost: %b\r\n\r\n%b" % (
+            line,
+            headers.encode(),
+            typed,
+            len(body),
+            self._host_header,
+            body,
+        )
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float | None = None) -> _Connection:
+        """A new connection, within `connect_timeout` (ConnectFailed) and the request's
+        `deadline` (TimeoutError, as for the exchange itself)."""
         loop = asyncio.get_running_loop()
         context = (self.tls_context or default_tls()) if self.tls else None
+        limit = loop.time() + self.connect_timeout
+        by_deadline = deadline is not None and deadline < limit
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout_at(deadline if by_deadline else limit):
                 _, conn = await loop.create_connection(
                     _Connection, self.host, self.port, ssl=context
                 )
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError:
+            if by_deadline:
+                raise
+            raise ConnectFailed(f"connect to {self.host}:{self.port} failed: timed out") from None
+        except OSError as exc:
             raise ConnectFailed(f"connect to {self.host}:{self.port} failed: {exc!r}") from exc
         return conn
 
@@ -179,30 +209,44 @@ class Origin:
         body: bytes = b"",
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Answer:
         """One exchange. A reused connection the server had already closed (no byte of an
         answer seen) is retried once on a new one; anything else raises WireError.
+        `timeout`: seconds for the whole exchange (connect and re-send included), then
+        TimeoutError; one timer of the event loop, cheaper than an `asyncio.timeout` scope
+        around the call (~1.7 against ~5 µs a request on uvloop).
 
         The server may have read the request before the connection failed, so the re-send
         can run it twice: callers that need to tell send a key in `headers` (executor calls
         send `Idempotency-Key`), which the re-send repeats byte for byte."""
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        extra = (
+            "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
+        )
         raw = self._request(method, path, body, content_type, extra)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         conn = self._take()
         if conn is not None:
             try:
-                return await self._exchange(conn, raw)
+                return await self._exchange(conn, raw, deadline)
             except WireError:
                 if conn.received:
                     raise
-        return await self._exchange(await self._connect(), raw)
+        return await self._exchange(await self._connect(deadline), raw, deadline)
 
-    async def _exchange(self, conn: _Connection, raw: bytes) -> Answer:
+    async def _exchange(self, conn: _Connection, raw: bytes, deadline: float | None) -> Answer:
+        timer = None
         try:
-            answer = await conn.send(raw, self.max_body)
+            answered = conn.send(raw, self.max_body)
+            if deadline is not None:
+                timer = answered.get_loop().call_at(deadline, conn.expire)
+            answer = await answered
         except BaseException:
             conn.close()  # cancelled or failed midway: the connection's state is unknown
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if conn.usable and not self.closed and len(self.idle) < MAX_IDLE_CONNECTIONS:
             self.idle.append(conn)
         else:

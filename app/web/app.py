@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from app.eas.hub import EasHub
 from app.engine.arrivals import Arrivals
@@ -30,7 +31,7 @@ from app.runtime.executors import ExecutorPool
 from app.runtime.runtime import Runtime
 from app.settings import Settings
 from app.web import browser, eas, live, openapi, operator, schedules, tasks
-from app.web.middleware import Answering, Guard, HotPath
+from app.web.middleware import Answering, Gate, Guard, HotPath
 from app.web.responses import HANDLERS
 
 if TYPE_CHECKING:
@@ -67,6 +68,18 @@ ROUTES: list[BaseRoute] = [
     *browser.ROUTES,
     *schedules.ROUTES,
 ]
+
+
+class App(Starlette):
+    """Starlette, but `POST /tasks` goes to the `HotPath` before its middleware stack."""
+
+    hot_path: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_path is not None and HotPath.wants(scope):
+            await self.hot_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -124,8 +137,9 @@ def create_app(
             await runtime.stop(settings.shutdown_grace)
             log.info("service_stopped")
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
-    app.add_middleware(HotPath)
-    app.add_middleware(Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes)
-    app.add_middleware(Answering)  # outermost: HotPath's enqueues are answered too
+    app = App(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
+    gate = Gate(settings.api_keys, settings.max_body_bytes)
+    app.hot_path = HotPath(gate)
+    app.add_middleware(Guard, gate=gate)
+    app.add_middleware(Answering)
     return app
