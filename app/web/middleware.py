@@ -19,15 +19,12 @@ Imports: web.auth, web.responses, web.tasks, engine.scripts, errors (and starlet
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.engine.scripts import answering
 from app.errors import BadRequest, PayloadTooLarge, TaskstreamError
 from app.web.auth import api_key_ok, needs_api_key
-from app.web.responses import JSON, error_response, status_of
+from app.web.responses import JSON, error_content, error_response, send_json
 from app.web.tasks import enqueue, enqueued_status
 
 
@@ -129,21 +126,12 @@ class HotPath:
                 body = await _body(receive)
                 created = await enqueue(state["engine"], state["tracer"], body, scope["headers"])
                 status, content = enqueued_status(created), created
-            except TaskstreamError as exc:  # as `error_of` answers it
-                status = status_of(exc)
-                content = {"error": str(exc) if status != 500 else "internal error"}
+            except TaskstreamError as exc:
+                status, content = error_content(exc)
             except Exception:
-                await _answer(send, 500, {"error": "internal error"})
+                await send_json(send, 500, {"error": "internal error"})
                 raise
-        await _answer(send, status, content)
-
-
-async def _answer(send: Send, status: int, content: Any) -> None:
-    """What `JSON(content, status)` sends, without building the response object."""
-    body = orjson.dumps(content)
-    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, content)
 
 
 async def _body(receive: Receive) -> bytes:
