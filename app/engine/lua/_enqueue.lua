@@ -5,24 +5,26 @@
 -- the script uses it.
 --
 -- `Q` is the queue as one script call sees it, shared by the tasks of the call: keys
--- counters, scheduled, events, expiries, dedup, dedup_ttl; holes (prio -> key); fair_at
--- (prio -> where that priority's three fair-share keys start in KEYS; a number: the one
--- priority of enqueue.lua's KEYS); maxlen, channel, q (the named queue, '' default),
--- weights (TENANT_WEIGHTS, or false); now (the Redis clock, ms: TIME once per call) and
--- now_s (the same as text, formatted once); and what the call keeps: fair (prio -> the
--- fair-share keys, made on first use), levels (prio -> its counters, for positions; false
--- in enqueue.lua: one task, nothing to keep), created (tasks created) and the events'
--- per-minute counts (run_ms, run_state, run_entry, run_n: the current run of events of one
--- ms and state; runs: the runs before it, made when a second run starts), the last two
--- written once by enqueue_done. `T` is one task: {id, key (its hash), stream (of its
--- priority), prio, payload, run (the run time argument), cb (the callback mark), opts
--- (decoded options or nil), tenant (or false), exp (its expiry, set here)}.
+-- counters, scheduled, events; dedup_at (where the expiries zset, the dedup hash and the
+-- dedup ttl zset are in KEYS, in that order), holes_at (where the holes zsets of PRIOS are,
+-- in that order), fair_at (prio -> where that priority's three fair-share keys start; a
+-- number: the one priority of enqueue.lua's KEYS); maxlen, channel, q (the named queue, ''
+-- default), weights (TENANT_WEIGHTS, or false); now (the Redis clock, ms: TIME once per
+-- call) and now_s (the same as text, formatted once); and what the call keeps: fair (prio
+-- -> the fair-share keys, made on first use), levels (prio -> {seq, head, tenants' tasks,
+-- holes above head}, for positions; false in enqueue.lua: one task, nothing to keep),
+-- created (tasks created) and runs (the events' per-minute counts: runs of events of one
+-- ms and state, {entry, state, n, ms}, the last one current; false before the first), the
+-- last two written once by enqueue_done. `T` is one task: {id, key (its hash), stream (of
+-- its priority), prio, payload, run (the run time argument), cb (the callback mark), opts
+-- (decoded options or nil)}; its tenant is opts.n.
 -- Every field a script or this file sets is in the tables' constructors (false when
--- unset): a key added later makes Lua rehash the table, which cost more than the Redis
--- commands it saves (callgrind). Redis runs the whole chunk on every call: each `local
--- function` here is a closure made per call and each table built per call costs its
--- allocation and its garbage collection, so a lone task (enqueue.lua) pays no table it does
--- not need, and what only options and tenants use is made on first use (enqueue_rare).
+-- unset): a key added later makes Lua rehash the table. Redis runs the whole chunk on every
+-- call, and what a call allocates is paid again in garbage collection (callgrind: the 22
+-- fields of the lone call's Q cost ~17k instructions, ~7 % of its enqueue): Q and T stay
+-- within 16 and 8 fields (a table's hash part is a power of two), each `local function`
+-- here is a closure made per call, so what only options and tenants use is made on first
+-- use (enqueue_rare), and a lone task (enqueue.lua) makes no table it does not need.
 
 -- A time argument: '+<ms>' after the Redis clock, else epoch ms. A delay counts from this
 -- server's clock, never from the clock of the process that sent it.
@@ -55,18 +57,19 @@ local function enqueue_rare()
     return fair
   end
 
-  -- Issue 15: the task the dedup_key names (hash Q.dedup), if it answers this request:
-  -- `active` while it is live; `throttle` while the key's window (zset Q.dedup_ttl) is
+  -- Issue 15: the task the dedup_key names (dedup hash), if it answers this request:
+  -- `active` while it is live; `throttle` while the key's window (dedup ttl zset) is
   -- open; `debounce` while it is still scheduled: it takes this payload and its due time
   -- moves to now + ttl. Returns the reply, or nil to create a task.
   local function deduplicate(Q, T)
     local opts = T.opts
-    local held = redis.call('HGET', Q.dedup, opts.k)
+    local k_dedup_ttl = KEYS[Q.dedup_at + 2]
+    local held = redis.call('HGET', KEYS[Q.dedup_at + 1], opts.k)
     if not held then return nil end
     local k_held = string.sub(T.key, 1, #T.key - #T.id) .. held
     local state = redis.call('HGET', k_held, 'state')
     if opts.m == 'throttle' then
-      local until_ms = redis.call('ZSCORE', Q.dedup_ttl, opts.k)
+      local until_ms = redis.call('ZSCORE', k_dedup_ttl, opts.k)
       if not until_ms or tonumber(until_ms) <= Q.now then return nil end
     elseif opts.m == 'debounce' then
       if state ~= 'scheduled' then return nil end
@@ -80,22 +83,22 @@ local function enqueue_rare()
     return {'deduplicated', held, state or false}
   end
 
-  -- Issue 15: a live task just created (with options) takes its dedup_key (throttle: for
+  -- Issue 15: a live task just created (with options; `exp`: its expiry or nil) takes its dedup_key (throttle: for
   -- the ttl; active and debounce: until it is terminal, see release_dedup in _lib.lua) and
   -- joins `expiries`.
-  local function adopt(Q, T)
-    local opts = T.opts
+  local function adopt(Q, T, exp)
+    local opts, at = T.opts, Q.dedup_at
     if opts.k then
-      redis.call('HSET', Q.dedup, opts.k, T.id)
+      redis.call('HSET', KEYS[at + 1], opts.k, T.id)
       if opts.m == 'throttle' then
-        redis.call('ZADD', Q.dedup_ttl, Q.now + opts.t, opts.k)
+        redis.call('ZADD', KEYS[at + 2], Q.now + opts.t, opts.k)
       else
         redis.call('HSET', T.key, 'dk', opts.k)
       end
     end
-    if T.exp then
-      redis.call('HSET', T.key, 'exp', T.exp)
-      schedule(Q.expiries, Q.channel, T.id, T.exp)  -- an earlier expiry wakes the promoters
+    if exp then
+      redis.call('HSET', T.key, 'exp', exp)
+      schedule(KEYS[at], Q.channel, T.id, exp)  -- an earlier expiry wakes the promoters
     end
   end
 
@@ -105,38 +108,37 @@ end
 
 -- An event of the task (state change) on the events stream; its per-minute count is added
 -- up and written once per call (enqueue_done), as complete_batch.lua does: events of one
--- ms and state in a row are one run (Q.run_*), earlier runs wait in Q.runs.
+-- ms and state in a row are one run (Q.runs).
 local function note(Q, id, state)
   local entry = redis.call('XADD', Q.events, 'MAXLEN', '~', Q.maxlen, '*',
     'id', id, 'state', state, 'attempt', '')
   local ms = string.match(entry, '^%d+')
-  local n = Q.run_n
-  if ms == Q.run_ms and state == Q.run_state then
-    Q.run_n = n + 1
+  local runs = Q.runs
+  if not runs then
+    Q.runs = {{entry, state, 1, ms}}
     return
   end
-  if n > 0 then
-    local runs = Q.runs
-    if not runs then
-      runs = {}
-      Q.runs = runs
-    end
-    runs[#runs + 1] = {Q.run_entry, Q.run_state, n}
+  local run = runs[#runs]
+  if ms == run[4] and state == run[2] then
+    run[3] = run[3] + 1
+  else
+    runs[#runs + 1] = {entry, state, 1, ms}
   end
-  Q.run_ms, Q.run_state, Q.run_entry, Q.run_n = ms, state, entry, 1
 end
 
 -- What a call pays once, at its end: `total:enqueued` and the per-minute stats (one
 -- HINCRBY per minute and state).
 local function enqueue_done(Q)
   if Q.created > 0 then redis.call('HINCRBY', Q.counters, 'total:enqueued', Q.created) end
-  if Q.run_n == 0 then return end
   local runs = Q.runs
-  if not runs then return count_minute(Q.events, Q.run_entry, Q.run_state, Q.run_n) end
+  if not runs then return end
+  if #runs == 1 then
+    local r = runs[1]
+    return count_minute(Q.events, r[1], r[2], r[3])
+  end
   local merged, order = {}, {}
-  runs[#runs + 1] = {Q.run_entry, Q.run_state, Q.run_n}
   for _, r in ipairs(runs) do
-    local k = math.floor(tonumber(string.match(r[1], '^%d+')) / 60000) .. ':' .. r[2]
+    local k = math.floor(tonumber(r[4]) / 60000) .. ':' .. r[2]
     if merged[k] then
       merged[k][3] = merged[k][3] + r[3]
     else
@@ -152,7 +154,8 @@ end
 local function mark(Q, T)
   if Q.q ~= '' then redis.call('HSET', T.key, 'q', Q.q) end
   if T.cb ~= '' then redis.call('HSET', T.key, 'cb', string.sub(T.cb, 2)) end
-  if T.tenant then redis.call('HSET', T.key, 'tenant', T.tenant) end
+  local opts = T.opts
+  if opts and opts.n then redis.call('HSET', T.key, 'tenant', opts.n) end
 end
 
 -- The place (1 = next) of a task just queued with number `seq`: every task waiting at the
@@ -163,7 +166,7 @@ end
 -- lone task (Q.levels false) reads them into locals: no table to make.
 local function position_of(Q, T, seq)
   local position, levels = 0, Q.levels
-  for _, p in ipairs(PRIOS) do
+  for i, p in ipairs(PRIOS) do
     local L = levels and levels[p]
     local l_seq, head, tq, holes
     if L then
@@ -172,14 +175,16 @@ local function position_of(Q, T, seq)
       local c = redis.call('HMGET', Q.counters, 'seq:' .. p, 'head:' .. p, 'tq:' .. p)
       head = tonumber(c[2] or '0')
       l_seq, tq = tonumber(c[1] or '0'), tonumber(c[3] or '0')
-      holes = redis.call('ZCOUNT', Q.holes[p], '(' .. head, '+inf')
+      holes = redis.call('ZCOUNT', KEYS[Q.holes_at + i - 1], '(' .. head, '+inf')
       if levels then levels[p] = {l_seq, head, tq, holes} end
     end
     if p == T.prio then
       if tq > 0 then  -- tenants' tasks wait here: fair share (_fair.lua)
         local F = fair_lib()
-        local level = F.level(enqueue_rare().fair_of(Q, p), Q.counters, Q.holes[p], p)
-        return position + F.place(level, T.tenant or 'default', seq, F.weights(Q.weights))
+        local level = F.level(enqueue_rare().fair_of(Q, p), Q.counters,
+          KEYS[Q.holes_at + i - 1], p)
+        local tenant = T.opts and T.opts.n or 'default'
+        return position + F.place(level, tenant, seq, F.weights(Q.weights))
       end
       return position + seq - head - holes
     end
@@ -190,7 +195,7 @@ end
 -- Enqueue one task: duplicate check + record + stream entry (or schedule) + event; with a
 -- dedup_key (issue 15) a request the key's holder answers creates nothing (deduplicate);
 -- with an expiry the task joins the queue's `expiries` zset. `parents`: enqueue.lua's
--- with_parents for a task with depends_on, else nil. Returns the script's reply for it
+-- with_parents (Q, T, run time, expiry) for a task with depends_on, else nil. Returns the script's reply for it
 -- (see enqueue.lua).
 local function enqueue_task(Q, T, parents)
   local opts = T.opts
@@ -204,7 +209,7 @@ local function enqueue_task(Q, T, parents)
     return {'duplicate'}
   end
   local run_at = moment(T.run, Q)
-  T.exp = opts and opts.x and moment(opts.x, Q)
+  local exp = opts and opts.x and moment(opts.x, Q)
   -- a task with parents: its `parents` wrote its first fields. No `attempts` field until
   -- the first delivery (absent reads as 0): 16 B less per queued task, a smaller listpack
   -- size class (issue 14); nor `created` while a task queued at once waits: its entry's
@@ -212,7 +217,7 @@ local function enqueue_task(Q, T, parents)
   -- its state in one HSET.
   local created = nil
   if parents then
-    local reply = parents(Q, T, run_at)
+    local reply = parents(Q, T, run_at, exp)
     if reply then return reply end
   else
     created = Q.now_s
@@ -230,16 +235,16 @@ local function enqueue_task(Q, T, parents)
     end
     schedule(Q.scheduled, Q.channel, id, run_at)
     redis.call('HINCRBY', Q.counters, 'scheduled:' .. prio, '1')
-    if opts then enqueue_rare().adopt(Q, T) end
+    if opts then enqueue_rare().adopt(Q, T, exp) end
     note(Q, id, 'scheduled')
     return {'scheduled', 0}
   end
-  local tenant = T.tenant
+  local tenant = opts and opts.n
   local fair = tenant and enqueue_rare().fair_of(Q, prio)
-  local seq = push(T.key, T.stream, Q.counters, id, prio, T.payload, T.exp, fair, tenant)
+  local seq = push(T.key, T.stream, Q.counters, id, prio, T.payload, exp, fair, tenant)
   local L = Q.levels and Q.levels[prio]  -- (read by an earlier task of the call: count it)
   if L and tenant then L[3] = L[3] + 1 elseif L then L[1] = seq end
-  if opts then enqueue_rare().adopt(Q, T) end
+  if opts then enqueue_rare().adopt(Q, T, exp) end
   note(Q, id, 'queued')
   return {'queued', position_of(Q, T, seq)}
 end

@@ -37,14 +37,12 @@
 local id, prio = ARGV[1], ARGV[2]
 local opts = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
 local now = now_ms()
-local Q = {counters = KEYS[3], scheduled = KEYS[4], events = KEYS[5], expiries = KEYS[12],
-  dedup = KEYS[13], dedup_ttl = KEYS[14],
-  holes = {high = KEYS[6], default = KEYS[7], low = KEYS[8]}, fair_at = 16,
-  maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7], weights = opts and opts.w or false,
-  now = now, now_s = string.format('%d', now), fair = false, levels = false, created = 0,
-  run_ms = false, run_state = false, run_entry = false, run_n = 0, runs = false}
+local Q = {counters = KEYS[3], scheduled = KEYS[4], events = KEYS[5], dedup_at = 12,
+  holes_at = 6, fair_at = 16, maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7],
+  weights = opts and opts.w or false, now = now, now_s = string.format('%d', now),
+  fair = false, levels = false, created = 0, runs = false}
 local T = {id = id, key = KEYS[1], stream = KEYS[2], prio = prio, payload = ARGV[3],
-  run = ARGV[4], cb = ARGV[8], opts = opts, tenant = opts and opts.n or false, exp = false}
+  run = ARGV[4], cb = ARGV[8], opts = opts}
 
 -- What only a task with parents (depends_on) needs, made only then (Redis runs the whole
 -- chunk on every call: a top-level function is a closure made per call): its
@@ -91,7 +89,7 @@ local function parents_fns()
   -- A task with parents (enqueue_task's `parents`, in _enqueue.lua): created cancelled or
   -- deferred (a reply), or nil when every parent is already done (then it is queued as
   -- usual).
-  local function with_parents(_, _, run_at)
+  local function with_parents(_, _, run_at, exp)
     local allow = ARGV[10] == '1'
     local checked = check_parents(allow)
     if type(checked[1]) == 'string' then return checked end
@@ -131,7 +129,7 @@ local function parents_fns()
     if #others > 0 then redis.call('HSET', KEYS[1], 'xdeps', cjson.encode(others)) end
     redis.call('HINCRBY', KEYS[3], 'deferred:' .. prio, 1)
     redis.call('ZADD', KEYS[15], now, id)
-    if T.opts then enqueue_rare().adopt(Q, T) end
+    if T.opts then enqueue_rare().adopt(Q, T, exp) end
     note(Q, id, 'deferred')
     return {'deferred', 0}
   end

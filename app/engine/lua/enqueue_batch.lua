@@ -22,14 +22,11 @@
 -- raised one).
 local n = tonumber(ARGV[5])
 local now = now_ms()
-local Q = {counters = KEYS[1], scheduled = KEYS[2], events = KEYS[3], expiries = KEYS[11],
-  dedup = KEYS[12], dedup_ttl = KEYS[13],
-  holes = {high = KEYS[8], default = KEYS[9], low = KEYS[10]},
-  fair_at = {high = 14, default = 17, low = 20},
-  maxlen = ARGV[1], channel = ARGV[2], q = ARGV[3], weights = ARGV[4],
-  now = now, now_s = string.format('%d', now), fair = false,
-  levels = {high = false, default = false, low = false}, created = 0,
-  run_ms = false, run_state = false, run_entry = false, run_n = 0, runs = false}
+local Q = {counters = KEYS[1], scheduled = KEYS[2], events = KEYS[3], dedup_at = 11,
+  holes_at = 8, fair_at = {high = 14, default = 17, low = 20}, maxlen = ARGV[1],
+  channel = ARGV[2], q = ARGV[3], weights = ARGV[4], now = now,
+  now_s = string.format('%d', now), fair = false,
+  levels = {high = false, default = false, low = false}, created = 0, runs = false}
 local STREAM = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
 
 local out = {}
@@ -38,8 +35,7 @@ for i = 1, n do
   local opts = ARGV[a + 6] ~= '' and cjson.decode(ARGV[a + 6]) or nil
   local prio = ARGV[a + 2]
   local T = {id = ARGV[a + 1], key = KEYS[22 + i], stream = STREAM[prio], prio = prio,
-    payload = ARGV[a + 3], run = ARGV[a + 4], cb = ARGV[a + 5], opts = opts,
-    tenant = opts and opts.n or false, exp = false}
+    payload = ARGV[a + 3], run = ARGV[a + 4], cb = ARGV[a + 5], opts = opts}
   local ok, reply = pcall(enqueue_task, Q, T)
   if not ok then
     reply = {err = type(reply) == 'table' and reply.err or tostring(reply)}
