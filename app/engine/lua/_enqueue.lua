@@ -14,17 +14,16 @@
 -- -> the fair-share keys, made on first use), levels (prio -> {seq, head, tenants' tasks,
 -- holes above head}, for positions; false in enqueue.lua: one task, nothing to keep),
 -- created (tasks created) and runs (the events' per-minute counts: runs of events of one
--- ms and state, {entry, state, n, ms}, the last one current; false before the first), the
--- last two written once by enqueue_done. `T` is one task: {id, key (its hash), stream (of
--- its priority), prio, payload, run (the run time argument), cb (the callback mark), opts
--- (decoded options or nil)}; its tenant is opts.n.
--- Every field a script or this file sets is in the tables' constructors (false when
--- unset): a key added later makes Lua rehash the table. Redis runs the whole chunk on every
--- call, and what a call allocates is paid again in garbage collection (callgrind: the 22
--- fields of the lone call's Q cost ~17k instructions, ~7 % of its enqueue): Q and T stay
--- within 16 and 8 fields (a table's hash part is a power of two), each `local function`
--- here is a closure made per call, so what only options and tenants use is made on first
--- use (enqueue_rare), and a lone task (enqueue.lua) makes no table it does not need.
+-- ms and state, four slots each: entry, state, n, ms; the last run current; false before
+-- the first), the last two written once by enqueue_done. A task is its arguments: id, key
+-- (its hash), stream (of its priority), prio, payload, run (the run time argument), cb
+-- (the callback mark), opts (decoded options or nil; its tenant is opts.n).
+-- Every field a script or this file sets is in Q's constructor (false when unset): a key
+-- added later makes Lua rehash the table. Redis runs the whole chunk on every call, and
+-- what a call allocates is paid again in garbage collection: Q stays within 16 fields (a
+-- table's hash part is a power of two), a task is no table, each `local function` here is
+-- a closure made per call, so what only options and tenants use is made on first use
+-- (enqueue_rare), and a lone task (enqueue.lua) makes no table it does not need.
 
 -- A time argument: '+<ms>' after the Redis clock, else epoch ms. A delay counts from this
 -- server's clock, never from the clock of the process that sent it.
@@ -61,12 +60,11 @@ local function enqueue_rare()
   -- `active` while it is live; `throttle` while the key's window (dedup ttl zset) is
   -- open; `debounce` while it is still scheduled: it takes this payload and its due time
   -- moves to now + ttl. Returns the reply, or nil to create a task.
-  local function deduplicate(Q, T)
-    local opts = T.opts
+  local function deduplicate(Q, id, key, payload, opts)
     local k_dedup_ttl = KEYS[Q.dedup_at + 2]
     local held = redis.call('HGET', KEYS[Q.dedup_at + 1], opts.k)
     if not held then return nil end
-    local k_held = string.sub(T.key, 1, #T.key - #T.id) .. held
+    local k_held = string.sub(key, 1, #key - #id) .. held
     local state = redis.call('HGET', k_held, 'state')
     if opts.m == 'throttle' then
       local until_ms = redis.call('ZSCORE', k_dedup_ttl, opts.k)
@@ -74,7 +72,7 @@ local function enqueue_rare()
     elseif opts.m == 'debounce' then
       if state ~= 'scheduled' then return nil end
       local due = Q.now + opts.t
-      redis.call('HSET', k_held, 'payload', T.payload, 'run_at', due)
+      redis.call('HSET', k_held, 'payload', payload, 'run_at', due)
       redis.call('ZADD', Q.scheduled, due, held)  -- later than before: no promoter needs waking
     elseif not (WAITING[state] or state == 'processing') then
       return nil
@@ -86,19 +84,19 @@ local function enqueue_rare()
   -- Issue 15: a live task just created (with options; `exp`: its expiry or nil) takes its dedup_key (throttle: for
   -- the ttl; active and debounce: until it is terminal, see release_dedup in _lib.lua) and
   -- joins `expiries`.
-  local function adopt(Q, T, exp)
-    local opts, at = T.opts, Q.dedup_at
+  local function adopt(Q, id, key, opts, exp)
+    local at = Q.dedup_at
     if opts.k then
-      redis.call('HSET', KEYS[at + 1], opts.k, T.id)
+      redis.call('HSET', KEYS[at + 1], opts.k, id)
       if opts.m == 'throttle' then
         redis.call('ZADD', KEYS[at + 2], Q.now + opts.t, opts.k)
       else
-        redis.call('HSET', T.key, 'dk', opts.k)
+        redis.call('HSET', key, 'dk', opts.k)
       end
     end
     if exp then
-      redis.call('HSET', T.key, 'exp', exp)
-      schedule(KEYS[at], Q.channel, T.id, exp)  -- an earlier expiry wakes the promoters
+      redis.call('HSET', key, 'exp', exp)
+      schedule(KEYS[at], Q.channel, id, exp)  -- an earlier expiry wakes the promoters
     end
   end
 
@@ -115,14 +113,14 @@ local function note(Q, id, state)
   local ms = string.match(entry, '^%d+')
   local runs = Q.runs
   if not runs then
-    Q.runs = {{entry, state, 1, ms}}
+    Q.runs = {entry, state, 1, ms}
     return
   end
-  local run = runs[#runs]
-  if ms == run[4] and state == run[2] then
-    run[3] = run[3] + 1
+  local last = #runs - 3
+  if ms == runs[last + 3] and state == runs[last + 1] then
+    runs[last + 2] = runs[last + 2] + 1
   else
-    runs[#runs + 1] = {entry, state, 1, ms}
+    runs[last + 4], runs[last + 5], runs[last + 6], runs[last + 7] = entry, state, 1, ms
   end
 end
 
@@ -132,30 +130,29 @@ local function enqueue_done(Q)
   if Q.created > 0 then redis.call('HINCRBY', Q.counters, 'total:enqueued', Q.created) end
   local runs = Q.runs
   if not runs then return end
-  if #runs == 1 then
-    local r = runs[1]
-    return count_minute(Q.events, r[1], r[2], r[3])
-  end
-  local merged, order = {}, {}
-  for _, r in ipairs(runs) do
-    local k = math.floor(tonumber(r[4]) / 60000) .. ':' .. r[2]
+  if #runs == 4 then return count_minute(Q.events, runs[1], runs[2], runs[3]) end
+  local merged, order = {}, {}  -- minute:state -> its count; the first run of each
+  for i = 1, #runs, 4 do
+    local k = math.floor(tonumber(runs[i + 3]) / 60000) .. ':' .. runs[i + 1]
     if merged[k] then
-      merged[k][3] = merged[k][3] + r[3]
+      merged[k] = merged[k] + runs[i + 2]
     else
-      merged[k] = r
-      order[#order + 1] = r
+      merged[k] = runs[i + 2]
+      order[#order + 1] = i
     end
   end
-  for _, r in ipairs(order) do count_minute(Q.events, r[1], r[2], r[3]) end
+  for _, i in ipairs(order) do
+    local k = math.floor(tonumber(runs[i + 3]) / 60000) .. ':' .. runs[i + 1]
+    count_minute(Q.events, runs[i], runs[i + 1], merged[k])
+  end
 end
 
 -- Marks of a new record: a named queue's task names it (`q`); a task with callbacks carries
 -- `cb`; a tenant's its tenant.
-local function mark(Q, T)
-  if Q.q ~= '' then redis.call('HSET', T.key, 'q', Q.q) end
-  if T.cb ~= '' then redis.call('HSET', T.key, 'cb', string.sub(T.cb, 2)) end
-  local opts = T.opts
-  if opts and opts.n then redis.call('HSET', T.key, 'tenant', opts.n) end
+local function mark(Q, key, cb, opts)
+  if Q.q ~= '' then redis.call('HSET', key, 'q', Q.q) end
+  if cb ~= '' then redis.call('HSET', key, 'cb', string.sub(cb, 2)) end
+  if opts and opts.n then redis.call('HSET', key, 'tenant', opts.n) end
 end
 
 -- The place (1 = next) of a task just queued with number `seq`: every task waiting at the
@@ -164,7 +161,7 @@ end
 -- holes above head, tenants' tasks: see queued_in) once per call (Q.levels); the call's own
 -- pushes keep them up to date (enqueue_task), and nothing else in an enqueue moves them. A
 -- lone task (Q.levels false) reads them into locals: no table to make.
-local function position_of(Q, T, seq)
+local function position_of(Q, prio, tenant, seq)
   local position, levels = 0, Q.levels
   for i, p in ipairs(PRIOS) do
     local L = levels and levels[p]
@@ -178,13 +175,12 @@ local function position_of(Q, T, seq)
       holes = redis.call('ZCOUNT', KEYS[Q.holes_at + i - 1], '(' .. head, '+inf')
       if levels then levels[p] = {l_seq, head, tq, holes} end
     end
-    if p == T.prio then
+    if p == prio then
       if tq > 0 then  -- tenants' tasks wait here: fair share (_fair.lua)
         local F = fair_lib()
         local level = F.level(enqueue_rare().fair_of(Q, p), Q.counters,
           KEYS[Q.holes_at + i - 1], p)
-        local tenant = T.opts and T.opts.n or 'default'
-        return position + F.place(level, tenant, seq, F.weights(Q.weights))
+        return position + F.place(level, tenant or 'default', seq, F.weights(Q.weights))
       end
       return position + seq - head - holes
     end
@@ -195,20 +191,19 @@ end
 -- Enqueue one task: duplicate check + record + stream entry (or schedule) + event; with a
 -- dedup_key (issue 15) a request the key's holder answers creates nothing (deduplicate);
 -- with an expiry the task joins the queue's `expiries` zset. `parents`: enqueue.lua's
--- with_parents (Q, T, run time, expiry) for a task with depends_on, else nil. Returns the script's reply for it
+-- with_parents (Q, run time, expiry) for a task with depends_on, else nil. Returns the script's reply for it
 -- (see enqueue.lua).
-local function enqueue_task(Q, T, parents)
-  local opts = T.opts
+local function enqueue_task(Q, id, key, stream, prio, payload, run, cb, opts, parents)
   if opts and opts.k then
-    local reply = enqueue_rare().deduplicate(Q, T)
+    local reply = enqueue_rare().deduplicate(Q, id, key, payload, opts)
     if reply then return reply end
   end
-  if redis.call('EXISTS', T.key) == 1 then
-    local ptr = redis.call('HMGET', T.key, 'state', 'q', 'at')
+  if redis.call('EXISTS', key) == 1 then
+    local ptr = redis.call('HMGET', key, 'state', 'q', 'at')
     if not ptr[1] and ptr[2] then return {'duplicate', ptr[2], ptr[3] or ''} end
     return {'duplicate'}
   end
-  local run_at = moment(T.run, Q)
+  local run_at = moment(run, Q)
   local exp = opts and opts.x and moment(opts.x, Q)
   -- a task with parents: its `parents` wrote its first fields. No `attempts` field until
   -- the first delivery (absent reads as 0): 16 B less per queued task, a smaller listpack
@@ -217,34 +212,33 @@ local function enqueue_task(Q, T, parents)
   -- its state in one HSET.
   local created = nil
   if parents then
-    local reply = parents(Q, T, run_at, exp)
+    local reply = parents(Q, run_at, exp)
     if reply then return reply end
   else
     created = Q.now_s
-    mark(Q, T)
+    mark(Q, key, cb, opts)
   end
   Q.created = Q.created + 1
-  local id, prio = T.id, T.prio
   if run_at > Q.now then
     if created then
-      redis.call('HSET', T.key, 'created', created, 'state', 'scheduled', 'prio', prio,
-        'payload', T.payload, 'run_at', run_at)
+      redis.call('HSET', key, 'created', created, 'state', 'scheduled', 'prio', prio,
+        'payload', payload, 'run_at', run_at)
     else
-      redis.call('HSET', T.key, 'state', 'scheduled', 'prio', prio, 'payload', T.payload,
+      redis.call('HSET', key, 'state', 'scheduled', 'prio', prio, 'payload', payload,
         'run_at', run_at)
     end
     schedule(Q.scheduled, Q.channel, id, run_at)
     redis.call('HINCRBY', Q.counters, 'scheduled:' .. prio, '1')
-    if opts then enqueue_rare().adopt(Q, T, exp) end
+    if opts then enqueue_rare().adopt(Q, id, key, opts, exp) end
     note(Q, id, 'scheduled')
     return {'scheduled', 0}
   end
   local tenant = opts and opts.n
   local fair = tenant and enqueue_rare().fair_of(Q, prio)
-  local seq = push(T.key, T.stream, Q.counters, id, prio, T.payload, exp, fair, tenant)
+  local seq = push(key, stream, Q.counters, id, prio, payload, exp, fair, tenant)
   local L = Q.levels and Q.levels[prio]  -- (read by an earlier task of the call: count it)
   if L and tenant then L[3] = L[3] + 1 elseif L then L[1] = seq end
-  if opts then enqueue_rare().adopt(Q, T, exp) end
+  if opts then enqueue_rare().adopt(Q, id, key, opts, exp) end
   note(Q, id, 'queued')
-  return {'queued', position_of(Q, T, seq)}
+  return {'queued', position_of(Q, prio, tenant, seq)}
 end

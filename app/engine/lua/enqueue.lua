@@ -41,13 +41,11 @@ local Q = {counters = KEYS[3], scheduled = KEYS[4], events = KEYS[5], dedup_at =
   holes_at = 6, fair_at = 16, maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7],
   weights = opts and opts.w or false, now = now, now_s = string.format('%d', now),
   fair = false, levels = false, created = 0, runs = false}
-local T = {id = id, key = KEYS[1], stream = KEYS[2], prio = prio, payload = ARGV[3],
-  run = ARGV[4], cb = ARGV[8], opts = opts}
 
 -- What only a task with parents (depends_on) needs, made only then (Redis runs the whole
--- chunk on every call: a top-level function is a closure made per call): its
--- with_parents.
-local function parents_fns()
+-- chunk on every call: a top-level function is a closure made per call, with its
+-- upvalues): its with_parents.
+local parents_fns = #ARGV > 9 and function()
   -- A parent's release (or cancel cascade) is one script: its deferred children are capped
   -- so that script stays short (queue.MAX_DEPENDANTS; ~0.3 s per 10,000).
   local MAX_DEPENDANTS = 10000
@@ -89,7 +87,7 @@ local function parents_fns()
   -- A task with parents (enqueue_task's `parents`, in _enqueue.lua): created cancelled or
   -- deferred (a reply), or nil when every parent is already done (then it is queued as
   -- usual).
-  local function with_parents(_, _, run_at, exp)
+  local function with_parents(_, run_at, exp)
     local allow = ARGV[10] == '1'
     local checked = check_parents(allow)
     if type(checked[1]) == 'string' then return checked end
@@ -102,7 +100,7 @@ local function parents_fns()
     end
     redis.call('HSET', KEYS[1], 'created', Q.now_s, 'attempts', 0, 'prio', prio,
       'deps', cjson.encode(deps))
-    mark(Q, T)
+    mark(Q, KEYS[1], ARGV[8], opts)
     if allow then redis.call('HSET', KEYS[1], 'allow', 1) end
     if not reason and #pending == 0 and #remote == 0 then return nil end
     Q.created = Q.created + 1
@@ -129,13 +127,14 @@ local function parents_fns()
     if #others > 0 then redis.call('HSET', KEYS[1], 'xdeps', cjson.encode(others)) end
     redis.call('HINCRBY', KEYS[3], 'deferred:' .. prio, 1)
     redis.call('ZADD', KEYS[15], now, id)
-    if T.opts then enqueue_rare().adopt(Q, T, exp) end
+    if opts then enqueue_rare().adopt(Q, id, KEYS[1], opts, exp) end
     note(Q, id, 'deferred')
     return {'deferred', 0}
   end
   return with_parents
 end
 
-local reply = enqueue_task(Q, T, #ARGV > 9 and parents_fns() or nil)
+local reply = enqueue_task(Q, id, KEYS[1], KEYS[2], prio, ARGV[3], ARGV[4], ARGV[8], opts,
+  parents_fns and parents_fns() or nil)
 enqueue_done(Q)
 return reply

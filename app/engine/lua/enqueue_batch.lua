@@ -34,9 +34,8 @@ for i = 1, n do
   local a = 5 + (i - 1) * 6
   local opts = ARGV[a + 6] ~= '' and cjson.decode(ARGV[a + 6]) or nil
   local prio = ARGV[a + 2]
-  local T = {id = ARGV[a + 1], key = KEYS[22 + i], stream = STREAM[prio], prio = prio,
-    payload = ARGV[a + 3], run = ARGV[a + 4], cb = ARGV[a + 5], opts = opts}
-  local ok, reply = pcall(enqueue_task, Q, T)
+  local ok, reply = pcall(enqueue_task, Q, ARGV[a + 1], KEYS[22 + i], STREAM[prio], prio,
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], opts)
   if not ok then
     reply = {err = type(reply) == 'table' and reply.err or tostring(reply)}
   end
