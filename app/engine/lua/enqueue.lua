@@ -39,7 +39,7 @@ local opts = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
 local now = now_ms()
 local Q = {counters = KEYS[3], scheduled = KEYS[4], events = KEYS[5], dedup_at = 12,
   holes_at = 6, fair_at = 16, maxlen = ARGV[5], channel = ARGV[6], q = ARGV[7],
-  weights = opts and opts.w or false, now = now, now_s = string.format('%d', now),
+  weights = opts and opts.w or false, now = now, now_s = false,
   fair = false, levels = false, created = 0, runs = false}
 
 -- What only a task with parents (depends_on) needs, made only then (Redis runs the whole
@@ -98,7 +98,7 @@ local parents_fns = #ARGV > 9 and function()
       deps = {}
       for _, link in ipairs(cjson.decode(ARGV[12])) do deps[#deps + 1] = link[1] end
     end
-    redis.call('HSET', KEYS[1], 'created', Q.now_s, 'attempts', 0, 'prio', prio,
+    redis.call('HSET', KEYS[1], 'created', string.format('%d', now), 'attempts', 0, 'prio', prio,
       'deps', cjson.encode(deps))
     mark(Q, KEYS[1], ARGV[8], opts)
     if allow then redis.call('HSET', KEYS[1], 'allow', 1) end

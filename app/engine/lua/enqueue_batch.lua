@@ -25,7 +25,7 @@ local now = now_ms()
 local Q = {counters = KEYS[1], scheduled = KEYS[2], events = KEYS[3], dedup_at = 11,
   holes_at = 8, fair_at = {high = 14, default = 17, low = 20}, maxlen = ARGV[1],
   channel = ARGV[2], q = ARGV[3], weights = ARGV[4], now = now,
-  now_s = string.format('%d', now), fair = false,
+  now_s = false, fair = false,
   levels = {high = false, default = false, low = false}, created = 0, runs = false}
 local STREAM = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
 
