@@ -21,10 +21,10 @@ Tasks with parents (depends_on) take `enqueue.lua` alone (engine/links.py): thei
 read the parents' records, which a batch would have to declare per task.
 
 Cost (redis-server instructions per enqueued task under callgrind, 200-byte `code`): 242k
-with one `enqueue.lua` call each before; 116k in batches of 10, 96k in batches of 200. A
-task alone in its turn costs 290k: the shared body's functions and tables are made on
-every call (Redis runs a script's whole chunk each time), 20 % more than the old
-single-task script; it is the path of an idle queue.
+with one `enqueue.lua` call each before; 107k in batches of 10, 88k in batches of 200. A
+task alone in its turn (the path of an idle queue) costs what the old single-task script
+did (252k, docs/benchmarks.md): Redis runs a script's whole chunk each time, so the
+shared body makes no table or closure a lone task does not need (see _enqueue.lua).
 
 Imports: client, scripts (and redis); queue and models only for typing.
 """

@@ -22,24 +22,20 @@
 -- raised one).
 local n = tonumber(ARGV[5])
 local now = now_ms()
-local Q = {counters = KEYS[1], scheduled = KEYS[2], events = KEYS[3], expiries = KEYS[11],
-  dedup = KEYS[12], dedup_ttl = KEYS[13],
-  stream = {high = KEYS[5], default = KEYS[6], low = KEYS[7]},
-  holes = {high = KEYS[8], default = KEYS[9], low = KEYS[10]},
-  fair_at = {high = 14, default = 17, low = 20},
-  maxlen = ARGV[1], channel = ARGV[2], q = ARGV[3], weights = ARGV[4],
-  now = now, now_s = string.format('%d', now), fair = {high = false, default = false, low = false},
-  levels = {high = false, default = false, low = false}, created = 0,
-  run_ms = false, run_state = false, run_entry = false, run_n = 0, runs = {}}
+local Q = {counters = KEYS[1], scheduled = KEYS[2], events = KEYS[3], dedup_at = 11,
+  holes_at = 8, fair_at = {high = 14, default = 17, low = 20}, maxlen = ARGV[1],
+  channel = ARGV[2], q = ARGV[3], weights = ARGV[4], now = now,
+  now_s = false, fair = false,
+  levels = {high = false, default = false, low = false}, created = 0, runs = false}
+local STREAM = {high = KEYS[5], default = KEYS[6], low = KEYS[7]}
 
 local out = {}
 for i = 1, n do
   local a = 5 + (i - 1) * 6
   local opts = ARGV[a + 6] ~= '' and cjson.decode(ARGV[a + 6]) or nil
-  local T = {id = ARGV[a + 1], key = KEYS[22 + i], prio = ARGV[a + 2], payload = ARGV[a + 3],
-    run = ARGV[a + 4], cb = ARGV[a + 5], opts = opts, tenant = opts and opts.n or false,
-    exp = false}
-  local ok, reply = pcall(enqueue_task, Q, T)
+  local prio = ARGV[a + 2]
+  local ok, reply = pcall(enqueue_task, Q, ARGV[a + 1], KEYS[22 + i], STREAM[prio], prio,
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], opts)
   if not ok then
     reply = {err = type(reply) == 'table' and reply.err or tostring(reply)}
   end
