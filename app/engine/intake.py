@@ -4,9 +4,11 @@ Producers enqueue one task per request (`POST /tasks` from many clients), or man
 (`POST /tasks/batch`, which enqueues its tasks concurrently). Each used to cost an
 `enqueue.lua` call of its own; now the enqueues a queue (a partition, when partitioned) is
 asked for in one event-loop turn wait for the end of that turn and go out as one script
-call (issue 14: the script call, its library closures, TIME, the position reads,
-`total:enqueued` and the per-minute stats are paid once per batch; the duplicate check, the
-record, the stream entry and the event stay per task). Each caller still gets its own
+call; while a batch is at Redis the next one gathers, and batches go out one at a time in
+the order asked (so a duplicate eval_id is always the later request). Issue 14: the script
+call, its library closures, TIME, the position reads, `total:enqueued` and the per-minute
+stats are paid once per batch; the duplicate check, the record, the stream entry and the
+event stay per task. Each caller still gets its own
 answer: the script's reply for its task, exactly what `enqueue.lua` would have answered had
 the tasks been sent one after the other in the order they were asked for. A turn with one
 task sends `enqueue.lua` itself.
@@ -60,29 +62,40 @@ class Intake:
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self._pending: dict[bool, list[_Pending]] = {}  # answering() -> in order asked
-        self._jobs: set[asyncio.Task[None]] = set()
+        # One sender per queue, one batch at Redis at a time, taken in the order asked:
+        # two batches on two connections could run in either order (a later duplicate
+        # eval_id would then take the task from the earlier request). What arrives while a
+        # batch is out goes in the next one, so batches grow with the load.
+        self._sender: asyncio.Task[None] | None = None
 
     async def enqueue(self, req: TaskRequest) -> Sequence[Any]:
         """enqueue.lua's reply for `req` (without parents); `Unavailable` when Redis is away
         or refuses the write."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
         self._pending.setdefault(ANSWERING.get(), []).append(_Pending(req, future))
+        if self._sender is None:  # (it starts after this turn: the turn's enqueues join)
+            self._sender = loop.create_task(self._send_all())
         try:
             reply: Sequence[Any] = await future
         except (RedisError, OSError) as exc:
             raise_translated(exc)
         return reply
 
-    def _flush(self) -> None:
-        groups, self._pending = self._pending, {}
-        for answered, batch in groups.items():
-            for start in range(0, len(batch), MAX_BATCH):
-                job = asyncio.create_task(self._send(batch[start : start + MAX_BATCH], answered))
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
+    async def _send_all(self) -> None:
+        """Send what waits, batch after batch, until nothing does."""
+        try:
+            while self._pending:
+                groups, self._pending = self._pending, {}
+                for answered, batch in groups.items():
+                    for start in range(0, len(batch), MAX_BATCH):
+                        await self._send(batch[start : start + MAX_BATCH], answered)
+        finally:
+            self._sender = None
+            waiting, self._pending = self._pending, {}  # (left only when cancelled)
+            for batch in waiting.values():
+                for p in batch:
+                    p.future.cancel()
 
     async def _send(self, batch: list[_Pending], answered: bool) -> None:
         try:
