@@ -804,7 +804,9 @@ async def test_background_audit_is_bounded_and_resumes(
         while not reports or not reports[-1].complete:
             await raw(streams).delete(root.fsck + "lock")  # the next interval
             report = await audits.background(streams.engine)
-            assert report is not None and report.checked <= 3 * 2
+            # never all in one run; not `<= 3 * 2` keys: SCAN's COUNT is a hint (a step
+            # returns whole hash buckets), so the bound is in steps (seen: 7 keys in 3 steps)
+            assert report is not None and report.checked < 8 + 8 + 1
             reports.append(report)
             assert len(reports) < 40
         assert len(reports) > 3 and not reports[0].complete
