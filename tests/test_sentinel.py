@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from tests import test_semantics
 from tests.conftest import wait_for
 from tests.faultrig import IN_FLIGHT, Rig, Rigs, Spawn
 from tests.runtime import test_callbacks, test_consumers
-from tests.topologies import SentinelSet
+from tests.topologies import SentinelSet, direct
 from tests.totalqueue import Report
 from tests.web import test_tasks
 
@@ -127,6 +128,8 @@ async def test_a_terminate_cancel_after_a_failover_reaches_the_runner(
     front = await make_service(redis_url=own_set.url)
     assert (await test_consumers.enqueue(front, "before"))["status"] == "queued"
     old = own_set.primary()
+    listeners = _subscribers(old)
+    assert listeners >= 1
     old.kill()
 
     async def answered() -> bool:
@@ -135,6 +138,10 @@ async def test_a_terminate_cancel_after_a_failover_reaches_the_runner(
 
     await wait_for(answered, timeout=20, interval=0.1)
     await wait_for(lambda: _ran(worker, "after"), timeout=20)
+    # pub/sub is at-most-once: the cancel reaches the runner once it listens again on the
+    # new primary (its own reconnect backoff; under load that came after the task started)
+    new = own_set.primary()
+    await wait_for(lambda: _true(_subscribers(new) >= listeners), timeout=20)
     response = await front.http.post("/tasks/after/cancel", params={"terminate": "true"})
     assert response.status_code == 200, response.text
     await wait_for(lambda: _true(any(b["eval_id"] == "after" for b in worker.hung_up)), 5)
@@ -147,3 +154,10 @@ async def _ran(worker: test_consumers.Worker, eval_id: str) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _subscribers(server: Any) -> int:
+    """The pub/sub connections open on `server` (every service process keeps one)."""
+    listing = direct(server).execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    return len([line for line in text.splitlines() if line.strip()])
