@@ -28,7 +28,7 @@ task alone in its turn (the path of an idle queue) costs what the old single-tas
 did (252k, docs/benchmarks.md): Redis runs a script's whole chunk each time, so the
 shared body makes no table or closure a lone task does not need (see _enqueue.lua).
 
-Imports: client, scripts (and redis); queue and models only for typing.
+Imports: client, scripts, settle (and redis); queue and models only for typing.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from app.engine.client import raise_translated
 from app.engine.scripts import ANSWERING, answering
+from app.engine.settle import fail_waiting
 
 if TYPE_CHECKING:
     from app.engine.queue import Queue
@@ -102,13 +103,7 @@ class Intake:
             with answering(answered):
                 replies = await self._run(batch)
         except BaseException as exc:
-            for p in batch:
-                if p.future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    p.future.cancel()
-                else:
-                    p.future.set_exception(exc)
+            fail_waiting([p.future for p in batch], exc)
             if not isinstance(exc, Exception):
                 raise
             return

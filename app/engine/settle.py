@@ -38,6 +38,18 @@ class _Pending:
     future: asyncio.Future[Any]
 
 
+def fail_waiting(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    """A batch's call failed: each caller still waiting gets the failure (cancelled when the
+    call was). Shared by the batched completions and enqueues (engine/intake.py)."""
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(exc)
+
+
 class Completions:
     """The completions of one queue that wait for the end of the event-loop turn."""
 
@@ -76,13 +88,7 @@ class Completions:
         try:
             replies = await self.queue.scripts.run("complete_batch", keys, argv)
         except BaseException as exc:
-            for p in batch:
-                if p.future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    p.future.cancel()
-                else:
-                    p.future.set_exception(exc)
+            fail_waiting([p.future for p in batch], exc)
             if not isinstance(exc, Exception):
                 raise
             return
